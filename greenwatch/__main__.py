@@ -1,0 +1,3 @@
+from greenwatch.cli import main
+import sys
+sys.exit(main())

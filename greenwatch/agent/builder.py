@@ -1,0 +1,183 @@
+"""Accumulates samples and occupancy changes into batches, with anchors and carry.
+
+The sampler calls :meth:`BatchBuilder.add_sample` at 10 Hz and
+:meth:`BatchBuilder.set_holders` at 1 Hz; :meth:`BatchBuilder.cut` closes the
+window and returns a :class:`~greenwatch.batch.Batch`.  Samples are appended to
+plain Python lists (cheap at 10 Hz) and become numpy columns once per batch.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid as uuidlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from greenwatch.batch import (
+    HOLDER_COLUMNS,
+    SAMPLE_COLUMNS,
+    SEGMENT_COLUMNS,
+    Batch,
+    Block,
+    GpuInfo,
+    JobInfo,
+)
+
+__all__ = ["Holder", "BatchBuilder"]
+
+_NCOL = len(SAMPLE_COLUMNS)
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A job holding a GPU, with its SM share (percent, NaN if unknown)."""
+
+    job: JobInfo
+    sm_util: float
+
+
+@dataclass
+class _GpuState:
+    info: GpuInfo
+    rows: list[tuple[int, ...]] = field(default_factory=list)
+    # (row index within this window, holders) for each occupancy change; row 0 = the anchor
+    segments: list[tuple[int, tuple[Holder, ...]]] = field(default_factory=list)
+    holders: tuple[Holder, ...] = ()
+    pending_change: bool = True
+    anchor: tuple[int, ...] | None = None
+
+
+def _same(a: tuple[Holder, ...], b: tuple[Holder, ...]) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if x.job != y.job or not (x.sm_util == y.sm_util or (math.isnan(x.sm_util) and math.isnan(y.sm_util))):
+            return False
+    return True
+
+
+class BatchBuilder:
+    """One node's batch under construction."""
+
+    def __init__(self, cluster: str, node: str, gpus: list[GpuInfo], boot: str | None = None) -> None:
+        self.cluster, self.node = cluster, node
+        self.boot = boot or uuidlib.uuid4().hex[:16]
+        self.seq = 0
+        self._gpus = [_GpuState(g) for g in gpus]
+        self._carry: tuple[Block, list[JobInfo]] | None = None
+
+    @property
+    def gpus(self) -> list[GpuInfo]:
+        return [s.info for s in self._gpus]
+
+    def add_sample(self, gpu: int, row: tuple[int, ...]) -> None:
+        """Append one reading, a tuple in SAMPLE_COLUMNS order (t_us first)."""
+        st = self._gpus[gpu]
+        if st.pending_change:
+            # An occupancy change takes effect from this row on (intervals starting here).
+            idx = len(st.rows) + (1 if st.anchor is not None else 0)
+            if st.segments and st.segments[-1][0] == idx:
+                st.segments[-1] = (idx, st.holders)
+            elif not st.segments or not _same(st.segments[-1][1], st.holders):
+                st.segments.append((idx, st.holders))
+            st.pending_change = False
+        st.rows.append(row)
+
+    def set_holders(self, gpu: int, holders: list[Holder]) -> None:
+        """Record who holds a GPU now (sorted for a stable encoding)."""
+        st = self._gpus[gpu]
+        new = tuple(sorted(holders, key=lambda h: h.job.job_id))
+        if not _same(new, st.holders):
+            st.holders = new
+            st.pending_change = True
+
+    def cut(self, host: dict[str, float] | None = None, sent_us: int = 0) -> Batch:
+        """Close the window and return the batch; the last row of each GPU becomes the next anchor."""
+        jobs: dict[JobInfo, int] = {}
+        infos: list[GpuInfo] = []
+        all_rows: list[tuple[int, ...]] = []
+        counts: list[int] = []
+        seg_gpu: list[int] = []
+        seg_row: list[int] = []
+        holder_ptr: list[int] = [0]
+        holder_job: list[int] = []
+        holder_sm: list[float] = []
+        for g, st in enumerate(self._gpus):
+            rows = ([st.anchor] if st.anchor is not None else []) + st.rows
+            base = len(all_rows)
+            infos.append(GpuInfo(st.info.uuid, st.info.index, st.info.name, st.info.has_counter,
+                                 st.anchor is not None, st.info.power_limit_w))
+            if rows:
+                for first, holders in st.segments or [(0, st.holders)]:
+                    seg_gpu.append(g)
+                    seg_row.append(base + first)
+                    for h in holders:
+                        holder_job.append(jobs.setdefault(h.job, len(jobs)))
+                        holder_sm.append(h.sm_util)
+                    holder_ptr.append(len(holder_job))
+            all_rows.extend(rows)
+            counts.append(len(rows))
+        columns = self._columns(all_rows)
+        offsets = np.zeros(len(self._gpus) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        block = Block(offsets, columns, {
+            "seg_gpu": np.array(seg_gpu, dtype=SEGMENT_COLUMNS["seg_gpu"]),
+            "seg_row": np.array(seg_row, dtype=SEGMENT_COLUMNS["seg_row"]),
+            "holder_ptr": np.array(holder_ptr, dtype=SEGMENT_COLUMNS["holder_ptr"]),
+            "holder_job": np.array(holder_job, dtype=HOLDER_COLUMNS["holder_job"]),
+            "holder_sm": np.array(holder_sm, dtype=HOLDER_COLUMNS["holder_sm"]),
+        }, int(columns["t_us"].max()) if all_rows else 0)
+        carry = None
+        if self._carry is not None:
+            # The carried block's holders point into the previous batch's job table: re-index them.
+            prev_block, prev_jobs = self._carry
+            remap = np.array([jobs.setdefault(j, len(jobs)) for j in prev_jobs] or [0], dtype=np.int32)
+            segs = dict(prev_block.segments)
+            segs["holder_job"] = remap[segs["holder_job"]].astype(HOLDER_COLUMNS["holder_job"])
+            carry = Block(prev_block.gpu_offsets, prev_block.columns, segs, prev_block.end_us)
+        batch = Batch(self.cluster, self.node, self.seq, self.boot, infos, list(jobs), block,
+                      dict(host or {}), carry, sent_us)
+        self._carry = (_boundary_rows(block), list(batch.jobs)) if block.n_rows else None
+        self.seq += 1
+        for st in self._gpus:
+            if st.rows:
+                st.anchor = st.rows[-1]
+            st.rows = []
+            # The anchor row opens the next window with the occupancy in force when it was read.
+            st.segments = [(0, st.holders)] if st.anchor is not None else []
+            st.pending_change = st.anchor is None
+        return batch
+
+    @staticmethod
+    def _columns(rows: list[tuple[int, ...]]) -> dict[str, np.ndarray]:
+        if not rows:
+            return {n: np.zeros(0, dtype=dt) for n, dt in SAMPLE_COLUMNS.items()}
+        table = np.array(rows, dtype=np.int64).reshape(len(rows), _NCOL)
+        return {n: np.ascontiguousarray(table[:, k]).astype(dt) for k, (n, dt) in enumerate(SAMPLE_COLUMNS.items())}
+
+
+def _boundary_rows(block: Block) -> Block:
+    """The rows of ``block`` that bound its segments: enough to re-account its energy from the counter."""
+    off = block.gpu_offsets
+    s = block.segments
+    keep: list[int] = []
+    new_counts = []
+    new_seg_row = []
+    for g in range(len(off) - 1):
+        a, b = int(off[g]), int(off[g + 1])
+        if b == a:
+            new_counts.append(0)
+            continue
+        starts = [int(r) for r, sg in zip(s["seg_row"], s["seg_gpu"]) if sg == g]
+        rows = sorted(set(starts + [b - 1]))
+        position = {r: len(keep) + k for k, r in enumerate(rows)}
+        new_seg_row += [position[r] for r in starts]
+        keep += rows
+        new_counts.append(len(rows))
+    idx = np.array(keep, dtype=np.int64)
+    offsets = np.zeros(len(off), dtype=np.int64)
+    np.cumsum(new_counts, out=offsets[1:])
+    segs = dict(s)
+    segs["seg_row"] = np.array(new_seg_row, dtype=SEGMENT_COLUMNS["seg_row"])
+    return Block(offsets, {n: c[idx] for n, c in block.columns.items()}, segs, block.end_us)

@@ -1,0 +1,117 @@
+"""The agent's sampling logic: GPUs -> readings, processes -> job holders, into a BatchBuilder.
+
+Independent of time and transport, so the live agent (real clock, a thread) and
+the demo (simulated clock) run the same code.  A failing GPU is skipped and its
+error logged once (and once more when it recovers); the other GPUs go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable, Protocol, Sequence
+
+from greenwatch.agent.builder import BatchBuilder, Holder
+from greenwatch.agent.gpu import GpuDevice, GpuError
+from greenwatch.batch import GpuInfo, JobInfo
+
+__all__ = ["Sampler", "JobLookup"]
+
+log = logging.getLogger(__name__)
+
+
+class JobLookup(Protocol):
+    """What the sampler needs from job resolution (``greenwatch.agent.jobs.JobResolver`` provides it)."""
+
+    def job_of_pid(self, pid: int) -> JobInfo | None: ...
+
+    def allocations(self) -> dict[str, JobInfo]: ...
+
+    def user_of_pid(self, pid: int) -> str: ...
+
+
+class _OnceLog:
+    """Logs a GPU's error the first time it appears and once when it clears: never at 10 Hz."""
+
+    def __init__(self) -> None:
+        self._active: dict[tuple[int, str], str] = {}
+        self.counts: dict[str, int] = {}
+
+    def failed(self, gpu: GpuDevice, what: str, err: GpuError) -> None:
+        key = (gpu.index, what)
+        self.counts[err.kind] = self.counts.get(err.kind, 0) + 1
+        if self._active.get(key) != err.kind:
+            self._active[key] = err.kind
+            log.error("GPU %d (%s) %s failed: %s; the other GPUs keep being sampled", gpu.index, gpu.uuid, what, err)
+
+    def ok(self, gpu: GpuDevice, what: str) -> None:
+        if self._active.pop((gpu.index, what), None) is not None:
+            log.warning("GPU %d (%s) %s works again", gpu.index, gpu.uuid, what)
+
+
+class Sampler:
+    """Reads every GPU into a :class:`BatchBuilder`."""
+
+    def __init__(self, cluster: str, node: str, devices: Sequence[GpuDevice], jobs: JobLookup,
+                 host_sampler: Callable[[], dict[str, float]] | None = None) -> None:
+        self.devices = list(devices)
+        self.jobs = jobs
+        infos = [GpuInfo(d.uuid, d.index, d.name, d.has_counter, False, d.power_limit_w) for d in self.devices]
+        self.builder = BatchBuilder(cluster, node, infos)
+        self._host = host_sampler
+        self._errors = _OnceLog()
+        self.samples = 0
+
+    @property
+    def error_counts(self) -> dict[str, int]:
+        return dict(self._errors.counts)
+
+    def sample_gpus(self) -> None:
+        """One fast reading of every GPU (the 10 Hz loop)."""
+        for k, dev in enumerate(self.devices):
+            try:
+                fast = dev.read_fast()
+            except GpuError as err:
+                self._errors.failed(dev, "power/energy read", err)
+                continue
+            self._errors.ok(dev, "power/energy read")
+            try:
+                st = dev.read_status()
+            except GpuError as err:
+                self._errors.failed(dev, "status read", err)
+                continue
+            self._errors.ok(dev, "status read")
+            self.builder.add_sample(k, (fast.t_us, fast.energy_mj, fast.power_mw, st.util_gpu, st.util_mem,
+                                        st.mem_used_mib, st.temp_c, st.sm_clock_mhz))
+            self.samples += 1
+
+    def sample_processes(self) -> None:
+        """Who holds each GPU now (the 1 Hz loop): processes mapped to jobs, plus allocations."""
+        allocations = self.jobs.allocations()
+        for k, dev in enumerate(self.devices):
+            try:
+                procs = dev.processes()
+            except GpuError as err:
+                self._errors.failed(dev, "process list", err)
+                procs = []
+            else:
+                self._errors.ok(dev, "process list")
+            shares: dict[str, tuple[JobInfo, float]] = {}
+            for p in procs:
+                job = self.jobs.job_of_pid(p.pid)
+                if job is None:
+                    user = self.jobs.user_of_pid(p.pid)
+                    job = JobInfo(f"nojob:{user}", user, "none")
+                prev = shares.get(job.job_id)
+                sm = p.sm_util if prev is None else prev[1] + p.sm_util  # NaN stays NaN
+                shares[job.job_id] = (prev[0] if prev else job, min(sm, 100.0) if not math.isnan(sm) else sm)
+            allocated = allocations.get(dev.uuid)
+            if allocated is not None and allocated.job_id not in shares:
+                # Allocated by the scheduler but running nothing here: the job holds it idle.
+                shares[allocated.job_id] = (allocated, 0.0)
+            self.builder.set_holders(k, [Holder(job, sm) for job, sm in shares.values()])
+
+    def cut(self, sent_us: int = 0):  # -> Batch
+        """Close the current window."""
+        host = self._host() if self._host is not None else {}
+        return self.builder.cut(host, sent_us)

@@ -1,0 +1,172 @@
+"""The numba-compiled heart of attribution: samples -> energy per segment -> shares per job.
+
+One pass over the samples computes each interval's energy (counter delta, or the
+trapezoid of power where there is no counter or the counter went backwards) and
+sums it into the interval's occupancy segment; a second pass over the segments
+splits each segment's energy among the jobs holding the GPU.  Both loops are
+compiled with numba (``cache=True`` keeps the machine code on disk between
+starts); everything around them is vectorised numpy.
+
+Energy stays in integer millijoules as long as it comes from the counter, so a
+segment's energy equals ``counter[end] - counter[start]`` exactly however the
+samples are grouped: the same segment accounted from a full batch or from the
+boundary rows a later batch carries gives the same number, bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+__all__ = ["IDLE_EQUAL", "IDLE_PROPORTIONAL", "IDLE_UNALLOCATED", "segment_energy", "split_segments", "gpu_summaries"]
+
+IDLE_EQUAL = 0
+IDLE_PROPORTIONAL = 1
+IDLE_UNALLOCATED = 2
+
+
+@njit(cache=True, nogil=True)
+def segment_energy(t_us, energy_mj, power_mw, gpu_offsets, has_counter, seg_gpu, seg_row):  # pragma: no cover - compiled
+    """Energy and duration of every segment, and per-GPU flags.
+
+    Returns ``(seg_counter_mj int64[n_seg], seg_integrated_j float64[n_seg],
+    seg_duration_s float64[n_seg], gpu_resets int64[n_gpu], gpu_integrated int64[n_gpu])``
+    where the last counts intervals that fell back to power integration.
+    """
+    n_seg = seg_gpu.shape[0]
+    n_gpu = gpu_offsets.shape[0] - 1
+    seg_mj = np.zeros(n_seg, dtype=np.int64)
+    seg_j = np.zeros(n_seg, dtype=np.float64)
+    seg_s = np.zeros(n_seg, dtype=np.float64)
+    resets = np.zeros(n_gpu, dtype=np.int64)
+    integrated = np.zeros(n_gpu, dtype=np.int64)
+    for s in range(n_seg):
+        g = seg_gpu[s]
+        start = seg_row[s]
+        # The segment's intervals end at rows start+1 .. end (end = next segment's first row, or the GPU's last row).
+        if s + 1 < n_seg and seg_gpu[s + 1] == g:
+            end = seg_row[s + 1]
+        else:
+            end = gpu_offsets[g + 1] - 1
+        if end <= start:
+            continue
+        seg_s[s] = (t_us[end] - t_us[start]) * 1e-6
+        last_valid = -1
+        if has_counter[g] and energy_mj[start] >= 0:
+            last_valid = start
+        for i in range(start + 1, end + 1):
+            e = energy_mj[i]
+            if has_counter[g] and e >= 0 and last_valid >= 0:
+                d = e - energy_mj[last_valid]
+                if d >= 0:
+                    seg_mj[s] += d
+                    last_valid = i
+                    continue
+                resets[g] += 1  # the counter went backwards: driver reload or GPU reset
+            # No usable counter for this interval: trapezoid of the two power readings.
+            p0 = power_mw[i - 1]
+            p1 = power_mw[i]
+            if p0 >= 0 and p1 >= 0:
+                seg_j[s] += (p0 + p1) * 0.5e-3 * (t_us[i] - t_us[i - 1]) * 1e-6
+            elif p1 >= 0:
+                seg_j[s] += p1 * 1e-3 * (t_us[i] - t_us[i - 1]) * 1e-6
+            integrated[g] += 1
+            if has_counter[g] and e >= 0:
+                last_valid = i  # re-baseline on the new counter value
+    return seg_mj, seg_j, seg_s, resets, integrated
+
+
+@njit(cache=True, nogil=True)
+def split_segments(seg_energy_j, seg_duration_s, seg_gpu, holder_ptr, holder_sm, idle_w, policy):  # pragma: no cover
+    """Split each segment's energy among its holders.
+
+    Returns ``(holder_energy_j, holder_idle_j, holder_gpu_s, seg_unallocated_j)``.
+    For every segment, ``sum(holder_energy_j) + seg_unallocated_j == seg_energy_j``
+    up to float rounding.  ``holder_idle_j`` is the part of a holder's energy spent
+    while it held the GPU without using it (SM share known to be zero).
+    """
+    n_seg = seg_energy_j.shape[0]
+    n_hold = holder_sm.shape[0]
+    h_e = np.zeros(n_hold, dtype=np.float64)
+    h_idle = np.zeros(n_hold, dtype=np.float64)
+    h_s = np.zeros(n_hold, dtype=np.float64)
+    unalloc = np.zeros(n_seg, dtype=np.float64)
+    for s in range(n_seg):
+        e = seg_energy_j[s]
+        a = holder_ptr[s]
+        b = holder_ptr[s + 1]
+        n = b - a
+        if n == 0:
+            unalloc[s] = e
+            continue
+        dur = seg_duration_s[s]
+        if n == 1:
+            h_e[a] = e
+            h_s[a] = dur
+            if holder_sm[a] == 0.0:
+                h_idle[a] = e
+            continue
+        # Shared GPU: the part above the idle baseline is "active" and follows SM shares.
+        idle = min(e, idle_w[seg_gpu[s]] * dur)
+        active = e - idle
+        total_sm = 0.0
+        known = True
+        for h in range(a, b):
+            if np.isnan(holder_sm[h]):
+                known = False
+            else:
+                total_sm += holder_sm[h]
+        use_sm = known and total_sm > 0.0
+        for h in range(a, b):
+            w = holder_sm[h] / total_sm if use_sm else 1.0 / n
+            share = active * w
+            if policy == IDLE_EQUAL:
+                share += idle / n
+            elif policy == IDLE_PROPORTIONAL:
+                share += idle * w
+            h_e[h] = share
+            h_s[h] = dur / n
+            if holder_sm[h] == 0.0:
+                h_idle[h] = share
+        if policy == IDLE_UNALLOCATED:
+            unalloc[s] = idle
+    return h_e, h_idle, h_s, unalloc
+
+
+@njit(cache=True, nogil=True)
+def _mean_valid(col, a, b, scale):  # pragma: no cover - compiled
+    total = 0.0
+    count = 0
+    for i in range(a, b):
+        if col[i] >= 0:
+            total += col[i] * scale
+            count += 1
+    return total / count if count else np.nan
+
+
+@njit(cache=True, nogil=True)
+def gpu_summaries(power_mw, util_gpu, util_mem, mem_used_mib, temp_c, sm_clock_mhz, gpu_offsets):  # pragma: no cover
+    """Per-GPU means (and max power) over the batch's own rows (the anchor row excluded).
+
+    Returns a float64 array of shape (n_gpu, 7): mean power W, max power W, mean GPU
+    util %, mean memory util %, mean memory MiB, mean temperature C, mean SM clock MHz.
+    Failed readings (negative) are skipped; a column with no valid reading is NaN.
+    """
+    n_gpu = gpu_offsets.shape[0] - 1
+    out = np.full((n_gpu, 7), np.nan)
+    for g in range(n_gpu):
+        a = gpu_offsets[g] + 1 if gpu_offsets[g + 1] - gpu_offsets[g] > 1 else gpu_offsets[g]
+        b = gpu_offsets[g + 1]
+        out[g, 0] = _mean_valid(power_mw, a, b, 1e-3)
+        pmax = -1.0
+        for i in range(a, b):
+            if power_mw[i] * 1e-3 > pmax:
+                pmax = power_mw[i] * 1e-3
+        if pmax >= 0:
+            out[g, 1] = pmax
+        out[g, 2] = _mean_valid(util_gpu, a, b, 1.0)
+        out[g, 3] = _mean_valid(util_mem, a, b, 1.0)
+        out[g, 4] = _mean_valid(mem_used_mib, a, b, 1.0)
+        out[g, 5] = _mean_valid(temp_c, a, b, 1.0)
+        out[g, 6] = _mean_valid(sm_clock_mhz, a, b, 1.0)
+    return out

@@ -1,0 +1,174 @@
+"""From a batch to a ledger: energy per GPU, per job and unallocated, with emissions.
+
+This is the single place where energy becomes shares and shares become CO2; the
+collector, the demo, ``greenwatch run`` and the reports all call
+:func:`account_block`.  It wraps the compiled kernels with vectorised numpy and
+the carbon package's one emissions formula.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from greenwatch.attribution import kernel
+from greenwatch.batch import Block, GpuInfo, JobInfo
+from greenwatch.carbon import emissions_g, market_intensity
+
+__all__ = ["AttributionSettings", "CarbonContext", "JobLine", "GpuLine", "BlockLedger", "account_block"]
+
+_POLICIES = {"equal": kernel.IDLE_EQUAL, "proportional": kernel.IDLE_PROPORTIONAL, "unallocated": kernel.IDLE_UNALLOCATED}
+
+
+class _Intensity(Protocol):
+    def intensity_at(self, t_s: np.ndarray) -> np.ndarray: ...
+
+
+class _Pue(Protocol):
+    def pue_at(self, t_s: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class AttributionSettings:
+    """How a shared GPU's energy is split (see docs/methodology.md)."""
+
+    idle_policy: str = "equal"
+    idle_power_w: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.idle_policy not in _POLICIES:
+            raise ValueError(f"idle_policy must be one of {sorted(_POLICIES)}, got {self.idle_policy!r}")
+
+
+@dataclass(frozen=True)
+class CarbonContext:
+    """Grid intensity, facility overhead and the market-based factor used to price energy."""
+
+    intensity: _Intensity
+    pue: _Pue
+    market_factor_g_per_kwh: float | None = None
+
+
+@dataclass
+class JobLine:
+    """One job's share of one block on one node."""
+
+    job_id: str
+    user: str
+    energy_j: float
+    idle_energy_j: float
+    gpu_seconds: float
+    facility_energy_j: float
+    co2_g: float
+    co2_market_g: float
+
+
+@dataclass
+class GpuLine:
+    """One GPU's energy and mean readings over one block."""
+
+    uuid: str
+    index: int
+    name: str
+    energy_j: float
+    unallocated_j: float
+    power_w: float
+    power_max_w: float
+    util_gpu_pct: float
+    util_mem_pct: float
+    mem_used_mib: float
+    temp_c: float
+    sm_clock_mhz: float
+    power_limit_w: float
+    samples: int
+    has_counter: bool
+    resets: int
+    integrated_intervals: int
+
+
+@dataclass
+class BlockLedger:
+    """Everything one block contributes to the books, ready to be stored."""
+
+    end_us: int
+    jobs: list[JobLine]
+    gpus: list[GpuLine]
+    gpu_energy_j: float
+    unallocated_energy_j: float
+    facility_energy_j: float
+    co2_g: float
+    co2_market_g: float
+    intensity_g_per_kwh: float
+    pue: float
+    #: Per segment, for reports that need time resolution: start time (s), GPU index, energy (J).
+    segment_start_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    segment_gpu: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    segment_energy_j: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def allocated_energy_j(self) -> float:
+        return float(sum(j.energy_j for j in self.jobs))
+
+    @property
+    def resets(self) -> int:
+        return int(sum(g.resets for g in self.gpus))
+
+
+def account_block(block: Block, gpus: Sequence[GpuInfo], jobs: Sequence[JobInfo],
+                  settings: AttributionSettings, carbon: CarbonContext) -> BlockLedger:
+    """Attribute one block's energy to jobs and price it in CO2."""
+    c, s = block.columns, block.segments
+    n_gpu = len(gpus)
+    has_counter = np.array([g.has_counter for g in gpus], dtype=np.bool_)
+    offsets = block.gpu_offsets.astype(np.int64)
+    seg_gpu = s["seg_gpu"].astype(np.int64)
+    seg_mj, seg_j, seg_s, resets, integrated = kernel.segment_energy(
+        c["t_us"], c["energy_mj"], c["power_mw"], offsets, has_counter, seg_gpu, s["seg_row"].astype(np.int64))
+    seg_energy = seg_mj * 1e-3 + seg_j
+    idle_w = np.full(n_gpu, settings.idle_power_w)
+    holder_ptr = s["holder_ptr"].astype(np.int64)
+    h_e, h_idle, h_s, seg_unalloc = kernel.split_segments(
+        seg_energy, seg_s, seg_gpu, holder_ptr, s["holder_sm"].astype(np.float64), idle_w, _POLICIES[settings.idle_policy])
+
+    # Carbon: every segment is priced at the intensity and PUE of its own start time.
+    seg_t = c["t_us"][s["seg_row"]].astype(np.float64) * 1e-6 if len(seg_gpu) else np.zeros(0)
+    intensity = np.asarray(carbon.intensity.intensity_at(seg_t), dtype=np.float64)
+    market = np.asarray(market_intensity(intensity, carbon.market_factor_g_per_kwh), dtype=np.float64)
+    pue = np.asarray(carbon.pue.pue_at(seg_t), dtype=np.float64)
+    holder_seg = np.repeat(np.arange(len(seg_gpu)), np.diff(holder_ptr))
+    job_idx = s["holder_job"].astype(np.int64)
+    n_jobs = len(jobs)
+
+    def per_job(values: np.ndarray) -> np.ndarray:
+        return np.bincount(job_idx, weights=values, minlength=n_jobs)
+
+    j_e, j_idle, j_s = per_job(h_e), per_job(h_idle), per_job(h_s)
+    j_fac = per_job(h_e * pue[holder_seg])
+    j_co2 = per_job(emissions_g(h_e, intensity[holder_seg], pue[holder_seg]))
+    j_mkt = per_job(emissions_g(h_e, market[holder_seg], pue[holder_seg]))
+    present = np.bincount(job_idx, minlength=n_jobs) > 0
+    job_lines = [JobLine(jobs[k].job_id, jobs[k].user, float(j_e[k]), float(j_idle[k]), float(j_s[k]),
+                         float(j_fac[k]), float(j_co2[k]), float(j_mkt[k]))
+                 for k in np.flatnonzero(present)]
+
+    gpu_e = np.bincount(seg_gpu, weights=seg_energy, minlength=n_gpu)
+    gpu_un = np.bincount(seg_gpu, weights=seg_unalloc, minlength=n_gpu)
+    summary = kernel.gpu_summaries(c["power_mw"], c["util_gpu"], c["util_mem"], c["mem_used_mib"], c["temp_c"],
+                                   c["sm_clock_mhz"], offsets)
+    rows = np.diff(offsets)
+    gpu_lines = [GpuLine(g.uuid, g.index, g.name, float(gpu_e[k]), float(gpu_un[k]), *map(float, summary[k]),
+                         g.power_limit_w, int(max(rows[k] - (1 if g.anchored else 0), 0)), g.has_counter,
+                         int(resets[k]), int(integrated[k]))
+                 for k, g in enumerate(gpus)]
+    total = float(seg_energy.sum())
+    weights = seg_energy if total > 0 else None
+    return BlockLedger(
+        end_us=int(block.end_us), jobs=job_lines, gpus=gpu_lines, gpu_energy_j=total,
+        unallocated_energy_j=float(seg_unalloc.sum()), facility_energy_j=float((seg_energy * pue).sum()),
+        co2_g=float(emissions_g(seg_energy, intensity, pue).sum()),
+        co2_market_g=float(emissions_g(seg_energy, market, pue).sum()),
+        intensity_g_per_kwh=float(np.average(intensity, weights=weights)) if len(intensity) else float("nan"),
+        pue=float(np.average(pue, weights=weights)) if len(pue) else float("nan"),
+        segment_start_s=seg_t, segment_gpu=seg_gpu, segment_energy_j=seg_energy)

@@ -1,0 +1,155 @@
+"""The ``greenwatch`` command line: one entry point, one subcommand per service or task."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from greenwatch.config import ConfigError, load_config
+
+__all__ = ["main", "build_parser"]
+
+EXIT_CONFIG = 2
+
+_DESCRIPTION = """\
+greenwatch measures the energy of every GPU job in a datacentre and turns it into CO2:
+agents on GPU nodes sample NVML and stream batches over MQTT, a collector attributes each
+GPU's measured energy to the jobs holding it and writes the results to InfluxDB.
+
+Start with `greenwatch demo`: it runs a simulated cluster end to end on this machine."""
+
+_EPILOG = "Documentation: docs/ in the source tree (start with docs/architecture.md and docs/configuration.md)."
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", metavar="FILE", type=Path,
+                   help="TOML configuration file (every key: docs/configuration.md); omitted: built-in defaults")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand (exposed for the docs and the tests)."""
+    parser = argparse.ArgumentParser(prog="greenwatch", description=_DESCRIPTION, epilog=_EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="how much to log to stderr (default: INFO)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("agent", help="sample this node's GPUs and stream batches to MQTT (a systemd service)",
+                       description="Sample every GPU on this node through NVML (energy counter and power at "
+                                   "agent.sample_hz, processes and their jobs at agent.process_hz), plus host "
+                                   "CPU and memory, and publish a batch every agent.publish_interval_s to "
+                                   "<mqtt.topic_prefix>/<cluster>/<node>/batch with QoS 1. Stops cleanly on "
+                                   "SIGTERM, publishing what was sampled.")
+    _add_config(p)
+    p.set_defaults(func=_cmd_agent)
+
+    p = sub.add_parser("collector", help="attribute batches to jobs and write them to InfluxDB (a systemd service)",
+                       description="Subscribe to every node's batches through the MQTT 5 shared subscription "
+                                   "$share/<collector.share_group>/..., attribute each GPU's energy to the jobs "
+                                   "holding it, convert it to CO2 and write per-GPU, per-job and per-node series "
+                                   "to InfluxDB. Run several with the same share_group to split the load.")
+    _add_config(p)
+    p.set_defaults(func=_cmd_collector)
+
+    p = sub.add_parser("demo", help="run a simulated cluster end to end, no GPU, broker or database needed",
+                       description="Simulate 2 nodes x 4 GPUs running 6 jobs for 6 hours (in well under a "
+                                   "minute) through the real agent, wire format, attribution and an embedded "
+                                   "store; print a per-job table and write summary.json and the database into "
+                                   "the output directory.")
+    p.add_argument("--out", type=Path, default=Path("greenwatch-demo"), metavar="DIR",
+                   help="output directory (default: ./greenwatch-demo)")
+    p.add_argument("--hours", type=float, default=6.0, help="simulated hours (default: 6)")
+    p.add_argument("--zone", default="DE", help="grid zone for the carbon intensity (default: DE)")
+    p.add_argument("--pue", type=float, default=1.2, help="facility PUE used by the demo (default: 1.2)")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("dashboards", help="write the Grafana dashboards (JSON) generated from code",
+                       description="Generate the operator, job and user dashboards with grafanalib and write "
+                                   "them as JSON files, ready to import into Grafana or to provision.")
+    p.add_argument("--out", type=Path, default=Path("dashboards"), metavar="DIR",
+                   help="output directory (default: ./dashboards)")
+    p.set_defaults(func=_cmd_dashboards)
+
+    p = sub.add_parser("config", help="check a configuration file, or print the key reference",
+                       description="Validate a TOML configuration file (exit 2 naming the bad key) or, with "
+                                   "--reference, print the Markdown reference of every key and default.")
+    _add_config(p)
+    p.add_argument("--reference", action="store_true", help="print the key reference as Markdown")
+    p.set_defaults(func=_cmd_config)
+    return parser
+
+
+def _cmd_agent(args: argparse.Namespace) -> int:
+    from greenwatch.agent.gpu import NvmlUnavailable
+    from greenwatch.agent.service import run_agent
+
+    cfg = load_config(args.config)
+    try:
+        return asyncio.run(run_agent(cfg))
+    except NvmlUnavailable as exc:
+        logging.getLogger("greenwatch").error("%s", exc)
+        return 1
+
+
+def _cmd_collector(args: argparse.Namespace) -> int:
+    from greenwatch.collector.service import run_collector
+
+    return asyncio.run(run_collector(load_config(args.config)))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from greenwatch.demo import DemoOptions, format_table, run_demo
+
+    if not 0 < args.hours <= 24 * 7:
+        raise ConfigError("--hours", "must be between 0 and 168")
+    print(f"greenwatch demo: simulating 2 nodes x 4 GPUs for {args.hours:g} h ...", file=sys.stderr)
+    summary = run_demo(DemoOptions(out=args.out, hours=args.hours, zone=args.zone, pue=args.pue))
+    print(format_table(summary))
+    print(f"\n{summary['batches']} batches, {summary['samples']} GPU samples in {summary['wall_seconds']:.1f} s; "
+          f"results in {args.out}/summary.json")
+    return 0
+
+
+def _cmd_dashboards(args: argparse.Namespace) -> int:
+    from greenwatch.dashboards import write_dashboards
+
+    for path in write_dashboards(args.out):
+        print(path)
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from greenwatch.config import render_docs
+
+    if args.reference:
+        print(render_docs())
+        return 0
+    cfg = load_config(args.config)
+    from greenwatch.wiring import carbon_context
+
+    carbon_context(cfg)  # also checks the files the config points to
+    print(f"{cfg.path or 'defaults'}: OK")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``greenwatch`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ConfigError as exc:
+        print(f"greenwatch: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

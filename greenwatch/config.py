@@ -1,0 +1,230 @@
+"""The one TOML configuration file shared by every greenwatch service.
+
+Every key is declared once in :data:`SCHEMA` with its type, default, check and
+documentation; ``docs/configuration.md`` is generated from the same table (and a
+test keeps them in sync), so a key cannot exist in the code without being
+documented.  A bad file raises :class:`ConfigError`, which names the offending
+key; the command line turns it into one error line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+__all__ = ["ConfigError", "Config", "Key", "SCHEMA", "load_config", "config_from_mapping", "render_docs"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, tied to the key (``section.name``) that caused it."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: its type, default, an optional check and its documentation."""
+
+    type: type | tuple[type, ...]
+    default: Any
+    doc: str
+    check: Callable[[Any], str | None] | None = None
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 and math.isfinite(value) else "must be a positive number"
+
+
+def _non_negative(value: Any) -> str | None:
+    return None if value >= 0 and math.isfinite(value) else "must be zero or a positive number"
+
+
+def _port(value: Any) -> str | None:
+    return None if 1 <= value <= 65535 else "must be a TCP port between 1 and 65535"
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(repr(c) for c in choices)}"
+
+    return check
+
+
+def _pue(value: Any) -> str | None:
+    return None if 1.0 <= value <= 5.0 else "must be between 1.0 and 5.0 (PUE is facility energy / IT energy)"
+
+
+def _qos(value: Any) -> str | None:
+    return None if value in (0, 1, 2) else "must be 0, 1 or 2"
+
+
+def _topic_part(value: Any) -> str | None:
+    bad = [c for c in "/+#" if c in value]
+    if not value:
+        return "must not be empty"
+    return f"must not contain {''.join(bad)!r} (it becomes one MQTT topic level)" if bad else None
+
+
+def _topic_prefix(value: Any) -> str | None:
+    if not value or value.endswith("/") or "+" in value or "#" in value:
+        return "must be a topic such as 'greenwatch/v1' without wildcards or trailing '/'"
+    return None
+
+
+_HOST = socket.gethostname().split(".")[0] or "node"
+
+#: section -> key -> declaration.  The order here is the order of the generated docs.
+SCHEMA: dict[str, dict[str, Key]] = {
+    "node": {
+        "cluster": Key(str, "default", "Cluster name; the second level of every MQTT topic and a tag on every series.", _topic_part),
+        "name": Key(str, _HOST, "This node's name in topics and series (default: the short host name).", _topic_part),
+    },
+    "agent": {
+        "sample_hz": Key(float, 10.0, "GPU sampling rate: energy counter, power, utilisation, memory, temperature, clock.", _positive),
+        "process_hz": Key(float, 1.0, "Rate of the slower loop that lists GPU processes, their SM utilisation and their jobs.", _positive),
+        "publish_interval_s": Key(float, 5.0, "Seconds of samples per published batch; also the resolution of the per-GPU series in InfluxDB.", _positive),
+        "mapping_dir": Key(str, "", "Directory where the Slurm prolog records which job holds which GPU (one file per GPU UUID). Empty: not used."),
+        "use_environ": Key(bool, True, "Fall back to SLURM_JOB_ID / GREENWATCH_JOB in /proc/<pid>/environ when a process is in no scheduler cgroup (needs root or CAP_SYS_PTRACE)."),
+        "proc_root": Key(str, "/proc", "Where the host's /proc is mounted (inside a container: the host's /proc bind-mounted)."),
+        "host_metrics": Key(bool, True, "Sample host CPU and memory through psutil."),
+    },
+    "mqtt": {
+        "host": Key(str, "localhost", "MQTT broker host name or address."),
+        "port": Key(int, 1883, "MQTT broker port (8883 is customary for TLS).", _port),
+        "topic_prefix": Key(str, "greenwatch/v1", "First topic levels; topics are <prefix>/<cluster>/<node>/batch.", _topic_prefix),
+        "qos": Key(int, 1, "MQTT quality of service for batches; 1 (at least once) is what the collector's idempotent writes expect.", _qos),
+        "keepalive_s": Key(int, 30, "MQTT keep-alive interval in seconds.", _positive),
+        "client_id": Key(str, "", "MQTT client id; empty derives one from the service and node name."),
+        "username": Key(str, "", "MQTT user name; empty for none."),
+        "password_file": Key(str, "", "File holding the MQTT password (e.g. from systemd LoadCredential=); never put the password itself in the config."),
+        "tls": Key(bool, False, "Connect with TLS."),
+        "ca_file": Key(str, "", "CA bundle for TLS; empty uses the system store."),
+        "cert_file": Key(str, "", "Client certificate for TLS client authentication."),
+        "key_file": Key(str, "", "Private key for cert_file."),
+    },
+    "collector": {
+        "share_group": Key(str, "greenwatch", "MQTT 5 shared-subscription group: collectors in the same group split the node batches among them.", _topic_part),
+        "instance": Key(str, _HOST, "This collector's name in its health series."),
+        "max_message_bytes": Key(int, 8 * 1024 * 1024, "Larger MQTT messages are rejected unread.", _positive),
+        "max_clock_skew_s": Key(float, 3600.0, "Batches whose sample times lie further than this from the collector's clock are rejected.", _positive),
+        "health_interval_s": Key(float, 10.0, "How often the collector writes its own counters to InfluxDB.", _positive),
+    },
+    "influxdb": {
+        "url": Key(str, "http://localhost:8086", "InfluxDB base URL (2.x/3.x, or 1.8+ which also answers the v2 write API)."),
+        "org": Key(str, "greenwatch", "InfluxDB organisation (ignored by 1.8+)."),
+        "bucket": Key(str, "greenwatch", "Bucket (2.x/3.x) or database/retention policy (1.8+: 'db/rp' or 'db')."),
+        "token_file": Key(str, "", "File holding the API token (1.8+: 'user:password'); empty for none."),
+        "timeout_s": Key(float, 10.0, "HTTP timeout for one write.", _positive),
+    },
+    "carbon": {
+        "zone": Key(str, "DE", "Grid zone (country code) for the shipped annual intensity table, and the fallback outside a series."),
+        "intensity_csv": Key(str, "", "Operator-provided CSV (timestamp,g_per_kwh), hourly or finer; empty uses the annual table."),
+        "live_url": Key(str, "", "Optional live intensity API URL template; values are cached so the collector keeps working offline."),
+        "cache_dir": Key(str, "", "Where the live provider caches values; empty disables the cache."),
+        "market_factor_g_per_kwh": Key(float, -1.0, "Contractual (market-based) emission factor in gCO2e/kWh; negative: none, market-based equals location-based."),
+        "pue": Key(float, 1.56, "Constant power usage effectiveness (facility / IT energy). Default: Uptime Institute 2024 global average; set your site's.", _pue),
+        "facility_csv": Key(str, "", "Optional facility series CSV (timestamp,pue or timestamp,facility_w,it_w) giving PUE per interval; overrides pue."),
+    },
+    "attribution": {
+        "idle_policy": Key(str, "equal", "How the idle part of a shared GPU's energy is split: 'equal' among the jobs holding it, 'proportional' to SM share, or 'unallocated' (kept at node level, as Kepler does).", _one_of("equal", "proportional", "unallocated")),
+        "idle_power_w": Key(float, 60.0, "A GPU's idle baseline in watts; energy above it is 'active' and split by SM share on shared GPUs.", _non_negative),
+    },
+}
+
+
+class Config:
+    """Validated configuration: ``cfg.section.key`` attribute access plus the source path."""
+
+    def __init__(self, values: dict[str, dict[str, Any]], path: Path | None) -> None:
+        self._values = values
+        self.path = path
+        for section, keys in values.items():
+            setattr(self, section, _Section(section, keys))
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        """A deep copy of every value, defaults included."""
+        return {s: dict(k) for s, k in self._values.items()}
+
+
+class _Section:
+    def __init__(self, name: str, values: dict[str, Any]) -> None:
+        self._name = name
+        self.__dict__.update(values)
+
+    def __repr__(self) -> str:
+        items = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if not k.startswith("_"))
+        return f"[{self._name}] {items}"
+
+
+def _coerce(key: str, decl: Key, value: Any) -> Any:
+    # TOML gives ints where users mean floats (sample_hz = 10); accept that, but never bools as numbers.
+    if decl.type is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if decl.type is int and isinstance(value, bool):
+        raise ConfigError(key, f"expected an integer, got {value!r}")
+    if not isinstance(value, decl.type):
+        want = decl.type.__name__ if isinstance(decl.type, type) else "/".join(t.__name__ for t in decl.type)
+        names = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}
+        raise ConfigError(key, f"expected {names.get(want, want)}, got {value!r}")
+    if decl.check is not None:
+        problem = decl.check(value)
+        if problem:
+            raise ConfigError(key, f"{problem} (got {value!r})")
+    return value
+
+
+def config_from_mapping(data: Mapping[str, Any], path: Path | None = None) -> Config:
+    """Validate a parsed TOML document against :data:`SCHEMA`; unknown keys are errors."""
+    values: dict[str, dict[str, Any]] = {s: {k: d.default for k, d in keys.items()} for s, keys in SCHEMA.items()}
+    for section, body in data.items():
+        if section not in SCHEMA:
+            raise ConfigError(section, f"unknown section; known sections: {', '.join(SCHEMA)}")
+        if not isinstance(body, Mapping):
+            raise ConfigError(section, "expected a [section] table")
+        for name, value in body.items():
+            key = f"{section}.{name}"
+            decl = SCHEMA[section].get(name)
+            if decl is None:
+                raise ConfigError(key, f"unknown key; keys of [{section}]: {', '.join(SCHEMA[section])}")
+            values[section][name] = _coerce(key, decl, value)
+    return Config(values, path)
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read and validate a TOML file; ``None`` gives the defaults."""
+    if path is None:
+        return config_from_mapping({})
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError("", f"config file {p} does not exist (see docs/configuration.md for an example)") from None
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {p}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("", f"{p} is not valid TOML: {exc}") from None
+    return config_from_mapping(data, p)
+
+
+def render_docs() -> str:
+    """The key reference of ``docs/configuration.md``, generated from :data:`SCHEMA`."""
+    lines: list[str] = []
+    for section, keys in SCHEMA.items():
+        lines += [f"### `[{section}]`", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        for name, decl in keys.items():
+            default = decl.default
+            if section in ("node", "collector") and name in ("name", "instance"):
+                default = "<host name>"
+            shown = "true" if default is True else "false" if default is False else repr(default).replace("'", '"')
+            tname = decl.type.__name__ if isinstance(decl.type, type) else "/".join(t.__name__ for t in decl.type)
+            lines.append(f"| `{name}` | {tname} | `{shown}` | {decl.doc} |")
+        lines.append("")
+    return "\n".join(lines)
