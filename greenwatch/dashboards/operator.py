@@ -1,0 +1,272 @@
+"""Operator overview: facility power, energy, carbon, waste, data freshness, collector health."""
+
+from __future__ import annotations
+
+from grafanalib.core import Dashboard, Templating, Time
+
+from . import panels as p
+from . import queries as q
+from .queries import CLUSTER, NODE
+
+UID = "greenwatch-operator"
+TITLE = "greenwatch: operator overview"
+
+# (panel title, refId) of targets that may legitimately return no data: the `job`
+# measurement only exists once jobs have finished, spool fields only while the collector
+# spools, and "recent reports" is empty when every node is silent.
+MAY_BE_EMPTY = {
+    ("Top accounts by CO2", "A"),
+    ("Collector spool", "A"),
+    ("Silent nodes", "B"),
+}
+
+STALE_VAR = "stale_after"
+
+
+def _power_panels(lay: p.Layout) -> None:
+    lay.row("Power and energy", "GPU (IT) power and facility power including PUE")
+    lay.add(p.stat(
+        "Facility power now",
+        "Mean power over the last 5 minutes: IT = GPU energy reported by the agents, "
+        "facility = IT energy x PUE (node_energy.facility_energy_j). This is the load the "
+        "site is drawing right now.",
+        p.WATT,
+        [p.target(q.select([q.range_power("facility_energy_j", "facility"),
+                            q.range_power("gpu_energy_j", "IT (GPU)")],
+                           "node_energy", (CLUSTER,)))],
+        time_from="5m", decimals=0), 6, 5)
+    lay.add(p.stat(
+        "Energy today",
+        "Energy since local midnight: facility (with PUE) and IT (GPU) energy in kWh.",
+        p.KWH,
+        [p.target(q.select([q.kwh("facility_energy_j", "facility"),
+                            q.kwh("gpu_energy_j", "IT (GPU)")],
+                           "node_energy", (CLUSTER,)))],
+        time_from="now/d"), 5, 5)
+    lay.add(p.stat(
+        "Energy this month",
+        "Energy since the first of the month: facility (with PUE) and IT (GPU) energy in kWh.",
+        p.KWH,
+        [p.target(q.select([q.kwh("facility_energy_j", "facility"),
+                            q.kwh("gpu_energy_j", "IT (GPU)")],
+                           "node_energy", (CLUSTER,)))],
+        time_from="now/M", decimals=0), 5, 5)
+    lay.add(p.stat(
+        "CO2 today",
+        "Emissions since local midnight, location-based (grid intensity where the energy "
+        "was used) and market-based (after contractual instruments), in kgCO2e.",
+        p.KG_CO2,
+        [p.target(q.select([q.kg("co2_g", "location-based"), q.kg("co2_market_g", "market-based")],
+                           "node_energy", (CLUSTER,)))],
+        time_from="now/d"), 4, 5)
+    lay.add(p.stat(
+        "CO2 this month",
+        "Emissions since the first of the month, location- and market-based, in kgCO2e.",
+        p.KG_CO2,
+        [p.target(q.select([q.kg("co2_g", "location-based"), q.kg("co2_market_g", "market-based")],
+                           "node_energy", (CLUSTER,)))],
+        time_from="now/M", decimals=0), 4, 5)
+
+    lay.add(p.timeseries(
+        "Facility power",
+        "Total IT (GPU) power and facility power (IT x PUE) over time, derived from the "
+        "energy reported in each interval, so no sample is missed between points.",
+        p.WATT,
+        [p.target(q.select([q.power("facility_energy_j", "facility"),
+                            q.power("gpu_energy_j", "IT (GPU)")],
+                           "node_energy", (CLUSTER,), time_bucket=True, fill="null"))],
+        interval="15s"), 12, 8)
+    lay.add(p.timeseries(
+        "Grid carbon intensity",
+        "Mean grid carbon intensity applied to the energy of each cluster (location-based, "
+        "gCO2e per kWh). Shifting flexible work to low-intensity hours cuts emissions.",
+        p.G_CO2_PER_KWH,
+        [p.target(q.select('mean("intensity_g_per_kwh") AS "intensity"', "node_energy",
+                           (CLUSTER,), ("cluster",), time_bucket=True, fill="null"),
+                  alias="$tag_cluster")]), 12, 8)
+    lay.add(p.timeseries(
+        "Power per node",
+        "GPU power of each node (sum over its GPUs), stacked: shows which nodes draw the load "
+        "and nodes that drop out.",
+        p.WATT,
+        [p.target(q.select(q.power("gpu_energy_j", "power"), "node_energy", (CLUSTER, NODE),
+                           ("node",), time_bucket=True, fill="null"), alias="$tag_node")],
+        interval="15s", stacked=True), 24, 9)
+
+
+def _gpu_panels(lay: p.Layout) -> None:
+    lay.row("GPUs", "Per-GPU power and utilisation of the selected nodes")
+    for title, field, unit, scheme, what in (
+        ("GPU power heatmap", "power_w", p.WATT, "Oranges",
+         "Mean power of every GPU (one row per GPU, node/index), colour = watts. Hot rows next "
+         "to cold ones show unbalanced or stuck work."),
+        ("GPU utilisation heatmap", "util_gpu_pct", p.PERCENT, "Greens",
+         "GPU utilisation of every GPU (one row per GPU, node/index), colour = percent busy. "
+         "Dark rows are GPUs doing nothing: allocated-but-idle or unallocated."),
+    ):
+        lay.add(p.heatmap(
+            title, what + " Filter with the node variable on large sites.", unit,
+            [p.target(q.select(f'mean("{field}") AS "{field}"', "gpu", (CLUSTER, NODE),
+                               ("gpu", "node", "gpu_index"), time_bucket=True, fill="null"),
+                      alias="$tag_node/$tag_gpu_index")],
+            scheme=scheme), 12, 10)
+
+
+def _waste_panels(lay: p.Layout) -> None:
+    lay.row("Waste", "Energy spent on GPUs that do no useful work")
+    idle = ('SELECT "idle energy", "allocated energy", "idle share" FROM ('
+            f'SELECT {q.kwh("idle_energy_j", "idle energy")}, '
+            f'{q.kwh("energy_j", "allocated energy")}, '
+            '100 * sum("idle_energy_j") / sum("energy_j") AS "idle share" '
+            f'FROM "job_energy" {q.where(CLUSTER)} GROUP BY "job", "user") '
+            'WHERE "idle energy" > 0 GROUP BY "job", "user"')
+    lay.add(p.table(
+        "Allocated but idle GPUs",
+        "Jobs holding GPUs that sat idle in the selected range, with the energy those idle GPUs "
+        "used (kWh), the job's total GPU energy and the idle share. These are the jobs and "
+        "users to talk to first: the energy bought nothing.",
+        p.KWH,
+        [p.target(idle, fmt=p.TABLE)],
+        overrides=[p.unit_override("idle share", p.PERCENT), p.job_link(), p.user_link()],
+        sort_by="idle energy"), 12, 9)
+    lay.add(p.timeseries(
+        "GPU power by allocation",
+        "GPU power split by allocation: allocated to jobs, the part of that spent on idle "
+        "allocated GPUs, and unallocated GPUs (powered but in no job).",
+        p.WATT,
+        [p.target(q.select([q.power("allocated_energy_j", "allocated"),
+                            q.power("unallocated_energy_j", "unallocated")],
+                           "node_energy", (CLUSTER,), time_bucket=True, fill="null")),
+         p.target(q.select(q.power("idle_energy_j", "allocated but idle"), "job_energy",
+                           (CLUSTER,), time_bucket=True, fill="null"), ref="B")],
+        interval="15s"), 8, 9)
+    lay.add(p.stat(
+        "Unallocated energy",
+        "Energy of GPUs not allocated to any job in the selected range (kWh) and its share of "
+        "all GPU energy. High values suggest powering down or consolidating idle nodes.",
+        p.KWH,
+        [p.target(q.select([q.kwh("unallocated_energy_j", "unallocated"),
+                            '100 * sum("unallocated_energy_j") / sum("gpu_energy_j") AS "share"'],
+                           "node_energy", (CLUSTER,)))],
+        overrides=[p.unit_override("share", p.PERCENT)]), 4, 9)
+
+
+def _top_panels(lay: p.Layout) -> None:
+    lay.row("Who emits", "Jobs, users and accounts ranked by emissions in the selected range")
+    job_fields = [q.kg("co2_g", "CO2"), q.kg("co2_market_g", "CO2 market"),
+                  q.kwh("energy_j", "IT energy"), q.kwh("facility_energy_j", "facility energy"),
+                  q.hours("gpu_seconds", "GPU hours"), q.kwh("idle_energy_j", "idle energy")]
+    money = [p.unit_override("CO2", p.KG_CO2), p.unit_override("CO2 market", p.KG_CO2),
+             p.unit_override("GPU hours", p.GPU_HOURS)]
+    lay.add(p.table(
+        "Top jobs by CO2",
+        "Jobs ranked by location-based emissions (kgCO2e) in the selected range, with "
+        "market-based emissions, IT and facility energy, GPU-hours and idle energy.",
+        p.KWH,
+        [p.target(q.select(job_fields, "job_energy", (CLUSTER,), ("job", "user")), fmt=p.TABLE)],
+        overrides=[*money, p.job_link(), p.user_link()], sort_by="CO2"), 12, 9)
+    users = ('SELECT count("e") AS "jobs", sum("c") / 1000 AS "CO2", sum("e") / 3600000 AS '
+             '"IT energy", sum("g") / 3600 AS "GPU hours", sum("i") / 3600000 AS "idle energy" '
+             'FROM (SELECT sum("energy_j") AS "e", sum("co2_g") AS "c", sum("gpu_seconds") AS '
+             f'"g", sum("idle_energy_j") AS "i" FROM "job_energy" {q.where(CLUSTER)} '
+             'GROUP BY "job", "user") GROUP BY "user"')
+    lay.add(p.table(
+        "Top users by CO2",
+        "Users ranked by location-based emissions (kgCO2e) of their jobs in the selected "
+        "range, with number of jobs, IT energy, GPU-hours and idle energy.",
+        p.KWH,
+        [p.target(users, fmt=p.TABLE)],
+        overrides=[*money, p.unit_override("jobs", p.COUNT), p.user_link()], sort_by="CO2"), 6, 9)
+    accounts = q.select([q.kg("co2_g", "CO2"), q.kg("embodied_g", "embodied"),
+                         q.kwh("energy_j", "IT energy"), q.hours("gpu_seconds", "GPU hours"),
+                         'count("energy_j") AS "jobs"'],
+                        "job", (CLUSTER,), ("account",))
+    lay.add(p.table(
+        "Top accounts by CO2",
+        "Accounts (projects) ranked by the emissions of their finished jobs (job summaries), "
+        "operational and embodied, in kgCO2e. Empty until jobs have finished in the range.",
+        p.KWH,
+        [p.target(accounts, fmt=p.TABLE)],
+        overrides=[*money, p.unit_override("embodied", p.KG_CO2), p.unit_override("jobs", p.COUNT)],
+        sort_by="CO2"), 6, 9)
+
+
+def _health_panels(lay: p.Layout) -> None:
+    lay.row("Data health", "Is the data complete and is the pipeline keeping up?")
+    last = q.select('last("gpus") AS "gpus"', "node_energy", (CLUSTER,), ("cluster", "node"))
+    recent = ('SELECT count("gpus") AS "recent reports" FROM "node_energy" '
+              f'WHERE time > now() - ${{{STALE_VAR}}}s GROUP BY "node"')
+    lay.add(p.table(
+        "Silent nodes",
+        "Nodes that reported in the selected range but not in the last $stale_after seconds "
+        "(dashboard variable), with the time of their last report. Their energy is missing "
+        "from every other panel: check the agent, the network and the broker.",
+        p.AGO,
+        [p.target(last, fmt=p.TABLE), p.target(recent, ref="B", fmt=p.TABLE)],
+        overrides=[p.unit_override("gpus", p.COUNT)],
+        transformations=[
+            {"id": "joinByField", "options": {"byField": "node", "mode": "outer"}},
+            {"id": "filterByValue", "options": {
+                "filters": [{"config": {"id": "isNull", "options": {}},
+                             "fieldName": "recent reports"}],
+                "match": "any", "type": "include"}},
+            {"id": "organize", "options": {"excludeByName": {"recent reports": True},
+                                           "renameByName": {"Time": "last report",
+                                                            "Time 1": "last report"}}},
+        ],
+        hide_time=False), 8, 8)
+    rate = "non_negative_derivative(last(\"{0}\"), {1}) AS \"{0}\""
+    lay.add(p.timeseries(
+        "Collector throughput",
+        "Messages, samples and batches the collector ingests per second (derivative of its "
+        "cumulative counters, per collector instance). A drop to zero means no data arrives.",
+        p.PER_SECOND,
+        [p.target(q.select([rate.format(f, "1s") for f in ("messages", "samples", "batches")],
+                           "collector", (), ("instance",), time_bucket=True, fill="none"),
+                  alias="$tag_instance $col")],
+        interval="20s"), 8, 8)
+    lay.add(p.timeseries(
+        "Collector errors",
+        "Messages rejected (malformed, unknown or out-of-order) and failed database writes "
+        "per minute. Anything above zero means data is being lost or retried.",
+        p.PER_MINUTE,
+        [p.target(q.select([rate.format(f, "1m") for f in ("rejected", "write_errors")],
+                           "collector", (), ("instance",), time_bucket=True, fill="none"),
+                  alias="$tag_instance $col")],
+        interval="20s"), 4, 8)
+    lay.add(p.timeseries(
+        "Collector spool",
+        "Bytes the collector has spooled to disk while the database was unreachable (if "
+        "the collector reports it). Growing spool = writes are failing.",
+        p.BYTES,
+        [p.target(q.select('last("spool_bytes") AS "spool"', "collector", (), ("instance",),
+                           time_bucket=True, fill="none"), alias="$tag_instance")],
+        interval="20s"), 4, 8)
+
+
+def dashboard() -> Dashboard:
+    lay = p.Layout()
+    _power_panels(lay)
+    _gpu_panels(lay)
+    _waste_panels(lay)
+    _top_panels(lay)
+    _health_panels(lay)
+    return Dashboard(
+        title=TITLE,
+        uid=UID,
+        description="Facility power, energy and carbon of the GPU fleet, waste and data health.",
+        tags=["greenwatch"],
+        inputs=[p.datasource_input()],
+        templating=Templating([
+            p.datasource_variable(),
+            p.query_variable("cluster", "Cluster", q.tag_values("node_energy", "cluster"),
+                             multi=True, include_all=True),
+            p.query_variable("node", "Node",
+                             q.tag_values("node_energy", "node") + f" WHERE {CLUSTER}",
+                             multi=True, include_all=True),
+            p.textbox_variable(STALE_VAR, "Silent after (s)", "60"),
+        ]),
+        panels=lay.panels,
+        time=Time("now-6h", "now"),
+        refresh="1m",
+    )
