@@ -17,7 +17,7 @@ from greenwatch.attribution import kernel
 from greenwatch.batch import Block, GpuInfo, JobInfo
 from greenwatch.carbon import emissions_g, market_intensity
 
-__all__ = ["AttributionSettings", "CarbonContext", "JobLine", "GpuLine", "BlockLedger", "account_block"]
+__all__ = ["AttributionSettings", "CarbonContext", "JobLine", "JobGpuLine", "GpuLine", "BlockLedger", "account_block"]
 
 _POLICIES = {"equal": kernel.IDLE_EQUAL, "proportional": kernel.IDLE_PROPORTIONAL, "unallocated": kernel.IDLE_UNALLOCATED}
 
@@ -66,6 +66,18 @@ class JobLine:
 
 
 @dataclass
+class JobGpuLine:
+    """One job's share of one GPU over one block (tells reports which GPUs a job used)."""
+
+    job_id: str
+    user: str
+    gpu_uuid: str
+    energy_j: float
+    idle_energy_j: float
+    gpu_seconds: float
+
+
+@dataclass
 class GpuLine:
     """One GPU's energy and mean readings over one block."""
 
@@ -95,6 +107,7 @@ class BlockLedger:
     end_us: int
     jobs: list[JobLine]
     gpus: list[GpuLine]
+    job_gpus: list[JobGpuLine]
     gpu_energy_j: float
     unallocated_energy_j: float
     facility_energy_j: float
@@ -153,6 +166,14 @@ def account_block(block: Block, gpus: Sequence[GpuInfo], jobs: Sequence[JobInfo]
                          float(j_fac[k]), float(j_co2[k]), float(j_mkt[k]))
                  for k in np.flatnonzero(present)]
 
+    pair = job_idx * n_gpu + seg_gpu[holder_seg]
+    p_e = np.bincount(pair, weights=h_e, minlength=n_jobs * n_gpu)
+    p_idle = np.bincount(pair, weights=h_idle, minlength=n_jobs * n_gpu)
+    p_s = np.bincount(pair, weights=h_s, minlength=n_jobs * n_gpu)
+    job_gpu_lines = [JobGpuLine(jobs[k // n_gpu].job_id, jobs[k // n_gpu].user, gpus[k % n_gpu].uuid,
+                                float(p_e[k]), float(p_idle[k]), float(p_s[k]))
+                     for k in np.unique(pair)]
+
     gpu_e = np.bincount(seg_gpu, weights=seg_energy, minlength=n_gpu)
     gpu_un = np.bincount(seg_gpu, weights=seg_unalloc, minlength=n_gpu)
     summary = kernel.gpu_summaries(c["power_mw"], c["util_gpu"], c["util_mem"], c["mem_used_mib"], c["temp_c"],
@@ -165,7 +186,7 @@ def account_block(block: Block, gpus: Sequence[GpuInfo], jobs: Sequence[JobInfo]
     total = float(seg_energy.sum())
     weights = seg_energy if total > 0 else None
     return BlockLedger(
-        end_us=int(block.end_us), jobs=job_lines, gpus=gpu_lines, gpu_energy_j=total,
+        end_us=int(block.end_us), jobs=job_lines, gpus=gpu_lines, job_gpus=job_gpu_lines, gpu_energy_j=total,
         unallocated_energy_j=float(seg_unalloc.sum()), facility_energy_j=float((seg_energy * pue).sum()),
         co2_g=float(emissions_g(seg_energy, intensity, pue).sum()),
         co2_market_g=float(emissions_g(seg_energy, market, pue).sum()),

@@ -54,6 +54,9 @@ def ledger_records(cluster: str, node: str, ledger: BlockLedger, host: Mapping[s
         out.append(Record("job_energy", base + (("job", j.job_id), ("user", j.user or "unknown")), _fields({
             "energy_j": j.energy_j, "idle_energy_j": j.idle_energy_j, "facility_energy_j": j.facility_energy_j,
             "co2_g": j.co2_g, "co2_market_g": j.co2_market_g, "gpu_seconds": j.gpu_seconds, "gaps": gaps}), t))
+    for jg in ledger.job_gpus:
+        out.append(Record("job_gpu", base + (("job", jg.job_id), ("gpu", jg.gpu_uuid)), _fields({
+            "energy_j": jg.energy_j, "idle_energy_j": jg.idle_energy_j, "gpu_seconds": jg.gpu_seconds}), t))
     out.append(Record("node_energy", base, _fields({
         "gpu_energy_j": ledger.gpu_energy_j, "allocated_energy_j": ledger.allocated_energy_j,
         "unallocated_energy_j": ledger.unallocated_energy_j, "facility_energy_j": ledger.facility_energy_j,
