@@ -12,18 +12,27 @@ import asyncio
 import logging
 import signal
 import time
+from typing import Protocol
 
 import aiomqtt
 
 from greenwatch.collector.core import Collector
 from greenwatch.config import Config
 from greenwatch.storage.records import Record, line_protocol
-from greenwatch.transport.mqtt import make_client, parse_batch_topic, shared_subscription
+from greenwatch.transport.mqtt import make_client, parse_node_topic, shared_subscription
 from greenwatch.wiring import attribution_settings, carbon_context, influx_store
 
-__all__ = ["BufferedWriter", "run_collector"]
+__all__ = ["BufferedWriter", "EventHandler", "run_collector"]
 
 log = logging.getLogger(__name__)
+
+
+class EventHandler(Protocol):
+    """Handles job events (``<prefix>/<cluster>/<node>/event``) next to the batch stream."""
+
+    def handle(self, payload: bytes, node: tuple[str, str]) -> None: ...
+
+    async def run(self, stop: asyncio.Event) -> None: ...
 
 
 class BufferedWriter:
@@ -101,8 +110,11 @@ async def _health_loop(collector: Collector, writer: BufferedWriter, instance: s
             ("gaps_filled", s.gaps_filled), ("pending_bodies", writer.pending)), time.time_ns())])
 
 
-async def run_collector(cfg: Config) -> int:
-    """Run until SIGTERM/SIGINT; returns the process exit status."""
+async def run_collector(cfg: Config, events: EventHandler | None = None) -> int:
+    """Run until SIGTERM/SIGINT; returns the process exit status.
+
+    ``events`` receives job events; without one they are counted and ignored.
+    """
     store = influx_store(cfg)
     writer = BufferedWriter(store)
     collector = Collector(attribution_settings(cfg), carbon_context(cfg), writer,
@@ -116,14 +128,18 @@ async def run_collector(cfg: Config) -> int:
              asyncio.create_task(_health_loop(collector, writer, cfg.collector.instance,
                                               cfg.collector.health_interval_s, stop))]
     prefix = cfg.mqtt.topic_prefix
-    topic = shared_subscription(prefix, cfg.collector.share_group)
+    topics = [shared_subscription(prefix, cfg.collector.share_group, kind) for kind in ("batch", "event")]
+    if events is not None:
+        tasks.append(asyncio.create_task(events.run(stop)))
+    ignored_events = 0
     ident = cfg.mqtt.client_id or f"greenwatch-collector-{cfg.collector.instance}"
     backoff = 0.5
     while not stop.is_set():
         try:
             async with make_client(cfg.mqtt, ident) as client:
-                await client.subscribe(topic, qos=1)
-                log.info("subscribed to %s on %s:%d", topic, cfg.mqtt.host, cfg.mqtt.port)
+                for topic in topics:
+                    await client.subscribe(topic, qos=1)
+                log.info("subscribed to %s on %s:%d", " and ".join(topics), cfg.mqtt.host, cfg.mqtt.port)
                 backoff = 0.5
                 stopper = asyncio.create_task(stop.wait())
                 messages = aiter(client.messages)
@@ -134,9 +150,15 @@ async def run_collector(cfg: Config) -> int:
                         nxt.cancel()
                         break
                     message = nxt.result()
-                    node = parse_batch_topic(prefix, str(message.topic))
-                    payload = message.payload if isinstance(message.payload, (bytes, bytearray)) else b""
-                    collector.handle(bytes(payload), expect_node=node)
+                    parsed = parse_node_topic(prefix, str(message.topic))
+                    payload = bytes(message.payload) if isinstance(message.payload, (bytes, bytearray)) else b""
+                    if parsed is not None and parsed[2] == "event":
+                        if events is not None:
+                            events.handle(payload, parsed[:2])
+                        else:
+                            ignored_events += 1
+                        continue
+                    collector.handle(payload, expect_node=parsed[:2] if parsed else None)
         except aiomqtt.MqttError as exc:
             if stop.is_set():
                 break

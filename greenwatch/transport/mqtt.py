@@ -15,7 +15,7 @@ from paho.mqtt.packettypes import PacketTypes
 
 from greenwatch.secrets import read_secret
 
-__all__ = ["batch_topic", "shared_subscription", "parse_batch_topic", "make_client"]
+__all__ = ["batch_topic", "event_topic", "shared_subscription", "parse_node_topic", "make_client"]
 
 
 def batch_topic(prefix: str, cluster: str, node: str) -> str:
@@ -23,19 +23,24 @@ def batch_topic(prefix: str, cluster: str, node: str) -> str:
     return f"{prefix}/{cluster}/{node}/batch"
 
 
-def shared_subscription(prefix: str, group: str) -> str:
-    """The shared subscription that splits every node's batches among a group of collectors."""
-    return f"$share/{group}/{prefix}/+/+/batch"
+def event_topic(prefix: str, cluster: str, node: str) -> str:
+    """The topic for a node's job events (job start/end from the Slurm prolog/epilog)."""
+    return f"{prefix}/{cluster}/{node}/event"
 
 
-def parse_batch_topic(prefix: str, topic: str) -> tuple[str, str] | None:
-    """(cluster, node) of a batch topic, or None if the topic is not one."""
+def shared_subscription(prefix: str, group: str, kind: str = "batch") -> str:
+    """The shared subscription that splits every node's messages of one kind among a group of collectors."""
+    return f"$share/{group}/{prefix}/+/+/{kind}"
+
+
+def parse_node_topic(prefix: str, topic: str) -> tuple[str, str, str] | None:
+    """(cluster, node, kind) of a node topic (kind is 'batch' or 'event'), or None."""
     if not topic.startswith(prefix + "/"):
         return None
     parts = topic[len(prefix) + 1:].split("/")
-    if len(parts) != 3 or parts[2] != "batch" or not parts[0] or not parts[1]:
+    if len(parts) != 3 or parts[2] not in ("batch", "event") or not parts[0] or not parts[1]:
         return None
-    return parts[0], parts[1]
+    return parts[0], parts[1], parts[2]
 
 
 def make_client(mqtt_cfg: object, identifier: str, *, clean_start: bool = True,
