@@ -104,6 +104,8 @@ class Batch:
     #: still account its energy exactly from the counter (see docs/wire-format.md).
     carry: Block | None = None
     sent_us: int = 0
+    #: CPU-seconds each job's processes used in the window, aligned with ``jobs`` (empty if not sampled).
+    job_cpu_s: list[float] = field(default_factory=list)
 
     @property
     def key(self) -> tuple[str, str, str, int]:

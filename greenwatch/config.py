@@ -92,7 +92,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "mapping_dir": Key(str, "", "Directory where the Slurm prolog records which job holds which GPU (one file per GPU UUID). Empty: not used."),
         "use_environ": Key(bool, True, "Fall back to SLURM_JOB_ID / GREENWATCH_JOB in /proc/<pid>/environ when a process is in no scheduler cgroup (needs root or CAP_SYS_PTRACE)."),
         "proc_root": Key(str, "/proc", "Where the host's /proc is mounted (inside a container: the host's /proc bind-mounted)."),
-        "host_metrics": Key(bool, True, "Sample host CPU and memory through psutil."),
+        "host_metrics": Key(bool, True, "Sample host CPU, memory and CPU energy (RAPL where readable, else an estimate), and each job's CPU time."),
+        "cpu_watts_per_core": Key(float, 6.0, "CPU watts per busy core for the host-energy estimate used where RAPL is not readable.", _positive),
     },
     "mqtt": {
         "host": Key(str, "localhost", "MQTT broker host name or address."),

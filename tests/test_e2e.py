@@ -108,14 +108,15 @@ def test_two_nodes_three_jobs_end_to_end(tmp_path: Path, mosquitto, influx_v2, m
         "job-b": scen_a.energy_j(2, t0, t0 + 60),
         "job-c": sum(scen_b.energy_j(g, t0, t0 + 60) for g in range(3)),
     }
-    rows = q(f'SELECT sum("energy_j") AS e, sum("co2_g") AS co2 FROM "job_energy" GROUP BY "job", "user"', bucket)
+    rows = q('SELECT sum("energy_j") AS e, sum("host_energy_j") AS host, sum("co2_g") AS co2 FROM "job_energy" '
+             'GROUP BY "job", "user"', bucket)
     measured = {r["job"]: r for r in rows}
     assert set(measured) == set(truth), rows
     assert {measured[j]["user"] for j in truth} == {"alice", "bob", "carol"}
     for job, true_j in truth.items():
         assert measured[job]["e"] == pytest.approx(true_j, rel=0.01), job
-        # CO2 = IT energy x PUE x grid intensity (DE annual table)
-        expected_co2 = measured[job]["e"] / 3.6e6 * PUE * AnnualIntensity("DE").g_per_kwh
+        # CO2 = IT energy (GPU share + host CPU share) x PUE x grid intensity (DE annual table)
+        expected_co2 = (measured[job]["e"] + measured[job]["host"]) / 3.6e6 * PUE * AnnualIntensity("DE").g_per_kwh
         assert measured[job]["co2"] == pytest.approx(expected_co2, rel=1e-6)
 
     nodes = {r["node"]: r for r in q('SELECT sum("gpu_energy_j") AS gpu, sum("unallocated_energy_j") AS un, '

@@ -92,8 +92,12 @@ class BatchBuilder:
             st.holders = new
             st.pending_change = True
 
-    def cut(self, host: dict[str, float] | None = None, sent_us: int = 0) -> Batch:
-        """Close the window and return the batch; the last row of each GPU becomes the next anchor."""
+    def cut(self, host: dict[str, float] | None = None, sent_us: int = 0,
+            job_cpu_s: dict[str, float] | None = None) -> Batch:
+        """Close the window and return the batch; the last row of each GPU becomes the next anchor.
+
+        ``job_cpu_s`` maps job ids to the CPU-seconds their processes used in the window.
+        """
         jobs: dict[JobInfo, int] = {}
         infos: list[GpuInfo] = []
         all_rows: list[tuple[int, ...]] = []
@@ -136,8 +140,10 @@ class BatchBuilder:
             segs = dict(prev_block.segments)
             segs["holder_job"] = remap[segs["holder_job"]].astype(HOLDER_COLUMNS["holder_job"])
             carry = Block(prev_block.gpu_offsets, prev_block.columns, segs, prev_block.end_us)
-        batch = Batch(self.cluster, self.node, self.seq, self.boot, infos, list(jobs), block,
-                      dict(host or {}), carry, sent_us)
+        cpu = job_cpu_s or {}
+        job_list = list(jobs)
+        batch = Batch(self.cluster, self.node, self.seq, self.boot, infos, job_list, block,
+                      dict(host or {}), carry, sent_us, [float(cpu.get(j.job_id, 0.0)) for j in job_list] if cpu else [])
         self._carry = (_boundary_rows(block), list(batch.jobs)) if block.n_rows else None
         self.seq += 1
         for st in self._gpus:

@@ -13,6 +13,7 @@ from typing import Callable, Protocol, Sequence
 
 from greenwatch.agent.builder import BatchBuilder, Holder
 from greenwatch.agent.gpu import GpuDevice, GpuError
+from greenwatch.agent.host import JobCpuMeter
 from greenwatch.batch import GpuInfo, JobInfo
 
 __all__ = ["Sampler", "JobLookup"]
@@ -53,12 +54,14 @@ class Sampler:
     """Reads every GPU into a :class:`BatchBuilder`."""
 
     def __init__(self, cluster: str, node: str, devices: Sequence[GpuDevice], jobs: JobLookup,
-                 host_sampler: Callable[[], dict[str, float]] | None = None) -> None:
+                 host_sampler: Callable[[], dict[str, float]] | None = None,
+                 job_cpu: JobCpuMeter | None = None) -> None:
         self.devices = list(devices)
         self.jobs = jobs
         infos = [GpuInfo(d.uuid, d.index, d.name, d.has_counter, False, d.power_limit_w) for d in self.devices]
         self.builder = BatchBuilder(cluster, node, infos)
         self._host = host_sampler
+        self._job_cpu = job_cpu
         self._errors = _OnceLog()
         self.samples = 0
 
@@ -102,6 +105,8 @@ class Sampler:
                 if job is None:
                     user = self.jobs.user_of_pid(p.pid)
                     job = JobInfo(f"nojob:{user}", user, "none")
+                if self._job_cpu is not None:
+                    self._job_cpu.observe(job.job_id, {p.pid})
                 prev = shares.get(job.job_id)
                 sm = p.sm_util if prev is None else prev[1] + p.sm_util  # NaN stays NaN
                 shares[job.job_id] = (prev[0] if prev else job, min(sm, 100.0) if not math.isnan(sm) else sm)
@@ -114,4 +119,5 @@ class Sampler:
     def cut(self, sent_us: int = 0):  # -> Batch
         """Close the current window."""
         host = self._host() if self._host is not None else {}
-        return self.builder.cut(host, sent_us)
+        cpu = self._job_cpu.window() if self._job_cpu is not None else None
+        return self.builder.cut(host, sent_us, cpu)

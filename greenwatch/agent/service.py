@@ -19,7 +19,7 @@ from typing import Sequence
 import aiomqtt
 
 from greenwatch.agent.gpu import GpuDevice, open_nvml_gpus
-from greenwatch.agent.host import HostSampler
+from greenwatch.agent.host import HostSampler, JobCpuMeter
 from greenwatch.agent.jobs import JobResolver
 from greenwatch.agent.sampler import Sampler
 from greenwatch.batch import JobInfo
@@ -151,7 +151,8 @@ async def run_agent(cfg: Config, devices: Sequence[GpuDevice] | None = None) -> 
     resolver = JobResolver(proc_root=cfg.agent.proc_root, mapping_dir=cfg.agent.mapping_dir or None,
                            use_environ=cfg.agent.use_environ)
     sampler = Sampler(cfg.node.cluster, cfg.node.name, devices, ResolverLookup(resolver, cfg.agent.proc_root),
-                      HostSampler() if cfg.agent.host_metrics else None)
+                      HostSampler(cfg.agent.cpu_watts_per_core) if cfg.agent.host_metrics else None,
+                      JobCpuMeter() if cfg.agent.host_metrics else None)
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     stop_async = asyncio.Event()

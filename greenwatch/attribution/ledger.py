@@ -9,7 +9,7 @@ the carbon package's one emissions formula.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -63,6 +63,7 @@ class JobLine:
     facility_energy_j: float
     co2_g: float
     co2_market_g: float
+    host_energy_j: float = 0.0
 
 
 @dataclass
@@ -115,6 +116,10 @@ class BlockLedger:
     co2_market_g: float
     intensity_g_per_kwh: float
     pue: float
+    #: CPU energy of the host in the window (RAPL or estimate), and the part no job's CPU time explains.
+    host_energy_j: float = 0.0
+    host_unallocated_j: float = 0.0
+    host_energy_measured: bool = False
     #: Per segment, for reports that need time resolution: start time (s), GPU index, energy (J).
     segment_start_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
     segment_gpu: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
@@ -129,9 +134,27 @@ class BlockLedger:
         return int(sum(g.resets for g in self.gpus))
 
 
+def _host_shares(host: Mapping[str, float], job_cpu_s: Sequence[float], n_jobs: int) -> tuple[np.ndarray, float]:
+    """Split the window's host CPU energy by each job's share of the host's busy CPU-seconds."""
+    energy = float(host.get("host_energy_j", 0.0))
+    busy = float(host.get("cpu_busy_s", 0.0))
+    cpu = np.asarray(job_cpu_s, dtype=np.float64) if len(job_cpu_s) == n_jobs else np.zeros(n_jobs)
+    if energy <= 0.0 or busy <= 0.0 or cpu.sum() <= 0.0:
+        return np.zeros(n_jobs), max(energy, 0.0)
+    # Job CPU time is sampled a moment apart from the host's: never hand out more than all of it.
+    shares = cpu / max(busy, float(cpu.sum()))
+    per_job = energy * shares
+    return per_job, energy - float(per_job.sum())
+
+
 def account_block(block: Block, gpus: Sequence[GpuInfo], jobs: Sequence[JobInfo],
-                  settings: AttributionSettings, carbon: CarbonContext) -> BlockLedger:
-    """Attribute one block's energy to jobs and price it in CO2."""
+                  settings: AttributionSettings, carbon: CarbonContext,
+                  host: Mapping[str, float] | None = None, job_cpu_s: Sequence[float] = ()) -> BlockLedger:
+    """Attribute one block's energy to jobs and price it in CO2.
+
+    With ``host`` (the batch's host metrics) and ``job_cpu_s``, the host's CPU energy is split
+    among jobs by CPU-time share and priced at the block's end time.
+    """
     c, s = block.columns, block.segments
     n_gpu = len(gpus)
     has_counter = np.array([g.has_counter for g in gpus], dtype=np.bool_)
@@ -161,9 +184,19 @@ def account_block(block: Block, gpus: Sequence[GpuInfo], jobs: Sequence[JobInfo]
     j_fac = per_job(h_e * pue[holder_seg])
     j_co2 = per_job(emissions_g(h_e, intensity[holder_seg], pue[holder_seg]))
     j_mkt = per_job(emissions_g(h_e, market[holder_seg], pue[holder_seg]))
-    present = np.bincount(job_idx, minlength=n_jobs) > 0
+    host_job, host_un = _host_shares(host or {}, job_cpu_s, n_jobs)
+    host_total = float(host_job.sum() + host_un)
+    if host_total > 0:
+        t_end = np.array([block.end_us * 1e-6])
+        h_int = float(np.asarray(carbon.intensity.intensity_at(t_end))[0])
+        h_mkt = float(np.asarray(market_intensity(np.array([h_int]), carbon.market_factor_g_per_kwh))[0])
+        h_pue = float(np.asarray(carbon.pue.pue_at(t_end))[0])
+        j_fac = j_fac + host_job * h_pue
+        j_co2 = j_co2 + emissions_g(host_job, h_int, h_pue)
+        j_mkt = j_mkt + emissions_g(host_job, h_mkt, h_pue)
+    present = (np.bincount(job_idx, minlength=n_jobs) > 0) | (host_job > 0)
     job_lines = [JobLine(jobs[k].job_id, jobs[k].user, float(j_e[k]), float(j_idle[k]), float(j_s[k]),
-                         float(j_fac[k]), float(j_co2[k]), float(j_mkt[k]))
+                         float(j_fac[k]), float(j_co2[k]), float(j_mkt[k]), float(host_job[k]))
                  for k in np.flatnonzero(present)]
 
     pair = job_idx * n_gpu + seg_gpu[holder_seg]
@@ -185,11 +218,18 @@ def account_block(block: Block, gpus: Sequence[GpuInfo], jobs: Sequence[JobInfo]
                  for k, g in enumerate(gpus)]
     total = float(seg_energy.sum())
     weights = seg_energy if total > 0 else None
+    host_fac = host_co2 = host_mkt = 0.0
+    if host_total > 0:
+        host_fac = host_total * h_pue
+        host_co2 = float(emissions_g(np.array([host_total]), h_int, h_pue)[0])
+        host_mkt = float(emissions_g(np.array([host_total]), h_mkt, h_pue)[0])
     return BlockLedger(
         end_us=int(block.end_us), jobs=job_lines, gpus=gpu_lines, job_gpus=job_gpu_lines, gpu_energy_j=total,
-        unallocated_energy_j=float(seg_unalloc.sum()), facility_energy_j=float((seg_energy * pue).sum()),
-        co2_g=float(emissions_g(seg_energy, intensity, pue).sum()),
-        co2_market_g=float(emissions_g(seg_energy, market, pue).sum()),
+        unallocated_energy_j=float(seg_unalloc.sum()), facility_energy_j=float((seg_energy * pue).sum()) + host_fac,
+        co2_g=float(emissions_g(seg_energy, intensity, pue).sum()) + host_co2,
+        co2_market_g=float(emissions_g(seg_energy, market, pue).sum()) + host_mkt,
         intensity_g_per_kwh=float(np.average(intensity, weights=weights)) if len(intensity) else float("nan"),
         pue=float(np.average(pue, weights=weights)) if len(pue) else float("nan"),
+        host_energy_j=host_total, host_unallocated_j=host_un,
+        host_energy_measured=bool((host or {}).get("host_energy_measured", 0.0)),
         segment_start_s=seg_t, segment_gpu=seg_gpu, segment_energy_j=seg_energy)

@@ -127,7 +127,7 @@ class Collector:
 
     def ledger(self, batch: Batch) -> BlockLedger:
         """The ledger of a batch's own window."""
-        return account_block(batch.block, batch.gpus, batch.jobs, self.settings, self.carbon)
+        return account_block(batch.block, batch.gpus, batch.jobs, self.settings, self.carbon, batch.host, batch.job_cpu_s)
 
     def _history(self, batch: Batch) -> set[int]:
         key = (batch.cluster, batch.node, batch.boot)

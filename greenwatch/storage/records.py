@@ -53,7 +53,8 @@ def ledger_records(cluster: str, node: str, ledger: BlockLedger, host: Mapping[s
     for j in ledger.jobs:
         out.append(Record("job_energy", base + (("job", j.job_id), ("user", j.user or "unknown")), _fields({
             "energy_j": j.energy_j, "idle_energy_j": j.idle_energy_j, "facility_energy_j": j.facility_energy_j,
-            "co2_g": j.co2_g, "co2_market_g": j.co2_market_g, "gpu_seconds": j.gpu_seconds, "gaps": gaps}), t))
+            "co2_g": j.co2_g, "co2_market_g": j.co2_market_g, "gpu_seconds": j.gpu_seconds,
+            "host_energy_j": j.host_energy_j, "gaps": gaps}), t))
     for jg in ledger.job_gpus:
         out.append(Record("job_gpu", base + (("job", jg.job_id), ("gpu", jg.gpu_uuid)), _fields({
             "energy_j": jg.energy_j, "idle_energy_j": jg.idle_energy_j, "gpu_seconds": jg.gpu_seconds}), t))
@@ -61,7 +62,9 @@ def ledger_records(cluster: str, node: str, ledger: BlockLedger, host: Mapping[s
         "gpu_energy_j": ledger.gpu_energy_j, "allocated_energy_j": ledger.allocated_energy_j,
         "unallocated_energy_j": ledger.unallocated_energy_j, "facility_energy_j": ledger.facility_energy_j,
         "co2_g": ledger.co2_g, "co2_market_g": ledger.co2_market_g, "intensity_g_per_kwh": ledger.intensity_g_per_kwh,
-        "pue": ledger.pue, "gpus": len(ledger.gpus), "gaps": gaps, "resets": ledger.resets}), t))
+        "pue": ledger.pue, "gpus": len(ledger.gpus), "gaps": gaps, "resets": ledger.resets,
+        "host_energy_j": ledger.host_energy_j, "host_unallocated_j": ledger.host_unallocated_j,
+        "host_energy_measured": int(ledger.host_energy_measured)}), t))
     if host and with_gpu_series:
         keep = ("cpu_pct", "mem_used_bytes", "mem_total_bytes", "load1")
         out.append(Record("host", base, _fields({k: float(host[k]) for k in keep if k in host}), t))

@@ -83,6 +83,7 @@ def encode(batch: Batch) -> bytes:
         ],
         "jobs": [{"id": j.job_id, "user": j.user, "source": j.source} for j in batch.jobs],
         "host": batch.host,
+        "job_cpu_s": [round(float(x), 6) for x in batch.job_cpu_s],
         "blocks": [_block_header(b) for b in blocks],
     }
     head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
@@ -231,6 +232,10 @@ def decode(payload: bytes, *, expect_node: tuple[str, str] | None = None, now_us
     host = header.get("host", {})
     _require(isinstance(host, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                                            for v in host.values()), "bad-header", "host metrics must be finite numbers")
+    job_cpu = header.get("job_cpu_s", [])
+    _require(isinstance(job_cpu, list) and len(job_cpu) in (0, len(jobs))
+             and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+                     for v in job_cpu), "bad-header", "job_cpu_s must list one non-negative number per job")
     metas = header.get("blocks")
     _require(isinstance(metas, list) and len(metas) in (1, 2), "bad-header", "one or two blocks expected")
     pos = _PREFIX.size + head_len
@@ -242,4 +247,4 @@ def decode(payload: bytes, *, expect_node: tuple[str, str] | None = None, now_us
         blocks.append(block)
     _require(pos == len(buf), "trailing-bytes", f"{len(buf) - pos} bytes after the last column")
     return Batch(cluster, node, _int(header, "seq"), _str(header, "boot", 64), gpus, jobs, blocks[0], host,
-                 blocks[1] if len(blocks) > 1 else None, _int(header, "sent_us"))
+                 blocks[1] if len(blocks) > 1 else None, _int(header, "sent_us"), [float(v) for v in job_cpu])
