@@ -26,6 +26,21 @@ IDLE_UNALLOCATED = 2
 
 
 @njit(cache=True, nogil=True)
+def _trapezoid_j(power_mw, t_us, i):  # pragma: no cover - compiled
+    """Energy of the interval ending at row i from the two power readings (J); 0 if both failed."""
+    p0 = power_mw[i - 1]
+    p1 = power_mw[i]
+    dt = (t_us[i] - t_us[i - 1]) * 1e-6
+    if p0 >= 0 and p1 >= 0:
+        return (p0 + p1) * 0.5e-3 * dt
+    if p1 >= 0:
+        return p1 * 1e-3 * dt
+    if p0 >= 0:
+        return p0 * 1e-3 * dt
+    return 0.0
+
+
+@njit(cache=True, nogil=True)
 def segment_energy(t_us, energy_mj, power_mw, gpu_offsets, has_counter, seg_gpu, seg_row):  # pragma: no cover - compiled
     """Energy and duration of every segment, and per-GPU flags.
 
@@ -51,28 +66,33 @@ def segment_energy(t_us, energy_mj, power_mw, gpu_offsets, has_counter, seg_gpu,
         if end <= start:
             continue
         seg_s[s] = (t_us[end] - t_us[start]) * 1e-6
-        last_valid = -1
-        if has_counter[g] and energy_mj[start] >= 0:
-            last_valid = start
+        counter = has_counter[g]
+        last_valid = start if counter and energy_mj[start] >= 0 else -1
+        pending = 0.0  # power-integrated energy of intervals the next counter delta may still cover
         for i in range(start + 1, end + 1):
+            trap = _trapezoid_j(power_mw, t_us, i)
             e = energy_mj[i]
-            if has_counter[g] and e >= 0 and last_valid >= 0:
-                d = e - energy_mj[last_valid]
-                if d >= 0:
-                    seg_mj[s] += d
-                    last_valid = i
-                    continue
-                resets[g] += 1  # the counter went backwards: driver reload or GPU reset
-            # No usable counter for this interval: trapezoid of the two power readings.
-            p0 = power_mw[i - 1]
-            p1 = power_mw[i]
-            if p0 >= 0 and p1 >= 0:
-                seg_j[s] += (p0 + p1) * 0.5e-3 * (t_us[i] - t_us[i - 1]) * 1e-6
-            elif p1 >= 0:
-                seg_j[s] += p1 * 1e-3 * (t_us[i] - t_us[i - 1]) * 1e-6
-            integrated[g] += 1
-            if has_counter[g] and e >= 0:
+            if counter and e >= 0:
+                if last_valid >= 0:
+                    d = e - energy_mj[last_valid]
+                    if d >= 0:
+                        # The delta covers every interval since the last good reading, failed ones included.
+                        seg_mj[s] += d
+                        pending = 0.0
+                        last_valid = i
+                        continue
+                    resets[g] += 1  # the counter went backwards: driver reload or GPU reset
+                seg_j[s] += pending + trap
+                pending = 0.0
+                integrated[g] += 1
                 last_valid = i  # re-baseline on the new counter value
+            elif counter and last_valid >= 0:
+                pending += trap  # a failed reading: a later good one may cover this interval exactly
+                integrated[g] += 1
+            else:
+                seg_j[s] += trap
+                integrated[g] += 1
+        seg_j[s] += pending  # the counter never came back in this segment
     return seg_mj, seg_j, seg_s, resets, integrated
 
 
@@ -145,8 +165,8 @@ def _mean_valid(col, a, b, scale):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def gpu_summaries(power_mw, util_gpu, util_mem, mem_used_mib, temp_c, sm_clock_mhz, gpu_offsets):  # pragma: no cover
-    """Per-GPU means (and max power) over the batch's own rows (the anchor row excluded).
+def gpu_summaries(power_mw, util_gpu, util_mem, mem_used_mib, temp_c, sm_clock_mhz, gpu_offsets, anchored):  # pragma: no cover
+    """Per-GPU means (and max power) over the batch's own rows (the anchor row, if any, excluded).
 
     Returns a float64 array of shape (n_gpu, 7): mean power W, max power W, mean GPU
     util %, mean memory util %, mean memory MiB, mean temperature C, mean SM clock MHz.
@@ -155,7 +175,7 @@ def gpu_summaries(power_mw, util_gpu, util_mem, mem_used_mib, temp_c, sm_clock_m
     n_gpu = gpu_offsets.shape[0] - 1
     out = np.full((n_gpu, 7), np.nan)
     for g in range(n_gpu):
-        a = gpu_offsets[g] + 1 if gpu_offsets[g + 1] - gpu_offsets[g] > 1 else gpu_offsets[g]
+        a = gpu_offsets[g] + 1 if anchored[g] and gpu_offsets[g + 1] - gpu_offsets[g] > 1 else gpu_offsets[g]
         b = gpu_offsets[g + 1]
         out[g, 0] = _mean_valid(power_mw, a, b, 1e-3)
         pmax = -1.0

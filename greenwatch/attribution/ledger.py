@@ -40,6 +40,8 @@ class AttributionSettings:
     def __post_init__(self) -> None:
         if self.idle_policy not in _POLICIES:
             raise ValueError(f"idle_policy must be one of {sorted(_POLICIES)}, got {self.idle_policy!r}")
+        if not (self.idle_power_w >= 0 and np.isfinite(self.idle_power_w)):
+            raise ValueError(f"idle_power_w must be a finite number >= 0, got {self.idle_power_w!r}")
 
 
 @dataclass(frozen=True)
@@ -209,8 +211,9 @@ def account_block(block: Block, gpus: Sequence[GpuInfo], jobs: Sequence[JobInfo]
 
     gpu_e = np.bincount(seg_gpu, weights=seg_energy, minlength=n_gpu)
     gpu_un = np.bincount(seg_gpu, weights=seg_unalloc, minlength=n_gpu)
+    anchored = np.array([g.anchored for g in gpus], dtype=np.bool_)
     summary = kernel.gpu_summaries(c["power_mw"], c["util_gpu"], c["util_mem"], c["mem_used_mib"], c["temp_c"],
-                                   c["sm_clock_mhz"], offsets)
+                                   c["sm_clock_mhz"], offsets, anchored)
     rows = np.diff(offsets)
     gpu_lines = [GpuLine(g.uuid, g.index, g.name, float(gpu_e[k]), float(gpu_un[k]), *map(float, summary[k]),
                          g.power_limit_w, int(max(rows[k] - (1 if g.anchored else 0), 0)), g.has_counter,

@@ -94,6 +94,16 @@ def encode(batch: Batch) -> bytes:
 # --------------------------------------------------------------------------- decoding
 
 
+def _finite(v: Any) -> bool:
+    """A JSON number that is finite (huge integers overflow float conversion: not finite)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 def _require(cond: bool, reason: str, detail: str) -> None:
     if not cond:
         raise WireError(reason, detail)
@@ -147,7 +157,7 @@ def _take(buf: memoryview, pos: int, dtype: str, count: int) -> tuple[np.ndarray
 def _read_block(buf: memoryview, pos: int, meta: Any, n_gpus: int) -> tuple[Block, int]:
     _require(isinstance(meta, dict), "bad-header", "block must be an object")
     rows = meta.get("rows")
-    _require(isinstance(rows, list) and len(rows) == n_gpus and all(isinstance(r, int) and 0 <= r <= 1_000_000 for r in rows),
+    _require(isinstance(rows, list) and len(rows) == n_gpus and all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r <= 1_000_000 for r in rows),
              "bad-header", "block 'rows' must list one row count per GPU")
     n_seg, n_hold = _int(meta, "segments", 0, 10_000_000), _int(meta, "holders", 0, 10_000_000)
     offsets = np.zeros(n_gpus + 1, dtype=np.int64)
@@ -169,7 +179,9 @@ def _validate_block(block: Block, n_jobs: int, now_us: int, skew_us: int) -> Non
     n = block.n_rows
     t = c["t_us"]
     if n:
-        _require(bool(np.all(np.abs(t - now_us) <= skew_us)), "clock-skew", "sample times too far from the collector's clock")
+        # Compare without subtracting: t - now could overflow int64 for hostile timestamps.
+        _require(bool(np.all((t >= now_us - skew_us) & (t <= now_us + skew_us))), "clock-skew",
+                 "sample times too far from the collector's clock")
         _require(bool(np.all((c["power_mw"] >= MISSING) & (c["power_mw"] <= _MAX_POWER_MW))), "bad-value", "power out of range")
         e = c["energy_mj"]
         _require(bool(np.all(e >= MISSING)), "bad-value", "negative energy counter")
@@ -185,6 +197,9 @@ def _validate_block(block: Block, n_jobs: int, now_us: int, skew_us: int) -> Non
         limit = _MAX_ENERGY_STEP_J_PER_S * np.maximum(dt, 100_000) / 1e3  # mJ allowed over max(dt, 0.1 s)
         _require(bool(np.all(de[valid] <= limit[valid])), "bad-value", "energy counter jumps faster than 5 kW")
         _require(int(block.end_us) >= int(t.max()), "bad-header", "end_us before the last sample")
+    # end_us becomes the time of every record of the batch: it must be plausible too.
+    _require(block.end_us <= now_us + skew_us and (n == 0 or block.end_us >= now_us - skew_us), "clock-skew",
+             "window end too far from the collector's clock")
     n_seg = block.n_segments
     ptr = s["holder_ptr"]
     _require(ptr.shape[0] == n_seg + 1 and ptr[0] == 0 and ptr[-1] == s["holder_job"].shape[0]
@@ -222,20 +237,20 @@ def decode(payload: bytes, *, expect_node: tuple[str, str] | None = None, now_us
     _require(head_len <= _MAX_HEADER and _PREFIX.size + head_len <= len(buf), "truncated", "header runs past the end")
     try:
         header = json.loads(bytes(buf[_PREFIX.size:_PREFIX.size + head_len]))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise WireError("bad-header", f"header is not JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise WireError("bad-header", f"header is not JSON: {type(exc).__name__}") from None
     _require(isinstance(header, dict) and header.get("v") == VERSION, "bad-header", "header version mismatch")
     cluster, node = _str(header, "cluster"), _str(header, "node")
     if expect_node is not None:
         _require((cluster, node) == expect_node, "wrong-node", f"payload for {cluster}/{node} on topic of {expect_node[0]}/{expect_node[1]}")
     gpus, jobs = _parse_gpus(header.get("gpus")), _parse_jobs(header.get("jobs"))
     host = header.get("host", {})
-    _require(isinstance(host, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                                           for v in host.values()), "bad-header", "host metrics must be finite numbers")
+    _require(isinstance(host, dict) and all(_finite(v) for v in host.values()), "bad-header",
+             "host metrics must be finite numbers")
     job_cpu = header.get("job_cpu_s", [])
     _require(isinstance(job_cpu, list) and len(job_cpu) in (0, len(jobs))
-             and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
-                     for v in job_cpu), "bad-header", "job_cpu_s must list one non-negative number per job")
+             and all(_finite(v) and v >= 0 for v in job_cpu), "bad-header",
+             "job_cpu_s must list one non-negative number per job")
     metas = header.get("blocks")
     _require(isinstance(metas, list) and len(metas) in (1, 2), "bad-header", "one or two blocks expected")
     pos = _PREFIX.size + head_len

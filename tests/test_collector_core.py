@@ -1,0 +1,277 @@
+"""Collector.handle (greenwatch/collector/core.py): records, duplicates, gap fill, and malformed input."""
+
+from __future__ import annotations
+
+import collections
+import json
+import random
+import struct
+
+import pytest
+
+from greenwatch.attribution import AttributionSettings
+from greenwatch.collector.core import Collector
+from greenwatch.transport.wire import WireError, decode, encode
+
+from helpers import GpuTrace, ListSink, build_batches, carbon_ctx, holder, job, now_us
+
+T0 = now_us() - 600_000_000            # ten minutes ago: inside the collector's default 1 h skew
+DT = 100_000
+ROWS_PER_WINDOW = 6
+SETTINGS = AttributionSettings("equal", 60.0)
+
+
+def _traces(n_windows: int, seed: int) -> list[GpuTrace]:
+    """Two counter GPUs; GPU 0 changes holders every few rows, GPU 1 is shared then idle."""
+    rng = random.Random(seed)
+    n = n_windows * ROWS_PER_WINDOW
+    jobs = [job("500", "ann"), job("501", "ben"), job("502", "cid")]
+    out = []
+    for g in range(2):
+        t = [T0 + i * DT + 13 * g for i in range(n)]
+        power = [rng.randrange(60_000, 650_000) for _ in range(n)]
+        e = [rng.randrange(0, 10**9)]
+        for i in range(1, n):
+            e.append(e[-1] + power[i] * DT // 1_000_000)        # mJ = mW x s
+        holders = {}
+        for r in range(0, n, rng.randrange(3, 9)):
+            chosen = rng.sample(jobs, rng.randrange(0, 3))
+            holders[r] = [holder(j, rng.choice([float("nan"), 0.0, 25.0, 70.0])) for j in chosen]
+        out.append(GpuTrace(t, power, e, holders))
+    return out
+
+
+def _cuts(n_windows: int) -> list[int]:
+    return [T0 + (w + 1) * ROWS_PER_WINDOW * DT - DT // 2 for w in range(n_windows - 1)]
+
+
+def _stream(n_windows: int = 4, node: str = "n1", boot: str = "bootaaaa", seed: int = 1):
+    traces = _traces(n_windows, seed)
+    batches = build_batches(traces, _cuts(n_windows), node=node, boot=boot,
+                            host={"cpu_pct": 10.0, "mem_used_bytes": 1e9, "mem_total_bytes": 4e9, "load1": 0.5})
+    return traces, batches, [encode(b) for b in batches]
+
+
+def _collector(**kw) -> tuple[Collector, ListSink]:
+    sink = ListSink()
+    return Collector(SETTINGS, carbon_ctx(300.0, 1.2), sink, **kw), sink
+
+
+def _by(records, measurement):
+    return [r for r in records if r.measurement == measurement]
+
+
+# --------------------------------------------------------------------------- good input
+
+
+def test_good_batch_records_satisfy_the_data_model_invariants():
+    traces, batches, payloads = _stream(3)
+    col, sink = _collector()
+    for k, (b, p) in enumerate(zip(batches, payloads)):
+        records = col.handle(p, expect_node=("c1", "n1"))
+        assert records is not None and records == sink.records[-len(records):]
+        assert {r.time_ns for r in records} == {b.block.end_us * 1000}
+        (node,) = _by(records, "node_energy")
+        jobs, gpus = _by(records, "job_energy"), _by(records, "gpu")
+        assert node.field("gpus") == 2 and node.field("gaps") == 0
+        assert sum(j.field("energy_j") for j in jobs) == pytest.approx(node.field("allocated_energy_j"), rel=1e-12)
+        assert node.field("allocated_energy_j") + node.field("unallocated_energy_j") == \
+            pytest.approx(node.field("gpu_energy_j"), rel=1e-12)
+        assert sum(g.field("energy_j") for g in gpus) == pytest.approx(node.field("gpu_energy_j"), rel=1e-12)
+        # The node's energy is the counter's rise over the window: from each GPU's anchor to its last row.
+        off = b.block.gpu_offsets
+        want = sum((int(b.block.columns["energy_mj"][off[g + 1] - 1]) - int(b.block.columns["energy_mj"][off[g]])) / 1e3
+                   for g in range(2))
+        assert node.field("gpu_energy_j") == pytest.approx(want, rel=1e-12)
+        assert all(r.tag("cluster") == "c1" and r.tag("node") == "n1" for r in records)
+        (host,) = _by(records, "host")
+        assert host.field("load1") == 0.5
+    assert col.stats.batches == 3 and col.stats.messages == 3 and col.stats.rejected_total == 0
+    assert col.stats.samples == sum(len(t.t_us) for t in traces)
+    assert col.stats.gaps_filled == 0 and col.stats.duplicates == 0
+    # Over the whole stream every interval is counted once: total = last counter - first counter.
+    total = sum(r.field("gpu_energy_j") for r in _by(sink.records, "node_energy"))
+    assert total == pytest.approx(sum((t.energy_mj[-1] - t.energy_mj[0]) / 1e3 for t in traces), rel=1e-12)
+
+
+def test_duplicate_delivery_is_dropped():
+    _, _, payloads = _stream(2)
+    col, sink = _collector()
+    assert col.handle(payloads[0]) is not None
+    before = (list(sink.records), sink.calls)
+    assert col.handle(payloads[0]) is None
+    assert col.stats.duplicates == 1 and col.stats.batches == 1 and col.stats.rejected_total == 0
+    assert (sink.records, sink.calls) == before
+    assert col.handle(payloads[1]) is not None and col.stats.batches == 2
+    assert col.handle(payloads[0]) is None and col.stats.duplicates == 2
+
+
+def test_same_seq_from_another_agent_run_is_not_a_duplicate():
+    _, _, first_run = _stream(1, boot="bootaaaa")
+    _, _, second_run = _stream(1, boot="bootbbbb", seed=2)
+    col, _ = _collector()
+    assert col.handle(first_run[0]) is not None
+    assert col.handle(second_run[0]) is not None
+    assert col.stats.duplicates == 0 and col.stats.batches == 2
+
+
+def _energy_by_job_and_time(records) -> dict:
+    return {(r.tag("job"), r.time_ns): tuple(r.field(f) for f in
+            ("energy_j", "idle_energy_j", "gpu_seconds", "facility_energy_j", "co2_g")) for r in records
+            if r.measurement == "job_energy"}
+
+
+@pytest.mark.parametrize("lost_index", [0, 1, 2])
+def test_lost_batch_is_filled_from_the_next_batchs_carry(lost_index):
+    _, batches, payloads = _stream(4)
+    full, full_sink = _collector()
+    gappy, gappy_sink = _collector()
+    for p in payloads:
+        full.handle(p, expect_node=("c1", "n1"))
+    for k, p in enumerate(payloads):
+        if k != lost_index:
+            gappy.handle(p, expect_node=("c1", "n1"))
+    assert gappy.stats.gaps_filled == 1 and full.stats.gaps_filled == 0
+    lost_t = batches[lost_index].block.end_us * 1000
+    # Job energies of the lost window: the same as the collector that received it.
+    want = {k: v for k, v in _energy_by_job_and_time(full_sink.records).items() if k[1] == lost_t}
+    got = {k: v for k, v in _energy_by_job_and_time(gappy_sink.records).items() if k[1] == lost_t}
+    assert want and got == want
+    lost = lambda sink, m: [r for r in sink.records if r.time_ns == lost_t and r.measurement == m]  # noqa: E731
+    assert all(r.field("gaps") == 1 for m in ("job_energy", "node_energy") for r in lost(gappy_sink, m))
+    assert lost(gappy_sink, "gpu") == [] and lost(gappy_sink, "host") == []   # no per-GPU series from a carry
+    # Which GPUs each job used in the lost window, and how much: the same too.
+    assert sorted(map(repr, lost(gappy_sink, "job_gpu"))) == sorted(map(repr, lost(full_sink, "job_gpu")))
+    assert lost(full_sink, "job_gpu")
+    # Node totals of the lost window too.
+    (fn,) = [r for r in _by(full_sink.records, "node_energy") if r.time_ns == lost_t]
+    (gn,) = [r for r in _by(gappy_sink.records, "node_energy") if r.time_ns == lost_t]
+    for f in ("gpu_energy_j", "unallocated_energy_j", "co2_g", "facility_energy_j"):
+        assert gn.field(f) == fn.field(f), f
+    assert gn.field("allocated_energy_j") == pytest.approx(fn.field("allocated_energy_j"), rel=1e-12)
+    # Everything else is identical: the received windows are accounted the same way.
+    others = lambda sink: [r for r in sink.records if r.time_ns != lost_t]  # noqa: E731
+    assert others(gappy_sink) == others(full_sink)
+
+
+# --------------------------------------------------------------------------- malformed input
+
+MAX_BYTES = 6_000
+
+
+def _split(msg: bytes) -> tuple[dict, bytes]:
+    hl = struct.unpack_from("<I", msg, 4)[0]
+    return json.loads(msg[8:8 + hl]), msg[8 + hl:]
+
+
+def _join(header: dict, body: bytes) -> bytes:
+    head = json.dumps(header).encode()
+    return b"GWB\x01" + struct.pack("<I", len(head)) + head + body
+
+
+def _mutate(rng: random.Random, msg: bytes) -> bytes:
+    buf = bytearray(msg)
+    for _ in range(rng.randrange(1, 4)):
+        op, pos = rng.randrange(4), rng.randrange(len(buf) + 1)
+        if op == 0 and buf:
+            buf[pos % len(buf)] ^= 1 << rng.randrange(8)
+        elif op == 1:
+            buf[pos:pos] = rng.randbytes(rng.randrange(1, 8))
+        elif op == 2:
+            del buf[pos:pos + rng.randrange(1, 8)]
+        else:
+            buf[pos:pos + 4] = rng.randbytes(4)
+    return bytes(buf)
+
+
+def _bad_messages(n: int, good: list[bytes], seed: int = 7) -> list[tuple[bytes, tuple[str, str], str]]:
+    """(payload, topic's (cluster, node), expected reason) for ``n`` messages that must all be rejected."""
+    rng = random.Random(seed)
+    _, other_batches, other = _stream(3, node="n9", boot="bootother", seed=3)
+    topic_n1, topic_n9 = ("c1", "n1"), ("c1", "n9")
+
+    def variant(batch_index: int, edit) -> bytes:
+        b = build_batches(_traces(2, 4), _cuts(2), node="n9", boot="bootedit")[batch_index]
+        edit(b)
+        return encode(b)
+
+    negative = variant(1, lambda b: b.block.columns["energy_mj"].__setitem__(2, -5))
+    future = variant(1, lambda b: b.block.columns["t_us"].__setitem__(slice(None), now_us() + 7_200_000_000))
+    h, body = _split(other[1])
+    nan_host = _join({**h, "host": {"cpu_pct": float("nan")}}, body)
+    inf_host = _join({**h, "host": {"load1": float("inf")}}, body)
+    big = build_batches(_traces(40, 5), (), node="n9", boot="bootbig0")[0]
+    oversized = encode(big)
+    assert len(oversized) > MAX_BYTES and all(len(p) <= MAX_BYTES for p in good + other)
+
+    out = []
+    while len(out) < n:
+        kind = rng.randrange(11)
+        if kind == 0:
+            junk = rng.randbytes(rng.randrange(0, 300))
+            if junk[:1] == b"G":
+                junk = b"X" + junk[1:]
+            out.append((junk, topic_n9, "truncated" if len(junk) < 8 else "not-greenwatch"))
+        elif kind == 1:
+            src = rng.choice(good)
+            out.append((src[:rng.randrange(len(src))], topic_n1, "truncated"))
+        elif kind in (2, 3, 4):
+            payload = _mutate(rng, rng.choice(other))
+            try:
+                decode(payload, expect_node=topic_n9)
+            except WireError as exc:
+                out.append((payload, topic_n9, exc.reason))
+        elif kind == 5:
+            out.append((rng.choice([nan_host, inf_host]), topic_n9, "bad-header"))
+        elif kind == 6:
+            out.append((negative, topic_n9, "bad-value"))
+        elif kind == 7:
+            out.append((future, topic_n9, "clock-skew"))
+        elif kind == 8:
+            out.append((rng.choice(good), ("c1", "n2"), "wrong-node"))   # n1's batch on n2's topic
+        elif kind == 9:
+            out.append((rng.choice([oversized, rng.randbytes(MAX_BYTES + 1)]), topic_n9, "oversized"))
+        else:
+            src = rng.choice(other)
+            out.append(rng.choice([(src + b"\x00", topic_n9, "trailing-bytes"),
+                                   (src[:3] + b"\x02" + src[4:], topic_n9, "wrong-version")]))
+    return out
+
+
+def test_ten_thousand_malformed_messages_among_good_ones():
+    _, _, good = _stream(25)
+    bad = _bad_messages(10_000, good)
+    expected = collections.Counter(reason for _, _, reason in bad)
+    assert len(expected) >= 9                           # every category (and several mutation reasons) occurs
+
+    reference, reference_sink = _collector(max_message_bytes=MAX_BYTES)
+    want = [reference.handle(p, expect_node=("c1", "n1")) for p in good]
+    assert all(w is not None for w in want)
+
+    col, sink = _collector(max_message_bytes=MAX_BYTES)
+    rng = random.Random(11)
+    slots = sorted(rng.sample(range(len(bad) + len(good)), len(good)))   # where the good messages go
+    got, bad_iter, good_iter = [], iter(bad), iter(good)
+    for pos in range(len(bad) + len(good)):
+        if slots and pos == slots[0]:
+            slots.pop(0)
+            got.append(col.handle(next(good_iter), expect_node=("c1", "n1")))
+        else:
+            payload, topic, _ = next(bad_iter)
+            assert col.handle(payload, expect_node=topic) is None
+    assert got == want
+    assert sink.records == reference_sink.records
+    assert col.stats.rejected == expected
+    assert col.stats.rejected_total == len(bad)
+    assert "decode-error" not in col.stats.rejected and "account-error" not in col.stats.rejected
+    assert col.stats.messages == len(bad) + len(good)
+    assert col.stats.batches == len(good) and col.stats.duplicates == 0 and col.stats.gaps_filled == 0
+
+
+def test_message_of_exactly_the_size_limit_is_accepted():
+    _, _, payloads = _stream(1)
+    col, _ = _collector(max_message_bytes=len(payloads[0]))
+    assert col.handle(payloads[0]) is not None
+    col2, sink2 = _collector(max_message_bytes=len(payloads[0]) - 1)
+    assert col2.handle(payloads[0]) is None
+    assert col2.stats.rejected == {"oversized": 1} and sink2.records == []
