@@ -615,3 +615,53 @@ def test_mock_matches_python_ground_truth(nvml, pieces, default_w, now_rel, offs
     assert abs(avg.value.uiVal - 1000 * sc.avg_power_1s_w(0, t)) <= 2.0
     expected = [sc.counter_mj(0, x) for x in near]
     assert min(expected) - 1.5 - 1e-9 * max(expected) <= energy.value.ullVal <= max(expected) + 1e-9 * max(expected)
+
+
+# --------------------------------------------------------------------------
+# reload_on_change (used by the Slurm end-to-end test to add job PIDs later)
+# --------------------------------------------------------------------------
+
+
+def _wait_for(predicate, timeout: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def test_reload_on_change_picks_up_a_replaced_scenario(nvml):
+    me = os.getpid()
+    t0 = time.time()
+    sc = nvml.start(Scenario(t0=t0, gpus=[GpuSpec(0), GpuSpec(1)], reload_on_change=True))
+    path = nvml.tmp_path / f"scenario{nvml.n}.scn"
+    h1 = handle(1)
+    assert pynvml.nvmlDeviceGetComputeRunningProcesses(h1) == []
+    counter_before = pynvml.nvmlDeviceGetTotalEnergyConsumption(h1)
+
+    # Same t0 and GPUs, one process and a power piece added from "now": the counter carries on.
+    now = sc.rel(time.time())
+    sc.processes.append(ProcSpec(me, 1, sm_util=40))
+    sc.gpu(1).power.append(Constant(now + 0.05, now + 60.0, 500.0))
+    sc.write(path)
+    assert _wait_for(lambda: [p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h1)] == [me])
+    assert handle(1) is not None and pynvml.nvmlDeviceGetUUID(h1) == sc.gpu(1).resolved_uuid
+    time.sleep(0.2)
+    counter_after = pynvml.nvmlDeviceGetTotalEnergyConsumption(h1)
+    assert counter_after >= counter_before
+    assert counter_after == pytest.approx(sc.counter_mj(1, time.time()), abs=500 * 20)  # 20 ms at 500 W
+
+    # A file that does not parse keeps the previous scenario.
+    path.write_text("greenwatch-mock-nvml 1\nt0 0\nbogus 1\n")
+    time.sleep(0.05)
+    assert [p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h1)] == [me]
+
+
+def test_without_reload_on_change_the_file_is_read_at_init_only(nvml):
+    sc = nvml.start(Scenario(t0=time.time(), gpus=[GpuSpec(0)]))
+    path = nvml.tmp_path / f"scenario{nvml.n}.scn"
+    sc.processes.append(ProcSpec(os.getpid(), 0))
+    sc.write(path)
+    time.sleep(0.1)
+    assert pynvml.nvmlDeviceGetComputeRunningProcesses(handle(0)) == []

@@ -68,7 +68,9 @@ class JobRef:
     known, ``"k8s:<pod-uid>"`` for pods, or the manual tag; never empty.
     ``source``: one of "slurm-cgroup-v2", "slurm-cgroup-v1", "slurm-environ",
     "k8s-cgroup", "manual", "mapping-dir".
-    ``account`` and ``partition`` come only from the mapping directory.
+    ``account`` and ``partition`` come only from the mapping directory;
+    ``pod_name`` and ``pod_namespace`` only from the kubelet (``pod_lookup``), and then
+    ``user`` is the pod's namespace.
     """
 
     job_id: str
@@ -79,6 +81,8 @@ class JobRef:
     pod_uid: str | None = None
     account: str | None = None
     partition: str | None = None
+    pod_name: str | None = None
+    pod_namespace: str | None = None
 
     def __post_init__(self) -> None:
         if not self.job_id:
@@ -162,6 +166,7 @@ class JobResolver:
         *,
         recheck_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        pod_lookup: Callable[[str], object | None] | None = None,
     ) -> None:
         """Create a resolver.
 
@@ -173,12 +178,16 @@ class JobResolver:
         SLUID without job id) are resolved again after this many seconds,
         since a process can be moved into a job cgroup and the prolog may
         write its mapping file late.  Scheduler-cgroup results are final.
+        ``pod_lookup``: pod UID -> object with ``namespace`` and ``name`` (e.g.
+        :meth:`greenwatch.agent.kubelet.KubeletPods.lookup`), or None; a pod it
+        does not know yet is looked up again after ``recheck_s``.
         """
         self._proc_root = proc_root
         self._mapping_dir = mapping_dir
         self._use_environ = use_environ
         self._recheck_s = recheck_s
         self._clock = clock
+        self._pod_lookup = pod_lookup
         self._cache: dict[int, _Entry] = {}
         self._users: dict[int, str] = {}
         self._mapping: dict[str, _MappingEntry] = {}
@@ -265,7 +274,11 @@ class JobResolver:
         if cg.source == SOURCE_K8S:
             # Container uids say nothing about the pod's owner on the host.
             assert cg.job_id is not None
-            return JobRef(cg.job_id, cg.source, None, pod_uid=cg.pod_uid), True
+            pod = self._pod_lookup(cg.pod_uid) if self._pod_lookup is not None and cg.pod_uid else None
+            if pod is None:
+                return JobRef(cg.job_id, cg.source, None, pod_uid=cg.pod_uid), self._pod_lookup is None
+            ns, name = getattr(pod, "namespace", None), getattr(pod, "name", None)
+            return JobRef(cg.job_id, cg.source, ns, pod_uid=cg.pod_uid, pod_name=name, pod_namespace=ns), True
         uid = cg.uid if cg.source == SOURCE_SLURM_V1 and cg.uid is not None else self._uid(pid)
         user = self._user_name(uid) if uid is not None else None
         job_id, final = cg.job_id, True

@@ -13,8 +13,9 @@ back to the client unchanged (204 on success).  Precision names are mapped
 ``ns->n``, ``us->u``, ``ms->ms``, ``s->s``; this mapping matters because
 influxd 1.6 silently treats an unknown precision such as ``us`` as ns.
 
-It also answers ``GET /ping`` (proxied to influxd: 204, or 503 while influxd
-is down), ``GET /health`` (200 ``{"status": "pass"}`` / 503 ``fail``) and
+It also answers ``GET /query`` (InfluxQL, proxied to influxd as InfluxDB 2.x's v1
+compatibility API does, after the token check), ``GET /ping`` (proxied to influxd: 204,
+or 503 while influxd is down), ``GET /health`` (200 ``{"status": "pass"}`` / 503 ``fail``) and
 ``GET /ready``.  Like a v2 server it checks ``Authorization: Token <token>``
 (401 otherwise) and the org name (404 for an unknown org).  If influxd is not
 reachable a write gets 503 (retryable for influxdb-client).  ``stop()`` /
@@ -275,6 +276,17 @@ def _make_handler(bridge: V2WriteBridge):
                 return self._json(200 if ok else 503, doc)
             if path == "/ready":
                 return self._json(200, {"status": "ready", "started": "", "up": ""})
+            if path == "/query" and self.command == "GET":
+                # InfluxDB 2.x answers InfluxQL on /query (v1 compatibility API, token auth):
+                # forwarded unchanged, so code under test can read back through the same URL.
+                if bridge.check_auth and self.headers.get("Authorization") != f"Token {bridge.token}":
+                    return self._json(401, {"code": "unauthorized", "message": "unauthorized access"})
+                query = urllib.parse.urlsplit(self.path).query
+                try:
+                    status, headers, body = bridge._upstream("GET", "/query?" + query)
+                except OSError as e:
+                    return self._json(503, {"code": "unavailable", "message": f"influxd unreachable: {e}"})
+                return self._send(status, body, headers)
             self._read_body()
             return self._json(404, {"code": "not found", "message": "path not found"})
 

@@ -2,7 +2,8 @@
  * greenwatch mock NVML: a fake libnvidia-ml.so.1 that the real pynvml loads.
  *
  * The library reads a scenario file (path in $GREENWATCH_MOCK_NVML_SCENARIO)
- * on every nvmlInit, nvmlInit_v2 and nvmlInitWithFlags call.  The scenario is written by
+ * on every nvmlInit, nvmlInit_v2 and nvmlInitWithFlags call, and, when the scenario
+ * says `reload_on_change 1`, again whenever the file is replaced while initialised.  The scenario is written by
  * tests/mocknvml/scenario.py; its format is documented in docs/mock-nvml.md.
  *
  * Everything is a pure function of the scenario and the real clock
@@ -20,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #define EXPORT __attribute__((visibility("default")))
@@ -224,6 +226,7 @@ typedef struct {
     char nvml_version[80];
     int cuda_version;
     nvmlReturn_t init_error;
+    int reload_on_change; /* re-read the file when it changes (see maybe_reload) */
     int n_gpus;
     mock_gpu_t gpus[MAX_GPUS];
     proc_t *procs;
@@ -235,6 +238,12 @@ typedef struct {
 static scenario_t S;       /* handles point into S.gpus, stable across reloads */
 static int g_init_count;
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* The file S was loaded from and its identity then, for reload_on_change. */
+static char g_path[4096];
+static struct stat g_loaded_st;
+static long long g_last_check_us;
+#define RELOAD_CHECK_INTERVAL_US 20000LL
 
 /* ------------------------------------------------------------------ */
 /* Time and analytic power model                                        */
@@ -570,6 +579,12 @@ static nvmlReturn_t load_scenario(const char *path, scenario_t *s) {
             s->cuda_version = (int)v;
             continue;
         }
+        if (strcmp(key, "reload_on_change") == 0) {
+            unsigned int v;
+            if (!parse_uint(&cur, &v) || !at_end(cur) || v > 1) goto bad;
+            s->reload_on_change = (int)v;
+            continue;
+        }
         if (strcmp(key, "init_error") == 0) {
             unsigned int v;
             if (!parse_uint(&cur, &v) || !at_end(cur)) goto bad;
@@ -724,12 +739,42 @@ oom:
 /* API helpers                                                          */
 /* ------------------------------------------------------------------ */
 
+static int same_file(const struct stat *a, const struct stat *b) {
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+/* With `reload_on_change 1`, re-read the scenario when its file was replaced (checked at most
+ * every 20 ms, under g_mu).  Tests use it to add processes whose PIDs exist only after the
+ * library was initialised.  A file that fails to parse keeps the previous scenario. */
+static void maybe_reload(void) {
+    if (!S.reload_on_change || !g_path[0]) return;
+    long long now = now_us();
+    if (now - g_last_check_us < RELOAD_CHECK_INTERVAL_US) return;
+    g_last_check_us = now;
+    struct stat st;
+    if (stat(g_path, &st) != 0 || same_file(&st, &g_loaded_st)) return;
+    g_loaded_st = st; /* even on a parse error: report it once, not on every call */
+    scenario_t *ns = calloc(1, sizeof *ns);
+    if (!ns) return;
+    if (load_scenario(g_path, ns) != NVML_SUCCESS) {
+        fprintf(stderr, "mock-nvml: keeping the previous scenario\n");
+        free_scenario(ns);
+        free(ns);
+        return;
+    }
+    free_scenario(&S);
+    S = *ns; /* handles (&S.gpus[i]) keep their addresses */
+    free(ns);
+}
+
 #define LOCKED_BEGIN()                                  \
     pthread_mutex_lock(&g_mu);                          \
     if (g_init_count <= 0) {                            \
         pthread_mutex_unlock(&g_mu);                    \
         return NVML_ERROR_UNINITIALIZED;                \
-    }
+    }                                                   \
+    maybe_reload();
 
 #define RET(x)                                          \
     do {                                                \
@@ -776,6 +821,8 @@ EXPORT nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
     }
     scenario_t *ns = calloc(1, sizeof *ns);
     if (!ns) return NVML_ERROR_UNKNOWN;
+    struct stat st;
+    int have_st = stat(path, &st) == 0; /* before reading: a change during the read is seen later */
     nvmlReturn_t r = load_scenario(path, ns);
     if (r == NVML_SUCCESS && ns->init_error != NVML_SUCCESS) r = ns->init_error;
     if (r != NVML_SUCCESS) {
@@ -786,6 +833,10 @@ EXPORT nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
     pthread_mutex_lock(&g_mu);
     free_scenario(&S);
     S = *ns; /* struct copy: handle addresses (&S.gpus[i]) do not change */
+    snprintf(g_path, sizeof g_path, "%s", path);
+    if (have_st) g_loaded_st = st;
+    else memset(&g_loaded_st, 0, sizeof g_loaded_st);
+    g_last_check_us = now_us();
     g_init_count++;
     pthread_mutex_unlock(&g_mu);
     free(ns);

@@ -234,6 +234,7 @@ class Scenario:
     nvml_version: str = "12.550.54.15"
     cuda_version: int = 12040
     init_error: int = 0  # non-zero: nvmlInit returns this code
+    reload_on_change: bool = False  # the mock re-reads the file when it is replaced
 
     # ---- time ----------------------------------------------------------
 
@@ -299,6 +300,8 @@ class Scenario:
         ]
         if self.init_error:
             out.append(f"init_error {self.init_error}")
+        if self.reload_on_change:
+            out.append("reload_on_change 1")
         for g in sorted(self.gpus, key=lambda g: g.index):
             out += [
                 f"gpu {g.index}",

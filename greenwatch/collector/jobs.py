@@ -1,0 +1,353 @@
+"""Job events in the collector: one ``job`` summary record per finished job.
+
+The Slurm prolog and epilog of every node publish ``job_start`` and ``job_end``
+events (:mod:`greenwatch.transport.events`).  :class:`JobEvents` collects them
+per (cluster, job) and, ``finalize_delay_s`` after the last end event it saw for
+a job, *finalises* it: it asks the store (InfluxQL) for the job's sums over all
+nodes and writes one ``job`` record (docs/data-model.md) whose time is the job's
+end.  Why it is built this way:
+
+- **End events arrive twice, late, or from every node of a multi-node job.**
+  Each one only (re)schedules the finalisation; sums come from the store, which
+  holds each batch once (idempotent writes), so a GPU or a node is never counted
+  twice however many events there are.
+- **The end can arrive before the last samples.**  Batches reach the store up
+  to one publish interval plus transit after the job ended; the grace delay
+  covers that.
+- **Written once.**  The record's time is fixed at the first finalisation (and
+  looked up in the store if this collector forgot it, e.g. after a restart or
+  when another collector of the share group finalised it), so finalising again
+  rewrites the same point instead of adding one.
+- **Bad events never stop the collector.**  They are counted by reason and logged
+  at a bounded rate, like malformed batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Protocol
+
+from greenwatch.carbon import EmbodiedModel, embodied_g, load_embodied, sci_g
+from greenwatch.collector.core import _RateLimitedLog
+from greenwatch.storage.records import Record
+from greenwatch.transport.events import EventError, JobEvent, decode_event
+
+__all__ = ["JobEvents", "JobEventStats", "JobSummary"]
+
+log = logging.getLogger(__name__)
+
+_J_PER_KWH = 3.6e6
+_NS = 1_000_000_000
+#: Without a start time, the sums look back this far before the end (longer than any sane job limit).
+_MAX_JOB_S = 31 * 86400.0
+#: Batches carry their window-end time, so a job's last points lie a little after its end.
+_AFTER_END_S = 300.0
+_GPU_QUERY_CHUNK = 200
+
+
+class Store(Protocol):
+    """What finalisation needs from the store (``InfluxStore`` provides it)."""
+
+    def query(self, influxql: str) -> list[dict[str, Any]]: ...
+
+    def write(self, records: list[Record]) -> None: ...
+
+
+@dataclass
+class JobEventStats:
+    events: int = 0
+    rejected: collections.Counter = field(default_factory=collections.Counter)
+    finalised: int = 0
+    rewritten: int = 0
+    skipped: int = 0
+    errors: int = 0
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+
+@dataclass
+class JobSummary:
+    """Everything known about one job from its events (all nodes merged)."""
+
+    cluster: str
+    job_id: str
+    sluid: str | None = None
+    user: str | None = None
+    account: str | None = None
+    partition: str | None = None
+    name: str | None = None
+    nodes_expr: str | None = None
+    nodes: set[str] = field(default_factory=set)
+    gpus: set[str] = field(default_factory=set)
+    start_s: float | None = None
+    end_s: float | None = None
+    due: float | None = None          # monotonic time of the next finalisation, None when none is pending
+    time_ns: int | None = None        # the record's time once written: every later write reuses it
+    attempts: int = 0
+
+    def merge(self, ev: JobEvent) -> None:
+        """Fold one event in: newest non-empty metadata, earliest start, latest end, union of GPUs."""
+        for attr in ("sluid", "user", "account", "partition", "name"):
+            value = getattr(ev, attr)
+            if value:
+                setattr(self, attr, value)
+        if ev.nodes:
+            self.nodes_expr = ev.nodes
+        self.nodes.add(ev.node)
+        self.gpus.update(ev.gpus)
+        if ev.start_s is not None:
+            self.start_s = ev.start_s if self.start_s is None else min(self.start_s, ev.start_s)
+        if ev.end_s is not None:
+            self.end_s = ev.end_s if self.end_s is None else max(self.end_s, ev.end_s)
+
+
+class JobEvents:
+    """Implements the collector's ``EventHandler``: validates events and finalises ended jobs."""
+
+    #: Jobs remembered (running, pending finalisation, or finalised: for a stable record time).
+    MAX_JOBS = 100_000
+
+    def __init__(self, store: Store, *, finalize_delay_s: float = 30.0, embodied: EmbodiedModel | None = None,
+                 retry_s: float = 30.0, max_attempts: int = 10, max_skew_s: float = 7 * 86400.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.finalize_delay_s = finalize_delay_s
+        self.embodied = embodied or load_embodied()
+        self.retry_s, self.max_attempts, self.max_skew_s = retry_s, max_attempts, max_skew_s
+        self.stats = JobEventStats()
+        self._clock = clock
+        self._jobs: collections.OrderedDict[tuple[str, str], JobSummary] = collections.OrderedDict()
+        self._log = _RateLimitedLog()
+        self._wake: asyncio.Event | None = None
+
+    @classmethod
+    def from_config(cls, cfg: object, store: Store) -> "JobEvents":
+        """A handler configured from ``[collector]`` (``finalize_delay_s``)."""
+        return cls(store, finalize_delay_s=cfg.collector.finalize_delay_s)  # type: ignore[attr-defined]
+
+    # -- events --------------------------------------------------------------
+
+    def handle(self, payload: bytes, node: tuple[str, str]) -> JobEvent | None:
+        """Take one event from ``<prefix>/<cluster>/<node>/event``; never raises."""
+        self.stats.events += 1
+        try:
+            ev = decode_event(payload, expect_node=node, max_skew_s=self.max_skew_s)
+        except EventError as exc:
+            self._reject(exc.reason, str(exc), node)
+            return None
+        except Exception as exc:  # a bug must not stop the collector: count it like bad input
+            self._reject("decode-error", repr(exc), node)
+            return None
+        job = self._job(ev.cluster, ev.job_id)
+        job.merge(ev)
+        if ev.type == "job_end":
+            # Every end event (another node, a duplicate) restarts the grace period.
+            job.due = self._clock() + self.finalize_delay_s
+            job.attempts = 0
+            if self._wake is not None:
+                self._wake.set()
+        return ev
+
+    def pending(self) -> list[tuple[str, str]]:
+        """(cluster, job) of the jobs waiting for finalisation."""
+        return [k for k, j in self._jobs.items() if j.due is not None]
+
+    def summary(self, cluster: str, job_id: str) -> JobSummary | None:
+        return self._jobs.get((cluster, job_id))
+
+    def _job(self, cluster: str, job_id: str) -> JobSummary:
+        key = (cluster, job_id)
+        job = self._jobs.get(key)
+        if job is None:
+            job = self._jobs[key] = JobSummary(cluster, job_id)
+            if len(self._jobs) > self.MAX_JOBS:
+                self._evict()
+        else:
+            self._jobs.move_to_end(key)
+        return job
+
+    def _evict(self) -> None:
+        """Forget the least recently seen job that is not waiting for finalisation."""
+        for key, job in self._jobs.items():
+            if job.due is None:
+                del self._jobs[key]
+                return
+        self._jobs.popitem(last=False)
+
+    def _reject(self, reason: str, detail: str, node: tuple[str, str]) -> None:
+        self.stats.rejected[reason] += 1
+        self._log.warn(f"event-{reason}", f"rejected a job event from {node[0]}/{node[1]} ({reason}): {detail}")
+
+    # -- the finalisation loop ---------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Finalise jobs as they fall due until ``stop``; then finalise what is pending, best effort."""
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        while not stop.is_set():
+            await self._sleep_until_due(stop)
+            for key in self._due_now():
+                await self._finalise_async(loop, key)
+        pending = self.pending()
+        if pending:
+            log.info("finalising %d job(s) early because the collector stops", len(pending))
+        for key in pending:
+            await self._finalise_async(loop, key)
+
+    async def _sleep_until_due(self, stop: asyncio.Event) -> None:
+        assert self._wake is not None
+        dues = [j.due for j in self._jobs.values() if j.due is not None]
+        timeout = 1.0 if not dues else min(1.0, max(0.0, min(dues) - self._clock()))
+        stopper = asyncio.ensure_future(stop.wait())
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({stopper, waker}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            waker.cancel()
+        self._wake.clear()
+
+    def _due_now(self) -> list[tuple[str, str]]:
+        now = self._clock()
+        return [k for k, j in self._jobs.items() if j.due is not None and j.due <= now]
+
+    async def _finalise_async(self, loop: asyncio.AbstractEventLoop, key: tuple[str, str]) -> None:
+        job = self._jobs.get(key)
+        if job is None or job.due is None:
+            return
+        try:
+            await loop.run_in_executor(None, self.finalise, job)
+        except Exception as exc:
+            self.stats.errors += 1
+            job.attempts += 1
+            if job.attempts >= self.max_attempts:
+                job.due = None
+                log.error("giving up on the summary of job %s/%s after %d attempts: %s", job.cluster,
+                          job.job_id, job.attempts, exc)
+            else:
+                job.due = self._clock() + self.retry_s
+                log.warning("summary of job %s/%s failed (%s); retrying in %.0f s", job.cluster, job.job_id,
+                            exc, self.retry_s)
+
+    # -- finalisation ---------------------------------------------------------
+
+    def finalise(self, job: JobSummary) -> Record | None:
+        """Compute and write the job's summary record (blocking: store queries and one write).
+
+        Returns the record written, or None for a job that used no GPU.
+        Raises whatever the store raises; the caller retries.
+        """
+        due_before = job.due
+        record = self.summary_record(job)
+        if record is not None:
+            self.store.write([record])
+            if job.time_ns is None:
+                self.stats.finalised += 1
+            else:
+                self.stats.rewritten += 1  # the same point again, with sums that may have grown
+            job.time_ns = record.time_ns
+            log.info("job %s/%s finalised: %.1f kJ, %.1f g CO2e, %d GPU(s)", job.cluster, job.job_id,
+                     float(record.field("energy_j") or 0) / 1e3, float(record.field("co2_g") or 0),
+                     int(record.field("gpus") or 0))
+        else:
+            self.stats.skipped += 1
+        if job.due == due_before:  # no new end event arrived while the store was being asked
+            job.due = None
+        return record
+
+    def summary_record(self, job: JobSummary) -> Record | None:
+        """The ``job`` record from the store's per-batch records (no write)."""
+        if job.end_s is None:
+            raise ValueError(f"job {job.job_id} has no end time")
+        lo_s = (job.start_s - 60.0) if job.start_s is not None else job.end_s - _MAX_JOB_S
+        hi_s = job.end_s + max(_AFTER_END_S, 2 * self.finalize_delay_s)
+        where = (f'"cluster" = {_lit(job.cluster)} AND "job" = {_lit(job.job_id)} '
+                 f"AND time >= {_ns(lo_s)} AND time <= {_ns(hi_s)}")
+        energy_rows = self.store.query(
+            'SELECT sum("energy_j") AS energy_j, sum("idle_energy_j") AS idle_energy_j, '
+            'sum("facility_energy_j") AS facility_energy_j, sum("co2_g") AS co2_g, '
+            'sum("co2_market_g") AS co2_market_g, sum("gpu_seconds") AS gpu_seconds '
+            f'FROM "job_energy" WHERE {where} GROUP BY "node", "user"')
+        gpu_rows = self.store.query(f'SELECT sum("gpu_seconds") AS gpu_seconds FROM "job_gpu" WHERE {where} GROUP BY "gpu"')
+        gpu_seconds_by_gpu = {str(r["gpu"]): _num(r.get("gpu_seconds")) for r in gpu_rows if r.get("gpu")}
+        gpus = set(job.gpus) | set(gpu_seconds_by_gpu)
+        if not energy_rows and not gpus:
+            log.debug("job %s/%s used no GPU: no summary", job.cluster, job.job_id)
+            return None
+        if not energy_rows:
+            log.warning("job %s/%s held GPU(s) %s but no energy was recorded for it (agent down?)",
+                        job.cluster, job.job_id, ",".join(sorted(gpus)))
+        sums = {k: float(sum(_num(r.get(k)) for r in energy_rows))
+                for k in ("energy_j", "idle_energy_j", "facility_energy_j", "co2_g", "co2_market_g", "gpu_seconds")}
+        models = self._gpu_models(job.cluster, sorted(gpu_seconds_by_gpu), lo_s, hi_s)
+        embodied = sum(float(embodied_g(self.embodied, models.get(g, ""), s)) for g, s in gpu_seconds_by_gpu.items())
+        facility_kwh = sums["facility_energy_j"] / _J_PER_KWH
+        intensity = sums["co2_g"] / facility_kwh if facility_kwh > 0 else 0.0
+        start_s = job.start_s if job.start_s is not None else self._first_point_s(where)
+        nodes = job.nodes_expr or ",".join(sorted(job.nodes | {str(r["node"]) for r in energy_rows if r.get("node")}))
+        users = sorted({str(r["user"]) for r in energy_rows if r.get("user") and r.get("user") != "unknown"})
+        fields: dict[str, float | int | str] = {
+            **sums,
+            "embodied_g": embodied,
+            "sci_g": sci_g(facility_kwh, intensity, embodied),
+            "gpus": len(gpus),
+            "duration_s": max(0.0, job.end_s - start_s) if start_s is not None else 0.0,
+            "nodes": nodes,
+        }
+        if start_s is not None:
+            fields["start_s"] = int(start_s)
+        if job.name:
+            fields["job_name"] = job.name  # not "name": InfluxQL clients use that key for the measurement
+        tags = (("cluster", job.cluster), ("job", job.job_id), ("user", job.user or (users[0] if users else "unknown")),
+                ("account", job.account or ""), ("partition", job.partition or ""))
+        return Record("job", tags, tuple(fields.items()), self._record_time_ns(job))
+
+    def _record_time_ns(self, job: JobSummary) -> int:
+        """The job's end (ms precision), or the time of a summary already in the store for this job."""
+        if job.time_ns is not None:
+            return job.time_ns
+        assert job.end_s is not None
+        end_ns = round(job.end_s * 1000) * 1_000_000
+        rows = self.store.query(
+            f'SELECT last("energy_j") AS e FROM "job" WHERE "cluster" = {_lit(job.cluster)} '
+            f'AND "job" = {_lit(job.job_id)} AND time >= {end_ns - 86400 * _NS} AND time <= {end_ns + 86400 * _NS}')
+        if rows and rows[0].get("time") is not None:
+            return int(rows[0]["time"])
+        return end_ns
+
+    def _first_point_s(self, where: str) -> float | None:
+        rows = self.store.query(f'SELECT first("energy_j") AS e FROM "job_energy" WHERE {where}')
+        return int(rows[0]["time"]) / _NS if rows and rows[0].get("time") is not None else None
+
+    def _gpu_models(self, cluster: str, gpus: Iterable[str], lo_s: float, hi_s: float) -> dict[str, str]:
+        """``{uuid: model name}`` from the ``gpu`` series' ``model`` tag."""
+        gpus = list(gpus)
+        out: dict[str, str] = {}
+        for i in range(0, len(gpus), _GPU_QUERY_CHUNK):
+            chunk = " OR ".join(f'"gpu" = {_lit(g)}' for g in gpus[i:i + _GPU_QUERY_CHUNK])
+            rows = self.store.query(
+                f'SELECT last("energy_j") AS e FROM "gpu" WHERE "cluster" = {_lit(cluster)} AND ({chunk}) '
+                f'AND time >= {_ns(lo_s)} AND time <= {_ns(hi_s)} GROUP BY "gpu", "model"')
+            for r in rows:
+                if r.get("gpu") and r.get("model"):
+                    out[str(r["gpu"])] = str(r["model"])
+        return out
+
+
+def _lit(value: str) -> str:
+    """An InfluxQL string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _ns(t_s: float) -> int:
+    return int(t_s * _NS)
+
+
+def _num(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
