@@ -5,7 +5,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-__all__ = ["SecretFileError", "read_secret"]
+__all__ = ["SecretFileError", "read_secret", "check_owner_only"]
 
 
 class SecretFileError(ValueError):
@@ -23,3 +23,14 @@ def read_secret(path: str) -> str:
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise SecretFileError(f"secret file {p} is readable by other users; run: chmod 600 {p}")
     return text
+
+
+def check_owner_only(path: str) -> None:
+    """Refuse a file that holds a secret (e.g. a TLS private key) if users other than its owner may read it."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as exc:
+        raise SecretFileError(f"cannot read secret file {p}: {exc.strerror}") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SecretFileError(f"secret file {p} is readable by other users; run: chmod 600 {p}")

@@ -42,15 +42,16 @@ def write_config(path: Path, sections: dict[str, dict[str, object]]) -> Path:
 class GreenwatchProcess:
     """One greenwatch service as a child process."""
 
-    def __init__(self, command: str, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
-        self.command, self.config, self.log_path = command, config, log_path
+    def __init__(self, command: str, config: Path, log_path: Path, env: dict[str, str] | None = None,
+                 log_level: str = "INFO") -> None:
+        self.command, self.config, self.log_path, self.log_level = command, config, log_path, log_level
         self.env = dict(env or os.environ)
         self.env.setdefault("PYTHONUNBUFFERED", "1")
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "GreenwatchProcess":
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "greenwatch", "--log-level", "INFO", self.command,
+        self.proc = subprocess.Popen([sys.executable, "-m", "greenwatch", "--log-level", self.log_level, self.command,
                                       "--config", str(self.config)], stdout=self._log, stderr=subprocess.STDOUT,
                                      env=self.env, start_new_session=True)
         return self

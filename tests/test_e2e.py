@@ -25,7 +25,7 @@ from mocknvml.scenario import Constant, GpuSpec, ProcSpec, Ramp, Scenario, Squar
 pytestmark = pytest.mark.e2e
 
 CLUSTER = "e2e"
-ON_FROM, ON_TO = 3.0, 15.0   # seconds after t0 during which the GPUs draw power
+ON_FROM, ON_TO = 8.0, 20.0   # seconds after t0 during which the GPUs draw power (after every process started, even on a busy machine)
 PUE = 1.25
 
 
@@ -72,7 +72,8 @@ def test_two_nodes_three_jobs_end_to_end(tmp_path: Path, mosquitto, influx_v2, m
                   "carbon": {"zone": "DE", "pue": PUE}}
         collector_cfg = write_config(tmp_path / "collector.toml", {
             **common, "node": {"cluster": CLUSTER, "name": "collector"},
-            "collector": {"share_group": "e2e", "instance": "c1", "health_interval_s": 1.0},
+            "collector": {"share_group": "e2e", "instance": "c1", "health_interval_s": 1.0,
+                          "spill_dir": str(tmp_path / "collector-spill")},
             "influxdb": {"url": influx_v2.url, "org": influx_v2.org, "bucket": bucket,
                           "token_file": str(token_file)}})
         collector = GreenwatchProcess("collector", collector_cfg, tmp_path / "collector.log").start()
@@ -84,7 +85,8 @@ def test_two_nodes_three_jobs_end_to_end(tmp_path: Path, mosquitto, influx_v2, m
             scen_path = scen.write(tmp_path / f"{node}.scenario")
             cfg = write_config(tmp_path / f"{node}.toml", {
                 **common, "node": {"cluster": CLUSTER, "name": node},
-                "agent": {"sample_hz": 10.0, "publish_interval_s": 1.0}})
+                "agent": {"sample_hz": 10.0, "publish_interval_s": 1.0, "spool_dir": str(tmp_path / f"{node}-spool"),
+                          "state_file": str(tmp_path / f"{node}-state.json")}})
             agent = GreenwatchProcess("agent", cfg, tmp_path / f"{node}.log", env=agent_env(mock_nvml_lib, scen_path))
             greenwatch_procs.append(agent.start())
             agents.append(agent)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import uuid as uuidlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -144,16 +145,70 @@ class BatchBuilder:
         job_list = list(jobs)
         batch = Batch(self.cluster, self.node, self.seq, self.boot, infos, job_list, block,
                       dict(host or {}), carry, sent_us, [float(cpu.get(j.job_id, 0.0)) for j in job_list] if cpu else [])
-        self._carry = (_boundary_rows(block), list(batch.jobs)) if block.n_rows else None
+        self._carry = (_boundary_rows(block, [g.has_counter for g in infos]), list(batch.jobs)) if block.n_rows else None
         self.seq += 1
         for st in self._gpus:
+            # The anchor row opens the next window with the occupancy in force when it was read,
+            # even if the holders changed after the last sample (that change applies from the next row).
+            at_anchor = st.segments[-1][1] if st.segments else st.holders
             if st.rows:
                 st.anchor = st.rows[-1]
             st.rows = []
-            # The anchor row opens the next window with the occupancy in force when it was read.
-            st.segments = [(0, st.holders)] if st.anchor is not None else []
-            st.pending_change = st.anchor is None
+            st.segments = [(0, at_anchor)] if st.anchor is not None else []
+            st.pending_change = st.anchor is None or not _same(at_anchor, st.holders)
         return batch
+
+    def snapshot(self) -> dict[str, Any]:
+        """What a restarted agent needs to go on with this run (JSON-ready; take it right after :meth:`cut`).
+
+        The run's id and next sequence number, each GPU's anchor row and the holders in force
+        when it was read, and the carry: with them the first batch after a restart is anchored
+        (the energy spent while the agent was down is counted from the counter) and still
+        carries the boundary rows of the last batch before it.
+        """
+        carry = None
+        if self._carry is not None:
+            block, jobs = self._carry
+            carry = {"offsets": block.gpu_offsets.tolist(), "end_us": int(block.end_us),
+                     "columns": {n: c.tolist() for n, c in block.columns.items()},
+                     "segments": {n: [_json_number(v) for v in c.tolist()] for n, c in block.segments.items()},
+                     "jobs": [[j.job_id, j.user, j.source] for j in jobs]}
+        return {"boot": self.boot, "seq": self.seq, "carry": carry,
+                "gpus": [{"uuid": st.info.uuid, "anchor": None if st.anchor is None else list(st.anchor),
+                          "holders": _holders_json(st.segments[0][1] if st.segments else st.holders),
+                          "current": _holders_json(st.holders)} for st in self._gpus]}
+
+    def resume(self, snap: dict[str, Any]) -> None:
+        """Continue the run described by a :meth:`snapshot` of an earlier agent process on this node.
+
+        The caller checks that the snapshot is recent and names the same GPUs in the same order;
+        a malformed snapshot raises ``KeyError``, ``TypeError`` or ``ValueError`` and changes nothing.
+        """
+        gpus = snap["gpus"]
+        if [g["uuid"] for g in gpus] != [st.info.uuid for st in self._gpus]:
+            raise ValueError("the snapshot names other GPUs")
+        anchors = [None if g["anchor"] is None else tuple(int(v) for v in g["anchor"]) for g in gpus]
+        if any(a is not None and len(a) != _NCOL for a in anchors):
+            raise ValueError("anchor rows of the wrong width")
+        holders = [_holders_from_json(g["holders"]) for g in gpus]
+        current = [_holders_from_json(g.get("current", g["holders"])) for g in gpus]
+        carry = None
+        if snap.get("carry") is not None:
+            c = snap["carry"]
+            columns = {n: np.array(c["columns"][n], dtype=dt) for n, dt in SAMPLE_COLUMNS.items()}
+            segs = {n: np.array([float("nan") if v is None else v for v in c["segments"][n]], dtype=dt)
+                    for n, dt in {**SEGMENT_COLUMNS, **HOLDER_COLUMNS}.items()}
+            carry = (Block(np.array(c["offsets"], dtype=np.int64), columns, segs, int(c["end_us"])),
+                     [JobInfo(str(j), str(u), str(s)) for j, u, s in c["jobs"]])
+        boot, seq = str(snap["boot"]), int(snap["seq"])
+        if not boot or seq < 0:
+            raise ValueError("bad boot or seq")
+        # Everything parsed: now apply it.
+        self.boot, self.seq, self._carry = boot, seq, carry
+        for st, anchor, held, now in zip(self._gpus, anchors, holders, current):
+            st.anchor, st.holders, st.rows = anchor, now, []
+            st.segments = [(0, held)] if anchor is not None else []
+            st.pending_change = anchor is None or not _same(held, now)
 
     @staticmethod
     def _columns(rows: list[tuple[int, ...]]) -> dict[str, np.ndarray]:
@@ -163,8 +218,23 @@ class BatchBuilder:
         return {n: np.ascontiguousarray(table[:, k]).astype(dt) for k, (n, dt) in enumerate(SAMPLE_COLUMNS.items())}
 
 
-def _boundary_rows(block: Block) -> Block:
-    """The rows of ``block`` that bound its segments: enough to re-account its energy from the counter."""
+def _holders_json(holders: tuple[Holder, ...]) -> list[list[object]]:
+    return [[h.job.job_id, h.job.user, h.job.source, _json_number(h.sm_util)] for h in holders]
+
+
+def _holders_from_json(rows: list[list[object]]) -> tuple[Holder, ...]:
+    return tuple(sorted((Holder(JobInfo(str(j), str(u), str(s)), float("nan") if sm is None else float(sm))
+                         for j, u, s, sm in rows), key=lambda h: h.job.job_id))
+
+
+def _json_number(v: float | int) -> float | int | None:
+    """JSON has no NaN: unknown SM shares travel as null."""
+    return None if isinstance(v, float) and math.isnan(v) else v
+
+
+def _boundary_rows(block: Block, has_counter: list[bool]) -> Block:
+    """The rows of ``block`` needed to re-account its energy exactly: segment starts, last rows, and both
+    rows of every interval the counter cannot cover (reset, failed reading) or of a GPU without counter."""
     off = block.gpu_offsets
     s = block.segments
     keep: list[int] = []
@@ -176,7 +246,15 @@ def _boundary_rows(block: Block) -> Block:
             new_counts.append(0)
             continue
         starts = [int(r) for r, sg in zip(s["seg_row"], s["seg_gpu"]) if sg == g]
-        rows = sorted(set(starts + [b - 1]))
+        keep_set = set(starts + [b - 1])
+        if not has_counter[g]:
+            keep_set.update(range(a, b))            # power integration needs every row
+        else:
+            e = block.columns["energy_mj"][a:b]
+            bad = np.flatnonzero((e[1:] < e[:-1]) | (e[1:] < 0) | (e[:-1] < 0))
+            keep_set.update((a + bad).tolist())
+            keep_set.update((a + bad + 1).tolist())
+        rows = sorted(keep_set)
         position = {r: len(keep) + k for k, r in enumerate(rows)}
         new_seg_row += [position[r] for r in starts]
         keep += rows

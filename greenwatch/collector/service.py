@@ -1,30 +1,49 @@
-"""``greenwatch collector``: MQTT shared subscription -> accounting -> InfluxDB.
+"""``greenwatch collector``: MQTT shared subscription -> accounting -> InfluxDB, nothing lost.
 
 Messages are processed as they arrive on the event loop (decoding and
 attribution are vectorised or compiled, a fraction of a millisecond per
-batch); records are buffered and written by a background task in a worker
-thread, in large line-protocol bodies, with retries and backoff.
+batch); records go to a :class:`~greenwatch.collector.writer.BufferedWriter`
+that writes them in bulk from a worker thread, to InfluxDB or, while InfluxDB
+fails, to a local spill file that is drained when it answers again.
+
+Delivery is at least once, end to end: the collector holds a persistent MQTT
+session (fixed client id, clean start off, a session expiry), so the broker
+queues its share of the batches while it is down, and acknowledges a message
+only once the records it produced are durable.  A crash before that makes the
+broker deliver the message again; identical point keys make the rewrite
+harmless, and the duplicate check drops what this process has already seen.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import time
 from typing import Protocol
 
 import aiomqtt
+import numpy as np
 
+from greenwatch import sdnotify
+from greenwatch.batch import HOLDER_COLUMNS, SAMPLE_COLUMNS, SEGMENT_COLUMNS, Batch, Block, GpuInfo, JobInfo
 from greenwatch.collector.core import Collector
-from greenwatch.config import Config
-from greenwatch.storage.records import Record, line_protocol
-from greenwatch.transport.mqtt import make_client, parse_node_topic, shared_subscription
+from greenwatch.collector.writer import BufferedWriter
+from greenwatch.config import Config, ConfigError
+from greenwatch.diskqueue import DiskQueue, DiskQueueError
+from greenwatch.storage.records import Record
+from greenwatch.transport.mqtt import MqttClient, make_client, parse_node_topic, shared_subscription
+from greenwatch.transport.wire import decode, encode
+from greenwatch.credentials import check_mqtt_tls, mqtt_password
 from greenwatch.wiring import attribution_settings, carbon_context, influx_store
 
 __all__ = ["BufferedWriter", "EventHandler", "run_collector"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds a stopping collector waits for its buffered records to become durable (TimeoutStopSec is 30 s).
+_STOP_FLUSH_S = 20.0
 
 
 class EventHandler(Protocol):
@@ -33,67 +52,6 @@ class EventHandler(Protocol):
     def handle(self, payload: bytes, node: tuple[str, str]) -> None: ...
 
     async def run(self, stop: asyncio.Event) -> None: ...
-
-
-class BufferedWriter:
-    """Collects records and writes them in bulk from a worker thread, retrying with backoff.
-
-    ``max_lines`` bounds memory while InfluxDB is down: beyond it the oldest lines
-    are dropped and counted (the reliability work replaces this with a spill file).
-    """
-
-    def __init__(self, store, flush_interval_s: float = 0.25, max_batch_lines: int = 20_000,
-                 max_lines: int = 2_000_000) -> None:
-        self.store = store
-        self.flush_interval_s, self.max_batch_lines, self.max_lines = flush_interval_s, max_batch_lines, max_lines
-        self._lines: list[str] = []
-        self.written_lines = 0
-        self.write_errors = 0
-        self.dropped_lines = 0
-        self._wake = asyncio.Event()
-
-    def write(self, records: list[Record]) -> None:
-        body = line_protocol(records)
-        if body:
-            self._lines.append(body)
-            if len(self._lines) >= self.max_batch_lines // 8:
-                self._wake.set()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-        backoff = 0.5
-        while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.flush_interval_s)
-            except asyncio.TimeoutError:
-                pass
-            self._wake.clear()
-            while self._lines:
-                chunk, self._lines = self._lines, []
-                try:
-                    await loop.run_in_executor(None, self.store.write_lines, "\n".join(chunk))
-                    self.written_lines += len(chunk)
-                    backoff = 0.5
-                except Exception as exc:
-                    self.write_errors += 1
-                    self._lines = chunk + self._lines
-                    if len(self._lines) > self.max_lines:
-                        drop = len(self._lines) - self.max_lines
-                        self.dropped_lines += drop
-                        del self._lines[:drop]
-                        log.error("write buffer full: dropped the %d oldest batches of records", drop)
-                    log.warning("InfluxDB write failed (%s); %d bodies buffered, retrying in %.1f s",
-                                exc, len(self._lines), backoff)
-                    if stop.is_set():
-                        return
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 30.0)
-            if stop.is_set():
-                return
-
-    @property
-    def pending(self) -> int:
-        return len(self._lines)
 
 
 async def _health_loop(collector: Collector, writer: BufferedWriter, instance: str, interval_s: float,
@@ -107,72 +65,190 @@ async def _health_loop(collector: Collector, writer: BufferedWriter, instance: s
         writer.write([Record("collector", (("instance", instance),), (
             ("messages", s.messages), ("rejected", s.rejected_total), ("write_errors", writer.write_errors),
             ("samples", s.samples), ("batches", s.batches), ("duplicates", s.duplicates),
-            ("gaps_filled", s.gaps_filled), ("pending_bodies", writer.pending)), time.time_ns())])
+            ("gaps_filled", s.gaps_filled), ("pending_bodies", writer.pending), ("unacked", writer.unacked),
+            ("spill_bytes", writer.spill_bytes), ("spill_files", writer.spill_files)), time.time_ns())])
+        sdnotify.notify(f"STATUS={s.batches} batches, {s.rejected_total} rejected, {writer.unacked} unacknowledged, "
+                        f"{writer.spill_files} chunks spilled")
+
+
+def _warm_up(collector: Collector) -> None:
+    """Compile the attribution kernels (or load them from numba's cache) before reporting ready.
+
+    Goes through encode/decode so the arrays have the types of real messages (read-only
+    views), which numba compiles separately; otherwise the first real batch would stall
+    the event loop for the compile.
+    """
+    cols = {n: np.array([1_000_000, 2_000_000] if n == "t_us" else [0, 0], dtype=dt) for n, dt in SAMPLE_COLUMNS.items()}
+    segs = {n: np.array([0, 1] if n == "holder_ptr" else [0], dtype=dt) for n, dt in {**SEGMENT_COLUMNS, **HOLDER_COLUMNS}.items()}
+    block = Block(np.array([0, 2], dtype=np.int64), cols, segs, 2_000_000)
+    batch = Batch("warm-up", "warm-up", 0, "warm-up", [GpuInfo("warm-up", 0, "warm-up", True, False, 700.0)],
+                  [JobInfo("warm-up")], block)
+    collector.ledger(decode(encode(batch), now_us=1_500_000))
 
 
 async def run_collector(cfg: Config, events: EventHandler | None = None) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit status.
 
-    ``events`` receives job events; without one they are counted and ignored.
+    ``events`` receives job events; by default a :class:`~greenwatch.collector.jobs.JobEvents`
+    that writes a summary record per finished job.
     """
+    password = mqtt_password(cfg)
+    check_mqtt_tls(cfg)
     store = influx_store(cfg)
-    writer = BufferedWriter(store)
+    if events is None:  # job events -> one `job` summary record per finished job
+        from greenwatch.collector.jobs import JobEvents
+
+        events = JobEvents.from_config(cfg, store)
+    try:
+        spill = DiskQueue(cfg.collector.spill_dir, cfg.collector.spill_max_bytes, drop_oldest=False, fsync=True,
+                          what="collector spill")
+    except DiskQueueError as exc:
+        raise ConfigError("collector.spill_dir", str(exc)) from None
+    if len(spill):
+        log.warning("%d spilled chunks (%d bytes) from an earlier run wait in %s; draining them into InfluxDB",
+                    len(spill), spill.bytes, spill.path)
+    try:
+        return await _serve(cfg, events, store, spill, password)
+    finally:
+        spill.close()
+        store.close()
+
+
+async def _serve(cfg: Config, events: EventHandler | None, store, spill: DiskQueue, password: str | None) -> int:
+    writer = BufferedWriter(store, spill)
     collector = Collector(attribution_settings(cfg), carbon_context(cfg), writer,
                           max_skew_s=cfg.collector.max_clock_skew_s,
                           max_message_bytes=cfg.collector.max_message_bytes)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Compile (or load) the kernels while connecting; READY=1 follows once they are in.
+    warm = loop.run_in_executor(None, _warm_up, collector)
+    stop = asyncio.Event()          # stop taking messages
+    flushed = asyncio.Event()       # then stop the writer, once it made what it could durable
+
+    def request_stop() -> None:
+        sdnotify.notify("STOPPING=1")
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(writer.run(stop)),
-             asyncio.create_task(_health_loop(collector, writer, cfg.collector.instance,
-                                              cfg.collector.health_interval_s, stop))]
-    prefix = cfg.mqtt.topic_prefix
-    topics = [shared_subscription(prefix, cfg.collector.share_group, kind) for kind in ("batch", "event")]
+        loop.add_signal_handler(sig, request_stop)
+    writing = asyncio.create_task(writer.run(flushed))
+
+    def writer_ended(task: asyncio.Task) -> None:
+        if not flushed.is_set():  # the writer must only end when asked to: otherwise stop, and let systemd restart us
+            log.error("the writer stopped unexpectedly: %r", None if task.cancelled() else task.exception())
+            stop.set()
+
+    writing.add_done_callback(writer_ended)
+    tasks = [asyncio.create_task(_health_loop(collector, writer, cfg.collector.instance,
+                                              cfg.collector.health_interval_s, stop)),
+             asyncio.create_task(sdnotify.watchdog_loop(lambda: not writing.done(), stop))]
     if events is not None:
         tasks.append(asyncio.create_task(events.run(stop)))
-    ignored_events = 0
-    ident = cfg.mqtt.client_id or f"greenwatch-collector-{cfg.collector.instance}"
+    tasks.append(asyncio.create_task(_ready_after(warm)))
+    session = _Session(cfg, collector, writer, events, password)
     backoff = 0.5
     while not stop.is_set():
         try:
-            async with make_client(cfg.mqtt, ident) as client:
-                for topic in topics:
-                    await client.subscribe(topic, qos=1)
-                log.info("subscribed to %s on %s:%d", " and ".join(topics), cfg.mqtt.host, cfg.mqtt.port)
+            async with session.client() as client:
                 backoff = 0.5
-                stopper = asyncio.create_task(stop.wait())
-                messages = aiter(client.messages)
-                while not stop.is_set():
-                    nxt = asyncio.ensure_future(anext(messages))
-                    done, _ = await asyncio.wait({nxt, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                    if nxt not in done:
-                        nxt.cancel()
-                        break
-                    message = nxt.result()
-                    parsed = parse_node_topic(prefix, str(message.topic))
-                    payload = bytes(message.payload) if isinstance(message.payload, (bytes, bytearray)) else b""
-                    if parsed is not None and parsed[2] == "event":
-                        if events is not None:
-                            events.handle(payload, parsed[:2])
-                        else:
-                            ignored_events += 1
-                        continue
-                    collector.handle(payload, expect_node=parsed[:2] if parsed else None)
-        except aiomqtt.MqttError as exc:
+                await session.consume(client, stop)
+                # Before disconnecting: make buffered records durable so their messages get acknowledged.
+                flushed.set()
+                await _wait(writing, _STOP_FLUSH_S)
+        except Exception as exc:  # MqttError, and anything unforeseen: the session is simply started again
             if stop.is_set():
                 break
+            if not isinstance(exc, aiomqtt.MqttError):
+                log.exception("the MQTT session failed unexpectedly; reconnecting")
             log.warning("MQTT broker %s:%d unreachable (%s); retrying in %.1f s", cfg.mqtt.host, cfg.mqtt.port,
                         exc, backoff)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=backoff)
             except asyncio.TimeoutError:
                 pass
-            backoff = min(backoff * 2, 30.0)
+            backoff = min(backoff * 2, 5.0)
     stop.set()
+    flushed.set()
+    await _wait(writing, _STOP_FLUSH_S)
     await asyncio.gather(*tasks, return_exceptions=True)
     s = collector.stats
-    log.info("collector stopped: %d messages, %d batches, %d rejected, %d duplicates, %d write errors",
-             s.messages, s.batches, s.rejected_total, s.duplicates, writer.write_errors)
-    store.close()
-    return 0
+    log.info("collector stopped: %d messages, %d batches, %d rejected, %d duplicates, %d write errors, "
+             "%d chunks left in the spill", s.messages, s.batches, s.rejected_total, s.duplicates,
+             writer.write_errors, len(spill))
+    return 0 if writing.done() and not writing.cancelled() and writing.exception() is None else 1
+
+
+async def _ready_after(warm: asyncio.Future) -> None:
+    try:
+        await warm
+    except Exception:
+        log.exception("warming up the attribution kernels failed")  # the first batch will compile them
+    sdnotify.notify("READY=1", "STATUS=running")
+
+
+async def _wait(task: asyncio.Task, timeout: float) -> None:
+    if task.done():
+        return
+    try:
+        await asyncio.wait_for(asyncio.shield(task), timeout=timeout)
+    except asyncio.TimeoutError:
+        log.error("gave up waiting %.0f s for buffered records to become durable; the broker will deliver "
+                  "their messages again", timeout)
+
+
+class _Session:
+    """One persistent MQTT session: subscribe, dispatch each message, acknowledge it once durable."""
+
+    def __init__(self, cfg: Config, collector: Collector, writer: BufferedWriter, events: EventHandler | None,
+                 password: str | None) -> None:
+        self.cfg, self.collector, self.writer, self.events, self.password = cfg, collector, writer, events, password
+        self.prefix = cfg.mqtt.topic_prefix
+        self.topics = [shared_subscription(self.prefix, cfg.collector.share_group, kind) for kind in ("batch", "event")]
+        self.ident = cfg.mqtt.client_id or f"greenwatch-collector-{cfg.collector.instance}"
+        self.ignored_events = 0
+
+    def client(self) -> MqttClient:
+        c = self.cfg.collector
+        # The fixed client id and clean_start=False resume the session (and the messages the broker
+        # queued for it) after a restart; manual acks tie each acknowledgement to durable data.
+        return make_client(self.cfg.mqtt, self.ident, clean_start=False, session_expiry_s=c.session_expiry_s,
+                           password=self.password, manual_ack=True, receive_maximum=c.max_unacked,
+                           max_queued_incoming=c.max_unacked + 10_000)
+
+    async def consume(self, client: MqttClient, stop: asyncio.Event) -> None:
+        """Process messages until ``stop``; raises :class:`aiomqtt.MqttError` if the connection drops."""
+        for topic in self.topics:
+            await client.subscribe(topic, qos=1)
+        log.info("subscribed to %s on %s:%d (session %s, kept %d s by the broker)", " and ".join(self.topics),
+                 self.cfg.mqtt.host, self.cfg.mqtt.port, self.ident, self.cfg.collector.session_expiry_s)
+        stopper = asyncio.ensure_future(stop.wait())
+        messages = aiter(client.messages)
+        try:
+            while True:
+                nxt = asyncio.ensure_future(anext(messages))
+                done, _ = await asyncio.wait({nxt, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if nxt not in done:
+                    nxt.cancel()
+                    return
+                message = nxt.result()
+                self.dispatch(message)
+                self.writer.when_durable(functools.partial(client.ack, message))
+        finally:
+            stopper.cancel()
+
+    def dispatch(self, message: aiomqtt.Message) -> None:
+        payload = bytes(message.payload) if isinstance(message.payload, (bytes, bytearray)) else b""
+        topic = str(message.topic)
+        parsed = parse_node_topic(self.prefix, topic)
+        if parsed is None:
+            self.collector.stats.messages += 1
+            self.collector.reject("bad-topic", f"not a node topic: {topic[:200]!r}")
+            return
+        if parsed[2] == "event":
+            # Event handlers keep their own state; the event is acknowledged with the batches before it.
+            if self.events is not None:
+                self.events.handle(payload, parsed[:2])
+            else:
+                self.ignored_events += 1
+            return
+        self.collector.handle(payload, expect_node=parsed[:2])

@@ -3,19 +3,34 @@
 Topics: ``<prefix>/<cluster>/<node>/batch``.  Collectors subscribe through an MQTT 5
 shared subscription, ``$share/<group>/<prefix>/+/+/batch``, so the broker deals
 each batch to exactly one collector of the group.
+
+:class:`MqttClient` is aiomqtt's client plus the two things greenwatch's delivery
+guarantees need from the paho client underneath, which aiomqtt 2.x does not expose:
+the reason code of a PUBACK (an agent keeps a batch spooled when the broker answers
+"no matching subscribers" or "not authorized") and manual acknowledgement (a collector
+acknowledges a message only once its data is durably stored).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+from typing import Any
 
 import aiomqtt
+from paho.mqtt.client import MQTT_ERR_SUCCESS
 from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
 from greenwatch.secrets import read_secret
 
-__all__ = ["batch_topic", "event_topic", "shared_subscription", "parse_node_topic", "make_client"]
+__all__ = ["batch_topic", "event_topic", "shared_subscription", "parse_node_topic", "make_client", "MqttClient",
+           "PUBACK_SUCCESS", "PUBACK_NO_MATCHING_SUBSCRIBERS", "PUBACK_NOT_AUTHORIZED"]
+
+#: MQTT 5 PUBACK reason codes the agent acts on (MQTT 5.0, section 3.4.2.1).
+PUBACK_SUCCESS = 0x00
+PUBACK_NO_MATCHING_SUBSCRIBERS = 0x10
+PUBACK_NOT_AUTHORIZED = 0x87
 
 
 def batch_topic(prefix: str, cluster: str, node: str) -> str:
@@ -43,24 +58,104 @@ def parse_node_topic(prefix: str, topic: str) -> tuple[str, str, str] | None:
     return parts[0], parts[1], parts[2]
 
 
+class MqttClient(aiomqtt.Client):
+    """An aiomqtt client with PUBACK reason codes and manual acknowledgement of received messages.
+
+    aiomqtt 2.x has no public way to either, so this subclass, and nothing else in greenwatch,
+    uses three of its internals: ``_client`` (the paho client: ``publish``, ``ack``,
+    ``manual_ack_set``), ``_on_publish`` (paho's ``on_publish`` callback, overridden to see
+    the reason code) and ``_disconnected`` (the future that completes when the connection
+    drops).  pyproject.toml pins aiomqtt below 3 for that reason.  All of it runs on the event
+    loop thread, as aiomqtt drives paho from there.
+    """
+
+    def __init__(self, *args: Any, manual_ack: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pubacks: dict[int, asyncio.Future[int]] = {}
+        if manual_ack:
+            # Set before connecting: paho must never acknowledge a QoS 1 message on its own.
+            self._client.manual_ack_set(True)
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        fut = self._pubacks.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(int(getattr(reason_code, "value", reason_code) or 0))
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        if self._disconnected.done() and not self._disconnected.cancelled():
+            # The caller already got an MqttError for this disconnection; mark its cause as
+            # retrieved so that asyncio does not warn about it when the future is collected.
+            self._disconnected.exception()
+        await super().__aexit__(*exc_info)
+
+    async def publish_acked(self, topic: str, payload: bytes, qos: int = 1, timeout: float = 30.0) -> int:
+        """Publish and wait for the broker's answer; returns the PUBACK reason code (0 is success).
+
+        QoS 0 has no answer and returns 0 once the message is handed to the socket.
+        Raises :class:`aiomqtt.MqttError` if the connection drops or no answer comes in ``timeout``.
+        """
+        info = self._client.publish(topic, payload, qos)
+        if info.rc != MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        if qos == 0:
+            return PUBACK_SUCCESS
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pubacks[info.mid] = fut
+        try:
+            done, _ = await asyncio.wait({fut, self._disconnected}, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._pubacks.pop(info.mid, None)
+        if fut in done:
+            return fut.result()
+        if self._disconnected.done():
+            # Retrieving the cause also keeps asyncio from warning that it was never retrieved.
+            cause = None if self._disconnected.cancelled() else self._disconnected.exception()
+            raise aiomqtt.MqttError(f"disconnected before the broker acknowledged the message ({cause})") from cause
+        raise aiomqtt.MqttError(f"no PUBACK within {timeout:g} s")
+
+    def ack(self, message: aiomqtt.Message) -> bool:
+        """Acknowledge a received message (with ``manual_ack``); False if the connection it came on is gone.
+
+        A message not acknowledged on its own connection is redelivered by the broker when the
+        (persistent) session reconnects, which the collector's idempotent writes make harmless.
+        """
+        if message.qos == 0 or self._disconnected.done():
+            return False
+        return self._client.ack(message.mid, message.qos) == MQTT_ERR_SUCCESS
+
+
 def make_client(mqtt_cfg: object, identifier: str, *, clean_start: bool = True,
-                session_expiry_s: int = 0) -> aiomqtt.Client:
-    """An aiomqtt client (MQTT 5) configured from the ``[mqtt]`` config section."""
+                session_expiry_s: int = 0, password: str | None = None, manual_ack: bool = False,
+                receive_maximum: int = 0, max_queued_incoming: int | None = None) -> MqttClient:
+    """An MQTT 5 client configured from the ``[mqtt]`` config section.
+
+    ``password`` overrides ``mqtt.password_file`` (services read the file once at start and
+    refuse an unsafe one there).  ``clean_start=False`` with ``session_expiry_s`` asks for a
+    persistent session; ``receive_maximum`` bounds how many QoS 1 messages the broker sends
+    before they are acknowledged.
+    """
     c = mqtt_cfg
-    password = read_secret(c.password_file) if c.password_file else None  # type: ignore[attr-defined]
+    if password is None:
+        password = read_secret(c.password_file) if c.password_file else None  # type: ignore[attr-defined]
     tls_context = None
     if c.tls:  # type: ignore[attr-defined]
         tls_context = ssl.create_default_context(cafile=c.ca_file or None)  # type: ignore[attr-defined]
         if c.cert_file:  # type: ignore[attr-defined]
             tls_context.load_cert_chain(c.cert_file, c.key_file or None)  # type: ignore[attr-defined]
     props = None
-    if session_expiry_s:
+    if session_expiry_s or receive_maximum:
         props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = session_expiry_s
-    return aiomqtt.Client(
+        if session_expiry_s:
+            props.SessionExpiryInterval = session_expiry_s
+        if receive_maximum:
+            props.ReceiveMaximum = receive_maximum
+    return MqttClient(
         hostname=c.host, port=c.port,  # type: ignore[attr-defined]
         username=c.username or None, password=password,  # type: ignore[attr-defined]
         identifier=identifier, protocol=aiomqtt.ProtocolVersion.V5,
         clean_start=clean_start, keepalive=c.keepalive_s,  # type: ignore[attr-defined]
         properties=props, tls_context=tls_context, timeout=10,
+        max_queued_incoming_messages=max_queued_incoming, manual_ack=manual_ack,
     )

@@ -1,0 +1,266 @@
+"""Hostile input through the real service: >= 10,000 malformed payloads via a real broker into a real collector.
+
+Good batches of two nodes (built by the agent's BatchBuilder from known counters) are
+published in order, with hostile payloads interleaved: random bytes, truncations,
+oversized messages, wrong magic or version, NaN/inf/negative values, far-future
+timestamps, broken segments, deeply nested or huge-number JSON, trailing bytes and
+payloads claiming another node than their topic.  The collector process must keep
+running with flat memory, reject and count every hostile payload (health record
+``rejected``), keep its log rate-limited, and write the good data exactly as a run
+without the hostile traffic would.  (tests/test_collector_core.py fuzzes the same
+code in-process; this goes through MQTT and the process.)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as paho
+import pytest
+
+from fixtures_e2e import GreenwatchProcess
+from greenwatch.agent.builder import BatchBuilder, Holder
+from greenwatch.batch import Batch, Block, GpuInfo, JobInfo
+from greenwatch.transport.wire import WireError, decode, encode
+from service_helpers import collector_config, health, job_energy, wait_until, write_token
+
+pytestmark = pytest.mark.faults
+
+CLUSTER = "fuzz"
+NODES = ("good-1", "good-2")
+BATCHES_PER_NODE = 60
+MAX_MESSAGE = 256 * 1024
+HOSTILE = 10_200
+_PREFIX = struct.Struct("<3sBI")
+
+
+def topic(node: str) -> str:
+    return f"greenwatch/v1/{CLUSTER}/{node}/batch"
+
+
+# -- good data with a known truth ----------------------------------------------------------------------------
+
+def good_batches(node: str, t_start_us: int) -> tuple[list[bytes], dict[str, float]]:
+    """Consecutive 1 s batches of a 2-GPU node; GPU 0 runs job A at 250 W, GPU 1 job B at 400 W."""
+    gpus = [GpuInfo(f"GPU-{node}-{k}", k, "NVIDIA H100 80GB HBM3", True, False, 700.0) for k in range(2)]
+    jobs = [JobInfo(f"{node}-a", "alice", "slurm-cgroup-v2"), JobInfo(f"{node}-b", "bob", "slurm-cgroup-v2")]
+    b = BatchBuilder(CLUSTER, node, gpus)
+    for g in range(2):
+        b.set_holders(g, [Holder(jobs[g], 60.0)])
+    t, energy, watts = t_start_us, [1_000_000, 7_000_000], (250, 400)
+    first = [e + w * 100 for e, w in zip(energy, watts)]  # the first sample: energy counts from there
+    out = []
+    for _ in range(BATCHES_PER_NODE):
+        for _ in range(10):
+            t += 100_000
+            for g in range(2):
+                energy[g] += watts[g] * 100  # mJ per 0.1 s
+                b.add_sample(g, (t, energy[g], watts[g] * 1000, 70, 20, 1000, 60, 1980))
+        out.append(encode(b.cut(sent_us=t)))
+    return out, {jobs[g].job_id: (energy[g] - first[g]) / 1e3 for g in range(2)}
+
+
+# -- hostile payloads ---------------------------------------------------------------------------------------------
+
+def _split(payload: bytes) -> tuple[dict, bytes]:
+    _, _, n = _PREFIX.unpack_from(payload)
+    return json.loads(payload[8:8 + n]), payload[8 + n:]
+
+
+def _join(header: dict | str, body: bytes, version: int = 1) -> bytes:
+    head = (header if isinstance(header, str) else json.dumps(header)).encode()
+    return _PREFIX.pack(b"GWB", version, len(head)) + head + body
+
+
+def _mutated(payload: bytes, change) -> bytes:
+    """Decode a good payload, change its columns in place (copies) and encode it again, unvalidated."""
+    batch = decode(payload)
+    cols = {k: v.copy() for k, v in batch.block.columns.items()}
+    segs = {k: v.copy() for k, v in batch.block.segments.items()}
+    change(cols, segs)
+    block = Block(batch.block.gpu_offsets, cols, segs, max(int(batch.block.end_us), int(cols["t_us"].max())))
+    return encode(Batch(batch.cluster, batch.node, batch.seq, batch.boot, batch.gpus, batch.jobs, block, batch.host,
+                        batch.carry, batch.sent_us))
+
+
+def _set(name: str, index: int, value):
+    def change(cols, segs):
+        (cols if name in cols else segs)[name][index] = value
+    return change
+
+
+def hostile_payloads(rng: random.Random, samples: list[bytes]) -> list[tuple[str, bytes]]:
+    """(topic node, payload) pairs, every one of which a collector must reject."""
+    def good() -> bytes:
+        return rng.choice(samples)
+
+    def header_variant(edit) -> bytes:
+        h, body = _split(good())
+        edit(h)
+        return _join(h, body)
+
+    now_us = int(time.time() * 1e6)
+    makers = [
+        lambda: rng.randbytes(rng.randint(0, 2000)),
+        lambda: (lambda p: p[:rng.randrange(len(p))])(good()),                                  # truncated
+        lambda: b"GWB\x02" + good()[4:],                                                          # wrong version
+        lambda: b"GWB\x00" + good()[4:],
+        lambda: b"XYZ" + good()[3:],                                                              # not greenwatch
+        lambda: _PREFIX.pack(b"GWB", 1, 0xFFFFFFFF) + b"{}",                                      # header past the end
+        lambda: good() + rng.randbytes(rng.randint(1, 64)),                                       # trailing bytes
+        lambda: header_variant(lambda h: h["host"].update(cpu_pct=float("nan"))),                # NaN host value
+        lambda: header_variant(lambda h: h["host"].update(load1=float("inf"))),
+        lambda: header_variant(lambda h: h.update(seq=-1)),                                       # negative seq
+        lambda: header_variant(lambda h: h.update(seq="7")),
+        lambda: header_variant(lambda h: h.pop(rng.choice(["cluster", "node", "boot", "gpus", "blocks", "seq"]))),
+        lambda: header_variant(lambda h: h.update(gpus=h["gpus"] * 2)),                           # duplicate UUIDs
+        lambda: header_variant(lambda h: h["blocks"][0].update(rows=[10**7, 0])),
+        lambda: header_variant(lambda h: h.update(v=2)),
+        lambda: _join('{"v":1,"seq":' + "9" * 5000 + "}", b""),                                   # huge integer
+        lambda: _join("[" * 60_000 + "]" * 60_000, b""),                                          # nested to death
+        lambda: _join(b"\xff\xfe not utf-8".decode("latin-1"), b""),
+        lambda: _mutated(good(), _set("power_mw", rng.randrange(10), -500)),                    # negative power
+        lambda: _mutated(good(), _set("power_mw", rng.randrange(10), 9_000_000)),               # 9 kW
+        lambda: _mutated(good(), _set("energy_mj", rng.randrange(10), -7)),                     # negative counter
+        lambda: _mutated(good(), _set("energy_mj", 5, 10**15)),                                 # impossible jump
+        lambda: _mutated(good(), _set("t_us", 4, now_us + 10 * 365 * 86400 * 10**6)),           # far future
+        lambda: _mutated(good(), lambda c, s: c["t_us"].__isub__(20 * 86400 * 10**6)),         # far past
+        lambda: _mutated(good(), _set("t_us", 6, 0)),                                          # time goes backwards
+        lambda: _mutated(good(), _set("holder_sm", 0, np.float32("inf"))),                      # inf SM share
+        lambda: _mutated(good(), _set("holder_sm", 0, -3.0)),
+        lambda: _mutated(good(), _set("seg_row", 0, 5)),                                       # broken segments
+        lambda: _mutated(good(), _set("holder_job", 0, 99)),
+        lambda: b"\x00" * (MAX_MESSAGE + rng.randint(1, 1000)),                                   # oversized
+    ]
+    out: list[tuple[str, bytes]] = []
+    while len(out) < HOSTILE:
+        k = rng.randrange(len(makers) + 2)
+        if k == len(makers):                       # a good batch, but published as another node
+            p = good()
+            node = decode(p).node
+            out.append((rng.choice([n for n in NODES if n != node] + ["intruder"]), p))
+            continue
+        if k == len(makers) + 1:                   # random byte flips: kept only if they break the batch
+            p = bytearray(good())
+            for _ in range(rng.randint(1, 8)):
+                p[rng.randrange(len(p))] = rng.randrange(256)
+            payload, node = bytes(p), rng.choice(NODES)
+        else:
+            if k == len(makers) - 1 and sum(len(x) > MAX_MESSAGE for _, x in out) >= 40:
+                continue                           # a few oversized ones are enough
+            payload, node = makers[k](), rng.choice(NODES)
+        if len(payload) <= MAX_MESSAGE:
+            try:
+                decode(payload, expect_node=(CLUSTER, node))
+                continue                           # still a valid batch (a harmless flip): not hostile
+            except WireError:
+                pass
+            except Exception:
+                pass                               # e.g. RecursionError: the collector counts it as decode-error
+        out.append((node, payload))
+    return out
+
+
+# -- the run -----------------------------------------------------------------------------------------------
+
+class Publisher:
+    """Publishes with QoS 1 as fast as the broker takes it and waits for every PUBACK."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="fuzzer", protocol=paho.MQTTv5)
+        self.client.max_inflight_messages_set(200)
+        self.client.max_queued_messages_set(0)
+        self.acked = 0
+        self._lock = threading.Lock()
+        self.client.on_publish = self._on_publish
+        self.client.connect(host, port)
+        self.client.loop_start()
+
+    def _on_publish(self, client, userdata, mid, rc, props) -> None:
+        with self._lock:
+            self.acked += 1
+
+    def send(self, items: list[tuple[str, bytes]]) -> None:
+        target = self.acked + len(items)
+        for node, payload in items:
+            self.client.publish(topic(node), payload, qos=1)
+        wait_until(lambda: self.acked >= target, timeout=120, what="PUBACKs for the fuzz traffic", interval=0.1)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_ten_thousand_hostile_payloads_through_broker_and_collector(tmp_path, mosquitto, influx_v2, greenwatch_procs):
+    rng = random.Random(20251128)
+    start_us = int(time.time() * 1e6) - 300 * 10**6
+    good: dict[str, list[bytes]] = {}
+    truth: dict[str, float] = {}
+    for node in NODES:
+        good[node], t = good_batches(node, start_us)
+        truth.update(t)
+    hostile = hostile_payloads(rng, [p for batches in good.values() for p in batches])
+    assert len(hostile) >= 10_000
+    # Interleave: the good batches of both nodes in order, hostile traffic between them.
+    stream: list[tuple[str, bytes]] = []
+    per_gap = len(hostile) // (BATCHES_PER_NODE * len(NODES))
+    h = iter(hostile)
+    for i in range(BATCHES_PER_NODE):
+        for node in NODES:
+            stream += [next(h) for _ in range(per_gap)]
+            stream.append((node, good[node][i]))
+    stream += list(h)
+
+    bucket = influx_v2.new_bucket("fuzz")
+    cfg = collector_config(tmp_path / "collector.toml", mqtt={"host": mosquitto.host, "port": mosquitto.port},
+                           influx_url=influx_v2.url, bucket=bucket, instance="fuzz", share_group="fuzz",
+                           token_file=write_token(tmp_path / "token", influx_v2.token),
+                           collector={"max_message_bytes": MAX_MESSAGE})
+    collector = GreenwatchProcess("collector", cfg, tmp_path / "collector.log").start()
+    greenwatch_procs.append(collector)
+    collector.wait_for_log("subscribed to", timeout=60)
+    pub = Publisher(mosquitto.host, mosquitto.port)
+    half = len(stream) // 2
+
+    def processed(n: int) -> bool:
+        return health(influx_v2.query, bucket).get("messages", -1) >= n
+
+    try:
+        pub.send(stream[:half])
+        wait_until(lambda: processed(half), timeout=120, what="the first half to be processed")
+        rss_half = rss_kib(collector.proc.pid)
+        pub.send(stream[half:])
+        wait_until(lambda: processed(len(stream)), timeout=120, what="everything to be processed")
+        rss_end = rss_kib(collector.proc.pid)
+    finally:
+        pub.close()
+    assert collector.proc.poll() is None, collector.log()[-3000:]
+    time.sleep(1.5)
+    assert collector.stop() == 0
+
+    stats = health(influx_v2.query, bucket)
+    assert stats["messages"] == len(stream)
+    assert stats["rejected"] == len(hostile), stats
+    assert stats["batches"] == BATCHES_PER_NODE * len(NODES) and stats["duplicates"] == 0
+    measured = job_energy(influx_v2.query, bucket)
+    assert set(measured) == set(truth)
+    for job, true_j in truth.items():
+        assert measured[job] == pytest.approx(true_j, rel=1e-9), job       # counters: exact to the millijoule
+    # Bounded memory: the second ~5,000 payloads did not grow the process.
+    assert rss_end - rss_half < 24 * 1024, (rss_half, rss_end)
+    # Rejections are counted, not logged one by one.
+    log_lines = collector.log().count("\n")
+    assert log_lines < 400, f"{log_lines} log lines for {len(hostile)} rejections"
