@@ -80,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--reference", action="store_true", help="print the key reference as Markdown")
     p.set_defaults(func=_cmd_config)
+
+    # Subcommands owned by their packages: each registers its own parser.
+    from greenwatch.agent.slurm_cli import register as register_slurm
+    from greenwatch.reports.cli import register as register_report
+    from greenwatch.standalone.cli import register as register_run
+
+    register_report(sub)
+    register_run(sub)
+    register_slurm(sub)
     return parser
 
 

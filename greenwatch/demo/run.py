@@ -100,6 +100,17 @@ def run_demo(opts: DemoOptions, progress: TextIO = sys.stderr) -> dict:
 
     summary = _summarise(store, cluster, jobs, collector, opts, first_t, last_t, intensity)
     summary["wall_seconds"] = round(time.monotonic() - wall0, 2)
+
+    # -- per-job carbon reports (issue #5): every format for every job, in <out>/reports/<job_id>/ --
+    from greenwatch.reports import EmbeddedSource, write_job_reports
+
+    written = write_job_reports(EmbeddedSource(store), [r["job_id"] for r in summary["jobs"]], opts.out / "reports",
+                                carbon=carbon)
+    summary["reports"] = {job: {name: str(path.relative_to(opts.out)) for name, path in paths.items()}
+                          for job, paths in written.items()}
+    summary["reports_wall_seconds"] = round(time.monotonic() - wall0 - summary["wall_seconds"], 2)
+    # -- end of per-job reports --
+
     (opts.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     store.close()
     return summary

@@ -1,0 +1,76 @@
+"""``greenwatch run [--name NAME] [--out DIR] -- CMD [ARGS...]``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+__all__ = ["register"]
+
+_DESCRIPTION = """\
+Run a command and measure its energy and emissions, with no broker and no database.
+greenwatch samples the GPUs the command's processes use (those it appears on in NVML, or
+those named by CUDA_VISIBLE_DEVICES) at 10 Hz and the host's CPU and memory once a second,
+attributes the energy as the datacentre collector does, and writes the run's report in
+Markdown, HTML, JSON and CSV (with the SQLite store it came from) into --out.
+
+Signals (SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2) are passed on to the command, and
+greenwatch exits with the command's exit status (128 + N if signal N killed it). On a
+machine without NVIDIA GPUs the command still runs and the report gives host energy only.
+Host energy is measured with RAPL where readable (root), otherwise estimated."""
+
+_EPILOG = """\
+examples:
+  greenwatch run -- python train.py --epochs 3
+  greenwatch run --name vit-small --out runs/vit -- torchrun --nproc-per-node 4 train.py
+  CUDA_VISIBLE_DEVICES=1 greenwatch run -- python eval.py"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``run`` subcommand to the ``greenwatch`` parser."""
+    p = subparsers.add_parser("run", help="run a command and write its energy and carbon report",
+                              description=_DESCRIPTION, epilog=_EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", metavar="NAME",
+                   help="the run's name: its job id in the report and store (default: the command's file name)")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="directory for report.{md,html,json,csv}, the plots and greenwatch.sqlite "
+                        "(default: ./greenwatch-runs/<name>-<UTC timestamp>/)")
+    p.add_argument("--config", "-c", type=Path, metavar="FILE",
+                   help="TOML configuration for the [carbon] (grid zone or intensity series, PUE, market factor) "
+                        "and [attribution] sections (every key: docs/configuration.md); omitted: defaults "
+                        "(zone DE, PUE 1.56)")
+    p.add_argument("--sample-hz", type=float, default=10.0, metavar="HZ",
+                   help="GPU sampling rate (default: 10)")
+    p.add_argument("--what-if-window-h", type=float, default=24.0, metavar="HOURS",
+                   help="how far around the actual start to look for the lowest-carbon start (default: 24)")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]",
+                   help="the command to run, after --")
+    p.set_defaults(func=_cmd_run)
+    return p
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from greenwatch.config import ConfigError, load_config
+    from greenwatch.standalone.run import run_command
+    from greenwatch.standalone.session import SessionOptions, default_out_dir
+    from greenwatch.wiring import attribution_settings, carbon_context
+
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise ConfigError("CMD", "give the command to run after --, e.g. greenwatch run -- python train.py")
+    if not 0 < args.sample_hz <= 100:
+        raise ConfigError("--sample-hz", "must be in (0, 100]")
+    if not args.what_if_window_h >= 0:
+        raise ConfigError("--what-if-window-h", "must be >= 0")
+    cfg = load_config(args.config)
+    name = args.name or os.path.basename(cmd[0]) or "run"
+    out = args.out if args.out is not None else default_out_dir(name, time.time())
+    opts = SessionOptions(name=name, carbon=carbon_context(cfg), settings=attribution_settings(cfg), out=out,
+                          sample_hz=args.sample_hz, what_if_window_s=args.what_if_window_h * 3600)
+    status, _ = run_command(cmd, opts)
+    return status

@@ -1,0 +1,374 @@
+"""One metered run without broker or database: the engine behind ``greenwatch run`` and ``track``.
+
+The same code as a datacentre deployment, wired in one process::
+
+    sampling thread: Sampler (real agent code: NVML, host CPU energy, the run's CPU time) -> batches
+    worker thread:   wire encode -> Collector (attribution, carbon) -> EmbeddedStore
+    at the end:      job record -> build_report -> the four report formats
+
+Sampling runs off the caller's thread; the worker does the accounting so sampling keeps its
+rhythm.  Without NVML the run goes on with host energy only, and says so.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import queue
+import socket
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from greenwatch.agent.gpu import GpuDevice, NvmlUnavailable, open_nvml_gpus
+from greenwatch.agent.host import DEFAULT_WATTS_PER_CORE, HostSampler
+from greenwatch.agent.sampler import Sampler
+from greenwatch.attribution import AttributionSettings, CarbonContext
+from greenwatch.batch import Batch, JobInfo
+from greenwatch.carbon.units import J_PER_KWH
+from greenwatch.collector import Collector
+from greenwatch.reports import EmbeddedSource, RunReport, build_report, write_all_formats
+from greenwatch.standalone.gpus import RunJobs, WatchedGpu, parse_visible_devices
+from greenwatch.standalone.tree import ProcessTree, RunCpuMeter
+from greenwatch.storage.embedded import EmbeddedStore
+from greenwatch.storage.records import Record
+from greenwatch.transport.wire import encode
+
+__all__ = ["SessionOptions", "RunResult", "Session", "default_out_dir"]
+
+log = logging.getLogger(__name__)
+
+CLUSTER = "local"
+
+
+def default_out_dir(name: str, now: float | None = None) -> Path:
+    """``./greenwatch-runs/<name>-<UTC timestamp>/``."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "run"
+    return Path("greenwatch-runs") / f"{safe}-{stamp}"
+
+
+@dataclass
+class SessionOptions:
+    """How a run is metered and reported."""
+
+    name: str
+    carbon: CarbonContext
+    settings: AttributionSettings = field(default_factory=AttributionSettings)
+    out: Path | None = None               # report files and the store go here; None: in memory only
+    visible_devices: str | None = None    # CUDA_VISIBLE_DEVICES of the run (None: unset)
+    sample_hz: float = 10.0
+    process_hz: float = 1.0
+    window_s: float = 5.0
+    what_if_window_s: float = 24 * 3600.0
+    watts_per_core: float = DEFAULT_WATTS_PER_CORE  # host CPU estimate where RAPL is not readable
+    open_gpus: Callable[[], list[GpuDevice]] = open_nvml_gpus
+
+
+@dataclass
+class RunResult:
+    """Energy and emissions of a finished run (``run.result`` of :func:`greenwatch.track`)."""
+
+    name: str
+    duration_s: float
+    gpu_hours: float
+    energy_kwh: dict[str, float | None]
+    co2_kg: dict[str, float]
+    sci_g: dict[str, float]
+    gpus: list[str]
+    no_gpu_reason: str | None
+    files: dict[str, Path]
+    report: RunReport = field(repr=False)
+
+
+class _SamplingThread(threading.Thread):
+    """GPU samples at ``sample_hz``, processes at ``process_hz``, a batch every ``window_s``."""
+
+    def __init__(self, sampler: Sampler, add_run: Callable[[Batch], Batch], opts: SessionOptions,
+                 out: queue.Queue) -> None:
+        super().__init__(name="greenwatch-run-sampler", daemon=True)
+        self.sampler, self.add_run, self.opts, self.out = sampler, add_run, opts, out
+        self.stop_event = threading.Event()
+        self.first_us: int | None = None
+        self.last_us: int | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # a crash here must not hang the run: reported at the end
+            self.error = exc
+            log.exception("sampling stopped")
+
+    def _loop(self) -> None:
+        s, fast, slow, window = self.sampler, 1.0 / self.opts.sample_hz, 1.0 / self.opts.process_hz, self.opts.window_s
+        s.sample_processes()
+        s.sample_gpus()
+        now = time.time()
+        next_fast, next_slow, next_cut = now + fast, now + slow, now + window
+        while not self.stop_event.is_set():
+            now = time.time()
+            if now >= next_slow:
+                s.sample_processes()
+                next_slow += slow * max(1, int((now - next_slow) / slow) + 1)
+            if now >= next_fast:
+                s.sample_gpus()
+                next_fast += fast * max(1, int((now - next_fast) / fast) + 1)  # skip missed ticks, no bursts
+            if now >= next_cut:
+                self._cut()
+                next_cut += window * max(1, int((now - next_cut) / window) + 1)
+            self.stop_event.wait(max(0.0, min(next_fast, next_slow, next_cut) - time.time()))
+        s.sample_gpus()  # the last reading closes the run's window
+        self._cut()
+
+    def _cut(self) -> None:
+        batch = self.sampler.cut(sent_us=int(time.time() * 1e6))
+        t = batch.block.columns["t_us"]
+        if len(t):
+            lo, hi = int(t.min()), int(t.max())
+            self.first_us = lo if self.first_us is None else min(self.first_us, lo)
+            self.last_us = hi if self.last_us is None else max(self.last_us, hi)
+        self.out.put((self.add_run(batch),))
+
+
+class Session:
+    """Meter one run: :meth:`start`, :meth:`begin` (with the root PID), then :meth:`finish`."""
+
+    def __init__(self, opts: SessionOptions) -> None:
+        self.opts = opts
+        self.user = _user()
+        self.node = socket.gethostname().split(".")[0] or "localhost"
+        self.job = JobInfo(opts.name, self.user, "greenwatch-run")
+        self.tree = ProcessTree()
+        self.units: dict[str, float] = {}
+        self.no_gpu_reason: str | None = None
+        self.warnings: list[str] = []
+        self.start_s = self.end_s = 0.0
+        self._nvml_open = False
+        self._queue: queue.Queue = queue.Queue()
+        self._units_lock = threading.Lock()
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def start(self, root_pid: int | None = None) -> None:
+        """Open the GPUs and the store, and start sampling.
+
+        ``root_pid`` roots the run's process tree when it is known already (``track``: this
+        process); ``greenwatch run`` starts sampling before its child exists and calls
+        :meth:`begin` once it does.
+        """
+        if root_pid is not None:
+            self.begin(root_pid)
+        devices = self._devices()
+        jobs = RunJobs(self.job, self.tree)
+        chosen, self.warnings = parse_visible_devices(self.opts.visible_devices, devices)
+        if chosen is not None:
+            devices = chosen
+            for d in chosen:
+                jobs.hold(d.uuid)
+            if devices == [] and self.no_gpu_reason is None:
+                self.no_gpu_reason = f"CUDA_VISIBLE_DEVICES={self.opts.visible_devices!r} selects no GPU"
+        self.jobs = jobs
+        self.devices = devices
+        if self.opts.out is not None:
+            self.opts.out.mkdir(parents=True, exist_ok=True)
+        self.host = HostSampler(self.opts.watts_per_core)
+        self.cpu = RunCpuMeter(self.tree, self.opts.name)
+        sampler = Sampler(CLUSTER, self.node, [WatchedGpu(d, jobs) for d in devices], jobs, self.host, self.cpu)
+        self._sampling = _SamplingThread(sampler, self._add_run, self.opts, self._queue)
+        # SQLite connections belong to the thread that made them: the worker owns the store and the
+        # collector, and everything that touches them runs there (see _in_worker).
+        ready: Future = Future()
+        self._worker = threading.Thread(target=self._work, args=(ready,), name="greenwatch-run-collector", daemon=True)
+        self._worker.start()
+        ready.result()
+        self._sampling.start()
+
+    def begin(self, root_pid: int) -> None:
+        """The run starts now; ``root_pid`` roots its process tree."""
+        self.tree.attach(root_pid)
+        if not self.start_s:
+            self.start_s = time.time()
+
+    def mark_start(self) -> None:
+        """Record the start time before the root process exists (``greenwatch run`` spawns it next)."""
+        self.start_s = time.time()
+
+    def mark(self, **units: float) -> None:
+        """Add functional units (``tokens=...``, ``samples=...``); repeated calls accumulate."""
+        with self._units_lock:
+            for k, v in units.items():
+                value = float(v)
+                if not value >= 0:
+                    raise ValueError(f"functional unit {k}={v!r} must be a number >= 0")
+                self.units[k] = self.units.get(k, 0.0) + value
+
+    def finish(self, *, exit_status: int | None = None, command: str | None = None, ended_by: str | None = None,
+               exact_cpu_seconds: float | None = None, write_files: bool = True) -> RunResult:
+        """Stop sampling, account the last batch, write the job record and the reports."""
+        self.end_s = time.time()
+        self.cpu.exact_total = exact_cpu_seconds
+        self._sampling.stop_event.set()
+        self._sampling.join()
+        if self._nvml_open:
+            _nvml_shutdown()
+        try:
+            files, report = self._in_worker(lambda: self._conclude(exit_status, command, ended_by, write_files))
+        finally:
+            self._queue.put(None)
+            self._worker.join()
+        if self._sampling.error is not None:
+            log.error("sampling failed during the run (%s): the report covers what was sampled before",
+                      self._sampling.error)
+        return RunResult(
+            name=self.opts.name, duration_s=report.duration_s, gpu_hours=report.gpu_hours,
+            energy_kwh={"gpu": report.gpu_energy_j / J_PER_KWH,
+                        "host": None if report.host_energy_j is None else report.host_energy_j / J_PER_KWH,
+                        "facility_overhead": report.facility_overhead_j / J_PER_KWH,
+                        "total": report.total_energy_j / J_PER_KWH},
+            co2_kg={"location_based": report.co2_location_g / 1000, "market_based": report.co2_market_g / 1000,
+                    "embodied": report.embodied_g / 1000},
+            sci_g={"run": report.sci_run_g, **report.sci_per_unit_g},
+            gpus=[f"{g.model} ({g.uuid})" for g in report.gpus], no_gpu_reason=self.no_gpu_reason,
+            files=files, report=report)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _conclude(self, exit_status: int | None, command: str | None, ended_by: str | None,
+                  write_files: bool) -> tuple[dict, RunReport]:
+        """Job record, report and files (runs in the worker thread, which owns the store)."""
+        meta = self._job_fields(exit_status, command)
+        if ended_by:
+            meta["ended_by"] = ended_by
+        self.store.write([self._job_record(meta)])
+        report = build_report(EmbeddedSource(self.store), self.opts.name, carbon=self.opts.carbon,
+                              what_if_window_s=self.opts.what_if_window_s)
+        # Rewrite the job record with the finished figures, as the data model describes it for dashboards.
+        meta.update({"energy_j": report.gpu_energy_j, "idle_energy_j": report.idle_energy_j,
+                     "facility_energy_j": report.it_energy_j + report.facility_overhead_j,
+                     "co2_g": report.co2_location_g, "co2_market_g": report.co2_market_g,
+                     "embodied_g": report.embodied_g, "sci_g": report.sci_run_g,
+                     "gpu_seconds": report.gpu_seconds, "host_energy_j": report.host_energy_j or 0.0})
+        self.store.write([self._job_record(meta)])
+        files: dict[str, Path] = {}
+        if write_files and self.opts.out is not None:
+            files = write_all_formats(report, self.opts.out)
+            files["db"] = self.opts.out / "greenwatch.sqlite"
+        self.store.close()
+        return files, report
+
+    def _in_worker(self, fn: Callable[[], Any]) -> Any:
+        fut: Future = Future()
+        self._queue.put((fn, fut))
+        return fut.result()
+
+    def _devices(self) -> list[GpuDevice]:
+        try:
+            devices = list(self.opts.open_gpus())
+        except NvmlUnavailable as exc:
+            self.no_gpu_reason = f"no NVIDIA GPU found: {exc}"
+            return []
+        self._nvml_open = self.opts.open_gpus is open_nvml_gpus
+        if not devices:
+            self.no_gpu_reason = "no NVIDIA GPU found: NVML works but lists no GPU"
+        return devices
+
+    def _work(self, ready: Future) -> None:
+        """The collector side: batches in, records out; owns the store (runs in its own thread)."""
+        try:
+            if self.opts.out is not None:
+                db = self.opts.out / "greenwatch.sqlite"
+                if db.exists():
+                    db.unlink()
+                self.store = EmbeddedStore(db)
+            else:
+                self.store = EmbeddedStore(":memory:")
+            self.collector = Collector(self.opts.settings, self.opts.carbon, self.store)
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if callable(item[0]):
+                fn, fut = item
+                try:
+                    fut.set_result(fn())
+                except BaseException as exc:  # handed to the caller of _in_worker
+                    fut.set_exception(exc)
+                continue
+            try:
+                self.collector.handle(encode(item[0]), expect_node=(CLUSTER, self.node))
+            except Exception:  # noqa: BLE001 - one bad batch must not lose the rest of the run
+                log.exception("accounting a batch of run %s failed", self.opts.name)
+
+    def _add_run(self, batch: Batch) -> Batch:
+        """The run as a job of every batch, with its CPU time, even in windows where it holds no GPU.
+
+        An agent only learns of jobs through their GPU processes; here the run is known, so its
+        share of the host's CPU energy is never dropped (and without any GPU it is all there is).
+        """
+        jobs = list(batch.jobs)
+        cpu = list(batch.job_cpu_s) or [0.0] * len(jobs)
+        if self.job not in jobs:
+            jobs.append(self.job)
+            cpu.append(self.cpu.last_window)
+        block = batch.block
+        if block.n_rows == 0:
+            # No GPU samples: the window ends now (the host energy is priced and stored at this time).
+            block = replace(block, end_us=int(time.time() * 1e6))
+        return replace(batch, jobs=jobs, job_cpu_s=cpu, block=block)
+
+    def _job_fields(self, exit_status: int | None, command: str | None) -> dict[str, Any]:
+        with self._units_lock:
+            units = dict(self.units)
+        s = self._sampling
+        fields: dict[str, Any] = {
+            "start_s": float(self.start_s or self.end_s), "duration_s": max(0.0, self.end_s - (self.start_s or self.end_s)),
+            "nodes": self.node, "gpus": len(self.jobs.held), "host_method": self._host_method(),
+        }
+        if s.first_us is not None and s.last_us is not None:
+            fields["sampled_from_s"] = s.first_us / 1e6
+            fields["sampled_to_s"] = s.last_us / 1e6
+        if command:
+            fields["command"] = command[:512]
+        if exit_status is not None:
+            fields["exit_status"] = int(exit_status)
+        if self.no_gpu_reason:
+            fields["gpu_note"] = self.no_gpu_reason
+        fields.update({f"unit_{k}": v for k, v in units.items()})
+        return fields
+
+    def _host_method(self) -> str:
+        if self.host.rapl.available:
+            return ("measured: RAPL package energy x the run's share of the host's busy CPU time "
+                    "(CPU only; memory not included)")
+        return (f"estimate: the run's CPU time x {self.opts.watts_per_core:g} W per busy core "
+                "(agent.cpu_watts_per_core; RAPL not readable; CPU only, memory not included)")
+
+    def _job_record(self, fields: Mapping[str, Any]) -> Record:
+        tags = (("cluster", CLUSTER), ("job", self.opts.name), ("user", self.user), ("account", ""),
+                ("partition", ""))
+        clean = tuple((k, v) for k, v in fields.items() if v is not None)
+        return Record("job", tags, clean, int(self.end_s * 1e9))
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _nvml_shutdown() -> None:
+    try:
+        import pynvml
+
+        pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - best effort: the process may be exiting anyway
+        pass
