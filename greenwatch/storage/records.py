@@ -7,7 +7,7 @@ two can never disagree about names.
 
 from __future__ import annotations
 
-import math
+import numbers
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -31,8 +31,19 @@ class Record:
 
 
 def _fields(values: Mapping[str, float | int | str]) -> tuple[tuple[str, float | int | str], ...]:
-    # NaN cannot be stored in InfluxDB: a reading that failed is simply absent.
-    return tuple((k, v) for k, v in values.items() if not (isinstance(v, float) and math.isnan(v)))
+    # NaN cannot be stored in InfluxDB: a reading that failed is simply absent (NaN is the only value != itself).
+    return tuple([(k, v) for k, v in values.items() if v == v])
+
+
+def _record(measurement: str, tags: tuple[tuple[str, str], ...], fields: tuple[tuple[str, float | int | str], ...],
+            time_ns: int) -> Record:
+    """``Record(...)`` without the frozen dataclass's per-field ``object.__setattr__`` (the hot path)."""
+    r = object.__new__(Record)
+    r.__dict__.update(measurement=measurement, tags=tags, fields=fields, time_ns=time_ns)
+    return r
+
+
+_HOST_KEEP = ("cpu_pct", "mem_used_bytes", "mem_total_bytes", "load1")
 
 
 def ledger_records(cluster: str, node: str, ledger: BlockLedger, host: Mapping[str, float] | None = None,
@@ -45,20 +56,20 @@ def ledger_records(cluster: str, node: str, ledger: BlockLedger, host: Mapping[s
         for g in ledger.gpus:
             if g.samples == 0 and g.energy_j == 0:
                 continue
-            out.append(Record("gpu", base + (("gpu", g.uuid), ("gpu_index", str(g.index)), ("model", g.name)), _fields({
+            out.append(_record("gpu", base + (("gpu", g.uuid), ("gpu_index", str(g.index)), ("model", g.name)), _fields({
                 "power_w": g.power_w, "power_max_w": g.power_max_w, "energy_j": g.energy_j,
                 "util_gpu_pct": g.util_gpu_pct, "util_mem_pct": g.util_mem_pct, "mem_used_mib": g.mem_used_mib,
                 "temp_c": g.temp_c, "sm_clock_mhz": g.sm_clock_mhz, "power_limit_w": g.power_limit_w,
                 "samples": g.samples, "counter": int(g.has_counter), "resets": g.resets}), t))
     for j in ledger.jobs:
-        out.append(Record("job_energy", base + (("job", j.job_id), ("user", j.user or "unknown")), _fields({
+        out.append(_record("job_energy", base + (("job", j.job_id), ("user", j.user or "unknown")), _fields({
             "energy_j": j.energy_j, "idle_energy_j": j.idle_energy_j, "facility_energy_j": j.facility_energy_j,
             "co2_g": j.co2_g, "co2_market_g": j.co2_market_g, "gpu_seconds": j.gpu_seconds,
             "host_energy_j": j.host_energy_j, "gaps": gaps}), t))
     for jg in ledger.job_gpus:
-        out.append(Record("job_gpu", base + (("job", jg.job_id), ("gpu", jg.gpu_uuid)), _fields({
+        out.append(_record("job_gpu", base + (("job", jg.job_id), ("gpu", jg.gpu_uuid)), _fields({
             "energy_j": jg.energy_j, "idle_energy_j": jg.idle_energy_j, "gpu_seconds": jg.gpu_seconds}), t))
-    out.append(Record("node_energy", base, _fields({
+    out.append(_record("node_energy", base, _fields({
         "gpu_energy_j": ledger.gpu_energy_j, "allocated_energy_j": ledger.allocated_energy_j,
         "unallocated_energy_j": ledger.unallocated_energy_j, "facility_energy_j": ledger.facility_energy_j,
         "co2_g": ledger.co2_g, "co2_market_g": ledger.co2_market_g, "intensity_g_per_kwh": ledger.intensity_g_per_kwh,
@@ -66,32 +77,69 @@ def ledger_records(cluster: str, node: str, ledger: BlockLedger, host: Mapping[s
         "host_energy_j": ledger.host_energy_j, "host_unallocated_j": ledger.host_unallocated_j,
         "host_energy_measured": int(ledger.host_energy_measured)}), t))
     if host and with_gpu_series:
-        keep = ("cpu_pct", "mem_used_bytes", "mem_total_bytes", "load1")
-        out.append(Record("host", base, _fields({k: float(host[k]) for k in keep if k in host}), t))
+        out.append(_record("host", base, _fields({k: float(host[k]) for k in _HOST_KEEP if k in host}), t))
     return out
 
 
+_ESCAPED: dict[str, str] = {}       # names and tag values seen so far, escaped (a bounded cache)
+_HEADS: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}   # "measurement,tag=value,..." per series
+_CACHE_MAX = 100_000
+
+
 def _escape_key(s: str) -> str:
-    return s.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
+    e = _ESCAPED.get(s)
+    if e is None:
+        e = s.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
+        if len(_ESCAPED) >= _CACHE_MAX:
+            _ESCAPED.clear()
+        _ESCAPED[s] = e
+    return e
 
 
 def _field_value(v: float | int | str) -> str:
+    t = type(v)
+    if t is float:
+        return float.__repr__(v)  # type: ignore[arg-type]
+    if t is int:
+        return f"{v}i"
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, int):
-        return f"{v}i"
-    if isinstance(v, float):
-        return repr(v)
+    if isinstance(v, numbers.Integral):   # int subclasses, numpy integers
+        return f"{int(v)}i"
+    if isinstance(v, numbers.Real):       # float subclasses, numpy floats
+        return float.__repr__(float(v))
     return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _head(measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
+    key = (measurement, tags)
+    h = _HEADS.get(key)
+    if h is None:
+        h = _escape_key(measurement) + "".join(f",{_escape_key(k)}={_escape_key(v)}" for k, v in tags if v != "")
+        if len(_HEADS) >= _CACHE_MAX:
+            _HEADS.clear()
+        _HEADS[key] = h
+    return h
 
 
 def line_protocol(records: Iterable[Record]) -> str:
     """InfluxDB line protocol, nanosecond precision."""
     lines = []
+    esc = _ESCAPED
     for r in records:
         if not r.fields:
             continue
-        tags = "".join(f",{_escape_key(k)}={_escape_key(v)}" for k, v in r.tags if v != "")
-        fields = ",".join(f"{_escape_key(k)}={_field_value(v)}" for k, v in r.fields)
-        lines.append(f"{_escape_key(r.measurement)}{tags} {fields} {r.time_ns}")
+        parts = []
+        for k, v in r.fields:
+            ek = esc.get(k)
+            if ek is None:
+                ek = _escape_key(k)
+            t = type(v)
+            if t is float:
+                parts.append(f"{ek}={float.__repr__(v)}")
+            elif t is int:
+                parts.append(f"{ek}={v}i")
+            else:
+                parts.append(f"{ek}={_field_value(v)}")
+        lines.append(f"{_head(r.measurement, r.tags)} {','.join(parts)} {r.time_ns}")
     return "\n".join(lines)

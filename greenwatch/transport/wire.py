@@ -23,7 +23,6 @@ import numpy as np
 
 from greenwatch.batch import (
     HOLDER_COLUMNS,
-    MISSING,
     SAMPLE_COLUMNS,
     SEGMENT_COLUMNS,
     Batch,
@@ -92,16 +91,15 @@ def encode(batch: Batch) -> bytes:
 
 
 # --------------------------------------------------------------------------- decoding
+#
+# Decoding is on the collector's hot path (thousands of messages a second), so the header is
+# checked with plain type tests and the per-sample checks run in one compiled pass per block
+# (greenwatch.transport.checks, imported on first use: the agent, which only encodes, never
+# loads numba).  Every failure still raises WireError with the reason of docs/wire-format.md.
 
-
-def _finite(v: Any) -> bool:
-    """A JSON number that is finite (huge integers overflow float conversion: not finite)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return False
-    try:
-        return math.isfinite(v)
-    except OverflowError:
-        return False
+_ITEMSIZE = {dt: np.dtype(dt).itemsize for dt in {**SAMPLE_COLUMNS, **SEGMENT_COLUMNS, **HOLDER_COLUMNS}.values()}
+_MAX_STEP_MJ_PER_US = _MAX_ENERGY_STEP_J_PER_S / 1e3   # 5 kW = 5 mJ per microsecond
+_check_block = None
 
 
 def _require(cond: bool, reason: str, detail: str) -> None:
@@ -111,53 +109,71 @@ def _require(cond: bool, reason: str, detail: str) -> None:
 
 def _str(obj: dict[str, Any], key: str, limit: int = 256) -> str:
     value = obj.get(key)
-    _require(isinstance(value, str) and 0 < len(value) <= limit, "bad-header", f"{key!r} must be a non-empty string")
+    _require(type(value) is str and 0 < len(value) <= limit, "bad-header", f"{key!r} must be a non-empty string")
     return value  # type: ignore[return-value]
 
 
 def _int(obj: dict[str, Any], key: str, lo: int = 0, hi: int = 1 << 62) -> int:
     value = obj.get(key)
-    ok = isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
-    _require(ok, "bad-header", f"{key!r} must be an integer in [{lo}, {hi}]")
+    _require(type(value) is int and lo <= value <= hi, "bad-header", f"{key!r} must be an integer in [{lo}, {hi}]")
     return value  # type: ignore[return-value]
 
 
+def _finite(value: Any) -> bool:
+    """A JSON number that is a finite float (an integer too large for a float is not)."""
+    t = type(value)
+    if t is float:
+        return math.isfinite(value)
+    if t is int:
+        return -1e308 < value < 1e308
+    return False
+
+
 def _parse_gpus(raw: Any) -> list[GpuInfo]:
-    _require(isinstance(raw, list) and len(raw) <= 1024, "bad-header", "'gpus' must be a list")
+    _require(type(raw) is list and len(raw) <= 1024, "bad-header", "'gpus' must be a list")
     gpus = []
+    uuids = set()
     for g in raw:
-        _require(isinstance(g, dict), "bad-header", "each GPU must be an object")
-        limit = g.get("limit_w")
-        _require(limit is None or (isinstance(limit, (int, float)) and 0 <= limit < 1e5), "bad-header", "bad limit_w")
-        counter, anchored = g.get("counter"), g.get("anchored")
-        _require(isinstance(counter, bool) and isinstance(anchored, bool), "bad-header", "counter/anchored must be booleans")
-        gpus.append(GpuInfo(_str(g, "uuid"), _int(g, "index", 0, 4096), _str(g, "name"), counter, anchored,
-                            float("nan") if limit is None else float(limit)))
-    _require(len({g.uuid for g in gpus}) == len(gpus), "bad-header", "duplicate GPU UUID")
+        _require(type(g) is dict, "bad-header", "each GPU must be an object")
+        limit, counter, anchored = g.get("limit_w"), g.get("counter"), g.get("anchored")
+        uuid, index, name = g.get("uuid"), g.get("index"), g.get("name")
+        if not (type(uuid) is str and 0 < len(uuid) <= 256 and type(name) is str and 0 < len(name) <= 256
+                and type(index) is int and 0 <= index <= 4096 and type(counter) is bool and type(anchored) is bool
+                and (limit is None or (type(limit) in (int, float) and 0 <= limit < 1e5))):
+            # Something is wrong: find what, in the order the checks have always been made.
+            _require(limit is None or (type(limit) in (int, float) and 0 <= limit < 1e5), "bad-header", "bad limit_w")
+            _require(type(counter) is bool and type(anchored) is bool, "bad-header",
+                     "counter/anchored must be booleans")
+            _str(g, "uuid")
+            _int(g, "index", 0, 4096)
+            _str(g, "name")
+        uuids.add(uuid)
+        gpus.append(GpuInfo(uuid, index, name, counter, anchored, math.nan if limit is None else float(limit)))
+    _require(len(uuids) == len(gpus), "bad-header", "duplicate GPU UUID")
     return gpus
 
 
 def _parse_jobs(raw: Any) -> list[JobInfo]:
-    _require(isinstance(raw, list) and len(raw) <= 65536, "bad-header", "'jobs' must be a list")
+    _require(type(raw) is list and len(raw) <= 65536, "bad-header", "'jobs' must be a list")
     jobs = []
     for j in raw:
-        _require(isinstance(j, dict), "bad-header", "each job must be an object")
+        _require(type(j) is dict, "bad-header", "each job must be an object")
         user, source = j.get("user", ""), j.get("source", "")
-        _require(isinstance(user, str) and isinstance(source, str), "bad-header", "job user/source must be strings")
+        _require(type(user) is str and type(source) is str, "bad-header", "job user/source must be strings")
         jobs.append(JobInfo(_str(j, "id"), user[:256], source[:64]))
     return jobs
 
 
 def _take(buf: memoryview, pos: int, dtype: str, count: int) -> tuple[np.ndarray, int]:
-    nbytes = np.dtype(dtype).itemsize * count
+    nbytes = _ITEMSIZE[dtype] * count
     _require(pos + nbytes <= len(buf), "truncated", f"body ends before column of {count} x {dtype}")
     return np.frombuffer(buf, dtype=dtype, count=count, offset=pos), pos + nbytes
 
 
 def _read_block(buf: memoryview, pos: int, meta: Any, n_gpus: int) -> tuple[Block, int]:
-    _require(isinstance(meta, dict), "bad-header", "block must be an object")
+    _require(type(meta) is dict, "bad-header", "block must be an object")
     rows = meta.get("rows")
-    _require(isinstance(rows, list) and len(rows) == n_gpus and all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r <= 1_000_000 for r in rows),
+    _require(type(rows) is list and len(rows) == n_gpus and all(type(r) is int and 0 <= r <= 1_000_000 for r in rows),
              "bad-header", "block 'rows' must list one row count per GPU")
     n_seg, n_hold = _int(meta, "segments", 0, 10_000_000), _int(meta, "holders", 0, 10_000_000)
     offsets = np.zeros(n_gpus + 1, dtype=np.int64)
@@ -175,51 +191,21 @@ def _read_block(buf: memoryview, pos: int, meta: Any, n_gpus: int) -> tuple[Bloc
 
 
 def _validate_block(block: Block, n_jobs: int, now_us: int, skew_us: int) -> None:
-    c, s, off = block.columns, block.segments, block.gpu_offsets
-    n = block.n_rows
-    t = c["t_us"]
-    if n:
-        # Compare without subtracting: t - now could overflow int64 for hostile timestamps.
-        _require(bool(np.all((t >= now_us - skew_us) & (t <= now_us + skew_us))), "clock-skew",
-                 "sample times too far from the collector's clock")
-        _require(bool(np.all((c["power_mw"] >= MISSING) & (c["power_mw"] <= _MAX_POWER_MW))), "bad-value", "power out of range")
-        e = c["energy_mj"]
-        _require(bool(np.all(e >= MISSING)), "bad-value", "negative energy counter")
-        # Within one GPU, time must not go backwards.  Row pairs that straddle two GPUs are masked out.
-        same_gpu = np.ones(max(n - 1, 0), dtype=bool)
-        bounds = off[1:-1]
-        same_gpu[bounds[(bounds > 0) & (bounds < n)] - 1] = False
-        dt = np.diff(t)
-        _require(bool(np.all(dt[same_gpu] >= 0)), "bad-value", "sample times go backwards")
-        # A counter may drop (a reset) but may not jump faster than any board can draw.
-        de = np.diff(e)
-        valid = same_gpu & (e[:-1] >= 0) & (e[1:] >= 0) & (de > 0)
-        limit = _MAX_ENERGY_STEP_J_PER_S * np.maximum(dt, 100_000) / 1e3  # mJ allowed over max(dt, 0.1 s)
-        _require(bool(np.all(de[valid] <= limit[valid])), "bad-value", "energy counter jumps faster than 5 kW")
-        _require(int(block.end_us) >= int(t.max()), "bad-header", "end_us before the last sample")
-    # end_us becomes the time of every record of the batch: it must be plausible too.
-    _require(block.end_us <= now_us + skew_us and (n == 0 or block.end_us >= now_us - skew_us), "clock-skew",
-             "window end too far from the collector's clock")
-    n_seg = block.n_segments
-    ptr = s["holder_ptr"]
-    _require(ptr.shape[0] == n_seg + 1 and ptr[0] == 0 and ptr[-1] == s["holder_job"].shape[0]
-             and bool(np.all(np.diff(ptr) >= 0)), "bad-segments", "holder pointers inconsistent")
-    if n_seg:
-        g, r = s["seg_gpu"], s["seg_row"]
-        n_gpus = off.shape[0] - 1
-        _require(bool(np.all((g >= 0) & (g < n_gpus))), "bad-segments", "segment GPU out of range")
-        _require(bool(np.all(np.diff(g) >= 0)), "bad-segments", "segments not grouped by GPU")
-        _require(bool(np.all((r >= off[g]) & (r < off[g + 1]))), "bad-segments", "segment row outside its GPU")
-        first = np.ones(n_seg, dtype=bool)
-        first[1:] = g[1:] != g[:-1]
-        _require(bool(np.all(r[first] == off[g[first]])), "bad-segments", "a GPU's first segment must start at its first row")
-        _require(bool(np.all(np.diff(r)[~first[1:]] > 0)), "bad-segments", "segment rows not increasing")
-    gpus_with_rows = np.flatnonzero(np.diff(off) > 0)
-    covered = np.unique(s["seg_gpu"]) if n_seg else np.zeros(0, dtype=np.int64)
-    _require(np.array_equal(np.sort(covered), gpus_with_rows), "bad-segments", "every GPU with samples needs segments")
-    hj, hs = s["holder_job"], s["holder_sm"]
-    _require(bool(np.all((hj >= 0) & (hj < n_jobs))), "bad-segments", "holder job out of range")
-    _require(bool(np.all(np.isnan(hs) | ((hs >= 0) & (hs <= 100)))), "bad-value", "SM share outside 0-100 %")
+    """Raise WireError for the first check of docs/wire-format.md that the block fails."""
+    global _check_block
+    if _check_block is None:
+        from greenwatch.transport.checks import check_block
+
+        _check_block = check_block
+    c, s = block.columns, block.segments
+    lo, hi = max(now_us - skew_us, -(1 << 63)), min(now_us + skew_us, (1 << 63) - 1)
+    code = _check_block(c["t_us"], c["energy_mj"], c["power_mw"], block.gpu_offsets, s["seg_gpu"], s["seg_row"],
+                        s["holder_ptr"], s["holder_job"], s["holder_sm"], n_jobs, lo, hi, block.end_us,
+                        _MAX_POWER_MW, _MAX_STEP_MJ_PER_US)
+    if code:
+        from greenwatch.transport.checks import FAILURES
+
+        raise WireError(*FAILURES[code])
 
 
 def decode(payload: bytes, *, expect_node: tuple[str, str] | None = None, now_us: int | None = None,
@@ -238,27 +224,27 @@ def decode(payload: bytes, *, expect_node: tuple[str, str] | None = None, now_us
     try:
         header = json.loads(bytes(buf[_PREFIX.size:_PREFIX.size + head_len]))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise WireError("bad-header", f"header is not JSON: {type(exc).__name__}") from None
-    _require(isinstance(header, dict) and header.get("v") == VERSION, "bad-header", "header version mismatch")
+        raise WireError("bad-header", f"header is not JSON: {str(exc)[:200]}") from None
+    _require(type(header) is dict and header.get("v") == VERSION, "bad-header", "header version mismatch")
     cluster, node = _str(header, "cluster"), _str(header, "node")
     if expect_node is not None:
         _require((cluster, node) == expect_node, "wrong-node", f"payload for {cluster}/{node} on topic of {expect_node[0]}/{expect_node[1]}")
     gpus, jobs = _parse_gpus(header.get("gpus")), _parse_jobs(header.get("jobs"))
     host = header.get("host", {})
-    _require(isinstance(host, dict) and all(_finite(v) for v in host.values()), "bad-header",
+    _require(type(host) is dict and all(_finite(v) for v in host.values()), "bad-header",
              "host metrics must be finite numbers")
     job_cpu = header.get("job_cpu_s", [])
-    _require(isinstance(job_cpu, list) and len(job_cpu) in (0, len(jobs))
-             and all(_finite(v) and v >= 0 for v in job_cpu), "bad-header",
-             "job_cpu_s must list one non-negative number per job")
+    _require(type(job_cpu) is list and len(job_cpu) in (0, len(jobs)) and all(_finite(v) and v >= 0 for v in job_cpu),
+             "bad-header", "job_cpu_s must list one non-negative number per job")
     metas = header.get("blocks")
-    _require(isinstance(metas, list) and len(metas) in (1, 2), "bad-header", "one or two blocks expected")
+    _require(type(metas) is list and len(metas) in (1, 2), "bad-header", "one or two blocks expected")
     pos = _PREFIX.size + head_len
     blocks = []
     now = int(time.time() * 1e6) if now_us is None else now_us
+    skew = int(max_skew_s * 1e6)
     for meta in metas:
         block, pos = _read_block(buf, pos, meta, len(gpus))
-        _validate_block(block, len(jobs), now, int(max_skew_s * 1e6))
+        _validate_block(block, len(jobs), now, skew)
         blocks.append(block)
     _require(pos == len(buf), "trailing-bytes", f"{len(buf) - pos} bytes after the last column")
     return Batch(cluster, node, _int(header, "seq"), _str(header, "boot", 64), gpus, jobs, blocks[0], host,

@@ -1,0 +1,1 @@
+"""greenwatch benchmarks (run with ``python benchmarks/run.py``)."""

@@ -1,0 +1,138 @@
+"""Compiled validation of a decoded block: every check of docs/wire-format.md in one pass per column.
+
+Imported lazily by :func:`greenwatch.transport.wire.decode` (the collector's side): the agent
+imports :mod:`greenwatch.transport.wire` to *encode* and must never load numba.  The kernel
+is compiled with ``cache=True`` like the attribution kernels.
+
+:func:`check_block` returns 0 for a valid block, or the number of the first failed check in
+the order of :data:`FAILURES` (the same order the checks had as vectorised numpy, so a block
+with several faults is rejected with the same reason).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+__all__ = ["FAILURES", "check_block"]
+
+#: (reason, detail) for each non-zero result of :func:`check_block`, in check order.
+FAILURES: tuple[tuple[str, str], ...] = (
+    ("", ""),
+    ("clock-skew", "sample times too far from the collector's clock"),
+    ("bad-value", "power out of range"),
+    ("bad-value", "negative energy counter"),
+    ("bad-value", "sample times go backwards"),
+    ("bad-value", "energy counter jumps faster than 5 kW"),
+    ("bad-header", "end_us before the last sample"),
+    ("clock-skew", "window end too far from the collector's clock"),
+    ("bad-segments", "holder pointers inconsistent"),
+    ("bad-segments", "segment GPU out of range"),
+    ("bad-segments", "segments not grouped by GPU"),
+    ("bad-segments", "segment row outside its GPU"),
+    ("bad-segments", "a GPU's first segment must start at its first row"),
+    ("bad-segments", "segment rows not increasing"),
+    ("bad-segments", "every GPU with samples needs segments"),
+    ("bad-segments", "holder job out of range"),
+    ("bad-value", "SM share outside 0-100 %"),
+)
+
+
+@njit(cache=True, nogil=True)
+def check_block(t_us, energy_mj, power_mw, gpu_offsets, seg_gpu, seg_row, holder_ptr, holder_job, holder_sm,
+                n_jobs, lo_us, hi_us, end_us, max_power_mw, max_step_mj_per_us):  # pragma: no cover - compiled
+    """0 if the block is valid, else the index into FAILURES of the first check that fails.
+
+    ``lo_us``/``hi_us`` bound the sample times (the collector's clock +- the allowed skew);
+    the energy counter may rise by at most ``max_step_mj_per_us * max(dt, 100 ms)`` between two
+    samples of one GPU (the 5 kW limit); -1 marks a failed reading.
+    """
+    n = t_us.shape[0]
+    n_gpus = gpu_offsets.shape[0] - 1
+    if n > 0:
+        bad_time = False
+        bad_power = False
+        bad_energy = False
+        t_max = t_us[0]
+        for i in range(n):
+            t = t_us[i]
+            if t < lo_us or t > hi_us:
+                bad_time = True
+            if t > t_max:
+                t_max = t
+            p = power_mw[i]
+            if p < -1 or p > max_power_mw:
+                bad_power = True
+            if energy_mj[i] < -1:
+                bad_energy = True
+        if bad_time:
+            return 1
+        if bad_power:
+            return 2
+        if bad_energy:
+            return 3
+        # Pairs of consecutive rows within one GPU: time never goes back, the counter never jumps.
+        backwards = False
+        jump = False
+        g = 0
+        for i in range(n - 1):
+            while g < n_gpus and gpu_offsets[g + 1] <= i:
+                g += 1
+            if i + 1 >= gpu_offsets[g + 1]:
+                continue  # rows i and i+1 belong to different GPUs
+            dt = t_us[i + 1] - t_us[i]
+            if dt < 0:
+                backwards = True
+            e0 = energy_mj[i]
+            e1 = energy_mj[i + 1]
+            if e0 >= 0 and e1 >= 0 and e1 > e0:
+                if (e1 - e0) > max_step_mj_per_us * max(dt, 100_000):
+                    jump = True
+        if backwards:
+            return 4
+        if jump:
+            return 5
+        if end_us < t_max:
+            return 6
+        if end_us > hi_us:
+            return 7
+    n_seg = seg_gpu.shape[0]
+    n_hold = holder_job.shape[0]
+    if holder_ptr.shape[0] != n_seg + 1 or holder_ptr[0] != 0 or holder_ptr[n_seg] != n_hold:
+        return 8
+    for s in range(n_seg):
+        if holder_ptr[s + 1] < holder_ptr[s]:
+            return 8
+    if n_seg > 0:
+        for s in range(n_seg):
+            if seg_gpu[s] < 0 or seg_gpu[s] >= n_gpus:
+                return 9
+        for s in range(1, n_seg):
+            if seg_gpu[s] < seg_gpu[s - 1]:
+                return 10
+        for s in range(n_seg):
+            g = seg_gpu[s]
+            if seg_row[s] < gpu_offsets[g] or seg_row[s] >= gpu_offsets[g + 1]:
+                return 11
+        for s in range(n_seg):
+            if (s == 0 or seg_gpu[s] != seg_gpu[s - 1]) and seg_row[s] != gpu_offsets[seg_gpu[s]]:
+                return 12
+        for s in range(1, n_seg):
+            if seg_gpu[s] == seg_gpu[s - 1] and seg_row[s] <= seg_row[s - 1]:
+                return 13
+    # Every GPU with rows has a segment (and, by the row check above, no GPU without rows has one).
+    s = 0
+    for g in range(n_gpus):
+        while s < n_seg and seg_gpu[s] < g:
+            s += 1
+        has_seg = s < n_seg and seg_gpu[s] == g
+        if (gpu_offsets[g + 1] > gpu_offsets[g]) != has_seg:
+            return 14
+    for h in range(n_hold):
+        if holder_job[h] < 0 or holder_job[h] >= n_jobs:
+            return 15
+    for h in range(n_hold):
+        x = holder_sm[h]
+        if not np.isnan(x) and (x < 0.0 or x > 100.0):
+            return 16
+    return 0
