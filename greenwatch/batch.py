@@ -106,6 +106,10 @@ class Batch:
     sent_us: int = 0
     #: CPU-seconds each job's processes used in the window, aligned with ``jobs`` (empty if not sampled).
     job_cpu_s: list[float] = field(default_factory=list)
+    #: The host metrics and job CPU-seconds of the carried window (aligned with ``jobs``), so that
+    #: re-accounting a lost batch from the carry gives the same host energy as the original.
+    carry_host: dict[str, float] = field(default_factory=dict)
+    carry_job_cpu_s: list[float] = field(default_factory=list)
 
     @property
     def key(self) -> tuple[str, str, str, int]:

@@ -70,25 +70,30 @@ class GpuTrace:
 
 
 def build_batches(traces: Sequence[GpuTrace], cuts_us: Sequence[int] = (), *, cluster: str = "c1",
-                  node: str = "n1", boot: str = "boot0000", host: dict[str, float] | None = None,
-                  builder: BatchBuilder | None = None, job_cpu_s: dict[str, float] | None = None) -> list[Batch]:
+                  node: str = "n1", boot: str = "boot0000",
+                  host: dict[str, float] | Sequence[dict[str, float]] | None = None,
+                  builder: BatchBuilder | None = None,
+                  job_cpu_s: dict[str, float] | Sequence[dict[str, float]] | None = None) -> list[Batch]:
     """Feed every trace into one BatchBuilder and cut after each time in ``cuts_us`` and at the end.
 
     A window ending at cut ``c`` receives the samples with ``t_us <= c`` not yet added.
-    Returns ``len(cuts_us) + 1`` batches; ``host`` and ``job_cpu_s`` are passed to every cut.
+    Returns ``len(cuts_us) + 1`` batches; ``host`` and ``job_cpu_s`` are passed to every cut
+    (a list of them: one per cut).
     """
     gpus = [gpu_info(k, tr.has_counter) for k, tr in enumerate(traces)]
     b = builder or BatchBuilder(cluster, node, gpus, boot=boot)
     pos = [0] * len(traces)
     out = []
-    for cut in list(cuts_us) + [math.inf]:
+    for k, cut in enumerate(list(cuts_us) + [math.inf]):
         for g, tr in enumerate(traces):
             while pos[g] < len(tr.t_us) and tr.t_us[pos[g]] <= cut:
                 if pos[g] in tr.holders:
                     b.set_holders(g, tr.holders[pos[g]])
                 b.add_sample(g, tr.row(pos[g]))
                 pos[g] += 1
-        out.append(b.cut(host=host, sent_us=now_us(), job_cpu_s=job_cpu_s))
+        h = host[k] if isinstance(host, (list, tuple)) else host
+        cpu = job_cpu_s[k] if isinstance(job_cpu_s, (list, tuple)) else job_cpu_s
+        out.append(b.cut(host=h, sent_us=now_us(), job_cpu_s=cpu))
     return out
 
 

@@ -66,7 +66,8 @@ class BatchBuilder:
         self.boot = boot or uuidlib.uuid4().hex[:16]
         self.seq = 0
         self._gpus = [_GpuState(g) for g in gpus]
-        self._carry: tuple[Block, list[JobInfo]] | None = None
+        #: The previous batch's boundary rows, jobs, host metrics and CPU-seconds per job.
+        self._carry: tuple[Block, list[JobInfo], dict[str, float], dict[JobInfo, float]] | None = None
 
     @property
     def gpus(self) -> list[GpuInfo]:
@@ -134,9 +135,11 @@ class BatchBuilder:
             "holder_sm": np.array(holder_sm, dtype=HOLDER_COLUMNS["holder_sm"]),
         }, int(columns["t_us"].max()) if all_rows else 0)
         carry = None
+        carry_host: dict[str, float] = {}
+        carry_cpu: dict[JobInfo, float] = {}
         if self._carry is not None:
             # The carried block's holders point into the previous batch's job table: re-index them.
-            prev_block, prev_jobs = self._carry
+            prev_block, prev_jobs, carry_host, carry_cpu = self._carry
             remap = np.array([jobs.setdefault(j, len(jobs)) for j in prev_jobs] or [0], dtype=np.int32)
             segs = dict(prev_block.segments)
             segs["holder_job"] = remap[segs["holder_job"]].astype(HOLDER_COLUMNS["holder_job"])
@@ -144,8 +147,11 @@ class BatchBuilder:
         cpu = job_cpu_s or {}
         job_list = list(jobs)
         batch = Batch(self.cluster, self.node, self.seq, self.boot, infos, job_list, block,
-                      dict(host or {}), carry, sent_us, [float(cpu.get(j.job_id, 0.0)) for j in job_list] if cpu else [])
-        self._carry = (_boundary_rows(block, [g.has_counter for g in infos]), list(batch.jobs)) if block.n_rows else None
+                      dict(host or {}), carry, sent_us, [float(cpu.get(j.job_id, 0.0)) for j in job_list] if cpu else [],
+                      dict(carry_host), [float(carry_cpu.get(j, 0.0)) for j in job_list] if carry_cpu else [])
+        self._carry = ((_boundary_rows(block, [g.has_counter for g in infos]), list(batch.jobs), dict(batch.host),
+                        dict(zip(batch.jobs, batch.job_cpu_s)))
+                       if block.n_rows else None)
         self.seq += 1
         for st in self._gpus:
             # The anchor row opens the next window with the occupancy in force when it was read,
@@ -168,11 +174,13 @@ class BatchBuilder:
         """
         carry = None
         if self._carry is not None:
-            block, jobs = self._carry
+            block, jobs, host, cpu = self._carry
             carry = {"offsets": block.gpu_offsets.tolist(), "end_us": int(block.end_us),
                      "columns": {n: c.tolist() for n, c in block.columns.items()},
                      "segments": {n: [_json_number(v) for v in c.tolist()] for n, c in block.segments.items()},
-                     "jobs": [[j.job_id, j.user, j.source] for j in jobs]}
+                     "jobs": [[j.job_id, j.user, j.source] for j in jobs],
+                     "host": {k: _json_number(v) for k, v in host.items()},
+                     "job_cpu_s": [cpu[j] for j in jobs] if cpu else []}
         return {"boot": self.boot, "seq": self.seq, "carry": carry,
                 "gpus": [{"uuid": st.info.uuid, "anchor": None if st.anchor is None else list(st.anchor),
                           "holders": _holders_json(st.segments[0][1] if st.segments else st.holders),
@@ -198,8 +206,13 @@ class BatchBuilder:
             columns = {n: np.array(c["columns"][n], dtype=dt) for n, dt in SAMPLE_COLUMNS.items()}
             segs = {n: np.array([float("nan") if v is None else v for v in c["segments"][n]], dtype=dt)
                     for n, dt in {**SEGMENT_COLUMNS, **HOLDER_COLUMNS}.items()}
-            carry = (Block(np.array(c["offsets"], dtype=np.int64), columns, segs, int(c["end_us"])),
-                     [JobInfo(str(j), str(u), str(s)) for j, u, s in c["jobs"]])
+            carry_jobs = [JobInfo(str(j), str(u), str(s)) for j, u, s in c["jobs"]]
+            cpu = [float(v) for v in c.get("job_cpu_s", [])]
+            if cpu and len(cpu) != len(carry_jobs):
+                raise ValueError("carry job_cpu_s does not match its jobs")
+            carry = (Block(np.array(c["offsets"], dtype=np.int64), columns, segs, int(c["end_us"])), carry_jobs,
+                     {str(k): float(v) for k, v in c.get("host", {}).items() if v is not None},
+                     dict(zip(carry_jobs, cpu)))
         boot, seq = str(snap["boot"]), int(snap["seq"])
         if not boot or seq < 0:
             raise ValueError("bad boot or seq")

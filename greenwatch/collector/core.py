@@ -117,11 +117,13 @@ class Collector:
         ledger = self.ledger(batch)
         records = ledger_records(batch.cluster, batch.node, ledger, batch.host)
         if fill_gap and batch.carry is not None and batch.carry.n_rows:
-            # The previous batch never reached this collector.  Its boundary rows give its energy from
-            # the counter exactly; writing it under the same keys as the original is harmless if another
-            # collector of the group did receive it.
-            carried = account_block(batch.carry, batch.gpus, batch.jobs, self.settings, self.carbon)
-            records += ledger_records(batch.cluster, batch.node, carried, None, gaps=1, with_gpu_series=False)
+            # The previous batch never reached this collector (lost, or taken by another collector of
+            # the shared subscription).  Its boundary rows give its energy from the counter exactly, and
+            # its host metrics its host energy, so the records equal the original's field for field:
+            # writing them under the same keys is harmless if another collector did receive it.
+            carried = account_block(batch.carry, batch.gpus, batch.jobs, self.settings, self.carbon,
+                                    batch.carry_host, batch.carry_job_cpu_s)
+            records += ledger_records(batch.cluster, batch.node, carried, None, with_gpu_series=False)
             self.stats.gaps_filled += 1
         return records
 

@@ -204,10 +204,6 @@ def build_report(source: ReportSource, job_id: str, *, carbon: CarbonContext,
     co2_loc = _sum(je, "co2_g")
     co2_mkt = _sum(je, "co2_market_g")
     gpu_seconds = _sum(je, "gpu_seconds")
-    gaps = int(_sum(je, "gaps"))
-    if gaps:
-        notes.append(f"{gaps} batch(es) were lost in transit and re-accounted from the next batch's "
-                     "boundary samples (energy exact from the counter, readings missing).")
     cluster = str(meta.get("cluster") or (je[0].get("cluster") if je else "") or "")
     host_j, host_method = _host(source, cluster, je, meta, host_sum)
     facility_overhead = fac_j - gpu_j - host_sum

@@ -47,8 +47,12 @@ _HOST_KEEP = ("cpu_pct", "mem_used_bytes", "mem_total_bytes", "load1")
 
 
 def ledger_records(cluster: str, node: str, ledger: BlockLedger, host: Mapping[str, float] | None = None,
-                   gaps: int = 0, with_gpu_series: bool = True) -> list[Record]:
-    """Records for one accounted block.  All share the block's end time, so re-writing a batch is idempotent."""
+                   with_gpu_series: bool = True) -> list[Record]:
+    """Records for one accounted block.  All share the block's end time, so re-writing a batch is idempotent.
+
+    ``with_gpu_series=False`` (a window re-accounted from a later batch's carry, which holds only
+    boundary rows) leaves out the per-GPU and host series; the energy records are the same.
+    """
     t = ledger.end_us * 1000
     base = (("cluster", cluster), ("node", node))
     out: list[Record] = []
@@ -65,7 +69,7 @@ def ledger_records(cluster: str, node: str, ledger: BlockLedger, host: Mapping[s
         out.append(_record("job_energy", base + (("job", j.job_id), ("user", j.user or "unknown")), _fields({
             "energy_j": j.energy_j, "idle_energy_j": j.idle_energy_j, "facility_energy_j": j.facility_energy_j,
             "co2_g": j.co2_g, "co2_market_g": j.co2_market_g, "gpu_seconds": j.gpu_seconds,
-            "host_energy_j": j.host_energy_j, "gaps": gaps}), t))
+            "host_energy_j": j.host_energy_j}), t))
     for jg in ledger.job_gpus:
         out.append(_record("job_gpu", base + (("job", jg.job_id), ("gpu", jg.gpu_uuid)), _fields({
             "energy_j": jg.energy_j, "idle_energy_j": jg.idle_energy_j, "gpu_seconds": jg.gpu_seconds}), t))
@@ -73,7 +77,7 @@ def ledger_records(cluster: str, node: str, ledger: BlockLedger, host: Mapping[s
         "gpu_energy_j": ledger.gpu_energy_j, "allocated_energy_j": ledger.allocated_energy_j,
         "unallocated_energy_j": ledger.unallocated_energy_j, "facility_energy_j": ledger.facility_energy_j,
         "co2_g": ledger.co2_g, "co2_market_g": ledger.co2_market_g, "intensity_g_per_kwh": ledger.intensity_g_per_kwh,
-        "pue": ledger.pue, "gpus": len(ledger.gpus), "gaps": gaps, "resets": ledger.resets,
+        "pue": ledger.pue, "gpus": len(ledger.gpus), "resets": ledger.resets,
         "host_energy_j": ledger.host_energy_j, "host_unallocated_j": ledger.host_unallocated_j,
         "host_energy_measured": int(ledger.host_energy_measured)}), t))
     if host and with_gpu_series:

@@ -85,6 +85,9 @@ def encode(batch: Batch) -> bytes:
         "job_cpu_s": [round(float(x), 6) for x in batch.job_cpu_s],
         "blocks": [_block_header(b) for b in blocks],
     }
+    if batch.carry is not None:
+        header["carry_host"] = batch.carry_host
+        header["carry_job_cpu_s"] = [round(float(x), 6) for x in batch.carry_job_cpu_s]
     head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     body = b"".join(p for b in blocks for p in _block_body(b))
     return _PREFIX.pack(MAGIC, VERSION, len(head)) + head + body
@@ -164,6 +167,17 @@ def _parse_jobs(raw: Any) -> list[JobInfo]:
     return jobs
 
 
+def _host_metrics(header: dict[str, Any], host_key: str, cpu_key: str, n_jobs: int) -> tuple[dict[str, Any], list[Any]]:
+    """A window's host metrics and per-job CPU-seconds (both optional)."""
+    host = header.get(host_key, {})
+    _require(type(host) is dict and len(host) <= 256 and all(type(k) is str and _finite(v) for k, v in host.items()),
+             "bad-header", f"{host_key} metrics must be finite numbers")
+    cpu = header.get(cpu_key, [])
+    _require(type(cpu) is list and len(cpu) in (0, n_jobs) and all(_finite(v) and v >= 0 for v in cpu),
+             "bad-header", f"{cpu_key} must list one non-negative number per job")
+    return host, cpu
+
+
 def _take(buf: memoryview, pos: int, dtype: str, count: int) -> tuple[np.ndarray, int]:
     nbytes = _ITEMSIZE[dtype] * count
     _require(pos + nbytes <= len(buf), "truncated", f"body ends before column of {count} x {dtype}")
@@ -230,12 +244,8 @@ def decode(payload: bytes, *, expect_node: tuple[str, str] | None = None, now_us
     if expect_node is not None:
         _require((cluster, node) == expect_node, "wrong-node", f"payload for {cluster}/{node} on topic of {expect_node[0]}/{expect_node[1]}")
     gpus, jobs = _parse_gpus(header.get("gpus")), _parse_jobs(header.get("jobs"))
-    host = header.get("host", {})
-    _require(type(host) is dict and all(_finite(v) for v in host.values()), "bad-header",
-             "host metrics must be finite numbers")
-    job_cpu = header.get("job_cpu_s", [])
-    _require(type(job_cpu) is list and len(job_cpu) in (0, len(jobs)) and all(_finite(v) and v >= 0 for v in job_cpu),
-             "bad-header", "job_cpu_s must list one non-negative number per job")
+    host, job_cpu = _host_metrics(header, "host", "job_cpu_s", len(jobs))
+    carry_host, carry_cpu = _host_metrics(header, "carry_host", "carry_job_cpu_s", len(jobs))
     metas = header.get("blocks")
     _require(type(metas) is list and len(metas) in (1, 2), "bad-header", "one or two blocks expected")
     pos = _PREFIX.size + head_len
@@ -248,4 +258,5 @@ def decode(payload: bytes, *, expect_node: tuple[str, str] | None = None, now_us
         blocks.append(block)
     _require(pos == len(buf), "trailing-bytes", f"{len(buf) - pos} bytes after the last column")
     return Batch(cluster, node, _int(header, "seq"), _str(header, "boot", 64), gpus, jobs, blocks[0], host,
-                 blocks[1] if len(blocks) > 1 else None, _int(header, "sent_us"), [float(v) for v in job_cpu])
+                 blocks[1] if len(blocks) > 1 else None, _int(header, "sent_us"), [float(v) for v in job_cpu],
+                 carry_host, [float(v) for v in carry_cpu])
