@@ -105,7 +105,8 @@ def batch_records(node: str, job: str, t_s: float, gpus: dict[str, str], energy_
     energy = energy_per_gpu * n
     out = [Record("job_energy", (("cluster", CLUSTER), ("node", node), ("job", job), ("user", "alice")), (
         ("energy_j", energy), ("idle_energy_j", 0.0), ("facility_energy_j", energy * 1.2),
-        ("co2_g", energy * 1.2 / 3.6e6 * 400), ("co2_market_g", 0.0), ("gpu_seconds", 5.0 * n), ("gaps", 0)), t)]
+        ("co2_g", energy * 1.2 / 3.6e6 * 400), ("co2_market_g", 0.0), ("gpu_seconds", 5.0 * n),
+        ("host_energy_j", 7.0 * n)), t)]
     for uuid, model in gpus.items():
         out.append(Record("job_gpu", (("cluster", CLUSTER), ("node", node), ("job", job), ("gpu", uuid)), (
             ("energy_j", energy_per_gpu), ("idle_energy_j", 0.0), ("gpu_seconds", 5.0)), t))
@@ -153,6 +154,7 @@ def test_multi_node_job_is_one_job_finalised_once(store):
     (point,) = job_points(store)
     assert point["energy_j"] == pytest.approx(3 * (2 * 1000.0 + 500.0))
     assert point["gpu_seconds"] == pytest.approx(3 * 5.0 * 3)
+    assert point["host_energy_j"] == pytest.approx(3 * 7.0 * 3)
     assert point["gpus"] == 3 and point["nodes"] == "n[1-2]" and point["start_s"] == int(T0)
     assert (point["user"], point["account"], point["partition"]) == ("alice", "proj", "gpu")
     assert point["duration_s"] == pytest.approx(101.0)

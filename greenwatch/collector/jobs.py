@@ -272,7 +272,8 @@ class JobEvents:
         energy_rows = self.store.query(
             'SELECT sum("energy_j") AS energy_j, sum("idle_energy_j") AS idle_energy_j, '
             'sum("facility_energy_j") AS facility_energy_j, sum("co2_g") AS co2_g, '
-            'sum("co2_market_g") AS co2_market_g, sum("gpu_seconds") AS gpu_seconds '
+            'sum("co2_market_g") AS co2_market_g, sum("gpu_seconds") AS gpu_seconds, '
+            'sum("host_energy_j") AS host_energy_j '
             f'FROM "job_energy" WHERE {where} GROUP BY "node", "user"')
         gpu_rows = self.store.query(f'SELECT sum("gpu_seconds") AS gpu_seconds FROM "job_gpu" WHERE {where} GROUP BY "gpu"')
         gpu_seconds_by_gpu = {str(r["gpu"]): _num(r.get("gpu_seconds")) for r in gpu_rows if r.get("gpu")}
@@ -284,7 +285,8 @@ class JobEvents:
             log.warning("job %s/%s held GPU(s) %s but no energy was recorded for it (agent down?)",
                         job.cluster, job.job_id, ",".join(sorted(gpus)))
         sums = {k: float(sum(_num(r.get(k)) for r in energy_rows))
-                for k in ("energy_j", "idle_energy_j", "facility_energy_j", "co2_g", "co2_market_g", "gpu_seconds")}
+                for k in ("energy_j", "idle_energy_j", "facility_energy_j", "co2_g", "co2_market_g", "gpu_seconds",
+                          "host_energy_j")}
         models = self._gpu_models(job.cluster, sorted(gpu_seconds_by_gpu), lo_s, hi_s)
         embodied = sum(float(embodied_g(self.embodied, models.get(g, ""), s)) for g, s in gpu_seconds_by_gpu.items())
         facility_kwh = sums["facility_energy_j"] / _J_PER_KWH
