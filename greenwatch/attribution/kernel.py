@@ -40,6 +40,15 @@ def _trapezoid_j(power_mw, t_us, i):  # pragma: no cover - compiled
     return 0.0
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _clean_counter(x):
+    """Every reading valid and none going back (the usual segment); branch-free so LLVM vectorises it."""
+    ok = np.int64(x[0] >= 0)
+    for i in range(1, x.shape[0]):
+        ok &= np.int64(x[i] >= x[i - 1])
+    return ok != 0
+
+
 @njit(cache=True, nogil=True)
 def segment_energy(t_us, energy_mj, power_mw, gpu_offsets, has_counter, seg_gpu, seg_row):  # pragma: no cover - compiled
     """Energy and duration of every segment, and per-GPU flags.
@@ -67,6 +76,11 @@ def segment_energy(t_us, energy_mj, power_mw, gpu_offsets, has_counter, seg_gpu,
             continue
         seg_s[s] = (t_us[end] - t_us[start]) * 1e-6
         counter = has_counter[g]
+        if counter and _clean_counter(energy_mj[start:end + 1]):
+            # The usual case: every reading valid, none going back.  One subtraction gives the same
+            # integer as summing the deltas, and the branch-free check vectorises.
+            seg_mj[s] = energy_mj[end] - energy_mj[start]
+            continue
         last_valid = start if counter and energy_mj[start] >= 0 else -1
         pending = 0.0  # power-integrated energy of intervals the next counter delta may still cover
         for i in range(start + 1, end + 1):
@@ -154,39 +168,65 @@ def split_segments(seg_energy_j, seg_duration_s, seg_gpu, holder_ptr, holder_sm,
 
 
 @njit(cache=True, nogil=True)
-def _mean_valid(col, a, b, scale):  # pragma: no cover - compiled
-    total = 0.0
-    count = 0
-    for i in range(a, b):
-        if col[i] >= 0:
-            total += col[i] * scale
-            count += 1
-    return total / count if count else np.nan
-
-
-@njit(cache=True, nogil=True)
 def gpu_summaries(power_mw, util_gpu, util_mem, mem_used_mib, temp_c, sm_clock_mhz, gpu_offsets, anchored):  # pragma: no cover
     """Per-GPU means (and max power) over the batch's own rows (the anchor row, if any, excluded).
 
     Returns a float64 array of shape (n_gpu, 7): mean power W, max power W, mean GPU
     util %, mean memory util %, mean memory MiB, mean temperature C, mean SM clock MHz.
     Failed readings (negative) are skipped; a column with no valid reading is NaN.
+    One fused, branch-free pass per GPU over slices, so that LLVM vectorises it (the
+    readings are integers: their sums are exact, and scaled once).
     """
     n_gpu = gpu_offsets.shape[0] - 1
     out = np.full((n_gpu, 7), np.nan)
     for g in range(n_gpu):
         a = gpu_offsets[g] + 1 if anchored[g] and gpu_offsets[g + 1] - gpu_offsets[g] > 1 else gpu_offsets[g]
         b = gpu_offsets[g + 1]
-        out[g, 0] = _mean_valid(power_mw, a, b, 1e-3)
-        pmax = -1.0
-        for i in range(a, b):
-            if power_mw[i] * 1e-3 > pmax:
-                pmax = power_mw[i] * 1e-3
+        if b <= a:
+            continue
+        p, u1, u2 = power_mw[a:b], util_gpu[a:b], util_mem[a:b]
+        m, tc, ck = mem_used_mib[a:b], temp_c[a:b], sm_clock_mhz[a:b]
+        s0 = s1 = s2 = s3 = s4 = s5 = np.int64(0)
+        c0 = c1 = c2 = c3 = c4 = c5 = np.int64(0)
+        pmax = np.int64(-1)
+        for k in range(p.shape[0]):
+            v = np.int64(p[k])
+            q = np.int64(v >= 0)
+            s0 += v * q
+            c0 += q
+            pmax = max(pmax, v)
+            v = np.int64(u1[k])
+            q = np.int64(v >= 0)
+            s1 += v * q
+            c1 += q
+            v = np.int64(u2[k])
+            q = np.int64(v >= 0)
+            s2 += v * q
+            c2 += q
+            v = np.int64(m[k])
+            q = np.int64(v >= 0)
+            s3 += v * q
+            c3 += q
+            v = np.int64(tc[k])
+            q = np.int64(v >= 0)
+            s4 += v * q
+            c4 += q
+            v = np.int64(ck[k])
+            q = np.int64(v >= 0)
+            s5 += v * q
+            c5 += q
+        if c0:
+            out[g, 0] = s0 * 1e-3 / c0
         if pmax >= 0:
-            out[g, 1] = pmax
-        out[g, 2] = _mean_valid(util_gpu, a, b, 1.0)
-        out[g, 3] = _mean_valid(util_mem, a, b, 1.0)
-        out[g, 4] = _mean_valid(mem_used_mib, a, b, 1.0)
-        out[g, 5] = _mean_valid(temp_c, a, b, 1.0)
-        out[g, 6] = _mean_valid(sm_clock_mhz, a, b, 1.0)
+            out[g, 1] = pmax * 1e-3
+        if c1:
+            out[g, 2] = s1 / c1
+        if c2:
+            out[g, 3] = s2 / c2
+        if c3:
+            out[g, 4] = s3 / c3
+        if c4:
+            out[g, 5] = s4 / c4
+        if c5:
+            out[g, 6] = s5 / c5
     return out
