@@ -225,3 +225,33 @@ def test_carry_of_a_gpu_with_a_single_segment_is_two_rows():
     b0, b1 = build_batches(tr, [T0 + 5 * DT + 50])
     assert _rows(b1.carry, 0) == [tr[0].row(0), tr[0].row(5)]
     assert b1.carry.segments["seg_row"].tolist() == [0]
+
+
+# --------------------------------------------------------------------------- one job, several sources
+
+
+def test_a_job_seen_through_a_process_and_through_the_mapping_is_one_job():
+    """A Slurm job using one GPU (seen via its process) and holding another idle (seen via the
+    prolog's mapping) must be one entry in the job table: two entries would give two records
+    with the same series key and time, and the store would keep only one of them."""
+    from greenwatch.attribution import AttributionSettings, account_block
+    from greenwatch.storage.records import ledger_records
+
+    from helpers import carbon_ctx
+
+    by_process = job("42", "carol", "slurm-cgroup-v2")
+    by_mapping = job("42", "", "mapping-dir")
+    tr = [_trace(6, holders={0: [holder(by_process, 90.0)]}),
+          _trace(6, t0=T0 + 30, e0=5_000_000, holders={0: [holder(by_mapping, 0.0)]})]
+    b0, b1 = build_batches(tr, [T0 + 2 * DT + 50], job_cpu_s={"42": 1.5})
+    for b in (b0, b1):
+        assert [(j.job_id, j.user) for j in b.jobs] == [("42", "carol")]
+        assert b.job_cpu_s == [1.5]
+    assert b1.carry is not None and b1.carry_job_cpu_s == [1.5]
+    ledger = account_block(b1.block, b1.gpus, b1.jobs, AttributionSettings("equal", 60.0), carbon_ctx())
+    records = [r for r in ledger_records("c1", "n1", ledger) if r.measurement == "job_energy"]
+    assert len(records) == 1
+    (only,) = records
+    expected_mj = sum(t.energy_mj[-1] - t.energy_mj[2] for t in tr)     # rows 2..5 of both GPUs
+    assert only.field("energy_j") == expected_mj / 1000
+    assert 0 < only.field("idle_energy_j") < only.field("energy_j")     # the mapped GPU's energy is idle waste

@@ -67,7 +67,7 @@ class BatchBuilder:
         self.seq = 0
         self._gpus = [_GpuState(g) for g in gpus]
         #: The previous batch's boundary rows, jobs, host metrics and CPU-seconds per job.
-        self._carry: tuple[Block, list[JobInfo], dict[str, float], dict[JobInfo, float]] | None = None
+        self._carry: tuple[Block, list[JobInfo], dict[str, float], dict[str, float]] | None = None
 
     @property
     def gpus(self) -> list[GpuInfo]:
@@ -100,7 +100,20 @@ class BatchBuilder:
 
         ``job_cpu_s`` maps job ids to the CPU-seconds their processes used in the window.
         """
-        jobs: dict[JobInfo, int] = {}
+        # One entry per job id: the same job may be seen through a process (cgroup, environment) on
+        # one GPU and only through the scheduler's mapping on another (allocated but idle).  Two
+        # entries would give two records with the same series key and time, and the store keeps one.
+        jobs: dict[str, int] = {}
+        job_list: list[JobInfo] = []
+
+        def job_index(j: JobInfo) -> int:
+            k = jobs.get(j.job_id)
+            if k is None:
+                k = jobs[j.job_id] = len(job_list)
+                job_list.append(j)
+            elif not job_list[k].user and j.user:
+                job_list[k] = JobInfo(j.job_id, j.user, job_list[k].source)
+            return k
         infos: list[GpuInfo] = []
         all_rows: list[tuple[int, ...]] = []
         counts: list[int] = []
@@ -119,7 +132,7 @@ class BatchBuilder:
                     seg_gpu.append(g)
                     seg_row.append(base + first)
                     for h in holders:
-                        holder_job.append(jobs.setdefault(h.job, len(jobs)))
+                        holder_job.append(job_index(h.job))
                         holder_sm.append(h.sm_util)
                     holder_ptr.append(len(holder_job))
             all_rows.extend(rows)
@@ -136,21 +149,20 @@ class BatchBuilder:
         }, int(columns["t_us"].max()) if all_rows else 0)
         carry = None
         carry_host: dict[str, float] = {}
-        carry_cpu: dict[JobInfo, float] = {}
+        carry_cpu: dict[str, float] = {}
         if self._carry is not None:
             # The carried block's holders point into the previous batch's job table: re-index them.
             prev_block, prev_jobs, carry_host, carry_cpu = self._carry
-            remap = np.array([jobs.setdefault(j, len(jobs)) for j in prev_jobs] or [0], dtype=np.int32)
+            remap = np.array([job_index(j) for j in prev_jobs] or [0], dtype=np.int32)
             segs = dict(prev_block.segments)
             segs["holder_job"] = remap[segs["holder_job"]].astype(HOLDER_COLUMNS["holder_job"])
             carry = Block(prev_block.gpu_offsets, prev_block.columns, segs, prev_block.end_us)
         cpu = job_cpu_s or {}
-        job_list = list(jobs)
         batch = Batch(self.cluster, self.node, self.seq, self.boot, infos, job_list, block,
                       dict(host or {}), carry, sent_us, [float(cpu.get(j.job_id, 0.0)) for j in job_list] if cpu else [],
-                      dict(carry_host), [float(carry_cpu.get(j, 0.0)) for j in job_list] if carry_cpu else [])
+                      dict(carry_host), [float(carry_cpu.get(j.job_id, 0.0)) for j in job_list] if carry_cpu else [])
         self._carry = ((_boundary_rows(block, [g.has_counter for g in infos]), list(batch.jobs), dict(batch.host),
-                        dict(zip(batch.jobs, batch.job_cpu_s)))
+                        {j.job_id: c for j, c in zip(batch.jobs, batch.job_cpu_s)})
                        if block.n_rows else None)
         self.seq += 1
         for st in self._gpus:
@@ -180,7 +192,7 @@ class BatchBuilder:
                      "segments": {n: [_json_number(v) for v in c.tolist()] for n, c in block.segments.items()},
                      "jobs": [[j.job_id, j.user, j.source] for j in jobs],
                      "host": {k: _json_number(v) for k, v in host.items()},
-                     "job_cpu_s": [cpu[j] for j in jobs] if cpu else []}
+                     "job_cpu_s": [cpu.get(j.job_id, 0.0) for j in jobs] if cpu else []}
         return {"boot": self.boot, "seq": self.seq, "carry": carry,
                 "gpus": [{"uuid": st.info.uuid, "anchor": None if st.anchor is None else list(st.anchor),
                           "holders": _holders_json(st.segments[0][1] if st.segments else st.holders),
@@ -212,7 +224,7 @@ class BatchBuilder:
                 raise ValueError("carry job_cpu_s does not match its jobs")
             carry = (Block(np.array(c["offsets"], dtype=np.int64), columns, segs, int(c["end_us"])), carry_jobs,
                      {str(k): float(v) for k, v in c.get("host", {}).items() if v is not None},
-                     dict(zip(carry_jobs, cpu)))
+                     {j.job_id: c for j, c in zip(carry_jobs, cpu)})
         boot, seq = str(snap["boot"]), int(snap["seq"])
         if not boot or seq < 0:
             raise ValueError("bad boot or seq")
