@@ -21,7 +21,8 @@ SCHEMA_VERSION = 37  # Grafana 9.x/10.x dashboard schema: datasource refs are {t
 _MODULES = (operator, job, user)
 
 # (dashboard uid, panel title, target refId) of queries that may legitimately return no data
-# (the `job` summary measurement before any job finished, spool fields, silent nodes).
+# (the `job` summary measurement before any job finished in the range, the "recent" half of
+# the silent-node table when every node is silent).
 MAY_BE_EMPTY: frozenset[tuple[str, str, str]] = frozenset(
     (m.UID, title, ref) for m in _MODULES for title, ref in m.MAY_BE_EMPTY
 )

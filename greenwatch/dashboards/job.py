@@ -95,15 +95,15 @@ def _details(lay: p.Layout) -> None:
     lay.row("Details", "Per node breakdown and the final job summary")
     lay.add(p.table(
         "Per node",
-        "The job's energy, emissions, GPU-hours, idle energy and data gaps on each node. "
-        "Gaps are intervals where samples were missing and energy was interpolated.",
+        "The job's GPU energy, emissions, GPU-hours, idle energy and host CPU energy on each node "
+        "(host energy is the job's share of the node's CPU energy, by CPU time).",
         p.KWH,
         [p.target(q.select([q.kwh("energy_j", "IT energy"), q.kg("co2_g", "CO2"),
                             q.hours("gpu_seconds", "GPU hours"), q.kwh("idle_energy_j", "idle energy"),
-                            'sum("gaps") AS "gaps"'],
+                            q.kwh("host_energy_j", "host energy")],
                            "job_energy", (JOB,), ("node", "user")), fmt=p.TABLE)],
         overrides=[p.unit_override("CO2", p.KG_CO2), p.unit_override("GPU hours", p.GPU_HOURS),
-                   p.unit_override("gaps", p.COUNT), p.user_link()],
+                   p.user_link()],
         sort_by="IT energy"), 12, 8)
     summary = q.select(['"energy_j" / 3600000 AS "IT energy"', '"co2_g" / 1000 AS "CO2"',
                         '"co2_market_g" / 1000 AS "CO2 market"', '"embodied_g" / 1000 AS "embodied"',

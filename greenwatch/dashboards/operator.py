@@ -12,11 +12,11 @@ UID = "greenwatch-operator"
 TITLE = "greenwatch: operator overview"
 
 # (panel title, refId) of targets that may legitimately return no data: the `job`
-# measurement only exists once jobs have finished, spool fields only while the collector
-# spools, and "recent reports" is empty when every node is silent.
+# measurement only exists once jobs have finished, and "recent reports" is empty when every
+# node is silent.  (The collector writes its spill and backlog levels in every health
+# record, 0 when healthy, so that panel always has data.)
 MAY_BE_EMPTY = {
     ("Top accounts by CO2", "A"),
-    ("Collector spool", "A"),
     ("Silent nodes", "B"),
 }
 
@@ -235,12 +235,20 @@ def _health_panels(lay: p.Layout) -> None:
                   alias="$tag_instance $col")],
         interval="20s"), 4, 8)
     lay.add(p.timeseries(
-        "Collector spool",
-        "Bytes the collector has spooled to disk while the database was unreachable (if "
-        "the collector reports it). Growing spool = writes are failing.",
+        "Collector spill and backlog",
+        "Bytes the collector spilled to disk because InfluxDB did not take its writes "
+        "(spill_bytes), and counts: spilled chunks, records not yet durable (pending_bodies) "
+        "and MQTT messages not yet acknowledged (unacked). All stay near 0 when healthy; a "
+        "growing spill means writes fail, a growing backlog that the collector falls behind.",
         p.BYTES,
-        [p.target(q.select('last("spool_bytes") AS "spool"', "collector", (), ("instance",),
-                           time_bucket=True, fill="none"), alias="$tag_instance")],
+        [p.target(q.select('last("spill_bytes") AS "spill"', "collector", (), ("instance",),
+                           time_bucket=True, fill="none"), alias="$tag_instance $col"),
+         p.target(q.select(['last("spill_files") AS "spilled chunks"',
+                            'last("pending_bodies") AS "pending records"',
+                            'last("unacked") AS "unacked messages"'],
+                           "collector", (), ("instance",), time_bucket=True, fill="none"),
+                  ref="B", alias="$tag_instance $col")],
+        overrides=[p.ref_unit_override("B", p.COUNT)],
         interval="20s"), 4, 8)
 
 

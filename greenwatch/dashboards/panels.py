@@ -61,6 +61,11 @@ def unit_override(name: str, unit: str) -> dict:
     return {"matcher": {"id": "byName", "options": name}, "properties": [{"id": "unit", "value": unit}]}
 
 
+def ref_unit_override(ref: str, unit: str) -> dict:
+    """Field override giving every series of query ``ref`` its own unit (for panels mixing units)."""
+    return {"matcher": {"id": "byFrameRefID", "options": ref}, "properties": [{"id": "unit", "value": unit}]}
+
+
 def link_override(name: str, title: str, url: str) -> dict:
     """Field override turning every cell of column ``name`` into a data link."""
     return {
