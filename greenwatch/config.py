@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import socket
+import string
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,31 @@ def _topic_prefix(value: Any) -> str | None:
     return None
 
 
+#: Placeholders of ``agent.epilog_report_dir``, filled in by the Slurm epilog.
+REPORT_DIR_FIELDS = ("workdir", "job_id", "user")
+
+
+def _report_dir_template(value: Any) -> str | None:
+    """A path template with only the placeholders of :data:`REPORT_DIR_FIELDS`."""
+    if not value.strip():
+        return "must not be empty"
+    try:
+        parts = list(string.Formatter().parse(value))
+    except ValueError as exc:
+        return f"is not a valid template ({exc}); write a literal brace as {{{{ or }}}}"
+    known = ", ".join("{" + f + "}" for f in REPORT_DIR_FIELDS)
+    for _, field_name, spec, conversion in parts:
+        if field_name is None:
+            continue
+        if field_name not in REPORT_DIR_FIELDS:
+            return f"unknown placeholder {{{field_name}}}; the placeholders are {known}"
+        if spec or conversion:
+            return f"placeholder {{{field_name}}} takes no format spec or conversion"
+    if not (value.startswith("/") or value.startswith("{workdir}")):
+        return "must be an absolute path or start with {workdir}"
+    return None
+
+
 _HOST = socket.gethostname().split(".")[0] or "node"
 
 #: section -> key -> declaration.  The order here is the order of the generated docs.
@@ -97,6 +123,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "event_spool_max": Key(int, 10000, "At most this many queued job events are kept; beyond it the oldest are dropped (and logged).", _positive),
         "hook_deadline_s": Key(float, 0.9, "`greenwatch slurm prolog|epilog` exit (status 0) at the latest this many seconds after they started, whatever the broker does; undelivered events stay queued.", _positive),
         "hook_publish_timeout_s": Key(float, 0.3, "Longest time `greenwatch slurm prolog|epilog` wait for the MQTT broker (connect and acknowledgements) before leaving their events queued.", _positive),
+        "epilog_report": Key(bool, False, "`greenwatch slurm epilog` starts, on the job's first node only, a background `greenwatch report` that writes the job's report (md, html, json, csv, plots) as the job's user into epilog_report_dir (docs/slurm.md). Needs [influxdb] with read access on the node; the epilog itself still returns at once."),
+        "epilog_report_dir": Key(str, "{workdir}/greenwatch-{job_id}", "Where the epilog's report goes: an absolute path or one starting with {workdir}; placeholders {workdir} (the job's working directory, SLURM_JOB_WORK_DIR), {job_id} and {user}. Created by the job's user, never by root.", _report_dir_template),
+        "epilog_report_wait_s": Key(float, 600.0, "How long the background report waits for the collector's `job` summary (written collector.finalize_delay_s after the job ended) before it reports from the per-batch records it finds, and says so.", _non_negative),
         "kubelet_url": Key(str, "", "Kubelet API used to name Kubernetes pods (namespace, pod name), e.g. 'https://127.0.0.1:10250' or the read-only 'http://127.0.0.1:10255'. Empty: off; pods are then known by UID only."),
         "kubelet_token_file": Key(str, "", "Bearer token for the kubelet (a service account token, e.g. /var/run/secrets/kubernetes.io/serviceaccount/token); empty for none."),
         "kubelet_ca_file": Key(str, "", "CA bundle that signed the kubelet's serving certificate; empty uses the system store."),

@@ -22,6 +22,7 @@ still one after a duplicate end event.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -68,11 +69,18 @@ def test_slurm_jobs_end_to_end(tmp_path: Path, slurm_cluster, mosquitto, influx_
     jobs_dir.mkdir()
     jobs_dir.chmod(0o1777)
     recorder = EventRecorder(mosquitto.host, mosquitto.port, f"greenwatch/v1/{sl.cluster_name}/+/event")
+    hook_config = sl.hook_config.read_text()
     try:
         # -- greenwatch: collector, then the node's agent --------------------------------------
         token_file = tmp_path / "influx-token"
         token_file.write_text(influx_v2.token)
         token_file.chmod(0o600)
+        # The epilog also starts each job's report, written as the job's user into its working
+        # directory (SLURM_JOB_WORK_DIR, which is the fixture's jobs directory).
+        sl.hook_config.write_text(hook_config.replace("[agent]\n", "[agent]\nepilog_report = true\n"
+                                                      "epilog_report_wait_s = 120.0\n", 1)
+                                  + f'\n[influxdb]\nurl = "{influx_v2.url}"\norg = "{influx_v2.org}"\n'
+                                  f'bucket = "{bucket}"\ntoken_file = "{token_file}"\n')
         mqtt = {"host": mosquitto.host, "port": mosquitto.port}
         collector = GreenwatchProcess("collector", write_config(tmp_path / "collector.toml", {
             "mqtt": mqtt, "node": {"cluster": sl.cluster_name, "name": "collector"},
@@ -164,6 +172,7 @@ def test_slurm_jobs_end_to_end(tmp_path: Path, slurm_cluster, mosquitto, influx_
         assert collector.stop() == 0, collector.log()
     finally:
         recorder.close()
+        sl.hook_config.write_text(hook_config)
         for name in ("quick", "train", "share-a", "share-b"):
             (jobs_dir / f"{name}.release").touch()
 
@@ -210,3 +219,14 @@ def test_slurm_jobs_end_to_end(tmp_path: Path, slurm_cluster, mosquitto, influx_
         assert rec["sci_g"] == pytest.approx(rec["co2_g"] + rec["embodied_g"], rel=1e-9)
         assert abs(rec["start_s"] - submitted) < 30 and rec["duration_s"] > 0
     assert final[ids["quick"]]["duration_s"] < final[ids["train"]]["duration_s"]
+
+    # -- the reports the epilog started, in each job's working directory, owned by its user ------------
+    report_dirs = {name: sl.jobs_dir / f"greenwatch-{job_id}" for name, job_id in ids.items()}
+    wait_for(lambda: all((d / "report.json").exists() and (d / "report.html").exists() for d in report_dirs.values()),
+             120, "the epilog's reports", lambda: sl.hook_log.read_text()[-3000:])
+    for name, d in report_dirs.items():
+        doc = json.loads((d / "report.json").read_text())
+        assert doc["job_id"] == ids[name]
+        assert doc["energy_kwh"]["gpu"] * 3.6e6 == pytest.approx(final[ids[name]]["energy_j"], rel=1e-6), name
+        want_uid = 65534 if name == "train" else 0
+        assert {p.stat().st_uid for p in d.iterdir()} == {want_uid}, name

@@ -12,7 +12,12 @@ The prolog runs as root before a job starts on a node.  It
    every queued event, oldest first, with QoS 1.
 
 The epilog removes the job's mapping files and does the same with a ``job_end``
-event.  Events are queued *before* they are published and removed only after
+event.  With ``agent.epilog_report`` on, the epilog of the job's first node also
+starts ``greenwatch report`` as a detached background process that waits for the
+collector's ``job`` summary and writes the report, as the job's user, into
+``agent.epilog_report_dir`` (:func:`plan_epilog_report`, :func:`spawn_report`).
+
+Events are queued *before* they are published and removed only after
 the broker acknowledged them, so the hook can be stopped at any instant (the
 CLI's deadline does exactly that) without losing one: at worst an event is
 sent twice, which the collector tolerates.  Nothing here raises to the caller:
@@ -28,6 +33,9 @@ import fcntl
 import logging
 import os
 import re
+import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +45,8 @@ from greenwatch.agent.jobs import parse_mapping_file
 from greenwatch.transport.events import EventError, JobEvent, decode_event, encode_event
 
 __all__ = ["SlurmJob", "EventSpool", "parse_gpu_ids", "translate_gpu_ids", "nvml_gpu_table",
-           "write_mapping_files", "remove_mapping_files", "publish_spooled", "run_hook"]
+           "write_mapping_files", "remove_mapping_files", "publish_spooled", "run_hook",
+           "first_host", "plan_epilog_report", "claim_report", "release_report", "spawn_report"]
 
 log = logging.getLogger("greenwatch.slurm")
 
@@ -392,6 +401,169 @@ async def publish_spooled(mqtt_cfg: object, files: list[Path], client_id: str, b
     return delivered
 
 
+# -- the epilog's report ----------------------------------------------------------
+
+def first_host(hostlist: str) -> str | None:
+    """The first host of a Slurm hostlist: ``"gpu[003-005,9],login1"`` -> ``"gpu003"``.
+
+    Slurm writes a job's nodes in its own node order, so the first host is the node that
+    also ran the batch script.  Several bracket groups are expanded each to their first
+    value (``"r[1-2]n[07-08]"`` -> ``"r1n07"``); zero padding is kept.  Returns None for an
+    empty or malformed list (unbalanced or nested brackets, a range that is not numeric).
+    """
+    text = hostlist.strip()
+    depth = 0
+    end = len(text)
+    for i, c in enumerate(text):
+        if c == "[":
+            depth += 1
+            if depth > 1:
+                return None
+        elif c == "]":
+            depth -= 1
+            if depth < 0:
+                return None
+        elif c == "," and depth == 0:
+            end = i
+            break
+    else:
+        if depth:
+            return None
+    entry = text[:end].strip()
+
+    def first_value(m: re.Match) -> str:
+        low = m.group(1).split(",")[0].split("-")[0].strip()
+        if not low.isdigit():
+            raise ValueError(low)
+        return low
+
+    try:
+        host = re.sub(r"\[([^\[\]]*)\]", first_value, entry)
+    except ValueError:
+        return None
+    return host or None
+
+
+def this_node(env: Mapping[str, str]) -> str:
+    """This node's Slurm name: ``SLURMD_NODENAME`` (slurmd sets it), else the short host name."""
+    return env.get("SLURMD_NODENAME", "").strip() or socket.gethostname().split(".")[0]
+
+
+@dataclass(frozen=True)
+class ReportPlan:
+    """What the epilog starts in the background: the command line and where it writes."""
+
+    argv: list[str]
+    out_dir: str
+    uid: int
+    gid: int
+
+
+def plan_epilog_report(cfg: object, job: SlurmJob, env: Mapping[str, str],
+                       config_path: str | os.PathLike | None) -> tuple[ReportPlan | None, str]:
+    """Decide whether this epilog starts the job's report; returns (plan or None, why).
+
+    Only on the job's first node (one report per job however many nodes), only with the
+    job's owner known (SLURM_JOB_UID/SLURM_JOB_GID: the report is written as that user),
+    and only where the directory is known (SLURM_JOB_WORK_DIR when the template uses
+    {workdir}).  Nothing here touches the file system: a hung network file system must
+    not hold the epilog.
+    """
+    agent = cfg.agent  # type: ignore[attr-defined]
+    if not getattr(agent, "epilog_report", False):
+        return None, "agent.epilog_report is off"
+    if not config_path:
+        return None, "no --config file to hand to the report (it reads [influxdb] and [carbon] from it)"
+    first = first_host(job.nodes or "")
+    me = this_node(env)
+    if first is None:
+        return None, (f"cannot tell the job's first node from the node list {job.nodes!r} "
+                      "(SLURM_JOB_NODELIST/SLURM_NODELIST)")
+    if first.lower() != me.lower():
+        return None, f"this node ({me}) is not the job's first node ({first}), which writes the report"
+    uid, gid = env.get("SLURM_JOB_UID", "").strip(), env.get("SLURM_JOB_GID", "").strip()
+    if not (uid.isdigit() and gid.isdigit()):
+        return None, f"the job's owner is unknown (SLURM_JOB_UID={uid!r}, SLURM_JOB_GID={gid!r})"
+    template = agent.epilog_report_dir
+    workdir = env.get("SLURM_JOB_WORK_DIR", "").strip()
+    if "{workdir}" in template and not workdir.startswith("/"):
+        why = "not set" if not workdir else f"{workdir!r}, not an absolute path"
+        return None, f"the job's working directory (SLURM_JOB_WORK_DIR) is {why}"
+    user = (job.user or uid).replace("/", "_")
+    out_dir = os.path.normpath(template.format(workdir=workdir, job_id=job.job_id, user=user))
+    wait_s = float(agent.epilog_report_wait_s)
+    argv = [sys.executable, "-m", "greenwatch", "report", "--job", job.job_id,
+            "--config", os.path.abspath(os.fspath(config_path)), "--format", "all", "--out", out_dir,
+            "--wait-s", f"{wait_s:g}", "--run-as", f"{int(uid)}:{int(gid)}"]
+    return ReportPlan(argv, out_dir, int(uid), int(gid)), "first node"
+
+
+def spawn_report(plan: ReportPlan, log_file: str | os.PathLike | None = None) -> int:
+    """Start the report detached from the epilog; returns its pid without waiting for it.
+
+    A new session (slurmd signals the epilog's process group on timeout), the working
+    directory ``/``, no inherited descriptors, standard input and output on /dev/null and
+    standard error appended to ``log_file`` (else /dev/null): a child that kept the epilog's
+    output open could keep slurmd waiting for it.
+    """
+    err = subprocess.DEVNULL
+    fd = None
+    if log_file is not None:
+        try:
+            fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            err = fd
+        except OSError as exc:
+            log.warning("cannot open %s for the report's messages: %s", log_file, exc)
+    try:
+        proc = subprocess.Popen(plan.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                cwd="/", close_fds=True, start_new_session=True)
+    finally:
+        if fd is not None:
+            os.close(fd)
+    return proc.pid
+
+
+def claim_report(spool: EventSpool, job_id: str) -> bool:
+    """True the first time for this job on this node: a second epilog starts no second report.
+
+    A marker file per job (``<spool>/reports/<job>``, created exclusively).  A requeued job keeps
+    its id: the prolog of its next run removes the marker (:func:`release_report`), so that run
+    gets its report too.  Markers older than 30 days go.
+    """
+    directory = spool.directory / "reports"
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    EventSpool._forget_old_starts(directory, max_age_s=30 * 86400.0)
+    try:
+        os.close(os.open(directory / job_id, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        return False
+    return True
+
+
+def release_report(spool: EventSpool, job_id: str) -> None:
+    """Forget that this job's report was started (a new run of the job begins)."""
+    with contextlib.suppress(OSError):
+        (spool.directory / "reports" / job_id).unlink()
+
+
+def _start_epilog_report(cfg: object, job: SlurmJob, env: Mapping[str, str], spool: EventSpool,
+                         config_path: str | os.PathLike | None, log_file: str | os.PathLike | None) -> None:
+    try:
+        plan, why = plan_epilog_report(cfg, job, env, config_path)
+        if plan is None:
+            if getattr(cfg.agent, "epilog_report", False):  # type: ignore[attr-defined]
+                log.info("job %s: no report from this epilog: %s", job.job_id, why)
+            return
+        if not claim_report(spool, job.job_id):
+            log.info("job %s: its report was already started by an earlier epilog", job.job_id)
+            return
+        pid = spawn_report(plan, log_file)
+        log.info("job %s: report goes to %s (background pid %d, as uid %d gid %d)",
+                 job.job_id, plan.out_dir, pid, plan.uid, plan.gid)
+    except Exception:  # the job_end event matters more: log and go on
+        log.exception("job %s: could not start the report", job.job_id)
+
+
 # -- the hooks -----------------------------------------------------------------
 
 def build_event(kind: str, cfg: object, job: SlurmJob, gpus: list[str], start_s: float | None,
@@ -408,15 +580,19 @@ def build_event(kind: str, cfg: object, job: SlurmJob, gpus: list[str], start_s:
 
 
 def run_hook(kind: str, cfg: object, env: Mapping[str, str] | None = None, *, budget_s: float = 0.5,
-             gpu_table: Callable[[], dict[int, str]] = nvml_gpu_table) -> int:
+             gpu_table: Callable[[], dict[int, str]] = nvml_gpu_table,
+             config_path: str | os.PathLike | None = None, log_file: str | os.PathLike | None = None) -> int:
     """Run the prolog (``kind='prolog'``) or epilog (``'epilog'``); always returns 0.
 
     ``budget_s`` bounds the time spent talking to the broker (the CLI adds a hard deadline
-    for the whole process).  Every failure is logged and swallowed: the job must never
-    fail because of greenwatch.
+    for the whole process).  ``config_path`` (default: the file ``cfg`` was read from) is
+    handed to the epilog's background report, whose standard error goes to ``log_file``.
+    Every failure is logged and swallowed: the job must never fail because of greenwatch.
     """
+    if config_path is None:
+        config_path = getattr(cfg, "path", None)
     try:
-        _run_hook(kind, cfg, os.environ if env is None else env, budget_s, gpu_table)
+        _run_hook(kind, cfg, os.environ if env is None else env, budget_s, gpu_table, config_path, log_file)
     except ValueError as exc:  # not run by Slurm, or a job without an id: nothing to record
         log.error("greenwatch slurm %s: %s", kind, exc)
     except Exception:  # never fail the job, whatever went wrong
@@ -425,7 +601,8 @@ def run_hook(kind: str, cfg: object, env: Mapping[str, str] | None = None, *, bu
 
 
 def _run_hook(kind: str, cfg: object, env: Mapping[str, str], budget_s: float,
-              gpu_table: Callable[[], dict[int, str]]) -> None:
+              gpu_table: Callable[[], dict[int, str]], config_path: str | os.PathLike | None = None,
+              log_file: str | os.PathLike | None = None) -> None:
     job = SlurmJob.from_environ(env)
     agent = cfg.agent  # type: ignore[attr-defined]
     mapping_dir = Path(agent.mapping_dir) if agent.mapping_dir else None
@@ -440,6 +617,7 @@ def _run_hook(kind: str, cfg: object, env: Mapping[str, str], budget_s: float,
                 log.error("cannot write GPU mapping files in %s: %s", mapping_dir, exc)
         # A second run of the same prolog keeps the first start time (idempotent).
         start_s = spool.record_start(job.job_id, job.start_s or now)
+        release_report(spool, job.job_id)  # a requeued job's new run gets its own report
         event = build_event(kind, cfg, job, gpus, start_s, None)
     else:
         try:
@@ -457,6 +635,8 @@ def _run_hook(kind: str, cfg: object, env: Mapping[str, str], budget_s: float,
     own = spool.put(event, payload)
     if kind == "epilog":
         spool.forget_start(job.job_id)  # after queuing: a second epilog still finds nothing amiss
+        # After the event is safe on disk, before the broker: starting the report takes milliseconds.
+        _start_epilog_report(cfg, job, env, spool, config_path, log_file)
     with spool.drain_lock() as exclusive:
         # Only one hook drains the queue at a time; the others send just their own event.
         files = spool.pending() if exclusive else [own]

@@ -29,7 +29,11 @@ prolog: reads SLURM_JOB_ID, SLURM_JOB_SLUID, SLURM_JOB_USER, SLURM_JOB_ACCOUNT, 
         SLURM_JOB_NAME, SLURM_JOB_NODELIST and SLURM_JOB_GPUS (or CUDA_VISIBLE_DEVICES), turns Slurm's
         GPU ids into NVML UUIDs by minor number (/dev/nvidia<N>), writes one file per GPU into
         agent.mapping_dir and publishes a job_start event.
-epilog: removes the job's files from agent.mapping_dir and publishes a job_end event.
+epilog: removes the job's files from agent.mapping_dir and publishes a job_end event. With
+        agent.epilog_report = true, the epilog of the job's first node also starts a detached
+        `greenwatch report` that waits for the job's summary and writes the report as the job's
+        user (SLURM_JOB_UID/SLURM_JOB_GID) into agent.epilog_report_dir, by default
+        $SLURM_JOB_WORK_DIR/greenwatch-<job id>; its messages go to --log-file.
 
 Both always exit 0 (a failing prolog would drain the node) and finish within agent.hook_deadline_s:
 events the broker did not acknowledge in time stay in agent.event_spool_dir and are sent, oldest
@@ -50,11 +54,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for name, text in _SUB.items():
         h = hooks.add_parser(name, help=text.split(":")[0], description=text + " Always exits 0.")
         h.add_argument("--config", "-c", metavar="FILE", type=Path,
-                       help="TOML configuration file (node, agent.mapping_dir, agent.event_spool_dir, mqtt); "
+                       help="TOML configuration file (node, agent.mapping_dir, agent.event_spool_dir, mqtt; the "
+                            "epilog's report, agent.epilog_report, reads influxdb and carbon from it too); "
                             "omitted: built-in defaults")
         h.add_argument("--log-file", metavar="FILE", type=Path,
-                       help="also append log lines to FILE (Slurm discards a prolog's output); "
-                            "warnings and errors always go to syslog too where /dev/log exists")
+                       help="also append log lines to FILE (Slurm discards a prolog's output), and the "
+                            "messages of the epilog's background report; warnings and errors always go to "
+                            "syslog too where /dev/log exists")
         h.set_defaults(func=_cmd_hook)
 
 
@@ -74,7 +80,7 @@ def _cmd_hook(args: argparse.Namespace) -> int:
     # The broker gets its time box, within what the deadline leaves after a margin for the
     # work before publishing, closing the connection and the interpreter's exit.
     budget = min(cfg.agent.hook_publish_timeout_s, remaining - 0.25)
-    return run_hook(args.hook, cfg, budget_s=max(0.05, budget))
+    return run_hook(args.hook, cfg, budget_s=max(0.05, budget), config_path=args.config, log_file=args.log_file)
 
 
 def _setup_logging(log_file: Path | None) -> None:
