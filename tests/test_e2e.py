@@ -85,3 +85,33 @@ def test_slurm_job_gets_one_summary_with_its_metadata(e2e_run: E2ERun):
     end_s = rec["time"] / 1e9
     assert run.finished_at <= end_s <= run.t_end
     assert rec["duration_s"] == pytest.approx(end_s - rec["start_s"], abs=1.5)
+
+
+def test_report_of_the_slurm_job_in_every_format(e2e_run: E2ERun, influx_v2, tmp_path):
+    """`greenwatch report` on the e2e run's InfluxDB, as a researcher would call it after the job."""
+    import json
+    import subprocess
+    import sys
+
+    from fixtures_e2e import write_config
+
+    job_id = e2e_run.slurm_job["SLURM_JOB_ID"]
+    token = tmp_path / "token"
+    token.write_text(influx_v2.token)
+    token.chmod(0o600)
+    cfg = write_config(tmp_path / "report.toml", {
+        "carbon": {"zone": "DE", "pue": PUE},
+        "influxdb": {"url": influx_v2.url, "org": influx_v2.org, "bucket": e2e_run.bucket, "token_file": str(token)}})
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "greenwatch", "report", "--job", job_id, "--config", str(cfg),
+                           "--format", "all", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for suffix in (".md", ".html", ".json", ".csv"):
+        assert (out / f"report{suffix}").stat().st_size > 0, suffix
+    doc = json.loads((out / "report.json").read_text())
+    (summary,) = e2e_run.query(f"SELECT * FROM \"job\" WHERE \"job\" = '{job_id}'")
+    assert doc["job_id"] == job_id
+    assert doc["energy_kwh"]["gpu"] * 3.6e6 == pytest.approx(e2e_run.truth[job_id], rel=0.01)
+    assert doc["energy_kwh"]["gpu"] * 3.6e6 == pytest.approx(summary["energy_j"], rel=1e-6)
+    assert doc["co2_kg"]["location_based"] > 0 and doc["co2_kg"]["embodied"] > 0
+    assert "proj-e2e" in (out / "report.md").read_text()      # the account, from the scheduler's metadata
