@@ -156,8 +156,12 @@ class E2ERun:
     variables: dict = field(default_factory=dict)  # dashboard variables (tests/test_dashboards.py)
 
 
-def _spawn_job_process(job: str, user: str) -> subprocess.Popen:
+def _spawn_job_process(job: str, user: str, busy: bool = False) -> subprocess.Popen:
+    """A job's process; ``busy`` ones spend a little CPU in a child (a share of host energy)."""
     env = dict(os.environ, GREENWATCH_JOB=job, GREENWATCH_USER=user)
+    if busy:  # a shell whose children count for 20000 iterations, then rest a second
+        return subprocess.Popen(["sh", "-c", "while :; do sh -c 'i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done';"
+                                 " sleep 1; done"], env=env)
     return subprocess.Popen(["sleep", "300"], env=env)
 
 
@@ -217,7 +221,7 @@ def e2e_run(tmp_path_factory, mosquitto, influx_v2, mock_nvml_lib) -> Iterator[E
     """
     tmp = tmp_path_factory.mktemp("e2e")
     procs: list[GreenwatchProcess] = []
-    jobs = {"job-a": _spawn_job_process("job-a", "alice"), "job-b": _spawn_job_process("job-b", "bob"),
+    jobs = {"job-a": _spawn_job_process("job-a", "alice", busy=True), "job-b": _spawn_job_process("job-b", "bob"),
             "job-c": _spawn_job_process("job-c", "carol"),
             # job 4242's one process, found through its environment, on a GPU the prolog did not
             # map: the same job is then seen through two sources, and must still be one job.

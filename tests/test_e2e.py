@@ -34,6 +34,9 @@ def test_two_nodes_four_jobs_end_to_end(e2e_run: E2ERun):
         # CO2 = IT energy (GPU share + host CPU share) x PUE x grid intensity (DE annual table)
         expected_co2 = (measured[job]["e"] + measured[job]["host"]) / 3.6e6 * PUE * AnnualIntensity("DE").g_per_kwh
         assert measured[job]["co2"] == pytest.approx(expected_co2, rel=1e-6)
+    # job-a's process tree spent CPU time: the live agent measured it and gave the job a share of host energy
+    assert measured["job-a"]["host"] > 0, measured
+    assert measured["job-b"]["host"] < measured["job-a"]["host"], measured
     # the Slurm job held its GPU (mapping directory) and ran nothing on it: all of it is idle energy
     for job, idle_j in run.idle_truth.items():
         assert measured[job]["idle"] == pytest.approx(idle_j, rel=0.01), job

@@ -29,7 +29,7 @@ import aiomqtt
 
 from greenwatch import sdnotify
 from greenwatch.agent.gpu import GpuDevice, open_nvml_gpus
-from greenwatch.agent.host import HostSampler
+from greenwatch.agent.host import HostSampler, JobCpuMeter
 from greenwatch.agent.jobs import JobResolver
 from greenwatch.agent.sampler import Sampler
 from greenwatch.agent.state import StateFile
@@ -299,7 +299,8 @@ async def _run(cfg: Config, devices: Sequence[GpuDevice] | None, spool: DiskQueu
                            use_environ=cfg.agent.use_environ,
                            pod_lookup=pods.lookup if pods is not None else None)
     sampler = Sampler(cfg.node.cluster, cfg.node.name, devices, ResolverLookup(resolver, cfg.agent.proc_root),
-                      HostSampler(cfg.agent.cpu_watts_per_core) if cfg.agent.host_metrics else None)
+                      HostSampler(cfg.agent.cpu_watts_per_core) if cfg.agent.host_metrics else None,
+                      JobCpuMeter(cfg.agent.proc_root) if cfg.agent.host_metrics else None)
     state = StateFile(cfg.agent.state_file, cfg.node.cluster, cfg.node.name)
     snapshot = state.load([d.uuid for d in devices], cfg.agent.resume_max_age_s)
     if snapshot is not None:
