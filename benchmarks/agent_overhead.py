@@ -94,7 +94,7 @@ def _bare_loop(n_gpus: int, sample_hz: float, process_hz: float, seconds: float)
 
 
 _AGENT_WRAPPER = textwrap.dedent("""
-    import atexit, json, runpy, sys
+    import atexit, json, os, runpy, sys
     out = sys.argv.pop(1)
 
     def report():
@@ -103,6 +103,35 @@ _AGENT_WRAPPER = textwrap.dedent("""
                        "modules": len(sys.modules)}, fh)
 
     atexit.register(report)
+    prof_out = os.environ.get("GW_BENCH_CPROFILE")
+    if prof_out:
+        # Deterministic profile of every thread (cProfile is per thread): one profiler per thread,
+        # merged into one pstats file at exit.
+        import cProfile, threading
+        profs = []
+
+        def _start(*_a):
+            sys.setprofile(None)
+            pr = cProfile.Profile()
+            profs.append(pr)
+            pr.enable()
+
+        def _dump():
+            import pstats
+            stats = None
+            for pr in list(profs):
+                try:
+                    stats = pstats.Stats(pr) if stats is None else stats.add(pr)
+                except Exception:  # a profiler that saw nothing
+                    continue
+            if stats is not None:
+                stats.dump_stats(prof_out)
+
+        threading.setprofile(_start)
+        main_pr = cProfile.Profile()
+        profs.append(main_pr)
+        main_pr.enable()
+        atexit.register(_dump)
     sys.argv[0] = "greenwatch"
     runpy.run_module("greenwatch", run_name="__main__", alter_sys=True)
 """)
@@ -131,10 +160,13 @@ def _scenario(path: Path, pids: list[int]) -> None:
     Scenario(t0=time.time(), gpus=gpus, processes=procs).write(path)
 
 
-def run(quick: bool) -> Iterator[dict[str, Any]]:
-    """Measure the agent against the bare loop; yields JSON-line dicts."""
+def run(quick: bool, concurrent: str | None = None) -> Iterator[dict[str, Any]]:
+    """Measure the agent against the bare loop; yields JSON-line dicts.
+
+    ``concurrent`` names what the runner runs at the same time (``--quick`` only), for the record.
+    """
     seconds = 5.0 if quick else 60.0   # a multiple of the 5 s batch interval
-    warmup = 1.5
+    warmup = 1.0 if quick else 1.5
     from benchmarks.collector_throughput import Child, _toml, cpu_seconds, rss_mib, BareSubscriber
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -210,6 +242,7 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
                "agent_cpu_fraction": round(agent_cpu / wall, 5), "seconds": round(wall, 2),
                "median_per_5s_window": round(statistics.median(per), 5) if per else None,
                "target": TARGET_CPU_FRACTION, "ok": frac <= TARGET_CPU_FRACTION,
+               **({"concurrent": concurrent} if concurrent else {}),
                "note": "agent CPU - bare NVML loop CPU, per wall second (8 GPUs x 10 Hz, processes 1 Hz, "
                        "a batch every 5 s to a real mosquitto)"}
         yield {"name": "agent.rss_mib", "value": round(rss_peak, 1), "unit": "MiB", "target": TARGET_RSS_MIB,

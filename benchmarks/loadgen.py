@@ -88,8 +88,10 @@ class _Node:
     next_free: float = 0.0                               # earliest free_at of a free GPU
     next_end: float = math.inf                           # earliest end of a running job
     seq: int = 0
-    #: The previous batch's boundary rows (columns, segments, offsets, end_us) and job table.
-    carry: tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, int, list[JobInfo]] | None = None
+    #: The previous batch's boundary rows (columns, segments, offsets, end_us), job table, host metrics
+    #: and CPU-seconds per job id (what ``BatchBuilder`` carries into the next batch).
+    carry: tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, int, list[JobInfo], dict[str, float],
+                 dict[str, float]] | None = None
     cpu_s: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -421,8 +423,9 @@ class Fleet:
         body += [seg_arrays[k].tobytes() for k in _SEG_ORDER]
         blocks = ['{"rows":%s,"segments":%d,"holders":%d,"end_us":%d}' % (rows_json, len(seg_gpu), len(holder_job),
                                                                             end_us)]
+        carry_tail = ""
         if node.carry is not None:
-            c_cols, c_segs, c_off, c_end, prev_jobs = node.carry
+            c_cols, c_segs, c_off, c_end, prev_jobs, c_host, c_cpu = node.carry
             remap = np.array([jobs.setdefault(j, len(jobs)) for j in prev_jobs] or [0], dtype=np.int32)
             c_segs = dict(c_segs)
             c_segs["holder_job"] = remap[c_segs["holder_job"]].astype(HOLDER_COLUMNS["holder_job"])
@@ -433,9 +436,14 @@ class Fleet:
         job_list = list(jobs)
         jobs_json = _dumps([{"id": j.job_id, "user": j.user, "source": j.source} for j in job_list])
         cpu_list = [round(float(cpu.get(j.job_id, 0.0)), 6) for j in job_list] if cpu else []
+        if node.carry is not None:
+            # The previous window's host metrics and job CPU, so a refilled batch equals the original.
+            c_cpu_list = [round(float(c_cpu.get(j.job_id, 0.0)), 6) for j in job_list] if c_cpu else []
+            carry_tail = f',"carry_host":{_dumps(c_host)},"carry_job_cpu_s":{_dumps(c_cpu_list)}'
         tail = (f'"jobs":{jobs_json},"host":{_dumps(host)},"job_cpu_s":{_dumps(cpu_list)},'
-                f'"blocks":[{",".join(blocks)}]}}')
-        node.carry = _boundary(dict(zip(SAMPLE_COLUMNS, cols)), seg_arrays, offsets, end_us) + (job_list,)
+                f'"blocks":[{",".join(blocks)}]{carry_tail}}}')
+        node.carry = _boundary(dict(zip(SAMPLE_COLUMNS, cols)), seg_arrays, offsets, end_us) + (
+            job_list, dict(host), {j.job_id: float(cpu.get(j.job_id, 0.0)) for j in job_list} if cpu else {})
         return tail, b"".join(body)
 
     def _host(self, node: _Node) -> dict[str, float]:
@@ -699,12 +707,15 @@ def serve(broker: str, stdin=sys.stdin, stdout=sys.stdout) -> int:
     """Driven by a benchmark over stdin/stdout, one JSON object per line.
 
     Commands: ``generate`` (name, nodes, clones, windows, t0_us, spread, cluster, prefix, seed) builds
-    and keeps a set of batches; ``prefill`` (name, prefix, extra: {prefix: {windows, nodes}}) publishes them
-    all as fast as the broker takes them and waits for every PUBACK; ``realtime`` (name, prefix,
-    fraction) publishes a chosen fraction of the nodes, each batch when its window closes (shifted
-    by the lag if the set was generated for an earlier start) and reports how many batches were
-    published per 10 ms of window-end time; ``play`` (nodes, clones, seconds, cluster, prefix, spread)
-    generates a fleet window by window and publishes it in real time (the soak); ``quit``.
+    and keeps a set of batches; ``prefill`` (name, prefix, optional windows and fraction, extra:
+    {prefix: {windows, nodes}}) publishes them (the first ``windows`` windows of the chosen fraction of
+    the nodes, and for each extra prefix its selection) as fast as the broker takes them and waits
+    for every PUBACK; ``realtime`` (name, prefix, fraction, optional from_window) publishes a chosen
+    fraction of the nodes, from window ``from_window`` on, each batch when its window closes
+    (shifted by the lag if the set was generated for an earlier start) and reports how many
+    batches were published per 10 ms of window-end time; ``play`` (nodes, clones, seconds, cluster, prefix, spread)
+    generates a fleet window by window and publishes it in real time (the soak; windows close on
+    the wall-clock grid of the interval, or from ``first_close_in_s`` seconds on); ``quit``.
     """
     host, _, port = broker.rpartition(":")
     pub = RawPublisher(host or "127.0.0.1", int(port), client_id=f"greenwatch-loadgen-{os.getpid()}")
@@ -731,18 +742,23 @@ def serve(broker: str, stdin=sys.stdin, stdout=sys.stdout) -> int:
                    "end_us": [min(b.end_us for b in batches), max(b.end_us for b in batches)]})
         elif cmd == "prefill":
             fleet, batches = sets[req["name"]]
-            packets = [pub.packet(_retopic(b.topic, fleet.prefix, req["prefix"]), b.payload) for b in batches]
+            w_max, fraction = req.get("windows", 1 << 30), float(req.get("fraction", 1.0))
+            main = [b for b in batches if b.window < w_max and _selected(b.node, fraction)]
+            packets = [pub.packet(_retopic(b.topic, fleet.prefix, req["prefix"]), b.payload) for b in main]
             for prefix, sel in (req.get("extra") or {}).items():
                 windows, nodes = sel.get("windows", 1 << 30), sel.get("nodes", 1 << 62)
                 packets += [pub.packet(_retopic(b.topic, fleet.prefix, prefix), b.payload)
                             for b in batches if b.window < windows and b.node < nodes]
             pub.send(packets)
             ok = pub.wait_acked(120)
-            reply({"ok": ok, "sent": len(packets), "wall_s": time.perf_counter() - t_start})
+            reply({"ok": ok, "sent": len(packets), "main": len(main), "samples": sum(b.samples for b in main),
+                   "wall_s": time.perf_counter() - t_start})
         elif cmd == "realtime":
             fleet, batches = sets[req["name"]]
             fraction = float(req.get("fraction", 1.0))
-            chosen = sorted((b for b in batches if _selected(b.node, fraction)), key=lambda b: b.end_us)
+            w_min = int(req.get("from_window", 0))
+            chosen = sorted((b for b in batches if b.window >= w_min and _selected(b.node, fraction)),
+                            key=lambda b: b.end_us)
             packets = [(b.end_us, pub.packet(_retopic(b.topic, fleet.prefix, req["prefix"]), b.payload)) for b in chosen]
             lag_us = max(0, int(time.time() * 1e6) - packets[0][0]) if packets else 0
             delay_us = int(req.get("delay_us", 2_000))
@@ -769,7 +785,11 @@ def serve(broker: str, stdin=sys.stdin, stdout=sys.stdout) -> int:
         elif cmd == "play":
             # A fleet generated on the fly, each batch published when its window closes (soak runs).
             interval_us = int(req.get("interval_s", 5.0) * 1e6)
-            first_close = (int(time.time() * 1e6) // interval_us + 1) * interval_us
+            if req.get("first_close_in_s") is not None:
+                # Not on the wall-clock grid: the first window closes this soon (short runs).
+                first_close = int((time.time() + float(req["first_close_in_s"])) * 1e6)
+            else:
+                first_close = (int(time.time() * 1e6) // interval_us + 1) * interval_us
             n = int(round(req.get("rate_hz", 10.0) * req.get("interval_s", 5.0)))
             fleet = Fleet(req["nodes"], req.get("gpus", 8), req.get("rate_hz", 10.0), req.get("interval_s", 5.0),
                           cluster=req.get("cluster", "bench"), prefix=req.get("prefix", "greenwatch/v1"),

@@ -103,49 +103,130 @@ class JobCpuMeter:
     """CPU-seconds used by each job's processes (the GPU processes and their children) per window.
 
     The share of host energy a job pays is its CPU-seconds over the host's busy CPU-seconds.
-    Processes already running when first seen count from that moment, not from their start.
+    Processes already running when first seen count from that moment, not from their start;
+    processes started during the window count from their start.  A process in the trees of two
+    jobs counts once, for the job seen first.
+
+    The meter reads ``/proc`` itself, once per window and incrementally:
+
+    * one ``listdir`` of ``/proc`` gives the live PIDs;
+    * ``/proc/<pid>/stat`` is read for PIDs not seen at the previous window (their parent and
+      start time are then cached), for PIDs whose cached parent has exited (they were
+      reparented), and for every process of the jobs' trees (their CPU times are wanted);
+    * the trees (each GPU process and all its descendants) come from the cached parent map.
+
+    Every process of a tree is read anyway, so a stale parent there (a reparented process, a
+    reused PID) is noticed and that process left out.  A PID outside the trees that exits and is
+    reused between two windows keeps its old cache entry, which would hide it if the new process
+    is a job's child; every ``full_scan_every`` windows the whole cache is read again, which bounds
+    that.  With a thousand processes on the node, a window costs one directory listing and a
+    read per process of the trees, where psutil's ``children(recursive=True)`` read every
+    ``/proc/<pid>/stat`` once per GPU process.  A window with no GPU process reads nothing.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, proc_root: str = "/proc", full_scan_every: int = 12) -> None:
+        self._proc = proc_root.rstrip("/") or "/"
+        self._full_every = max(1, int(full_scan_every))
+        self._windows = 0
+        self._tick = float(os.sysconf("SC_CLK_TCK"))
         self._pids: dict[str, set[int]] = {}
-        self._seen: dict[tuple[int, float], float] = {}
-        self._window_start = time.time()
+        #: pid -> (start time in clock ticks since boot, parent pid), for every live PID seen.
+        self._tree: dict[int, tuple[int, int]] = {}
+        #: (pid, start ticks) -> CPU seconds at the previous window, for processes counted then.
+        self._seen: dict[tuple[int, int], float] = {}
+        self._window_start_ticks = self._now_ticks()
+
+    def _now_ticks(self) -> int:
+        # /proc/<pid>/stat's start time counts whole clock ticks since boot (CLOCK_BOOTTIME),
+        # rounded down: a process started in the same tick as the window counts as started in it.
+        return int(time.clock_gettime(time.CLOCK_BOOTTIME) * self._tick)
+
+    def _stat(self, pid: int) -> tuple[int, int, float] | None:
+        """(start ticks, parent pid, CPU seconds user + system) of a process, None if it is gone."""
+        try:
+            fd = os.open(f"{self._proc}/{pid}/stat", os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            raw = os.read(fd, 4096)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        # The command name (field 2) is in parentheses and may hold spaces or ')'.
+        f = raw[raw.rfind(b")") + 2:].split()
+        try:
+            return int(f[19]), int(f[1]), (int(f[11]) + int(f[12])) / self._tick
+        except (IndexError, ValueError):
+            return None
 
     def observe(self, job_id: str, pids: set[int]) -> None:
         """Record the GPU processes of a job seen by the process scan."""
         self._pids.setdefault(job_id, set()).update(pids)
 
+    def _refresh(self) -> None:
+        """Bring the parent map up to date with the live PIDs."""
+        try:
+            live = {int(n) for n in os.listdir(self._proc) if n.isdigit()}
+        except OSError:
+            live = set()
+        tree = self._tree
+        self._windows += 1
+        if self._windows % self._full_every == 0:
+            tree.clear()
+        for pid in [p for p in tree if p not in live]:
+            del tree[pid]
+        # New PIDs, and processes whose parent exited (reparented since they were read).
+        todo = [p for p in live if p not in tree]
+        todo += [p for p, (_, ppid) in tree.items() if ppid > 0 and ppid not in live]
+        for pid in todo:
+            st = self._stat(pid)
+            if st is None:
+                tree.pop(pid, None)
+            else:
+                tree[pid] = (st[0], st[1])
+
     def window(self) -> dict[str, float]:
         """CPU-seconds per job since the previous call."""
         out: dict[str, float] = {}
-        seen: dict[tuple[int, float], float] = {}
+        if not self._pids:
+            # Nothing to follow: read nothing, and start from a fresh listing when jobs come back.
+            self._seen = {}
+            self._tree.clear()
+            self._window_start_ticks = self._now_ticks()
+            return out
+        self._refresh()
+        tree = self._tree
+        children: dict[int, list[int]] = {}
+        for pid, (_, ppid) in tree.items():
+            children.setdefault(ppid, []).append(pid)
+        seen: dict[tuple[int, int], float] = {}
         counted: set[int] = set()
-        for job_id, pids in self._pids.items():
+        start_ticks = self._window_start_ticks
+        for job_id, roots in self._pids.items():
             total = 0.0
-            for pid in pids:
-                try:
-                    root = psutil.Process(pid)
-                    procs = [root] + root.children(recursive=True)
-                except psutil.Error:
+            stack: list[tuple[int, int]] = [(p, -1) for p in roots if p in tree]
+            while stack:
+                pid, parent = stack.pop()
+                if pid in counted:
                     continue
-                for proc in procs:
-                    if proc.pid in counted:
-                        continue
-                    try:
-                        with proc.oneshot():
-                            key = (proc.pid, proc.create_time())
-                            t = proc.cpu_times()
-                    except psutil.Error:
-                        continue
-                    cpu = float(t.user + t.system)
-                    last = self._seen.get(key)
-                    if last is None:
-                        last = 0.0 if key[1] >= self._window_start else cpu
-                    total += max(cpu - last, 0.0)
-                    seen[key] = cpu
-                    counted.add(proc.pid)
+                st = self._stat(pid)
+                if st is None:
+                    continue  # exited since the listing: its last window is lost, as with psutil
+                start, ppid, cpu = st
+                tree[pid] = (start, ppid)
+                if parent >= 0 and ppid != parent:
+                    continue  # the cached parent was stale (reparented, or the PID reused): not in this tree
+                counted.add(pid)
+                stack.extend((c, pid) for c in children.get(pid, ()))
+                key = (pid, start)
+                last = self._seen.get(key)
+                if last is None:
+                    last = 0.0 if start >= start_ticks else cpu
+                total += max(cpu - last, 0.0)
+                seen[key] = cpu
             out[job_id] = total
         self._seen = seen
         self._pids = {}
-        self._window_start = time.time()
+        self._window_start_ticks = self._now_ticks()
         return out
