@@ -665,3 +665,37 @@ def test_without_reload_on_change_the_file_is_read_at_init_only(nvml):
     sc.write(path)
     time.sleep(0.1)
     assert pynvml.nvmlDeviceGetComputeRunningProcesses(handle(0)) == []
+
+
+def test_agent_direct_calls_read_what_the_pynvml_wrappers_read(nvml):
+    """The agent's 10 Hz reads call NVML through pynvml's function pointers with reused buffers;
+    they must give the wrappers' values, field by field, and translate errors the same way."""
+    from greenwatch.agent.gpu import GpuError, NvmlGpu
+    from greenwatch.batch import MISSING
+
+    sc = nvml.start(Scenario(
+        t0=time.time(),
+        gpus=[GpuSpec(0, power=[Constant(-1, 30, 321.0)]), GpuSpec(1, power=[Constant(-1, 30, 123.0)],
+                                                                       energy_counter=False)],
+        errors=[ErrorSpec(0, "*", pynvml.NVML_ERROR_GPU_IS_LOST, 1.5, 2.5)],
+    ))
+    gpus = [NvmlGpu(handle(i), i) for i in range(2)]
+    assert all(g._direct for g in gpus)
+    for g in gpus:
+        direct_fast, direct_status = g.read_fast(), g.read_status()
+        g._direct = False
+        wrapped_fast, wrapped_status = g.read_fast(), g.read_status()
+        g._direct = True
+        assert direct_status == wrapped_status
+        assert direct_fast.power_mw == wrapped_fast.power_mw > 0
+        assert 0 <= wrapped_fast.t_us - direct_fast.t_us < 500_000
+        if g.has_counter:  # the counter advanced by the power over the time between the reads
+            delta_mj = wrapped_fast.energy_mj - direct_fast.energy_mj
+            assert abs(delta_mj - 321.0 * (wrapped_fast.t_us - direct_fast.t_us) / 1000) <= 2.0
+        else:
+            assert direct_fast.energy_mj == wrapped_fast.energy_mj == MISSING
+    sleep_until(sc.abs(1.7))
+    with pytest.raises(GpuError) as lost:
+        gpus[0].read_fast()
+    assert lost.value.kind == "gpu-lost"
+    assert gpus[1].read_fast().power_mw > 0
