@@ -91,6 +91,8 @@ class Sampler:
     def sample_processes(self) -> None:
         """Who holds each GPU now (the 1 Hz loop): processes mapped to jobs, plus allocations."""
         allocations = self.jobs.allocations()
+        # A process on several GPUs (data-parallel training) is resolved once per scan.
+        resolved: dict[int, JobInfo] = {}
         for k, dev in enumerate(self.devices):
             try:
                 procs = dev.processes()
@@ -101,10 +103,13 @@ class Sampler:
                 self._errors.ok(dev, "process list")
             shares: dict[str, tuple[JobInfo, float]] = {}
             for p in procs:
-                job = self.jobs.job_of_pid(p.pid)
+                job = resolved.get(p.pid)
                 if job is None:
-                    user = self.jobs.user_of_pid(p.pid)
-                    job = JobInfo(f"nojob:{user}", user, "none")
+                    job = self.jobs.job_of_pid(p.pid)
+                    if job is None:
+                        user = self.jobs.user_of_pid(p.pid)
+                        job = JobInfo(f"nojob:{user}", user, "none")
+                    resolved[p.pid] = job
                 if self._job_cpu is not None:
                     self._job_cpu.observe(job.job_id, {p.pid})
                 prev = shares.get(job.job_id)
