@@ -8,6 +8,8 @@ the carbon package's one emissions formula.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Mapping, Protocol, Sequence
 
@@ -129,7 +131,9 @@ class BlockLedger:
 
     @property
     def allocated_energy_j(self) -> float:
-        return float(sum(j.energy_j for j in self.jobs))
+        # fsum: exactly rounded, so the total does not depend on the order of the job table (a
+        # window re-accounted from a later batch's carry lists its jobs in another order).
+        return math.fsum(j.energy_j for j in self.jobs)
 
     @property
     def resets(self) -> int:
@@ -195,7 +199,7 @@ def account_block(block: Block, gpus: Sequence[GpuInfo], jobs: Sequence[JobInfo]
     j_co2 = per_job(emissions_g(h_e, intensity[holder_seg], pue[holder_seg]))
     j_mkt = per_job(emissions_g(h_e, market[holder_seg], pue[holder_seg]))
     host_job, host_un = _host_shares(host or {}, job_cpu_s, n_jobs)
-    host_total = float(host_job.sum() + host_un)
+    host_total = math.fsum(host_job.tolist()) + host_un   # order-independent, like allocated_energy_j
     if host_total > 0:
         t_end = np.array([block.end_us * 1e-6])
         h_int = float(np.asarray(carbon.intensity.intensity_at(t_end))[0])
