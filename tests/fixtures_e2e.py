@@ -159,10 +159,12 @@ class E2ERun:
 def _spawn_job_process(job: str, user: str, busy: bool = False) -> subprocess.Popen:
     """A job's process; ``busy`` ones spend a little CPU in a child (a share of host energy)."""
     env = dict(os.environ, GREENWATCH_JOB=job, GREENWATCH_USER=user)
-    if busy:  # a shell whose children count for 20000 iterations, then rest a second
-        return subprocess.Popen(["sh", "-c", "while :; do sh -c 'i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done';"
-                                 " sleep 1; done"], env=env)
-    return subprocess.Popen(["sleep", "300"], env=env)
+    if busy:  # a shell whose long-lived child spins ~10 % of a core
+        spin = "import time\nwhile True:\n    t = time.time()\n    while time.time() - t < 0.02: pass\n    time.sleep(0.18)"
+        # its own session, so that the cleanup kills the child with the shell (os.killpg)
+        return subprocess.Popen(["sh", "-c", f"{sys.executable} -c '{spin}'; sleep 1"], env=env,
+                                start_new_session=True)
+    return subprocess.Popen(["sleep", "300"], env=env, start_new_session=True)
 
 
 def _node_scenario(t0: float, node: str, gpu_powers: list[list], procs: list[tuple[int, int, int]],
@@ -321,7 +323,10 @@ def e2e_run(tmp_path_factory, mosquitto, influx_v2, mock_nvml_lib) -> Iterator[E
         raise
     finally:
         for p in jobs.values():
-            p.kill()
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             p.wait()
 
     slurm_id = SLURM_JOB["SLURM_JOB_ID"]
