@@ -18,12 +18,13 @@ sampling thread makes progress.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import signal
 import threading
 import time
-from typing import Callable, Sequence
+from typing import AsyncIterator, Callable, Sequence
 
 import aiomqtt
 
@@ -161,6 +162,31 @@ class _Backoff:
         return delay
 
 
+#: Longest wait for a connection to the broker (TCP, TLS and CONNACK) before trying again.
+_CONNECT_TIMEOUT_S = 20.0
+
+
+@contextlib.asynccontextmanager
+async def _connect(client: MqttClient, timeout_s: float) -> AsyncIterator[MqttClient]:
+    """``async with client`` whose connection attempt gives up after ``timeout_s``.
+
+    The publisher must keep retrying whatever the broker does; a connection attempt that
+    never ends (seen once in the fault tests while the broker was being restarted) would
+    otherwise leave every batch in the spool until the agent stops.
+    """
+    try:
+        await asyncio.wait_for(client.__aenter__(), timeout=timeout_s)
+    except asyncio.TimeoutError:
+        raise aiomqtt.MqttError(f"no connection within {timeout_s:g} s") from None
+    try:
+        yield client
+    except BaseException as exc:
+        if not await client.__aexit__(type(exc), exc, exc.__traceback__):
+            raise
+    else:
+        await client.__aexit__(None, None, None)
+
+
 async def _sleep_unless(event: asyncio.Event, seconds: float) -> None:
     try:
         await asyncio.wait_for(event.wait(), timeout=seconds)
@@ -201,7 +227,8 @@ class Publisher:
         reconnect = _Backoff(0.5, 30.0)
         while True:
             try:
-                async with make_client(self.cfg.mqtt, self.ident, password=self.password) as client:
+                async with _connect(make_client(self.cfg.mqtt, self.ident, password=self.password),
+                                    _CONNECT_TIMEOUT_S) as client:
                     self.connected = True
                     log.info("connected to MQTT broker %s:%d, publishing on %s%s", self.cfg.mqtt.host,
                              self.cfg.mqtt.port, self.topic,
