@@ -11,7 +11,9 @@ the absolute energy error over many random load phases:
   with 0.3 ms of timing noise;
 * ``jitter``: irregular intervals, uniform 40-160 ms plus a 250-500 ms stall 2 % of the time
   (the accuracy suite's jittered node);
-* ``dither``: one sample at a random time in each 100 ms slot (a stratified 10 Hz schedule).
+* ``dither``: one sample at a random time in each 100 ms slot (a stratified 10 Hz schedule);
+* ``avg1s``: the strict grid, but each sample is the board's mean power over the last second
+  (NVML field 185, which the agent integrates on boards without a counter).
 
 It does not run greenwatch: it isolates what sampling alone allows, so the suite's
 fallback figures can be read against it.  Not part of ``benchmarks/run.py``.
@@ -28,11 +30,11 @@ LOADS = [  # (label, low W, high W, period s, duty)
 ]
 
 
-def energy(a: np.ndarray, b: float, lo: float, hi: float, period: float, duty: float, phase: float) -> float:
-    """Exact energy of the square wave over [a, b]."""
-    def high_time(x: float) -> float:
+def energy(a, b, lo: float, hi: float, period: float, duty: float, phase: float):
+    """Exact energy of the square wave over [a, b] (scalars or arrays)."""
+    def high_time(x):
         k = np.floor((x - phase) / period)
-        return k * duty * period + min((x - phase) - k * period, duty * period)
+        return k * duty * period + np.minimum((x - phase) - k * period, duty * period)
     return lo * (b - a) + (hi - lo) * (high_time(b) - high_time(a))
 
 
@@ -52,8 +54,11 @@ def error_pct(kind: str, length_s: float, load: tuple, runs: int, rng: np.random
     errs = []
     for _ in range(runs):
         phase = rng.uniform(0, period)
-        t = np.sort(schedule(kind, length_s, rng))
-        p = np.where(((t - phase) / period) % 1.0 < duty, hi, lo)
+        t = np.sort(schedule("grid" if kind == "avg1s" else kind, length_s, rng))
+        if kind == "avg1s":
+            p = energy(t - 1.0, t, lo, hi, period, duty, phase)   # mean over the last second
+        else:
+            p = np.where(((t - phase) / period) % 1.0 < duty, hi, lo)
         est = float(np.sum((p[1:] + p[:-1]) * 0.5 * np.diff(t)))
         true = energy(t[0], t[-1], lo, hi, period, duty, phase)
         errs.append(abs(est - true) / true * 100)
@@ -62,11 +67,12 @@ def error_pct(kind: str, length_s: float, load: tuple, runs: int, rng: np.random
 
 def main() -> None:
     rng = np.random.default_rng(20240601)
-    print("| load | window | grid median / p95 | jitter median / p95 | dither median / p95 |")
-    print("|---|---:|---:|---:|---:|")
+    kinds = ("grid", "jitter", "dither", "avg1s")
+    print("| load | window | " + " | ".join(f"{k} median / p95" for k in kinds) + " |")
+    print("|---|---:|" + "---:|" * len(kinds))
     for load in LOADS:
         for length, runs in ((24.0, 400), (600.0, 40)):
-            cells = [error_pct(kind, length, load, runs, rng) for kind in ("grid", "jitter", "dither")]
+            cells = [error_pct(kind, length, load, runs, rng) for kind in kinds]
             print(f"| {load[0]} | {length:.0f} s | " + " | ".join(f"{m:.2f} / {p:.2f} %" for m, p in cells) + " |")
 
 

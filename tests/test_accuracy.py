@@ -54,6 +54,7 @@ SCAN_LAG_MAX_S = 1.0 + 0.15  # process scan period + one sample interval (+ sche
 DELIVERIES = ("clean", "drop10", "dup5")
 FAR = 1000.0                 # "for the whole run" in scenario seconds
 FI_ENERGY = 191              # NVML_FI_DEV_ENERGY, the counter field the agent reads
+FI_POWER_AVERAGE = 185       # NVML_FI_DEV_POWER_AVERAGE, integrated where a board has no counter
 
 
 @dataclass(frozen=True)
@@ -102,12 +103,8 @@ def _sq(low: float, high: float, period: float, duty: float = 0.5, a: float = -F
     return Square(a, b, low_w=low, high_w=high, period_s=period, duty=duty)
 
 
-ALIASING = ("power integration of a periodic load on a strict 10 Hz sampling grid: the sample phases repeat, "
-            "so the trapezoid error is a bias that does not average out (0-5 % at a 0.13 s period, ~9.5 % at "
-            "0.7 s, by the run's phase); see docs/accuracy.md")
-RANDOM = ("power integration with irregular sampling intervals: the trapezoid error is zero-mean noise, but over "
-          "a 24 s run its 95th percentile is ~10 % (0.13 s bursts) and ~4 % (0.737 s); see docs/accuracy.md")
-
+# Power-integration cases (no counter) integrate the board's 1 s average power (field 185), which
+# does not alias with bursty or periodic loads the way 10 Hz instant samples do (docs/accuracy.md).
 CASES: tuple[Case, ...] = (
     # ---- node "steady": the agent's SamplingThread, 10 Hz / 1 Hz
     Case("bursty", "steady", "exclusive", dict(power=[_sq(120, 600, 0.13)], counter_offset_mj=3.7e9),
@@ -136,21 +133,24 @@ CASES: tuple[Case, ...] = (
     Case("no-counter-iter", "steady", "exclusive",
          dict(power=[_sq(200, 650, 0.737, duty=0.6)], energy_counter=False),
          (Proc("nc-iter", 95),), "no counter; square 200/650 W, 0.737 s period (training iterations)"),
+    Case("no-counter-instant", "steady", "exclusive",
+         dict(power=[_sq(200, 650, 0.737, duty=0.6)], energy_counter=False),
+         (Proc("nc-inst", 95),), "no counter and no 1 s average (field 185 fails): instant power integrated; "
+         "square 200/650 W, 0.737 s period", field_errors=((FI_POWER_AVERAGE, -math.inf, math.inf),)),
     Case("no-counter-fast", "steady", "exclusive", dict(power=[_sq(120, 600, 0.13)], energy_counter=False),
-         (Proc("nc-fast", 95),), "no counter; square 120/600 W, 0.13 s period", "xfail", ALIASING),
+         (Proc("nc-fast", 95),), "no counter; square 120/600 W, 0.13 s period"),
     Case("no-counter-locked", "steady", "exclusive", dict(power=[_sq(120, 600, 0.7)], energy_counter=False),
-         (Proc("nc-locked", 95),), "no counter; square 120/600 W, 0.7 s period (7 samples per period)",
-         "xfail", ALIASING),
+         (Proc("nc-locked", 95),), "no counter; square 120/600 W, 0.7 s period (7 samples per period)"),
     # ---- node "jitter": irregular sampling intervals (40-160 ms; a 250-500 ms stall every ~5 s and at random)
     Case("jitter-bursty", "jitter", "exclusive", dict(power=[_sq(120, 600, 0.13)]),
          (Proc("j-bursty", 95),), "square 120/600 W, 0.13 s; jittered sampling"),
     Case("jitter-shared-2", "jitter", "shared", dict(power=[_sq(150, 520, 0.9, duty=0.4)]),
          (Proc("j-s2-a", 60), Proc("j-s2-b", 30)), "two jobs SM 60/30 %; jittered sampling"),
     Case("jitter-no-counter-fast", "jitter", "exclusive", dict(power=[_sq(120, 600, 0.13)], energy_counter=False),
-         (Proc("j-nc-fast", 95),), "no counter; square 120/600 W, 0.13 s; jittered sampling", "xfail", RANDOM),
+         (Proc("j-nc-fast", 95),), "no counter; square 120/600 W, 0.13 s; jittered sampling"),
     Case("jitter-no-counter-iter", "jitter", "exclusive",
          dict(power=[_sq(200, 650, 0.737, duty=0.6)], energy_counter=False),
-         (Proc("j-nc-iter", 95),), "no counter; square 200/650 W, 0.737 s; jittered sampling", "xfail", RANDOM),
+         (Proc("j-nc-iter", 95),), "no counter; square 200/650 W, 0.737 s; jittered sampling"),
 )
 NODES = {"steady": None, "jitter": 7}   # node -> jitter seed (None: the agent's SamplingThread)
 

@@ -699,3 +699,32 @@ def test_agent_direct_calls_read_what_the_pynvml_wrappers_read(nvml):
         gpus[0].read_fast()
     assert lost.value.kind == "gpu-lost"
     assert gpus[1].read_fast().power_mw > 0
+
+
+def test_agent_integrates_average_power_without_counter_and_falls_back_to_instant(nvml):
+    """A board without an energy counter is integrated from field 185 (the 1 s mean), because
+    10 Hz instant samples alias with bursty loads; a board that cannot report field 185 falls back
+    to instant power.  A steep ramp tells the two apart: the 1 s mean lags the instant value."""
+    from greenwatch.agent.gpu import NvmlGpu
+
+    ramp = [Ramp(-5.0, 60.0, 100.0, 1400.0)]   # 20 W/s: the 1 s mean is ~10 W below instant
+    sc = nvml.start(Scenario(
+        t0=time.time(),
+        gpus=[GpuSpec(0, power=ramp, energy_counter=False), GpuSpec(1, power=ramp, energy_counter=False)],
+        errors=[ErrorSpec(1, "field:185", pynvml.NVML_ERROR_NOT_SUPPORTED)],
+    ))
+    gpus = [NvmlGpu(handle(i), i) for i in range(2)]
+    for direct in (True, False):
+        for g in gpus:
+            g._direct = direct
+            before = time.time()
+            power_mw = g.read_fast().power_mw
+            after = time.time()
+            if g.index == 0:
+                lo, hi = sc.avg_power_1s_w(0, before - 1e-3), sc.avg_power_1s_w(0, after + 1e-3)
+            else:
+                lo, hi = sc.power_w(1, before - 1e-3), sc.power_w(1, after + 1e-3)
+            assert 1000 * lo - 1 <= power_mw <= 1000 * hi + 1, (direct, g.index, power_mw, lo, hi)
+            # and the other reading is clearly different, so the check above tells them apart
+            other = sc.power_w(0, before) if g.index == 0 else sc.avg_power_1s_w(1, before)
+            assert abs(power_mw - 1000 * other) > 5_000

@@ -21,6 +21,7 @@ __all__ = ["GpuError", "FastReading", "StatusReading", "GpuProcess", "GpuDevice"
            "open_nvml_gpus", "NvmlUnavailable"]
 
 # NVML constants (nvml.h); spelled out so this module documents what it depends on.
+_FI_DEV_POWER_AVERAGE = 185   # the board's mean power over the last second
 _FI_DEV_POWER_INSTANT = 186
 _FI_DEV_ENERGY = 191
 _ARCH_VOLTA = 5
@@ -122,7 +123,12 @@ class NvmlGpu(GpuDevice):
             self.power_limit_w = pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000.0
         except pynvml.NVMLError:
             self.power_limit_w = math.nan
-        self._fields = [_FI_DEV_ENERGY, _FI_DEV_POWER_INSTANT] if self.has_counter else [_FI_DEV_POWER_INSTANT]
+        # Without an energy counter, energy is the integral of sampled power.  Instant power
+        # sampled at 10 Hz aliases with bursty or periodic loads (docs/accuracy.md); the board's
+        # own 1 s average integrates to the same energy up to the window's edges, so it is
+        # preferred where the board reports it, and instant power is the fallback.
+        self._fields = ([_FI_DEV_ENERGY, _FI_DEV_POWER_INSTANT] if self.has_counter
+                        else [_FI_DEV_POWER_INSTANT, _FI_DEV_POWER_AVERAGE])
         self._last_seen_us = 0
         self._proc_util_supported = True
         self._direct = self._prepare_direct_calls()
@@ -189,6 +195,8 @@ class NvmlGpu(GpuDevice):
             if v.fieldId == _FI_DEV_ENERGY:
                 energy = int(v.value.ullVal)
             elif v.fieldId == _FI_DEV_POWER_INSTANT:
+                power = int(v.value.uiVal) if power == MISSING else power
+            elif v.fieldId == _FI_DEV_POWER_AVERAGE:
                 power = int(v.value.uiVal)
         if t_us == 0:
             raise GpuError("unknown", f"no field value of GPU {self.index} could be read")
@@ -208,6 +216,8 @@ class NvmlGpu(GpuDevice):
             if field_id == _FI_DEV_ENERGY:
                 energy = int.from_bytes(raw, "little")
             elif field_id == _FI_DEV_POWER_INSTANT:
+                power = int.from_bytes(raw[:4], "little") if power == MISSING else power
+            elif field_id == _FI_DEV_POWER_AVERAGE:
                 power = int.from_bytes(raw[:4], "little")
         if t_us == 0:
             raise GpuError("unknown", f"no field value of GPU {self.index} could be read")
