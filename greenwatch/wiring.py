@@ -46,4 +46,5 @@ def influx_store(cfg: Config):  # -> InfluxStore
             token = read_secret(cfg.influxdb.token_file)
         except SecretFileError as exc:
             raise ConfigError("influxdb.token_file", str(exc)) from None
-    return InfluxStore(cfg.influxdb.url, token, cfg.influxdb.org, cfg.influxdb.bucket, cfg.influxdb.timeout_s)
+    return InfluxStore(cfg.influxdb.url, token, cfg.influxdb.org, cfg.influxdb.bucket, cfg.influxdb.timeout_s,
+                       gzip_level=cfg.influxdb.gzip_level)

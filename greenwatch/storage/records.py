@@ -85,19 +85,46 @@ def ledger_records(cluster: str, node: str, ledger: BlockLedger, host: Mapping[s
     return out
 
 
-_ESCAPED: dict[str, str] = {}       # names and tag values seen so far, escaped (a bounded cache)
-_HEADS: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}   # "measurement,tag=value,..." per series
-_CACHE_MAX = 100_000
+class _RecentCache:
+    """A dict that forgets what it has not been asked for lately, so memory stays flat under job churn.
+
+    Series heads include job ids, and jobs come and go: a plain dict would grow with every job
+    ever seen.  Two generations: a hit in the old one moves the entry to the new one, and after
+    ``4 × len(old)`` lookups (at least ``floor``) the old generation is dropped.  Entries in use
+    (every live series is looked up once per batch) survive; those of finished jobs go within
+    about eight batches.  Memory is bounded by about twice the live set.
+    """
+
+    def __init__(self, floor: int = 4096) -> None:
+        self._floor = floor
+        self._new: dict = {}
+        self._old: dict = {}
+        self._lookups = 0
+
+    def get(self, key):
+        self._lookups += 1
+        value = self._new.get(key)
+        if value is None:
+            value = self._old.get(key)
+            if value is not None:
+                self._new[key] = value
+            if self._lookups >= max(self._floor, 4 * len(self._old)):
+                self._old, self._new, self._lookups = self._new, {}, 0
+        return value
+
+    def put(self, key, value) -> None:
+        self._new[key] = value
+
+    def __len__(self) -> int:
+        return len(self._new) + len(self._old)
+
+
+_FIELD_KEYS: dict[str, str] = {}    # field names, escaped: a fixed set (the data model's)
+_HEADS = _RecentCache()             # "measurement,tag=value,..." per series
 
 
 def _escape_key(s: str) -> str:
-    e = _ESCAPED.get(s)
-    if e is None:
-        e = s.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
-        if len(_ESCAPED) >= _CACHE_MAX:
-            _ESCAPED.clear()
-        _ESCAPED[s] = e
-    return e
+    return s.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
 
 
 def _field_value(v: float | int | str) -> str:
@@ -120,16 +147,14 @@ def _head(measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
     h = _HEADS.get(key)
     if h is None:
         h = _escape_key(measurement) + "".join(f",{_escape_key(k)}={_escape_key(v)}" for k, v in tags if v != "")
-        if len(_HEADS) >= _CACHE_MAX:
-            _HEADS.clear()
-        _HEADS[key] = h
+        _HEADS.put(key, h)
     return h
 
 
 def line_protocol(records: Iterable[Record]) -> str:
     """InfluxDB line protocol, nanosecond precision."""
     lines = []
-    esc = _ESCAPED
+    esc = _FIELD_KEYS
     for r in records:
         if not r.fields:
             continue
@@ -137,7 +162,7 @@ def line_protocol(records: Iterable[Record]) -> str:
         for k, v in r.fields:
             ek = esc.get(k)
             if ek is None:
-                ek = _escape_key(k)
+                ek = esc[k] = _escape_key(k)
             t = type(v)
             if t is float:
                 parts.append(f"{ek}={float.__repr__(v)}")
