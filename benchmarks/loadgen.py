@@ -426,7 +426,9 @@ class Fleet:
         carry_tail = ""
         if node.carry is not None:
             c_cols, c_segs, c_off, c_end, prev_jobs, c_host, c_cpu = node.carry
-            remap = np.array([jobs.setdefault(j, len(jobs)) for j in prev_jobs] or [0], dtype=np.int32)
+            remap = np.zeros(max(len(prev_jobs), 1), dtype=np.int32)   # only the jobs the carry refers to
+            for k in np.unique(c_segs["holder_job"]).tolist():
+                remap[k] = jobs.setdefault(prev_jobs[k], len(jobs))
             c_segs = dict(c_segs)
             c_segs["holder_job"] = remap[c_segs["holder_job"]].astype(HOLDER_COLUMNS["holder_job"])
             body += [c_cols[k].tobytes() for k in SAMPLE_COLUMNS]

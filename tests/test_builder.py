@@ -220,6 +220,24 @@ def test_jobs_that_ended_at_the_cut_are_in_the_next_job_table():
     assert len({j.job_id for j in b1.jobs}) == len(b1.jobs) == 3
 
 
+def test_a_jobs_entry_leaves_the_job_table_once_neither_the_block_nor_the_carry_refers_to_it():
+    """A job that ended is carried once (in the next batch's carry) and then dropped: otherwise every
+    job a node ever ran would ride along in every batch and the batches would grow without end."""
+    n = 60                                              # one job after the other, each 3 samples long
+    tr = [_trace(n, holders={i: [holder(f"job{i // 3}", 80.0)] for i in range(0, n, 3)})]
+    batches = build_batches(tr, [T0 + (3 * k + 2) * DT + 50 for k in range(n // 3 - 1)])
+    for b in batches:
+        referred = {int(j) for j in b.block.segments["holder_job"]}
+        if b.carry is not None:
+            referred |= {int(j) for j in b.carry.segments["holder_job"]}
+        assert referred == set(range(len(b.jobs))), [j.job_id for j in b.jobs]
+        assert len(b.jobs) <= 3
+    # and the carried holders still resolve to the right jobs
+    last, prev = batches[-1], batches[-2]
+    assert [prev.jobs[int(j)].job_id for j in prev.block.segments["holder_job"]] == \
+        [last.jobs[int(j)].job_id for j in last.carry.segments["holder_job"]]
+
+
 def test_carry_of_a_gpu_with_a_single_segment_is_two_rows():
     tr = [_trace(10, holders={0: [holder("x", 50.0)]})]
     b0, b1 = build_batches(tr, [T0 + 5 * DT + 50])

@@ -152,8 +152,12 @@ class BatchBuilder:
         carry_cpu: dict[str, float] = {}
         if self._carry is not None:
             # The carried block's holders point into the previous batch's job table: re-index them.
+            # Only the jobs the carried rows refer to: carrying the whole previous table would carry
+            # its carried jobs too, and every job the node ever ran would ride along in every batch.
             prev_block, prev_jobs, carry_host, carry_cpu = self._carry
-            remap = np.array([job_index(j) for j in prev_jobs] or [0], dtype=np.int32)
+            remap = np.zeros(max(len(prev_jobs), 1), dtype=np.int32)
+            for k in np.unique(prev_block.segments["holder_job"]).tolist():
+                remap[k] = job_index(prev_jobs[k])
             segs = dict(prev_block.segments)
             segs["holder_job"] = remap[segs["holder_job"]].astype(HOLDER_COLUMNS["holder_job"])
             carry = Block(prev_block.gpu_offsets, prev_block.columns, segs, prev_block.end_us)
