@@ -8,7 +8,9 @@ record (messages not yet acknowledged, bodies not yet durable, spill), and Influ
 give every batch's latency from window end to visible.
 
 Lines: ``soak.rss_growth_mib_per_min`` (least-squares slope of the collector's RSS over the
-second half of the run: memory flat means ~0), ``soak.backlog_max`` / ``soak.backlog_end``
+second half of the run: memory flat means ~0), ``soak.heap_growth_pct_per_min`` (the same for
+the Python heap the collector reports, which RSS's allocator high-water marks do not blur),
+``soak.malloc_growth_mib_per_min`` (the same for what its C allocator has in use), ``soak.backlog_max`` / ``soak.backlog_end``
 (unacknowledged messages + bodies not yet written; no queue growth means the end value is
 back near zero between bursts), ``soak.delivered_fraction`` (batches visible in InfluxDB /
 published), ``soak.latency_p99_s``.
@@ -72,9 +74,10 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
                                          "cpu_s": cpu_seconds(coll.pid) - cpu0}
                 try:
                     h = rig.query('SELECT last("unacked") AS unacked, last("pending_bodies") AS pending, '
-                                  'last("spill_files") AS spill, last("batches") AS batches FROM "collector"', "soak")
+                                  'last("spill_files") AS spill, last("batches") AS batches, '
+                                  'last("heap_blocks") AS heap, last("malloc_bytes") AS malloc FROM "collector"', "soak")
                     if h:
-                        row.update({k: float(h[0][k] or 0) for k in ("unacked", "pending", "spill", "batches")})
+                        row.update({k: float(h[0][k] or 0) for k in ("unacked", "pending", "spill", "batches", "heap", "malloc")})
                 except Exception:
                     pass
                 samples.append(row)
@@ -109,6 +112,18 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
                                                                    round(samples[-1]["rss_mib"], 1)] if samples else None,
                "rss_mib_max": round(max(r["rss_mib"] for r in samples), 1) if samples else None,
                "note": "least-squares slope of the collector's RSS over the second half of the run"}
+        heap = [(r["t"] / 60.0, r["heap"]) for r in half if r.get("heap")]
+        heap_mean = statistics.fmean(v for _, v in heap) if heap else float("nan")
+        yield {"name": "soak.heap_growth_pct_per_min", "value": round(100 * _slope(heap) / heap_mean, 3) if heap else None,
+               "unit": "%/min", "heap_blocks_first_last": [heap[0][1], heap[-1][1]] if heap else None,
+               "note": "least-squares slope of the collector's Python heap (allocated blocks, from its health "
+                       "record) over the second half, relative to its mean: what the collector holds, "
+                       "without the allocator's high-water mark that RSS keeps after a backlog burst"}
+        native = [(r["t"] / 60.0, r["malloc"] / 2**20) for r in half if r.get("malloc", -1) > 0]
+        yield {"name": "soak.malloc_growth_mib_per_min", "value": round(_slope(native), 3) if native else None,
+               "unit": "MiB/min", "malloc_mib_first_last": [round(native[0][1], 1), round(native[-1][1], 1)] if native else None,
+               "note": "least-squares slope over the second half of the bytes the collector's C allocator has in use "
+                       "(glibc mallinfo2, from its health record): numpy arrays, large bytes objects"}
         yield {"name": "soak.backlog_max", "value": max(backlog, default=0), "unit": "messages+bodies",
                "backlog_end": backlog[-1] if backlog else None,
                "backlog_median": statistics.median(backlog) if backlog else None,

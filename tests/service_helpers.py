@@ -81,8 +81,8 @@ def job_energy(query: Callable[..., list[dict]], bucket: str) -> dict[str, float
 def health(query: Callable[..., list[dict]], bucket: str) -> dict:
     """The latest collector health record in a bucket ({} if none yet)."""
     rows = query('SELECT last("batches") AS batches, last("unacked") AS unacked, last("spill_files") AS spill_files, '
-                 'last("rejected") AS rejected, last("messages") AS messages, last("duplicates") AS duplicates '
-                 'FROM "collector"', bucket)
+                 'last("rejected") AS rejected, last("messages") AS messages, last("duplicates") AS duplicates, '
+                 'last("heap_blocks") AS heap_blocks, last("malloc_bytes") AS malloc_bytes FROM "collector"', bucket)
     return rows[0] if rows else {}
 
 

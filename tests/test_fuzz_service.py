@@ -255,6 +255,8 @@ def test_ten_thousand_hostile_payloads_through_broker_and_collector(tmp_path, mo
     assert stats["messages"] == len(stream)
     assert stats["rejected"] == len(hostile), stats
     assert stats["batches"] == BATCHES_PER_NODE * len(NODES) and stats["duplicates"] == 0
+    # The collector reports its Python heap and its C allocator's bytes in use (a live interpreter's sizes).
+    assert stats["heap_blocks"] > 10_000 and stats["malloc_bytes"] > 1 << 20, stats
     measured = job_energy(influx_v2.query, bucket)
     assert set(measured) == set(truth)
     for job, true_j in truth.items():
