@@ -13,7 +13,7 @@ import math
 import struct
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from greenwatch.batch import MISSING
 
@@ -77,9 +77,68 @@ class GpuDevice(ABC):
 
     @abstractmethod
     def read_fast(self) -> FastReading:
-        """Energy counter and power in one read, with the library's own timestamp."""
+        if self._direct:
+            return self._read_fast_direct()
+        nv = self._nvml
+        try:
+            values = nv.nvmlDeviceGetFieldValues(self._h, self._fields)
+        except nv.NVMLError as exc:
+            raise _translate(exc) from None
+        # ullVal spans the whole value union; a uiVal is its low 32 bits (little-endian).
+        return self._fast_reading((v.fieldId, v.nvmlReturn, int(v.timestamp), int(v.value.ullVal)) for v in values)
 
-    @abstractmethod
+    def _read_fast_direct(self) -> FastReading:
+        ret = self._fn_fields(self._h, self._fv_n, self._fv_ref)
+        if ret != 0:
+            raise _translate(self._nvml.NVMLError(ret)) from None
+        entries = []
+        for i in range(len(self._fields)):
+            field_id, _, ts, _, _, rc, raw = _FIELD_VALUE.unpack_from(self._fv_bytes, i * _FIELD_VALUE.size)
+            entries.append((field_id, rc, ts, int.from_bytes(raw, "little")))
+        return self._fast_reading(entries)
+
+    def _fast_reading(self, entries: Iterable[tuple[int, int, int, int]]) -> FastReading:
+        """One reading from field values given as (field id, return code, timestamp µs, 64-bit value).
+
+        Each entry has its own return code: one failed field must not discard the others.  Power is
+        the board's 1 s average where it was read (GPUs without a counter), else instant power.
+        """
+        energy = instant = average = MISSING
+        t_us = 0
+        for field_id, rc, ts, value in entries:
+            if rc != 0:
+                continue
+            t_us = max(t_us, ts)
+            if field_id == _FI_DEV_ENERGY:
+                energy = value
+            elif field_id == _FI_DEV_POWER_INSTANT:
+                instant = value & 0xFFFFFFFF
+            elif field_id == _FI_DEV_POWER_AVERAGE:
+                average = value & 0xFFFFFFFF
+        if t_us == 0:
+            raise GpuError("unknown", f"no field value of GPU {self.index} could be read")
+        return FastReading(t_us, energy, average if average != MISSING else instant)
+
+    def _read_status_direct(self) -> StatusReading:
+        h = self._h
+        util_gpu = util_mem = mem = temp = clock = MISSING
+        if self._ok(self._fn_util(h, ctypes.byref(self._util))):
+            util_gpu, util_mem = int(self._util[0]), int(self._util[1])
+        if self._ok(self._fn_mem(h, ctypes.byref(self._mem))):
+            mem = int(self._mem[2]) >> 20
+        if self._ok(self._fn_temp(h, self._temp_sensor, ctypes.byref(self._uint))):
+            temp = int(self._uint.value)
+        if self._ok(self._fn_clock(h, self._clock_sm, ctypes.byref(self._uint))):
+            clock = int(self._uint.value)
+        return StatusReading(util_gpu, util_mem, mem, temp, clock)
+
+    def _ok(self, ret: int) -> bool:
+        """True for NVML_SUCCESS; a fatal error raises, any other leaves that reading MISSING."""
+        if ret == 0:
+            return True
+        _raise_if_fatal(self._nvml.NVMLError(ret))
+        return False
+
     def read_status(self) -> StatusReading:
         """Utilisation, memory, temperature and clock; failed parts are MISSING."""
 

@@ -23,7 +23,7 @@ import logging
 import signal
 import sys
 import time
-from typing import Protocol
+from typing import Callable, Protocol
 
 import aiomqtt
 import numpy as np
@@ -79,18 +79,27 @@ class _MallInfo2(ctypes.Structure):
                                                        "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
+def _bind_mallinfo2() -> Callable[[], _MallInfo2] | None:
+    try:
+        fn = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):   # not glibc, or glibc before 2.33
+        return None
+    fn.restype = _MallInfo2
+    return fn
+
+
+_mallinfo2 = _bind_mallinfo2()
+
+
 def _malloc_in_use() -> int:
     """Bytes the C allocator has handed out and not got back (glibc's mallinfo2; -1 elsewhere).
 
     With ``heap_blocks`` (Python's small objects) this tells a leak from RSS that merely keeps
     the high-water mark of a burst: numpy arrays and large bytes objects live here.
     """
-    try:
-        fn = ctypes.CDLL(None).mallinfo2
-    except (OSError, AttributeError):
+    if _mallinfo2 is None:
         return -1
-    fn.restype = _MallInfo2
-    info = fn()
+    info = _mallinfo2()
     return int(info.uordblks + info.hblkhd)
 
 

@@ -108,6 +108,7 @@ class _RecentCache:
             value = self._old.get(key)
             if value is not None:
                 self._new[key] = value
+            # Checked on misses only: only a miss is followed by a put, so this bounds the size.
             if self._lookups >= max(self._floor, 4 * len(self._old)):
                 self._old, self._new, self._lookups = self._new, {}, 0
         return value
