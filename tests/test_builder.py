@@ -252,8 +252,8 @@ def test_a_job_seen_through_a_process_and_through_the_mapping_is_one_job():
     """A Slurm job using one GPU (seen via its process) and holding another idle (seen via the
     prolog's mapping) must be one entry in the job table: two entries would give two records
     with the same series key and time, and the store would keep only one of them."""
-    from greenwatch.attribution import AttributionSettings, account_block
-    from greenwatch.storage.records import ledger_records
+    from greenwatch.attribution import AttributionSettings, LedgerInput, account_blocks
+    from greenwatch.storage.records import BlockSource, table_records
 
     from helpers import carbon_ctx
 
@@ -266,8 +266,8 @@ def test_a_job_seen_through_a_process_and_through_the_mapping_is_one_job():
         assert [(j.job_id, j.user) for j in b.jobs] == [("42", "carol")]
         assert b.job_cpu_s == [1.5]
     assert b1.carry is not None and b1.carry_job_cpu_s == [1.5]
-    ledger = account_block(b1.block, b1.gpus, b1.jobs, AttributionSettings("equal", 60.0), carbon_ctx())
-    records = [r for r in ledger_records("c1", "n1", ledger) if r.measurement == "job_energy"]
+    table = account_blocks([LedgerInput(b1.block, b1.gpus, b1.jobs)], AttributionSettings("equal", 60.0), carbon_ctx())
+    records = [r for r in table_records(table, [BlockSource("c1", "n1")]) if r.measurement == "job_energy"]
     assert len(records) == 1
     (only,) = records
     expected_mj = sum(t.energy_mj[-1] - t.energy_mj[2] for t in tr)     # rows 2..5 of both GPUs

@@ -1,6 +1,7 @@
 """Attribution: turns a batch's samples into energy per GPU, per job and unallocated, priced in CO2.
 
-Entry point: :func:`account_block`.  Formulas are explained in docs/methodology.md.
+Entry points: :func:`account_blocks` (many blocks in one pass, the collector) and
+:func:`account_block` (one block, as a :class:`BlockLedger`).  Formulas are explained in docs/methodology.md.
 """
 
 from greenwatch.attribution.ledger import (
@@ -9,7 +10,13 @@ from greenwatch.attribution.ledger import (
     CarbonContext,
     GpuLine,
     JobLine,
+    BLOCK_VALUES,
+    JOB_VALUES,
+    LedgerInput,
+    LedgerTable,
     account_block,
+    account_blocks,
 )
 
-__all__ = ["AttributionSettings", "BlockLedger", "CarbonContext", "GpuLine", "JobLine", "account_block"]
+__all__ = ["AttributionSettings", "BlockLedger", "CarbonContext", "GpuLine", "JobLine", "LedgerInput", "LedgerTable",
+           "BLOCK_VALUES", "JOB_VALUES", "account_block", "account_blocks"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol, Sequence
+from typing import Mapping, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
@@ -19,7 +19,8 @@ from greenwatch.attribution import kernel
 from greenwatch.batch import Block, GpuInfo, JobInfo
 from greenwatch.carbon import emissions_g, market_intensity
 
-__all__ = ["AttributionSettings", "CarbonContext", "JobLine", "JobGpuLine", "GpuLine", "BlockLedger", "account_block"]
+__all__ = ["AttributionSettings", "CarbonContext", "JobLine", "JobGpuLine", "GpuLine", "BlockLedger", "LedgerInput",
+           "LedgerTable", "JOB_VALUES", "BLOCK_VALUES", "account_block", "account_blocks"]
 
 _POLICIES = {"equal": kernel.IDLE_EQUAL, "proportional": kernel.IDLE_PROPORTIONAL, "unallocated": kernel.IDLE_UNALLOCATED}
 
@@ -153,102 +154,245 @@ def _host_shares(host: Mapping[str, float], job_cpu_s: Sequence[float], n_jobs: 
     return per_job, energy - float(per_job.sum())
 
 
-def _average(values: np.ndarray, weights: np.ndarray | None) -> float:
-    """``float(np.average(values, weights=weights))`` for 1-d float64 arrays, the same operations without its
-    argument handling (which costs more than the arithmetic at a few dozen segments)."""
-    if weights is None:
-        return float(values.mean())
-    return float(np.multiply(values, weights).sum() / weights.sum())
+class LedgerInput(NamedTuple):
+    """One block to account, with the GPU and job tables its indices refer to."""
+
+    block: Block
+    gpus: Sequence[GpuInfo]
+    jobs: Sequence[JobInfo]
+    host: Mapping[str, float] | None = None
+    job_cpu_s: Sequence[float] = ()
+
+
+@dataclass
+class LedgerTable:
+    """The ledgers of many blocks at once, as columns (what the collector stores).
+
+    Rows of every table are block-major and keep each block's order: GPUs in batch order,
+    jobs in job-table order (only jobs with a share), (job, GPU) pairs ascending.  ``*_ptr``
+    arrays delimit each block's rows (``gpu_ptr[k]:gpu_ptr[k + 1]`` are block k's GPUs).
+    Every number of a block is computed from that block alone, in the same order whatever
+    else is in the table, so a block gives the same bits accounted alone or among others.
+    """
+
+    end_us: np.ndarray                      # int64[B]
+    # per GPU
+    gpu_ptr: np.ndarray
+    gpus: list[GpuInfo]
+    gpu_energy_j: np.ndarray
+    gpu_unallocated_j: np.ndarray
+    gpu_summary: np.ndarray                 # float64[G, 7], see kernel.gpu_summaries
+    gpu_samples: np.ndarray                 # int64[G]
+    gpu_resets: np.ndarray
+    gpu_integrated: np.ndarray
+    # per job with a share
+    job_ptr: np.ndarray
+    jobs: list[JobInfo]
+    job_values: np.ndarray                  # float64[J, 7]: JOB_VALUES
+    # per (job, GPU) pair
+    pair_ptr: np.ndarray
+    pair_jobs: list[JobInfo]
+    pair_gpus: list[GpuInfo]
+    pair_values: np.ndarray                 # float64[P, 3]: energy J, idle J, GPU-seconds
+    # per block
+    block_values: np.ndarray                # float64[B, 10]: BLOCK_VALUES
+    block_resets: np.ndarray                # int64[B]
+    host_energy_measured: np.ndarray        # bool[B]
+    # per segment
+    seg_ptr: np.ndarray
+    seg_start_s: np.ndarray
+    seg_gpu: np.ndarray                     # index into the block's own GPUs
+    seg_energy_j: np.ndarray
+
+    @property
+    def n_blocks(self) -> int:
+        return int(self.end_us.shape[0])
+
+    def ledger(self, k: int) -> BlockLedger:
+        """Block ``k`` as a :class:`BlockLedger` (reports, the demo and tests read these)."""
+        g0, g1 = int(self.gpu_ptr[k]), int(self.gpu_ptr[k + 1])
+        j0, j1 = int(self.job_ptr[k]), int(self.job_ptr[k + 1])
+        p0, p1 = int(self.pair_ptr[k]), int(self.pair_ptr[k + 1])
+        s0, s1 = int(self.seg_ptr[k]), int(self.seg_ptr[k + 1])
+        ge, gun = self.gpu_energy_j[g0:g1].tolist(), self.gpu_unallocated_j[g0:g1].tolist()
+        summ, samples = self.gpu_summary[g0:g1].tolist(), self.gpu_samples[g0:g1].tolist()
+        res, integ = self.gpu_resets[g0:g1].tolist(), self.gpu_integrated[g0:g1].tolist()
+        gpus = [GpuLine(g.uuid, g.index, g.name, ge[i], gun[i], *summ[i], g.power_limit_w, samples[i],
+                        g.has_counter, res[i], integ[i])
+                for i, g in enumerate(self.gpus[g0:g1])]
+        jobs = [JobLine(j.job_id, j.user, *v) for j, v in zip(self.jobs[j0:j1], self.job_values[j0:j1].tolist())]
+        pairs = [JobGpuLine(j.job_id, j.user, g.uuid, *v)
+                 for j, g, v in zip(self.pair_jobs[p0:p1], self.pair_gpus[p0:p1], self.pair_values[p0:p1].tolist())]
+        b = dict(zip(BLOCK_VALUES, self.block_values[k].tolist()))
+        del b["allocated_energy_j"]   # a property of BlockLedger, from its job lines
+        return BlockLedger(end_us=int(self.end_us[k]), jobs=jobs, gpus=gpus, job_gpus=pairs, **b,
+                           host_energy_measured=bool(self.host_energy_measured[k]),
+                           segment_start_s=self.seg_start_s[s0:s1], segment_gpu=self.seg_gpu[s0:s1],
+                           segment_energy_j=self.seg_energy_j[s0:s1])
+
+
+#: Columns of ``LedgerTable.job_values`` (the order of JobLine's numbers).
+JOB_VALUES = ("energy_j", "idle_energy_j", "gpu_seconds", "facility_energy_j", "co2_g", "co2_market_g",
+              "host_energy_j")
+#: Columns of ``LedgerTable.block_values``.
+BLOCK_VALUES = ("gpu_energy_j", "allocated_energy_j", "unallocated_energy_j", "facility_energy_j", "co2_g",
+                "co2_market_g", "intensity_g_per_kwh", "pue", "host_energy_j", "host_unallocated_j")
+
+
+def _starts(counts: list[int]) -> np.ndarray:
+    """Exclusive prefix sums: where each block's rows start, and the total last."""
+    out = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=out[1:])
+    return out
+
+
+def _concat(parts: list[np.ndarray], dtype: type = np.int64) -> np.ndarray:
+    return parts[0].astype(dtype) if len(parts) == 1 else np.concatenate(parts).astype(dtype, copy=False)
+
+
+def _per_block(block_of: np.ndarray, values: np.ndarray, n_blocks: int) -> np.ndarray:
+    """Sum per block, in row order (so a block's sum does not depend on the other blocks)."""
+    return np.bincount(block_of, weights=values, minlength=n_blocks)
+
+
+def account_blocks(inputs: Sequence[LedgerInput], settings: AttributionSettings,
+                   carbon: CarbonContext) -> LedgerTable:
+    """Attribute many blocks' energy to jobs and price it in CO2, in one pass over all their rows.
+
+    The blocks' columns are concatenated (indices shifted) and each compiled kernel runs once
+    for all of them, so the per-block cost is a few array slices rather than a few dozen numpy
+    calls.  With a block's ``host`` metrics and ``job_cpu_s``, the host's CPU energy is split
+    among its jobs by CPU-time share and priced at the block's end time.
+    """
+    n_b = len(inputs)
+    blocks = [x.block for x in inputs]
+    segs = [b.segments for b in blocks]
+    n_gpu = [len(x.gpus) for x in inputs]
+    n_row = [int(b.gpu_offsets[-1]) for b in blocks]
+    n_seg = [s["seg_gpu"].shape[0] for s in segs]
+    n_hold = [s["holder_job"].shape[0] for s in segs]
+    n_job = [len(x.jobs) for x in inputs]
+    gpu_base, row_base, seg_base, hold_base, job_base = map(_starts, (n_gpu, n_row, n_seg, n_hold, n_job))
+    seg_block = np.repeat(np.arange(n_b), n_seg)
+    gpu_block = np.repeat(np.arange(n_b), n_gpu)
+    job_block = np.repeat(np.arange(n_b), n_job)
+    gpus = [g for x in inputs for g in x.gpus]
+    jobs = [j for x in inputs for j in x.jobs]
+    n_gpu_all, n_job_all = len(gpus), len(jobs)
+
+    def cols(name: str) -> np.ndarray:
+        # Always a fresh (writable) array, even for one block: the kernels are then compiled for one
+        # array type only, not also for the read-only views decoding yields.
+        return np.concatenate([b.columns[name] for b in blocks])
+
+    t_us, energy_mj, power_mw = cols("t_us"), cols("energy_mj"), cols("power_mw")
+    offsets = np.append(_concat([b.gpu_offsets[:-1] for b in blocks]) + np.repeat(row_base[:-1], n_gpu), row_base[-1])
+    seg_gpu_local = _concat([s["seg_gpu"] for s in segs])
+    seg_gpu = seg_gpu_local + gpu_base[seg_block]
+    seg_row = _concat([s["seg_row"] for s in segs]) + row_base[seg_block]
+    holder_ptr = np.append(_concat([s["holder_ptr"][:-1] for s in segs]) + hold_base[seg_block], hold_base[-1])
+    holder_job = _concat([s["holder_job"] for s in segs]) + np.repeat(job_base[:-1], n_hold)
+    holder_sm = _concat([s["holder_sm"] for s in segs], np.float64)
+    has_counter = np.array([g.has_counter for g in gpus], dtype=np.bool_)
+    anchored = np.array([g.anchored for g in gpus], dtype=np.bool_)
+
+    seg_mj, seg_j, seg_s, resets, integrated = kernel.segment_energy(
+        t_us, energy_mj, power_mw, offsets, has_counter, seg_gpu, seg_row)
+    seg_energy = seg_mj * 1e-3 + seg_j
+    h_e, h_idle, h_s, seg_unalloc = kernel.split_segments(
+        seg_energy, seg_s, seg_gpu, holder_ptr, holder_sm, np.full(n_gpu_all, settings.idle_power_w),
+        _POLICIES[settings.idle_policy])
+
+    # Carbon: every segment is priced at the intensity and PUE of its own start time.
+    seg_t = t_us[seg_row].astype(np.float64) * 1e-6
+    intensity = np.asarray(carbon.intensity.intensity_at(seg_t), dtype=np.float64)
+    market = np.asarray(market_intensity(intensity, carbon.market_factor_g_per_kwh), dtype=np.float64)
+    pue = np.asarray(carbon.pue.pue_at(seg_t), dtype=np.float64)
+    holder_seg = np.repeat(np.arange(seg_gpu.shape[0]), np.diff(holder_ptr))
+
+    def per_job(values: np.ndarray) -> np.ndarray:
+        return np.bincount(holder_job, weights=values, minlength=n_job_all)
+
+    # Host CPU energy: split per block by CPU time, priced at the block's end.
+    host_job_parts, host_un = [], np.zeros(n_b)
+    for k, x in enumerate(inputs):
+        shares, host_un[k] = _host_shares(x.host or {}, x.job_cpu_s, n_job[k])
+        host_job_parts.append(shares)
+    host_job = _concat(host_job_parts, np.float64) if n_job_all else np.zeros(0)
+    hj = host_job.tolist()
+    # fsum: exactly rounded, so the total does not depend on the order of the job table (a
+    # window re-accounted from a later batch's carry lists its jobs in another order).
+    host_total = np.array([math.fsum(hj[job_base[k]:job_base[k + 1]]) + host_un[k] for k in range(n_b)])
+    h_int, h_mkt, h_pue = np.zeros(n_b), np.zeros(n_b), np.zeros(n_b)
+    priced = np.flatnonzero(host_total > 0)
+    if priced.shape[0]:
+        t_end = np.array([blocks[k].end_us for k in priced.tolist()], dtype=np.float64) * 1e-6
+        h_int[priced] = np.asarray(carbon.intensity.intensity_at(t_end), dtype=np.float64)
+        h_mkt[priced] = np.asarray(market_intensity(h_int[priced], carbon.market_factor_g_per_kwh), dtype=np.float64)
+        h_pue[priced] = np.asarray(carbon.pue.pue_at(t_end), dtype=np.float64)
+
+    seg_pue, seg_int, seg_mkt = pue[holder_seg], intensity[holder_seg], market[holder_seg]
+    hb = job_block
+    job_values = np.stack([
+        per_job(h_e), per_job(h_idle), per_job(h_s),
+        per_job(h_e * seg_pue) + host_job * h_pue[hb],
+        per_job(emissions_g(h_e, seg_int, seg_pue)) + emissions_g(host_job, h_int[hb], h_pue[hb]),
+        per_job(emissions_g(h_e, seg_mkt, seg_pue)) + emissions_g(host_job, h_mkt[hb], h_pue[hb]),
+        host_job], axis=1) if n_job_all else np.zeros((0, len(JOB_VALUES)))
+    present = np.flatnonzero((np.bincount(holder_job, minlength=n_job_all) > 0) | (host_job > 0))
+
+    # (job, GPU) pairs, ascending: job-major within a block, blocks in order.
+    width = max(max(n_gpu, default=1), 1)
+    pair_key = holder_job * width + seg_gpu_local[holder_seg]
+    keys, pair_of = np.unique(pair_key, return_inverse=True)
+    pair_job = keys // width
+    pair_gpu = gpu_base[job_block[pair_job]] + keys % width
+    pair_values = np.stack([np.bincount(pair_of, weights=w, minlength=keys.shape[0]) for w in (h_e, h_idle, h_s)],
+                           axis=1) if keys.shape[0] else np.zeros((0, 3))
+
+    summary = kernel.gpu_summaries(cols("power_mw"), cols("util_gpu"), cols("util_mem"), cols("mem_used_mib"),
+                                   cols("temp_c"), cols("sm_clock_mhz"), offsets, anchored)
+    samples = np.maximum(np.diff(offsets) - anchored, 0)
+
+    total = _per_block(seg_block, seg_energy, n_b)
+    seg_count = np.bincount(seg_block, minlength=n_b)
+    # Energy-weighted means of intensity and PUE (plain means where a block has no energy).
+    weighted = total[seg_block] > 0
+    w = np.where(weighted, seg_energy, 1.0)
+    denom = np.where(total > 0, total, seg_count)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_int = np.where(seg_count > 0, _per_block(seg_block, intensity * w, n_b) / denom, np.nan)
+        mean_pue = np.where(seg_count > 0, _per_block(seg_block, pue * w, n_b) / denom, np.nan)
+    jv = job_values[:, 0].tolist()
+    allocated = [math.fsum(jv[job_base[k]:job_base[k + 1]]) for k in range(n_b)]
+    block_values = np.stack([
+        total, np.array(allocated), _per_block(seg_block, seg_unalloc, n_b),
+        _per_block(seg_block, seg_energy * pue, n_b) + host_total * h_pue,
+        _per_block(seg_block, emissions_g(seg_energy, intensity, pue), n_b) + emissions_g(host_total, h_int, h_pue),
+        _per_block(seg_block, emissions_g(seg_energy, market, pue), n_b) + emissions_g(host_total, h_mkt, h_pue),
+        mean_int, mean_pue, host_total, host_un], axis=1)
+
+    return LedgerTable(
+        end_us=np.array([b.end_us for b in blocks], dtype=np.int64),
+        gpu_ptr=gpu_base, gpus=gpus,
+        gpu_energy_j=np.bincount(seg_gpu, weights=seg_energy, minlength=n_gpu_all),
+        gpu_unallocated_j=np.bincount(seg_gpu, weights=seg_unalloc, minlength=n_gpu_all),
+        gpu_summary=summary, gpu_samples=samples, gpu_resets=resets, gpu_integrated=integrated,
+        job_ptr=np.searchsorted(present, job_base), jobs=[jobs[i] for i in present.tolist()],
+        job_values=job_values[present],
+        pair_ptr=np.searchsorted(pair_job, job_base), pair_jobs=[jobs[i] for i in pair_job.tolist()],
+        pair_gpus=[gpus[i] for i in pair_gpu.tolist()], pair_values=pair_values,
+        block_values=block_values, block_resets=np.bincount(gpu_block, weights=resets, minlength=n_b).astype(np.int64),
+        host_energy_measured=np.array([bool((x.host or {}).get("host_energy_measured", 0.0)) for x in inputs]),
+        seg_ptr=seg_base, seg_start_s=seg_t, seg_gpu=seg_gpu_local, seg_energy_j=seg_energy)
 
 
 def account_block(block: Block, gpus: Sequence[GpuInfo], jobs: Sequence[JobInfo],
                   settings: AttributionSettings, carbon: CarbonContext,
                   host: Mapping[str, float] | None = None, job_cpu_s: Sequence[float] = ()) -> BlockLedger:
-    """Attribute one block's energy to jobs and price it in CO2.
+    """Attribute one block's energy to jobs and price it in CO2 (:func:`account_blocks` for one block).
 
     With ``host`` (the batch's host metrics) and ``job_cpu_s``, the host's CPU energy is split
     among jobs by CPU-time share and priced at the block's end time.
     """
-    c, s = block.columns, block.segments
-    n_gpu = len(gpus)
-    has_counter = np.array([g.has_counter for g in gpus], dtype=np.bool_)
-    offsets = block.gpu_offsets.astype(np.int64)
-    seg_gpu = s["seg_gpu"].astype(np.int64)
-    seg_mj, seg_j, seg_s, resets, integrated = kernel.segment_energy(
-        c["t_us"], c["energy_mj"], c["power_mw"], offsets, has_counter, seg_gpu, s["seg_row"].astype(np.int64))
-    seg_energy = seg_mj * 1e-3 + seg_j
-    idle_w = np.full(n_gpu, settings.idle_power_w)
-    holder_ptr = s["holder_ptr"].astype(np.int64)
-    h_e, h_idle, h_s, seg_unalloc = kernel.split_segments(
-        seg_energy, seg_s, seg_gpu, holder_ptr, s["holder_sm"].astype(np.float64), idle_w, _POLICIES[settings.idle_policy])
-
-    # Carbon: every segment is priced at the intensity and PUE of its own start time.
-    seg_t = c["t_us"][s["seg_row"]].astype(np.float64) * 1e-6 if len(seg_gpu) else np.zeros(0)
-    intensity = np.asarray(carbon.intensity.intensity_at(seg_t), dtype=np.float64)
-    market = np.asarray(market_intensity(intensity, carbon.market_factor_g_per_kwh), dtype=np.float64)
-    pue = np.asarray(carbon.pue.pue_at(seg_t), dtype=np.float64)
-    holder_seg = np.repeat(np.arange(len(seg_gpu)), holder_ptr[1:] - holder_ptr[:-1])
-    job_idx = s["holder_job"].astype(np.int64)
-    n_jobs = len(jobs)
-
-    def per_job(values: np.ndarray) -> np.ndarray:
-        return np.bincount(job_idx, weights=values, minlength=n_jobs)
-
-    j_e, j_idle, j_s = per_job(h_e), per_job(h_idle), per_job(h_s)
-    j_fac = per_job(h_e * pue[holder_seg])
-    j_co2 = per_job(emissions_g(h_e, intensity[holder_seg], pue[holder_seg]))
-    j_mkt = per_job(emissions_g(h_e, market[holder_seg], pue[holder_seg]))
-    host_job, host_un = _host_shares(host or {}, job_cpu_s, n_jobs)
-    host_total = math.fsum(host_job.tolist()) + host_un   # order-independent, like allocated_energy_j
-    if host_total > 0:
-        t_end = np.array([block.end_us * 1e-6])
-        h_int = float(np.asarray(carbon.intensity.intensity_at(t_end))[0])
-        h_mkt = float(np.asarray(market_intensity(np.array([h_int]), carbon.market_factor_g_per_kwh))[0])
-        h_pue = float(np.asarray(carbon.pue.pue_at(t_end))[0])
-        j_fac = j_fac + host_job * h_pue
-        j_co2 = j_co2 + emissions_g(host_job, h_int, h_pue)
-        j_mkt = j_mkt + emissions_g(host_job, h_mkt, h_pue)
-    present = (np.bincount(job_idx, minlength=n_jobs) > 0) | (host_job > 0)
-    # Python floats via tolist(): the same values as float(array[k]), without a numpy scalar per number.
-    je, jidle, js, jfac, jco2, jmkt, jhost = (a.tolist() for a in (j_e, j_idle, j_s, j_fac, j_co2, j_mkt, host_job))
-    job_lines = [JobLine(jobs[k].job_id, jobs[k].user, je[k], jidle[k], js[k], jfac[k], jco2[k], jmkt[k], jhost[k])
-                 for k in np.flatnonzero(present).tolist()]
-
-    pair = job_idx * n_gpu + seg_gpu[holder_seg]
-    p_e = np.bincount(pair, weights=h_e, minlength=n_jobs * n_gpu)
-    p_idle = np.bincount(pair, weights=h_idle, minlength=n_jobs * n_gpu)
-    p_s = np.bincount(pair, weights=h_s, minlength=n_jobs * n_gpu)
-    pe, pidle, ps = p_e.tolist(), p_idle.tolist(), p_s.tolist()
-    # The (job, GPU) pairs that occur, ascending: the same as np.unique(pair), without sorting.
-    job_gpu_lines = [JobGpuLine(jobs[k // n_gpu].job_id, jobs[k // n_gpu].user, gpus[k % n_gpu].uuid,
-                                pe[k], pidle[k], ps[k])
-                     for k in np.flatnonzero(np.bincount(pair, minlength=n_jobs * n_gpu)).tolist()]
-
-    gpu_e = np.bincount(seg_gpu, weights=seg_energy, minlength=n_gpu)
-    gpu_un = np.bincount(seg_gpu, weights=seg_unalloc, minlength=n_gpu)
-    anchored = np.array([g.anchored for g in gpus], dtype=np.bool_)
-    summary = kernel.gpu_summaries(c["power_mw"], c["util_gpu"], c["util_mem"], c["mem_used_mib"], c["temp_c"],
-                                   c["sm_clock_mhz"], offsets, anchored)
-    rows = (offsets[1:] - offsets[:-1]).tolist()
-    ge, gun, summ, res, integ = gpu_e.tolist(), gpu_un.tolist(), summary.tolist(), resets.tolist(), integrated.tolist()
-    gpu_lines = [GpuLine(g.uuid, g.index, g.name, ge[k], gun[k], *summ[k],
-                         g.power_limit_w, max(rows[k] - (1 if g.anchored else 0), 0), g.has_counter,
-                         res[k], integ[k])
-                 for k, g in enumerate(gpus)]
-    total = float(seg_energy.sum())
-    weights = seg_energy if total > 0 else None
-    host_fac = host_co2 = host_mkt = 0.0
-    if host_total > 0:
-        host_fac = host_total * h_pue
-        host_co2 = float(emissions_g(np.array([host_total]), h_int, h_pue)[0])
-        host_mkt = float(emissions_g(np.array([host_total]), h_mkt, h_pue)[0])
-    return BlockLedger(
-        end_us=int(block.end_us), jobs=job_lines, gpus=gpu_lines, job_gpus=job_gpu_lines, gpu_energy_j=total,
-        unallocated_energy_j=float(seg_unalloc.sum()), facility_energy_j=float((seg_energy * pue).sum()) + host_fac,
-        co2_g=float(emissions_g(seg_energy, intensity, pue).sum()) + host_co2,
-        co2_market_g=float(emissions_g(seg_energy, market, pue).sum()) + host_mkt,
-        intensity_g_per_kwh=_average(intensity, weights) if len(intensity) else float("nan"),
-        pue=_average(pue, weights) if len(pue) else float("nan"),
-        host_energy_j=host_total, host_unallocated_j=host_un,
-        host_energy_measured=bool((host or {}).get("host_energy_measured", 0.0)),
-        segment_start_s=seg_t, segment_gpu=seg_gpu, segment_energy_j=seg_energy)
+    return account_blocks([LedgerInput(block, gpus, jobs, host, job_cpu_s)], settings, carbon).ledger(0)

@@ -1,8 +1,10 @@
 """The collector's processing, free of MQTT: bytes in, records out, every failure counted.
 
-``Collector.handle`` decodes one message, accounts it (attribution + carbon),
-and hands the resulting records to a sink.  A malformed message is rejected and
-counted by reason, logged at a bounded rate, and never raises.
+``Collector.handle_many`` decodes a group of messages, accounts all of them in one
+pass (attribution + carbon) and hands the result to a sink in one write;
+``Collector.handle`` does the same for one message and returns its records.
+A malformed message is rejected and counted by reason, logged at a bounded
+rate, and never raises.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ import collections
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol, Sequence
 
-from greenwatch.attribution import AttributionSettings, BlockLedger, CarbonContext, account_block
+from greenwatch.attribution import (AttributionSettings, BlockLedger, CarbonContext, LedgerInput, LedgerTable,
+                                    account_block, account_blocks)
 from greenwatch.batch import Batch
-from greenwatch.storage.records import Record, ledger_records
+from greenwatch.storage.records import BlockSource, Record, table_lines, table_records
 from greenwatch.transport.wire import WireError, decode
 
 __all__ = ["Sink", "CollectorStats", "Collector"]
@@ -24,7 +27,11 @@ log = logging.getLogger(__name__)
 
 
 class Sink(Protocol):
-    """Where records go (InfluxDB, the embedded store, a list in tests)."""
+    """Where records go (InfluxDB, the embedded store, a list in tests).
+
+    A sink that also has ``write_lines(body: str)`` (the collector service's writer) gets
+    :meth:`Collector.handle_many`'s output as InfluxDB line protocol, made without records.
+    """
 
     def write(self, records: list[Record]) -> None: ...
 
@@ -63,6 +70,15 @@ class _RateLimitedLog:
             self._suppressed[reason] += 1
 
 
+class _Group(NamedTuple):
+    """Batches accepted together, and their accounted table."""
+
+    batches: list[Batch]
+    table: LedgerTable
+    sources: list[BlockSource]
+    gaps_filled: int
+
+
 class Collector:
     """Accounts batches and writes their records to a sink."""
 
@@ -83,53 +99,122 @@ class Collector:
 
     def handle(self, payload: bytes, expect_node: tuple[str, str] | None = None) -> list[Record] | None:
         """Process one message; returns the records written, or None if it was rejected or a duplicate."""
+        group = self._accept([(payload, expect_node)])
+        if group is None:
+            return None
+        records = table_records(group.table, group.sources)
+        self._write(group, lambda: self.sink.write(records))
+        return records
+
+    def handle_many(self, messages: Sequence[tuple[bytes, tuple[str, str] | None]]) -> int:
+        """Process messages (payload, expected node) in arrival order; returns how many were accepted.
+
+        All accepted batches are accounted in one pass (:func:`account_blocks`) and written in one
+        call, as line protocol if the sink takes it (``write_lines``), else as records.  Every
+        number equals what :meth:`handle` gives for the same messages one at a time.
+        """
+        group = self._accept(messages)
+        if group is None:
+            return 0
+        write_lines = getattr(self.sink, "write_lines", None)
+        if write_lines is not None:
+            self._write(group, lambda: write_lines(table_lines(group.table, group.sources)))
+        else:
+            self._write(group, lambda: self.sink.write(table_records(group.table, group.sources)))
+        return len(group.batches)
+
+    def account(self, batch: Batch, fill_gap: bool = False) -> list[Record]:
+        """Records for a batch; with ``fill_gap``, also for the previous window carried in the batch."""
+        group = self._account([(batch, fill_gap)])
+        return table_records(group.table, group.sources)
+
+    def ledger(self, batch: Batch) -> BlockLedger:
+        """The ledger of a batch's own window."""
+        return account_block(batch.block, batch.gpus, batch.jobs, self.settings, self.carbon, batch.host, batch.job_cpu_s)
+
+    # -- internals ------------------------------------------------------------------------------
+    def _decode(self, payload: bytes, expect_node: tuple[str, str] | None) -> Batch | None:
         self.stats.messages += 1
         if len(payload) > self.max_message_bytes:
             self.reject("oversized", f"{len(payload)} bytes > {self.max_message_bytes}")
             return None
         try:
-            batch = decode(payload, expect_node=expect_node, max_skew_s=self.max_skew_s)
+            return decode(payload, expect_node=expect_node, max_skew_s=self.max_skew_s)
         except WireError as exc:
             self.reject(exc.reason, str(exc))
-            return None
         except Exception as exc:  # a bug must not stop the collector: count it like bad input
             self.reject("decode-error", repr(exc))
-            return None
-        seen = self._history(batch)
-        if batch.seq in seen:
-            self.stats.duplicates += 1
+        return None
+
+    def _accept(self, messages: Sequence[tuple[bytes, tuple[str, str] | None]]) -> _Group | None:
+        """Decode, drop duplicates, and account what is left; None if nothing was left."""
+        items: list[tuple[Batch, bool]] = []
+        for payload, expect_node in messages:
+            batch = self._decode(payload, expect_node)
+            if batch is None:
+                continue
+            seen = self._history(batch)
+            if batch.seq in seen:
+                self.stats.duplicates += 1
+                continue
+            # Marked now, so that a later message of the same group sees it (as a duplicate, or as the
+            # window before it); taken back if the group is not written.
+            items.append((batch, batch.seq > 0 and (batch.seq - 1) not in seen))
+            seen.add(batch.seq)
+            if len(seen) > 64:
+                seen.discard(min(seen))
+        if not items:
             return None
         try:
-            records = self.account(batch, fill_gap=batch.seq > 0 and (batch.seq - 1) not in seen)
+            return self._account(items)
         except Exception as exc:
-            self.reject("account-error", repr(exc))
-            return None
-        self.sink.write(records)  # a failing sink raises: the caller decides about retries
-        seen.add(batch.seq)
-        if len(seen) > 64:
-            seen.discard(min(seen))
-        self.stats.batches += 1
-        self.stats.samples += batch.block.n_rows - sum(1 for g in batch.gpus if g.anchored)
-        return records
+            if len(items) == 1:
+                self._forget(items)
+                self.reject("account-error", repr(exc))
+                return None
+        # A bug that one message triggers must not cost the others: find it, and account the rest.
+        kept = []
+        for item in items:
+            try:
+                self._account([item])
+                kept.append(item)
+            except Exception as exc:
+                self._forget([item])
+                self.reject("account-error", repr(exc))
+        # A batch right after a rejected one now fills that gap from its carry, as it would alone.
+        kept = [(b, b.seq > 0 and (b.seq - 1) not in self._history(b)) for b, _ in kept]
+        return self._account(kept) if kept else None
 
-    def account(self, batch: Batch, fill_gap: bool = False) -> list[Record]:
-        """Records for a batch; with ``fill_gap``, also for the previous window carried in the batch."""
-        ledger = self.ledger(batch)
-        records = ledger_records(batch.cluster, batch.node, ledger, batch.host)
-        if fill_gap and batch.carry is not None and batch.carry.n_rows:
-            # The previous batch never reached this collector (lost, or taken by another collector of
-            # the shared subscription).  Its boundary rows give its energy from the counter exactly, and
-            # its host metrics its host energy, so the records equal the original's field for field:
-            # writing them under the same keys is harmless if another collector did receive it.
-            carried = account_block(batch.carry, batch.gpus, batch.jobs, self.settings, self.carbon,
-                                    batch.carry_host, batch.carry_job_cpu_s)
-            records += ledger_records(batch.cluster, batch.node, carried, None, with_gpu_series=False)
-            self.stats.gaps_filled += 1
-        return records
+    def _account(self, items: Sequence[tuple[Batch, bool]]) -> _Group:
+        """One table for the batches' own windows and, where ``fill_gap``, the windows they carry."""
+        inputs, sources, filled = [], [], 0
+        for batch, fill_gap in items:
+            inputs.append(LedgerInput(batch.block, batch.gpus, batch.jobs, batch.host, batch.job_cpu_s))
+            sources.append(BlockSource(batch.cluster, batch.node, batch.host))
+            if fill_gap and batch.carry is not None and batch.carry.n_rows:
+                # The previous batch never reached this collector (lost, or taken by another collector of
+                # the shared subscription).  Its boundary rows give its energy from the counter exactly, and
+                # its host metrics its host energy, so the records equal the original's field for field:
+                # writing them under the same keys is harmless if another collector did receive it.
+                inputs.append(LedgerInput(batch.carry, batch.gpus, batch.jobs, batch.carry_host, batch.carry_job_cpu_s))
+                sources.append(BlockSource(batch.cluster, batch.node, None, with_gpu_series=False))
+                filled += 1
+        return _Group([b for b, _ in items], account_blocks(inputs, self.settings, self.carbon), sources, filled)
 
-    def ledger(self, batch: Batch) -> BlockLedger:
-        """The ledger of a batch's own window."""
-        return account_block(batch.block, batch.gpus, batch.jobs, self.settings, self.carbon, batch.host, batch.job_cpu_s)
+    def _write(self, group: _Group, write: Callable[[], None]) -> None:
+        try:
+            write()   # a failing sink raises: the caller decides about retries
+        except BaseException:
+            self._forget([(b, False) for b in group.batches])
+            raise
+        self.stats.gaps_filled += group.gaps_filled
+        for batch in group.batches:
+            self.stats.batches += 1
+            self.stats.samples += batch.block.n_rows - sum(1 for g in batch.gpus if g.anchored)
+
+    def _forget(self, items: Sequence[tuple[Batch, bool]]) -> None:
+        for batch, _ in items:
+            self._history(batch).discard(batch.seq)
 
     def _history(self, batch: Batch) -> set[int]:
         key = (batch.cluster, batch.node, batch.boot)

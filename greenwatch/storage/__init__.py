@@ -1,5 +1,5 @@
 """Storage: the data model as records, written to InfluxDB or to the embedded store."""
 
-from greenwatch.storage.records import Record, ledger_records, line_protocol
+from greenwatch.storage.records import BlockSource, Record, line_protocol, table_lines, table_records
 
-__all__ = ["Record", "ledger_records", "line_protocol"]
+__all__ = ["BlockSource", "Record", "line_protocol", "table_lines", "table_records"]

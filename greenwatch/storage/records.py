@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping, NamedTuple, Sequence
 
-from greenwatch.attribution import BlockLedger
+import numpy as np
 
-__all__ = ["Record", "ledger_records", "line_protocol"]
+from greenwatch.attribution import JOB_VALUES, LedgerTable
+
+__all__ = ["Record", "BlockSource", "table_records", "table_lines", "line_protocol"]
 
 
 @dataclass(frozen=True)
@@ -46,43 +48,117 @@ def _record(measurement: str, tags: tuple[tuple[str, str], ...], fields: tuple[t
 _HOST_KEEP = ("cpu_pct", "mem_used_bytes", "mem_total_bytes", "load1")
 
 
-def ledger_records(cluster: str, node: str, ledger: BlockLedger, host: Mapping[str, float] | None = None,
-                   with_gpu_series: bool = True) -> list[Record]:
-    """Records for one accounted block.  All share the block's end time, so re-writing a batch is idempotent.
+class BlockSource(NamedTuple):
+    """Where an accounted block came from, and which of its series to store."""
 
-    ``with_gpu_series=False`` (a window re-accounted from a later batch's carry, which holds only
-    boundary rows) leaves out the per-GPU and host series; the energy records are the same.
+    cluster: str
+    node: str
+    #: The batch's host metrics (the ``host`` series), or None.
+    host: Mapping[str, float] | None = None
+    #: False for a window re-accounted from a later batch's carry, which holds only boundary rows:
+    #: the per-GPU and host series are left out, the energy records are the same.
+    with_gpu_series: bool = True
+
+
+class _Kind(NamedTuple):
+    """A measurement's fields, in the data model's order, and their line-protocol template."""
+
+    measurement: str
+    names: tuple[str, ...]
+    template: str        # "a=%r,b=%di": floats by repr, integers with the i suffix
+
+    @classmethod
+    def of(cls, measurement: str, fields: str) -> "_Kind":
+        """``fields``: names separated by spaces, integers marked with a trailing ``:i``."""
+        names, parts = [], []
+        for spec in fields.split():
+            name, _, kind = spec.partition(":")
+            names.append(name)
+            parts.append(_escape_key(name) + ("=%di" if kind == "i" else "=%r"))
+        return cls(measurement, tuple(names), ",".join(parts))
+
+
+def _escape_key(s: str) -> str:
+    return s.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
+
+
+_GPU = _Kind.of("gpu", "power_w power_max_w energy_j util_gpu_pct util_mem_pct mem_used_mib temp_c sm_clock_mhz "
+                       "power_limit_w samples:i counter:i resets:i")
+_JOB = _Kind.of("job_energy", "energy_j idle_energy_j facility_energy_j co2_g co2_market_g gpu_seconds host_energy_j")
+_PAIR = _Kind.of("job_gpu", "energy_j idle_energy_j gpu_seconds")
+_NODE = _Kind.of("node_energy", "gpu_energy_j allocated_energy_j unallocated_energy_j facility_energy_j co2_g "
+                                "co2_market_g intensity_g_per_kwh pue gpus:i resets:i host_energy_j host_unallocated_j "
+                                "host_energy_measured:i")
+#: Where each job_energy field sits in LedgerTable.job_values.
+_JOB_COLUMNS = [JOB_VALUES.index(n) for n in _JOB.names]
+
+
+def _no_nan(values: np.ndarray) -> list[bool]:
+    """Per row: no NaN in it (NaN cannot be stored; a row with one takes the slower, filtering path)."""
+    return (~np.isnan(values).any(axis=1)).tolist() if values.ndim == 2 and values.shape[1] else [True] * len(values)
+
+
+def _rows(table: LedgerTable, sources: Sequence[BlockSource]) -> Iterator[tuple[_Kind, tuple, list, bool, int]]:
+    """Every point of a table: (kind, tags, values in the kind's order, no NaN among them, time ns)."""
+    gsum = table.gpu_summary
+    g_clean = _no_nan(gsum)
+    gsum_l, ge, samples = gsum.tolist(), table.gpu_energy_j.tolist(), table.gpu_samples.tolist()
+    resets = table.gpu_resets.tolist()
+    jv = table.job_values[:, _JOB_COLUMNS]
+    j_clean, jv_l = _no_nan(jv), jv.tolist()
+    pv = table.pair_values
+    p_clean, pv_l = _no_nan(pv), pv.tolist()
+    bv_l, b_resets = table.block_values.tolist(), table.block_resets.tolist()
+    ends = table.end_us.tolist()
+    gp, jp, pp = table.gpu_ptr.tolist(), table.job_ptr.tolist(), table.pair_ptr.tolist()
+    for k, src in enumerate(sources):
+        t = ends[k] * 1000
+        base = (("cluster", src.cluster), ("node", src.node))
+        if src.with_gpu_series:
+            for i in range(gp[k], gp[k + 1]):
+                if samples[i] == 0 and ge[i] == 0:
+                    continue
+                g = table.gpus[i]
+                m = gsum_l[i]
+                limit = float(g.power_limit_w)
+                yield (_GPU, base + (("gpu", g.uuid), ("gpu_index", str(g.index)), ("model", g.name)),
+                       [m[0], m[1], ge[i], m[2], m[3], m[4], m[5], m[6], limit, samples[i], int(g.has_counter),
+                        resets[i]], g_clean[i] and limit == limit and ge[i] == ge[i], t)
+        for i in range(jp[k], jp[k + 1]):
+            j = table.jobs[i]
+            yield _JOB, base + (("job", j.job_id), ("user", j.user or "unknown")), jv_l[i], j_clean[i], t
+        for i in range(pp[k], pp[k + 1]):
+            yield _PAIR, base + (("job", table.pair_jobs[i].job_id), ("gpu", table.pair_gpus[i].uuid)), pv_l[i], \
+                p_clean[i], t
+        b = bv_l[k]
+        node = b[:8] + [gp[k + 1] - gp[k], b_resets[k], b[8], b[9], int(table.host_energy_measured[k])]
+        yield _NODE, base, node, all(v == v for v in node), t
+        if src.host and src.with_gpu_series:
+            host = {n: float(src.host[n]) for n in _HOST_KEEP if n in src.host}
+            yield _Kind("host", tuple(host), ""), base, list(host.values()), False, t
+
+
+def table_records(table: LedgerTable, sources: Sequence[BlockSource]) -> list[Record]:
+    """Records for every block of an accounted table (``sources[k]`` names block k).
+
+    All of a block's records share its end time, so re-writing a batch is idempotent.
     """
-    t = ledger.end_us * 1000
-    base = (("cluster", cluster), ("node", node))
-    out: list[Record] = []
-    if with_gpu_series:
-        for g in ledger.gpus:
-            if g.samples == 0 and g.energy_j == 0:
-                continue
-            out.append(_record("gpu", base + (("gpu", g.uuid), ("gpu_index", str(g.index)), ("model", g.name)), _fields({
-                "power_w": g.power_w, "power_max_w": g.power_max_w, "energy_j": g.energy_j,
-                "util_gpu_pct": g.util_gpu_pct, "util_mem_pct": g.util_mem_pct, "mem_used_mib": g.mem_used_mib,
-                "temp_c": g.temp_c, "sm_clock_mhz": g.sm_clock_mhz, "power_limit_w": g.power_limit_w,
-                "samples": g.samples, "counter": int(g.has_counter), "resets": g.resets}), t))
-    for j in ledger.jobs:
-        out.append(_record("job_energy", base + (("job", j.job_id), ("user", j.user or "unknown")), _fields({
-            "energy_j": j.energy_j, "idle_energy_j": j.idle_energy_j, "facility_energy_j": j.facility_energy_j,
-            "co2_g": j.co2_g, "co2_market_g": j.co2_market_g, "gpu_seconds": j.gpu_seconds,
-            "host_energy_j": j.host_energy_j}), t))
-    for jg in ledger.job_gpus:
-        out.append(_record("job_gpu", base + (("job", jg.job_id), ("gpu", jg.gpu_uuid)), _fields({
-            "energy_j": jg.energy_j, "idle_energy_j": jg.idle_energy_j, "gpu_seconds": jg.gpu_seconds}), t))
-    out.append(_record("node_energy", base, _fields({
-        "gpu_energy_j": ledger.gpu_energy_j, "allocated_energy_j": ledger.allocated_energy_j,
-        "unallocated_energy_j": ledger.unallocated_energy_j, "facility_energy_j": ledger.facility_energy_j,
-        "co2_g": ledger.co2_g, "co2_market_g": ledger.co2_market_g, "intensity_g_per_kwh": ledger.intensity_g_per_kwh,
-        "pue": ledger.pue, "gpus": len(ledger.gpus), "resets": ledger.resets,
-        "host_energy_j": ledger.host_energy_j, "host_unallocated_j": ledger.host_unallocated_j,
-        "host_energy_measured": int(ledger.host_energy_measured)}), t))
-    if host and with_gpu_series:
-        out.append(_record("host", base, _fields({k: float(host[k]) for k in _HOST_KEEP if k in host}), t))
-    return out
+    return [_record(kind.measurement, tags, tuple(zip(kind.names, values)) if clean
+                    else _fields(dict(zip(kind.names, values))), t)
+            for kind, tags, values, clean, t in _rows(table, sources)]
+
+
+def table_lines(table: LedgerTable, sources: Sequence[BlockSource]) -> str:
+    """``line_protocol(table_records(table, sources))``, without making the records on the way."""
+    lines = []
+    for kind, tags, values, clean, t in _rows(table, sources):
+        if clean:
+            lines.append(f"{_head(kind.measurement, tags)} {kind.template % tuple(values)} {t}")
+        else:
+            line = line_protocol([_record(kind.measurement, tags, _fields(dict(zip(kind.names, values))), t)])
+            if line:
+                lines.append(line)
+    return "\n".join(lines)
 
 
 class _RecentCache:
@@ -122,10 +198,6 @@ class _RecentCache:
 
 _FIELD_KEYS: dict[str, str] = {}    # field names, escaped: a fixed set (the data model's)
 _HEADS = _RecentCache()             # "measurement,tag=value,..." per series
-
-
-def _escape_key(s: str) -> str:
-    return s.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
 
 
 def _field_value(v: float | int | str) -> str:
