@@ -100,7 +100,6 @@ def encode(batch: Batch) -> bytes:
 # (greenwatch.transport.checks, imported on first use: the agent, which only encodes, never
 # loads numba).  Every failure still raises WireError with the reason of docs/wire-format.md.
 
-_ITEMSIZE = {dt: np.dtype(dt).itemsize for dt in {**SAMPLE_COLUMNS, **SEGMENT_COLUMNS, **HOLDER_COLUMNS}.values()}
 _MAX_STEP_MJ_PER_US = _MAX_ENERGY_STEP_J_PER_S / 1e3   # 5 kW = 5 mJ per microsecond
 _check_block = None
 
@@ -132,6 +131,29 @@ def _finite(value: Any) -> bool:
     return False
 
 
+class _Interned(dict):
+    """Parsed header objects by their raw values: a node repeats the same GPUs and jobs in every batch,
+    and a frozen dataclass costs more to build than to look up.  Cleared when full, so it stays bounded."""
+
+    LIMIT = 1 << 16
+
+    def lookup(self, key: tuple) -> Any:
+        """The value kept for `key`, or None (also for an unhashable key, which the checks then reject)."""
+        try:
+            return self.get(key)
+        except TypeError:
+            return None
+
+    def keep(self, key: Any, value: Any) -> Any:
+        if len(self) >= self.LIMIT:
+            self.clear()
+        self[key] = value
+        return value
+
+
+_GPUS, _JOBS = _Interned(), _Interned()
+
+
 def _parse_gpus(raw: Any) -> list[GpuInfo]:
     _require(type(raw) is list and len(raw) <= 1024, "bad-header", "'gpus' must be a list")
     gpus = []
@@ -140,18 +162,26 @@ def _parse_gpus(raw: Any) -> list[GpuInfo]:
         _require(type(g) is dict, "bad-header", "each GPU must be an object")
         limit, counter, anchored = g.get("limit_w"), g.get("counter"), g.get("anchored")
         uuid, index, name = g.get("uuid"), g.get("index"), g.get("name")
-        if not (type(uuid) is str and 0 < len(uuid) <= 256 and type(name) is str and 0 < len(name) <= 256
-                and type(index) is int and 0 <= index <= 4096 and type(counter) is bool and type(anchored) is bool
-                and (limit is None or (type(limit) in (int, float) and 0 <= limit < 1e5))):
-            # Something is wrong: find what, in the order the checks have always been made.
-            _require(limit is None or (type(limit) in (int, float) and 0 <= limit < 1e5), "bad-header", "bad limit_w")
-            _require(type(counter) is bool and type(anchored) is bool, "bad-header",
-                     "counter/anchored must be booleans")
-            _str(g, "uuid")
-            _int(g, "index", 0, 4096)
-            _str(g, "name")
+        # Types are part of the key because 1 == True == 1.0 and the checks tell them apart.
+        key = (uuid, index, name, counter, anchored, limit,
+               type(uuid), type(index), type(name), type(counter), type(anchored), type(limit))
+        info = _GPUS.lookup(key)
+        if info is None:
+            if not (type(uuid) is str and 0 < len(uuid) <= 256 and type(name) is str and 0 < len(name) <= 256
+                    and type(index) is int and 0 <= index <= 4096 and type(counter) is bool
+                    and type(anchored) is bool and (limit is None or (type(limit) in (int, float) and 0 <= limit < 1e5))):
+                # Something is wrong: find what, in the order the checks have always been made.
+                _require(limit is None or (type(limit) in (int, float) and 0 <= limit < 1e5), "bad-header",
+                         "bad limit_w")
+                _require(type(counter) is bool and type(anchored) is bool, "bad-header",
+                         "counter/anchored must be booleans")
+                _str(g, "uuid")
+                _int(g, "index", 0, 4096)
+                _str(g, "name")
+            info = _GPUS.keep(key, GpuInfo(uuid, index, name, counter, anchored,
+                                           math.nan if limit is None else float(limit)))
         uuids.add(uuid)
-        gpus.append(GpuInfo(uuid, index, name, counter, anchored, math.nan if limit is None else float(limit)))
+        gpus.append(info)
     _require(len(uuids) == len(gpus), "bad-header", "duplicate GPU UUID")
     return gpus
 
@@ -161,9 +191,13 @@ def _parse_jobs(raw: Any) -> list[JobInfo]:
     jobs = []
     for j in raw:
         _require(type(j) is dict, "bad-header", "each job must be an object")
-        user, source = j.get("user", ""), j.get("source", "")
-        _require(type(user) is str and type(source) is str, "bad-header", "job user/source must be strings")
-        jobs.append(JobInfo(_str(j, "id"), user[:256], source[:64]))
+        key = (j.get("id"), j.get("user", ""), j.get("source", ""))
+        info = _JOBS.lookup((*key, *map(type, key)))
+        if info is None:
+            job_id, user, source = key
+            _require(type(user) is str and type(source) is str, "bad-header", "job user/source must be strings")
+            info = _JOBS.keep((*key, *map(type, key)), JobInfo(_str(j, "id"), user[:256], source[:64]))
+        jobs.append(info)
     return jobs
 
 
@@ -178,10 +212,14 @@ def _host_metrics(header: dict[str, Any], host_key: str, cpu_key: str, n_jobs: i
     return host, cpu
 
 
-def _take(buf: memoryview, pos: int, dtype: str, count: int) -> tuple[np.ndarray, int]:
-    nbytes = _ITEMSIZE[dtype] * count
-    _require(pos + nbytes <= len(buf), "truncated", f"body ends before column of {count} x {dtype}")
-    return np.frombuffer(buf, dtype=dtype, count=count, offset=pos), pos + nbytes
+def _layout(columns: dict[str, str]) -> list[tuple[str, np.dtype, int]]:
+    return [(name, np.dtype(dt), np.dtype(dt).itemsize) for name, dt in columns.items()]
+
+
+_SAMPLE_LAYOUT, _SEGMENT_LAYOUT, _HOLDER_LAYOUT = map(_layout, (SAMPLE_COLUMNS, SEGMENT_COLUMNS, HOLDER_COLUMNS))
+_ROW_BYTES, _SEGMENT_BYTES, _HOLDER_BYTES = (sum(size for _, _, size in layout)
+                                             for layout in (_SAMPLE_LAYOUT, _SEGMENT_LAYOUT, _HOLDER_LAYOUT))
+_PTR_BYTES = np.dtype(SEGMENT_COLUMNS["holder_ptr"]).itemsize   # holder_ptr has one entry more than segments
 
 
 def _read_block(buf: memoryview, pos: int, meta: Any, n_gpus: int) -> tuple[Block, int]:
@@ -193,14 +231,22 @@ def _read_block(buf: memoryview, pos: int, meta: Any, n_gpus: int) -> tuple[Bloc
     offsets = np.zeros(n_gpus + 1, dtype=np.int64)
     np.cumsum(rows, out=offsets[1:])
     n = int(offsets[-1])
+    size = n * _ROW_BYTES + n_seg * _SEGMENT_BYTES + _PTR_BYTES + n_hold * _HOLDER_BYTES
+    _require(pos + size <= len(buf), "truncated",
+             f"body ends {pos + size - len(buf)} bytes before the end of a block of {n} rows")
+    frombuffer = np.frombuffer
     cols: dict[str, np.ndarray] = {}
-    for name, dt in SAMPLE_COLUMNS.items():
-        cols[name], pos = _take(buf, pos, dt, n)
+    for name, dt, itemsize in _SAMPLE_LAYOUT:
+        cols[name] = frombuffer(buf, dt, n, pos)
+        pos += itemsize * n
     segs: dict[str, np.ndarray] = {}
-    for name, dt in SEGMENT_COLUMNS.items():
-        segs[name], pos = _take(buf, pos, dt, n_seg + 1 if name == "holder_ptr" else n_seg)
-    for name, dt in HOLDER_COLUMNS.items():
-        segs[name], pos = _take(buf, pos, dt, n_hold)
+    for name, dt, itemsize in _SEGMENT_LAYOUT:
+        count = n_seg + 1 if name == "holder_ptr" else n_seg
+        segs[name] = frombuffer(buf, dt, count, pos)
+        pos += itemsize * count
+    for name, dt, itemsize in _HOLDER_LAYOUT:
+        segs[name] = frombuffer(buf, dt, n_hold, pos)
+        pos += itemsize * n_hold
     return Block(offsets, cols, segs, _int(meta, "end_us")), pos
 
 
