@@ -278,6 +278,41 @@ def test_writer_acknowledges_only_durable_data_and_drains_the_spill(tmp_path: Pa
     asyncio.run(scenario())
 
 
+class CountingStore(FlakyStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[int] = []
+
+    def write_lines(self, body: str) -> None:
+        super().write_lines(body)
+        self.writes.append(body.count("\n") + 1)
+
+
+def test_writer_writes_at_most_max_batch_lines_per_request_and_counts_lines(tmp_path: Path) -> None:
+    """Bodies of several lines (one per group of batches) are packed into writes of at most
+    max_batch_lines lines, never split; a body bigger than the limit goes alone."""
+    async def scenario() -> None:
+        store = CountingStore()
+        writer = BufferedWriter(store, None, flush_interval_s=0.05, max_batch_lines=10)
+        sizes = [4, 4, 4, 12, 1, 9, 3]
+        acked: list[int] = []
+        for k, n in enumerate(sizes):
+            writer.write_lines("\n".join(f"m,k={k} v={i}i {i}" for i in range(n)))
+            writer.when_durable(lambda k=k: acked.append(k))
+        writer.write_lines("")                                   # nothing: not a body
+        assert writer.pending == sum(sizes) and writer.unacked == len(sizes)
+        stop = asyncio.Event()
+        task = asyncio.create_task(writer.run(stop))
+        await _settle(writer)
+        assert store.writes == [8, 4, 12, 10, 3]
+        assert acked == list(range(len(sizes))) and writer.pending == 0
+        assert writer.written_lines == sum(sizes) == len(store.lines)
+        stop.set()
+        await task
+
+    asyncio.run(scenario())
+
+
 def test_writer_holds_acknowledgements_when_nothing_can_take_the_data(tmp_path: Path) -> None:
     async def scenario() -> None:
         store = FlakyStore()

@@ -1,6 +1,7 @@
 """The collector's write path: records in, durably stored out, and a signal when they are.
 
-Records are buffered as line protocol and written in bulk from a worker thread.
+Records (or line protocol the collector formatted itself) are buffered as bodies of line
+protocol and written in bulk from a worker thread, at most ``max_batch_lines`` lines a write.
 A chunk is *durable* once InfluxDB took it or, while InfluxDB fails, once it is
 fsynced into the local spill; :meth:`BufferedWriter.when_durable` calls back
 when everything written before the call is durable, which is when the collector
@@ -42,11 +43,13 @@ class BufferedWriter:
     """Buffers records, writes them to InfluxDB (or the spill), and reports when they are durable."""
 
     def __init__(self, store: LineStore, spill: DiskQueue | None = None, flush_interval_s: float = 0.25,
-                 max_batch_lines: int = 20_000, retry_cap_s: float = 10.0, drain_budget_s: float = 1.0) -> None:
+                 max_batch_lines: int = 50_000, retry_cap_s: float = 10.0, drain_budget_s: float = 1.0) -> None:
         self.store, self.spill = store, spill
         self.flush_interval_s, self.max_batch_lines = flush_interval_s, max_batch_lines
         self.retry_cap_s, self.drain_budget_s = retry_cap_s, drain_budget_s
         self._bodies: list[str] = []           # not yet durable, oldest first
+        self._lines: list[int] = []            # lines (points) of each body
+        self._pending_lines = 0
         self._appended = 0                     # bodies ever appended
         self._durable = 0                      # bodies durably stored: always a prefix of the appended ones
         self._waiters: collections.deque[tuple[int, Callable[[], None]]] = collections.deque()
@@ -55,20 +58,27 @@ class BufferedWriter:
         self._backoff = 0.5
         self._failing = False
         self._spill_refusing = False
-        self.written_lines = 0                 # bodies (one per batch or health record) written to InfluxDB
+        self.written_lines = 0                 # lines (points) written to InfluxDB
         self.write_errors = 0
-        self.spilled = 0                       # bodies written to the spill
+        self.spilled = 0                       # lines written to the spill
         self.drained = 0                       # spill entries written back to InfluxDB
 
     # -- the producer side ------------------------------------------------------------------
     def write(self, records: list[Record]) -> None:
         """Queue records for writing (never blocks, never raises for I/O)."""
-        body = line_protocol(records)
-        if body:
-            self._bodies.append(body)
-            self._appended += 1
-            if len(self._bodies) >= self.max_batch_lines // 8:
-                self._wake.set()
+        self.write_lines(line_protocol(records))
+
+    def write_lines(self, body: str) -> None:
+        """Queue line protocol (lines joined by newlines) for writing, like :meth:`write`."""
+        if not body:
+            return
+        lines = body.count("\n") + 1
+        self._bodies.append(body)
+        self._lines.append(lines)
+        self._pending_lines += lines
+        self._appended += 1
+        if self._pending_lines >= self.max_batch_lines:
+            self._wake.set()
 
     def when_durable(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once everything written so far is durable (at once if it already is)."""
@@ -82,8 +92,8 @@ class BufferedWriter:
     # -- state for the health record --------------------------------------------------------
     @property
     def pending(self) -> int:
-        """Bodies not yet durable."""
-        return len(self._bodies)
+        """Lines (points) not yet durable."""
+        return self._pending_lines
 
     @property
     def unacked(self) -> int:
@@ -115,15 +125,18 @@ class BufferedWriter:
             if stop.is_set() and (not self._bodies or not progressed):
                 if self._bodies:
                     # Not acknowledged, so the broker delivers these messages again after the restart.
-                    log.warning("stopping with %d bodies neither in InfluxDB nor in the spill", len(self._bodies))
+                    log.warning("stopping with %d records neither in InfluxDB nor in the spill", self._pending_lines)
                 return
 
     async def _flush(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Make the oldest pending chunk durable; False if neither InfluxDB nor the spill took it."""
         if not self._bodies:
             return True
-        chunk = self._bodies[:self.max_batch_lines]
-        body = "\n".join(chunk)
+        n, lines = 0, 0
+        while n < len(self._bodies) and (n == 0 or lines + self._lines[n] <= self.max_batch_lines):
+            lines += self._lines[n]
+            n += 1
+        body = "\n".join(self._bodies[:n])
         if time.monotonic() >= self._retry_at:
             try:
                 await loop.run_in_executor(None, self.store.write_lines, body)
@@ -131,8 +144,8 @@ class BufferedWriter:
                 self._failed(exc)
             else:
                 self._succeeded()
-                self.written_lines += len(chunk)
-                self._advance(len(chunk))
+                self.written_lines += lines
+                self._advance(n)
                 return True
         if self.spill is None:
             return False
@@ -145,8 +158,8 @@ class BufferedWriter:
             if len(self.spill) == 1:  # the first chunk of an outage
                 log.warning("spilling records to %s until InfluxDB takes writes again", self.spill.path)
             self._spill_refusing = False
-            self.spilled += len(chunk)
-            self._advance(len(chunk))
+            self.spilled += lines
+            self._advance(n)
             return True
         if not self._spill_refusing:
             log.error("the spill %s is full (%d bytes): holding %d messages unacknowledged; the broker queues "
@@ -181,6 +194,8 @@ class BufferedWriter:
     # -- internals ---------------------------------------------------------------------------
     def _advance(self, n: int) -> None:
         del self._bodies[:n]
+        self._pending_lines -= sum(self._lines[:n])
+        del self._lines[:n]
         self._durable += n
         while self._waiters and self._waiters[0][0] <= self._durable:
             self._call(self._waiters.popleft()[1])
@@ -192,7 +207,7 @@ class BufferedWriter:
         self._backoff = min(self._backoff * 2, self.retry_cap_s)
         (log.warning if not self._failing else log.info)(
             "InfluxDB write failed (%s); %s, retrying in %.1f s", _short(exc),
-            "spilling to disk" if self.spill is not None else f"{len(self._bodies)} bodies held in memory", delay)
+            "spilling to disk" if self.spill is not None else f"{self._pending_lines} records held in memory", delay)
         self._failing = True
 
     def _succeeded(self) -> None:

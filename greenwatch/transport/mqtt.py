@@ -62,10 +62,11 @@ class MqttClient(aiomqtt.Client):
     """An aiomqtt client with PUBACK reason codes and manual acknowledgement of received messages.
 
     aiomqtt 2.x has no public way to either, so this subclass, and nothing else in greenwatch,
-    uses three of its internals: ``_client`` (the paho client: ``publish``, ``ack``,
+    uses four of its internals: ``_client`` (the paho client: ``publish``, ``ack``,
     ``manual_ack_set``), ``_on_publish`` (paho's ``on_publish`` callback, overridden to see
-    the reason code) and ``_disconnected`` (the future that completes when the connection
-    drops).  pyproject.toml pins aiomqtt below 3 for that reason.  All of it runs on the event
+    the reason code), ``_disconnected`` (the future that completes when the connection
+    drops) and ``_queue`` (the asyncio queue of received messages, read without waiting by
+    :meth:`take_queued`).  pyproject.toml pins aiomqtt below 3 for that reason.  All of it runs on the event
     loop thread, as aiomqtt drives paho from there.
     """
 
@@ -114,6 +115,20 @@ class MqttClient(aiomqtt.Client):
             cause = None if self._disconnected.cancelled() else self._disconnected.exception()
             raise aiomqtt.MqttError(f"disconnected before the broker acknowledged the message ({cause})") from cause
         raise aiomqtt.MqttError(f"no PUBACK within {timeout:g} s")
+
+    def take_queued(self, limit: int) -> list[aiomqtt.Message]:
+        """Up to ``limit`` messages that have already arrived, oldest first, without waiting (maybe none).
+
+        ``async for message in client.messages`` costs a task and an ``asyncio.wait`` per
+        message; a consumer that takes what is already queued handles a burst as one group.
+        """
+        queue, taken = self._queue, []
+        while len(taken) < limit:
+            try:
+                taken.append(queue.get_nowait())
+            except asyncio.QueueEmpty:
+                break
+        return taken
 
     def ack(self, message: aiomqtt.Message) -> bool:
         """Acknowledge a received message (with ``manual_ack``); False if the connection it came on is gone.

@@ -1,0 +1,44 @@
+"""greenwatch.transport.mqtt.MqttClient against a real mosquitto: taking queued messages as a group."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+
+from greenwatch.transport.mqtt import make_client
+
+
+def _cfg(broker) -> types.SimpleNamespace:
+    return types.SimpleNamespace(host=broker.host, port=broker.port, username="", password_file="", tls=False,
+                                 ca_file="", cert_file="", key_file="", keepalive_s=30)
+
+
+async def _wait_queued(client, n: int, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while client.messages.__len__() < n:
+        assert asyncio.get_running_loop().time() < deadline, f"only {len(client.messages)} of {n} arrived"
+        await asyncio.sleep(0.02)
+
+
+def test_take_queued_returns_what_arrived_in_order_without_waiting(mosquitto):
+    async def scenario() -> None:
+        cfg = _cfg(mosquitto)
+        async with make_client(cfg, "gw-test-take-sub", manual_ack=True, receive_maximum=100) as sub, \
+                make_client(cfg, "gw-test-take-pub") as pub:
+            await sub.subscribe("gw-test/take/#", qos=1)
+            assert sub.take_queued(10) == []                    # nothing yet: returns at once, empty
+            for k in range(30):
+                assert await pub.publish_acked(f"gw-test/take/{k}", str(k).encode()) == 0
+            await _wait_queued(sub, 30)
+            first = sub.take_queued(5)
+            rest = sub.take_queued(1000)
+            assert [m.payload for m in first + rest] == [str(k).encode() for k in range(30)]
+            assert [len(first), len(rest)] == [5, 25]
+            assert sub.take_queued(1000) == [] and len(sub.messages) == 0
+            assert all(sub.ack(m) for m in first + rest)
+            # What was taken can still be awaited after: the async iterator sees later messages.
+            await pub.publish_acked("gw-test/take/late", b"late")
+            late = await asyncio.wait_for(anext(aiter(sub.messages)), 10)
+            assert late.payload == b"late"
+
+    asyncio.run(scenario())
