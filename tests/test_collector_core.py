@@ -10,11 +10,12 @@ import struct
 import numpy as np
 import pytest
 
+from greenwatch.agent.builder import BatchBuilder
 from greenwatch.attribution import AttributionSettings
 from greenwatch.collector.core import Collector
 from greenwatch.transport.wire import WireError, decode, encode
 
-from helpers import GpuTrace, ListSink, build_batches, carbon_ctx, holder, job, now_us
+from helpers import GpuTrace, ListSink, build_batches, carbon_ctx, gpu_info, holder, job, now_us
 
 T0 = now_us() - 600_000_000            # ten minutes ago: inside the collector's default 1 h skew
 DT = 100_000
@@ -46,7 +47,8 @@ def _cuts(n_windows: int) -> list[int]:
     return [T0 + (w + 1) * ROWS_PER_WINDOW * DT - DT // 2 for w in range(n_windows - 1)]
 
 
-def _stream(n_windows: int = 4, node: str = "n1", boot: str = "bootaaaa", seed: int = 1):
+def _stream(n_windows: int = 4, node: str = "n1", boot: str = "bootaaaa", seed: int = 1,
+            power_limit_w: float = 700.0):
     traces = _traces(n_windows, seed)
     # Host CPU energy and job CPU time differ from window to window, so a window re-accounted
     # from a carry must use the carried window's host data, not the carrying batch's.
@@ -54,7 +56,10 @@ def _stream(n_windows: int = 4, node: str = "n1", boot: str = "bootaaaa", seed: 
               "host_energy_j": 40.0 + 7.0 * w, "cpu_busy_s": 3.0 + w, "host_energy_measured": 1.0}
              for w in range(n_windows)]
     cpu = [{"500": 0.5 + 0.25 * w, "501": 1.0, "502": 0.1 * w} for w in range(n_windows)]
-    batches = build_batches(traces, _cuts(n_windows), node=node, boot=boot, host=hosts, job_cpu_s=cpu)
+    builder = BatchBuilder("c1", node, [gpu_info(k, tr.has_counter, power_limit_w=power_limit_w)
+                                        for k, tr in enumerate(traces)], boot=boot)
+    batches = build_batches(traces, _cuts(n_windows), node=node, boot=boot, host=hosts, job_cpu_s=cpu,
+                            builder=builder)
     return traces, batches, [encode(b) for b in batches]
 
 
@@ -323,7 +328,9 @@ class LinesSink:
 def _mixed_traffic(seed: int) -> list[tuple[bytes, tuple[str, str]]]:
     """Three nodes' streams interleaved, with losses (gap fills), redeliveries and garbage."""
     rng = random.Random(seed)
-    streams = [_stream(6, node=f"n{k}", boot=f"boot000{k}", seed=seed + k)[2] for k in range(3)]
+    # n2's GPUs do not report a power limit: NaN, a field its lines leave out.
+    streams = [_stream(6, node=f"n{k}", boot=f"boot000{k}", seed=seed + k,
+                       power_limit_w=float("nan") if k == 2 else 700.0)[2] for k in range(3)]
     queue = [[(p, ("c1", f"n{k}")) for p in payloads] for k, payloads in enumerate(streams)]
     out = []
     while any(queue):
@@ -351,20 +358,21 @@ def _groups(rng: random.Random, messages: list) -> list[list]:
     return out
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_grouped_handling_equals_one_message_at_a_time(seed):
+@pytest.mark.parametrize("seed, market", [(1, None), (2, None), (3, 250.0)])
+def test_grouped_handling_equals_one_message_at_a_time(seed, market):
     from greenwatch.storage.records import line_protocol
 
     messages = _mixed_traffic(seed)
-    one, one_sink = _collector()
+    one, one_sink = Collector(SETTINGS, carbon_ctx(300.0, 1.2, market), ListSink()), None
+    one_sink = one.sink
     for payload, topic in messages:
         one.handle(payload, expect_node=topic)
     assert one.stats.gaps_filled > 0 and one.stats.duplicates > 0
 
     rng = random.Random(seed)
-    as_records, records_sink = _collector()
-    as_lines, lines_sink = Collector(SETTINGS, carbon_ctx(300.0, 1.2), LinesSink()), None
-    lines_sink = as_lines.sink
+    as_records = Collector(SETTINGS, carbon_ctx(300.0, 1.2, market), ListSink())
+    as_lines = Collector(SETTINGS, carbon_ctx(300.0, 1.2, market), LinesSink())
+    records_sink, lines_sink = as_records.sink, as_lines.sink
     accepted = 0
     for group in _groups(rng, messages):
         accepted += as_records.handle_many(group)
@@ -373,6 +381,9 @@ def test_grouped_handling_equals_one_message_at_a_time(seed):
     # exactly what the records would have been turned into.
     assert records_sink.records == one_sink.records
     assert lines_sink.lines() == line_protocol(one_sink.records).split("\n")
+    gpu_lines = [line for line in lines_sink.lines() if line.startswith("gpu,")]
+    assert gpu_lines and all(("power_limit_w=" in line) == (",node=n2," not in line) for line in gpu_lines)
+    assert any(",node=n2," in line for line in gpu_lines)
     assert accepted == one.stats.batches
     for col in (as_records, as_lines):
         assert col.stats == one.stats

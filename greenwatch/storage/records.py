@@ -7,6 +7,7 @@ two can never disagree about names.
 
 from __future__ import annotations
 
+import functools
 import numbers
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping, NamedTuple, Sequence
@@ -65,17 +66,29 @@ class _Kind(NamedTuple):
 
     measurement: str
     names: tuple[str, ...]
-    template: str        # "a=%r,b=%di": floats by repr, integers with the i suffix
+    formats: tuple[str, ...]   # per field: "%r" (float, by repr) or "%di" (integer, with the i suffix)
+    ints: tuple[bool, ...]     # per field: an integer
+    template: str              # "a=%r,b=%di": every field present
 
     @classmethod
     def of(cls, measurement: str, fields: str) -> "_Kind":
         """``fields``: names separated by spaces, integers marked with a trailing ``:i``."""
-        names, parts = [], []
-        for spec in fields.split():
-            name, _, kind = spec.partition(":")
-            names.append(name)
-            parts.append(_escape_key(name) + ("=%di" if kind == "i" else "=%r"))
-        return cls(measurement, tuple(names), ",".join(parts))
+        specs = [spec.partition(":") for spec in fields.split()]
+        names = tuple(name for name, _, _ in specs)
+        formats = tuple("%di" if kind == "i" else "%r" for _, _, kind in specs)
+        return cls(measurement, names, formats, tuple(f == "%di" for f in formats),
+                   _template(names, formats, (True,) * len(names)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _template(names: tuple[str, ...], formats: tuple[str, ...], present: tuple[bool, ...]) -> str:
+    """The line-protocol field template of the fields that are ``present`` (NaN ones are left out)."""
+    return ",".join(f"{_escape_key(n)}={f}" for n, f, p in zip(names, formats, present) if p)
+
+
+@functools.lru_cache(maxsize=64)
+def _host_kind(names: tuple[str, ...]) -> _Kind:
+    return _Kind.of("host", " ".join(names))
 
 
 def _escape_key(s: str) -> str:
@@ -93,49 +106,78 @@ _NODE = _Kind.of("node_energy", "gpu_energy_j allocated_energy_j unallocated_ene
 _JOB_COLUMNS = [JOB_VALUES.index(n) for n in _JOB.names]
 
 
-def _no_nan(values: np.ndarray) -> list[bool]:
-    """Per row: no NaN in it (NaN cannot be stored; a row with one takes the slower, filtering path)."""
-    return (~np.isnan(values).any(axis=1)).tolist() if values.ndim == 2 and values.shape[1] else [True] * len(values)
+def _matrix(columns: Sequence[np.ndarray], rows: int) -> tuple[list[list[float]], list[bool]]:
+    """Columns side by side as float rows, and per row whether it has no NaN.
+
+    Integer fields travel as floats here (exact below 2**53): ``%d`` formats them the same, and
+    table_records turns them back into ints.  A row with a NaN (a failed reading; co2_market_g
+    without a market factor) leaves that field out.
+    """
+    m = np.empty((rows, len(columns)), dtype=np.float64)
+    for c, column in enumerate(columns):
+        m[:, c] = column
+    return m.tolist(), (~np.isnan(m).any(axis=1)).tolist()
 
 
-def _rows(table: LedgerTable, sources: Sequence[BlockSource]) -> Iterator[tuple[_Kind, tuple, list, bool, int]]:
-    """Every point of a table: (kind, tags, values in the kind's order, no NaN among them, time ns)."""
-    gsum = table.gpu_summary
-    g_clean = _no_nan(gsum)
-    gsum_l, ge, samples = gsum.tolist(), table.gpu_energy_j.tolist(), table.gpu_samples.tolist()
-    resets = table.gpu_resets.tolist()
+#: A series: its tags and its line-protocol head ("measurement,tag=value,..."), cached by flat keys.
+_Series = tuple[tuple[tuple[str, str], ...], str]
+
+
+def _new_series(key: tuple, measurement: str, tags: tuple[tuple[str, str], ...]) -> _Series:
+    series = (tags, _head(measurement, tags))
+    _SERIES.put(key, series)
+    return series
+
+
+def _rows(table: LedgerTable, sources: Sequence[BlockSource]) -> Iterator[tuple[_Kind, _Series, list, bool, int]]:
+    """Every point of a table: (kind, series, values in the kind's order, no NaN among them, time ns)."""
+    n_gpus, n_blocks = len(table.gpus), len(sources)
+    gsum, ge, samples = table.gpu_summary, table.gpu_energy_j, table.gpu_samples
+    limits = np.array([g.power_limit_w for g in table.gpus], dtype=np.float64)
+    counters = np.array([g.has_counter for g in table.gpus], dtype=np.float64)
+    g_rows, g_clean = _matrix([gsum[:, 0], gsum[:, 1], ge, *gsum[:, 2:7].T, limits, samples, counters,
+                               table.gpu_resets], n_gpus)
+    g_keep = ((samples != 0) | (ge != 0)).tolist()
     jv = table.job_values[:, _JOB_COLUMNS]
-    j_clean, jv_l = _no_nan(jv), jv.tolist()
+    j_rows, j_clean = jv.tolist(), (~np.isnan(jv).any(axis=1)).tolist()
     pv = table.pair_values
-    p_clean, pv_l = _no_nan(pv), pv.tolist()
-    bv_l, b_resets = table.block_values.tolist(), table.block_resets.tolist()
+    p_rows, p_clean = pv.tolist(), (~np.isnan(pv).any(axis=1)).tolist()
+    bv = table.block_values
+    n_rows, n_clean = _matrix([*bv[:, :8].T, np.diff(table.gpu_ptr), table.block_resets, bv[:, 8], bv[:, 9],
+                               table.host_energy_measured], n_blocks)
     ends = table.end_us.tolist()
     gp, jp, pp = table.gpu_ptr.tolist(), table.job_ptr.tolist(), table.pair_ptr.tolist()
+    gpus, jobs, pair_jobs, pair_gpus = table.gpus, table.jobs, table.pair_jobs, table.pair_gpus
+    cached = _SERIES.get     # tags are built only for a series not seen lately
     for k, src in enumerate(sources):
         t = ends[k] * 1000
-        base = (("cluster", src.cluster), ("node", src.node))
+        cluster, node = src.cluster, src.node
+        base = (("cluster", cluster), ("node", node))
         if src.with_gpu_series:
             for i in range(gp[k], gp[k + 1]):
-                if samples[i] == 0 and ge[i] == 0:
-                    continue
-                g = table.gpus[i]
-                m = gsum_l[i]
-                limit = float(g.power_limit_w)
-                yield (_GPU, base + (("gpu", g.uuid), ("gpu_index", str(g.index)), ("model", g.name)),
-                       [m[0], m[1], ge[i], m[2], m[3], m[4], m[5], m[6], limit, samples[i], int(g.has_counter),
-                        resets[i]], g_clean[i] and limit == limit and ge[i] == ge[i], t)
+                if g_keep[i]:
+                    g = gpus[i]
+                    key = ("gpu", cluster, node, g.uuid, g.index, g.name)
+                    yield _GPU, cached(key) or _new_series(key, "gpu", base + (
+                        ("gpu", g.uuid), ("gpu_index", str(g.index)), ("model", g.name))), g_rows[i], g_clean[i], t
         for i in range(jp[k], jp[k + 1]):
-            j = table.jobs[i]
-            yield _JOB, base + (("job", j.job_id), ("user", j.user or "unknown")), jv_l[i], j_clean[i], t
+            j = jobs[i]
+            key = ("job", cluster, node, j.job_id, j.user)
+            yield _JOB, cached(key) or _new_series(key, "job_energy", base + (
+                ("job", j.job_id), ("user", j.user or "unknown"))), j_rows[i], j_clean[i], t
         for i in range(pp[k], pp[k + 1]):
-            yield _PAIR, base + (("job", table.pair_jobs[i].job_id), ("gpu", table.pair_gpus[i].uuid)), pv_l[i], \
-                p_clean[i], t
-        b = bv_l[k]
-        node = b[:8] + [gp[k + 1] - gp[k], b_resets[k], b[8], b[9], int(table.host_energy_measured[k])]
-        yield _NODE, base, node, all(v == v for v in node), t
+            job_id, uuid = pair_jobs[i].job_id, pair_gpus[i].uuid
+            key = ("pair", cluster, node, job_id, uuid)
+            yield _PAIR, cached(key) or _new_series(key, "job_gpu", base + (("job", job_id), ("gpu", uuid))), \
+                p_rows[i], p_clean[i], t
+        key = ("node", cluster, node)
+        yield _NODE, cached(key) or _new_series(key, "node_energy", base), n_rows[k], n_clean[k], t
         if src.host and src.with_gpu_series:
             host = {n: float(src.host[n]) for n in _HOST_KEEP if n in src.host}
-            yield _Kind("host", tuple(host), ""), base, list(host.values()), False, t
+            values = list(host.values())
+            key = ("host", cluster, node)
+            yield _host_kind(tuple(host)), cached(key) or _new_series(key, "host", base), values, \
+                all(v == v for v in values), t
 
 
 def table_records(table: LedgerTable, sources: Sequence[BlockSource]) -> list[Record]:
@@ -143,21 +185,25 @@ def table_records(table: LedgerTable, sources: Sequence[BlockSource]) -> list[Re
 
     All of a block's records share its end time, so re-writing a batch is idempotent.
     """
-    return [_record(kind.measurement, tags, tuple(zip(kind.names, values)) if clean
-                    else _fields(dict(zip(kind.names, values))), t)
-            for kind, tags, values, clean, t in _rows(table, sources)]
+    records = []
+    for kind, (tags, _), values, _, t in _rows(table, sources):
+        typed = [int(v) if is_int else v for v, is_int in zip(values, kind.ints)] if any(kind.ints) else values
+        records.append(_record(kind.measurement, tags, _fields(dict(zip(kind.names, typed))), t))
+    return records
 
 
 def table_lines(table: LedgerTable, sources: Sequence[BlockSource]) -> str:
     """``line_protocol(table_records(table, sources))``, without making the records on the way."""
     lines = []
-    for kind, tags, values, clean, t in _rows(table, sources):
+    for kind, (_, head), values, clean, t in _rows(table, sources):
         if clean:
-            lines.append(f"{_head(kind.measurement, tags)} {kind.template % tuple(values)} {t}")
-        else:
-            line = line_protocol([_record(kind.measurement, tags, _fields(dict(zip(kind.names, values))), t)])
-            if line:
-                lines.append(line)
+            lines.append(f"{head} {kind.template % tuple(values)} {t}")
+            continue
+        # NaN fields are left out, as _fields leaves them out of records; the template of the
+        # fields left is cached.
+        template = _template(kind.names, kind.formats, tuple([v == v for v in values]))
+        if template:
+            lines.append(f"{head} {template % tuple([v for v in values if v == v])} {t}")
     return "\n".join(lines)
 
 
@@ -198,6 +244,7 @@ class _RecentCache:
 
 _FIELD_KEYS: dict[str, str] = {}    # field names, escaped: a fixed set (the data model's)
 _HEADS = _RecentCache()             # "measurement,tag=value,..." per series
+_SERIES = _RecentCache()            # (tags, head) per series of an accounted table, by flat keys
 
 
 def _field_value(v: float | int | str) -> str:
