@@ -11,8 +11,9 @@ Lines: ``soak.rss_growth_mib_per_min`` (least-squares slope of the collector's R
 second half of the run: memory flat means ~0), ``soak.heap_growth_pct_per_min`` (the same for
 the Python heap the collector reports, which RSS's allocator high-water marks do not blur),
 ``soak.malloc_growth_mib_per_min`` (the same for what its C allocator has in use), ``soak.backlog_max`` / ``soak.backlog_end``
-(unacknowledged messages + bodies not yet written; no queue growth means the end value is
-back near zero between bursts), ``soak.delivered_fraction`` (batches visible in InfluxDB /
+(MQTT messages not yet acknowledged, i.e. whose records are not yet durable; no queue growth
+means the median stays near zero between bursts; the records not yet durable are reported
+next to it), ``soak.delivered_fraction`` (batches visible in InfluxDB /
 published), ``soak.latency_p99_s``.
 """
 
@@ -105,7 +106,8 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
         lat = [(t_seen - (b * 0.01 + 0.005), n) for b, n, t_seen in poller.first_seen]
         half = [r for r in samples if r["t"] >= seconds / 2]
         growth = _slope([(r["t"] / 60.0, r["rss_mib"]) for r in half])
-        backlog = [r.get("unacked", 0.0) + r.get("pending", 0.0) for r in samples]
+        backlog = [r.get("unacked", 0.0) for r in samples]
+        pending = [r.get("pending", 0.0) for r in samples]
         load = played["samples"] / (math.ceil(seconds / 5.0) * 5.0)   # one batch per node per 5 s window
         yield {"name": "soak.rss_growth_mib_per_min", "value": round(growth, 3), "unit": "MiB/min",
                "seconds": round(seconds), "rss_mib_first_last": [round(samples[0]["rss_mib"], 1),
@@ -124,12 +126,14 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
                "unit": "MiB/min", "malloc_mib_first_last": [round(native[0][1], 1), round(native[-1][1], 1)] if native else None,
                "note": "least-squares slope over the second half of the bytes the collector's C allocator has in use "
                        "(glibc mallinfo2, from its health record): numpy arrays, large bytes objects"}
-        yield {"name": "soak.backlog_max", "value": max(backlog, default=0), "unit": "messages+bodies",
+        yield {"name": "soak.backlog_max", "value": max(backlog, default=0), "unit": "messages",
                "backlog_end": backlog[-1] if backlog else None,
                "backlog_median": statistics.median(backlog) if backlog else None,
+               "pending_records_max": max(pending, default=0),
+               "pending_records_median": statistics.median(pending) if pending else None,
                "spill_files_max": max((r.get("spill", 0.0) for r in samples), default=0),
-               "note": "unacknowledged MQTT messages + record bodies not yet durable, sampled every "
-                       f"{1 if quick else 2} s"}
+               "note": "MQTT messages not yet acknowledged (their records not yet durable), sampled every "
+                       f"{1 if quick else 2} s; pending_records: records (points) not yet durable"}
         yield {"name": "soak.delivered_fraction", "value": round(visible / max(played["batches"], 1), 5),
                "unit": "fraction", "published": played["batches"], "visible": visible,
                "note": "batches visible in InfluxDB at most 30 s after the last window closed / batches published",

@@ -61,9 +61,9 @@ def test_a_refused_write_raises_influx_error_naming_the_bucket(influx_v2):
 def test_series_head_cache_stays_bounded_under_job_churn_and_keeps_live_series():
     """A collector runs for months while jobs come and go: the cache of series heads (which hold
     job ids) must not grow with every job ever seen, and must keep the series still in use."""
-    from greenwatch.storage import records as R
+    from greenwatch.recent import RecentCache
 
-    heads = R._RecentCache(floor=256)
+    heads = RecentCache(floor=256)
     live = [("gpu", (("node", f"n{i}"), ("gpu", f"GPU-{i}"))) for i in range(1500)]
     sizes = []
     for window in range(200):

@@ -298,14 +298,14 @@ def test_writer_writes_at_most_max_batch_lines_per_request_and_counts_lines(tmp_
         acked: list[int] = []
         for k, n in enumerate(sizes):
             writer.write_lines("\n".join(f"m,k={k} v={i}i {i}" for i in range(n)))
-            writer.when_durable(lambda k=k: acked.append(k))
+            writer.when_durable(lambda k=k: acked.append(k), messages=k + 1)   # a group of k + 1 messages
         writer.write_lines("")                                   # nothing: not a body
-        assert writer.pending == sum(sizes) and writer.unacked == len(sizes)
+        assert writer.pending == sum(sizes) and writer.unacked == sum(range(1, len(sizes) + 1))
         stop = asyncio.Event()
         task = asyncio.create_task(writer.run(stop))
         await _settle(writer)
         assert store.writes == [8, 4, 12, 10, 3]
-        assert acked == list(range(len(sizes))) and writer.pending == 0
+        assert acked == list(range(len(sizes))) and writer.pending == 0 and writer.unacked == 0
         assert writer.written_lines == sum(sizes) == len(store.lines)
         stop.set()
         await task

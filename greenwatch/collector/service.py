@@ -286,7 +286,7 @@ class _Session:
                     group += more
             finally:   # also when stopping: what was taken is handled and acknowledged once durable
                 self.dispatch(group)
-                self.writer.when_durable(functools.partial(_ack_all, client, group))
+                self.writer.when_durable(functools.partial(_ack_all, client, group), len(group))
 
     def dispatch(self, messages: list[aiomqtt.Message]) -> None:
         """Route messages by topic: events to the event handler, batches to the collector as one group."""

@@ -52,7 +52,8 @@ class BufferedWriter:
         self._pending_lines = 0
         self._appended = 0                     # bodies ever appended
         self._durable = 0                      # bodies durably stored: always a prefix of the appended ones
-        self._waiters: collections.deque[tuple[int, Callable[[], None]]] = collections.deque()
+        self._waiters: collections.deque[tuple[int, Callable[[], None], int]] = collections.deque()
+        self._unacked = 0                      # messages the waiting callbacks stand for
         self._wake = asyncio.Event()
         self._retry_at = 0.0                   # monotonic time before which InfluxDB is not tried again
         self._backoff = 0.5
@@ -80,13 +81,17 @@ class BufferedWriter:
         if self._pending_lines >= self.max_batch_lines:
             self._wake.set()
 
-    def when_durable(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once everything written so far is durable (at once if it already is)."""
+    def when_durable(self, callback: Callable[[], None], messages: int = 1) -> None:
+        """Call ``callback`` once everything written so far is durable (at once if it already is).
+
+        ``messages``: how many MQTT messages the callback acknowledges (for :attr:`unacked`).
+        """
         if self._durable == self._appended:
             self._call(callback)
         else:
-            self._waiters.append((self._appended, callback))
-            if len(self._waiters) >= 256:
+            self._waiters.append((self._appended, callback, messages))
+            self._unacked += messages
+            if self._unacked >= 256:
                 self._wake.set()  # many messages wait for their acknowledgement: do not sit out the interval
 
     # -- state for the health record --------------------------------------------------------
@@ -97,8 +102,8 @@ class BufferedWriter:
 
     @property
     def unacked(self) -> int:
-        """Callbacks (MQTT messages) waiting for their data to become durable."""
-        return len(self._waiters)
+        """MQTT messages waiting for their data to become durable."""
+        return self._unacked
 
     @property
     def spill_bytes(self) -> int:
@@ -163,7 +168,7 @@ class BufferedWriter:
             return True
         if not self._spill_refusing:
             log.error("the spill %s is full (%d bytes): holding %d messages unacknowledged; the broker queues "
-                      "the rest", self.spill.path, self.spill.bytes, len(self._waiters))
+                      "the rest", self.spill.path, self.spill.bytes, self._unacked)
             self._spill_refusing = True
         return False
 
@@ -198,7 +203,9 @@ class BufferedWriter:
         del self._lines[:n]
         self._durable += n
         while self._waiters and self._waiters[0][0] <= self._durable:
-            self._call(self._waiters.popleft()[1])
+            _, callback, messages = self._waiters.popleft()
+            self._unacked -= messages
+            self._call(callback)
 
     def _failed(self, exc: Exception) -> None:
         self.write_errors += 1

@@ -15,6 +15,7 @@ from typing import Iterable, Iterator, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from greenwatch.attribution import JOB_VALUES, LedgerTable
+from greenwatch.recent import RecentCache
 
 __all__ = ["Record", "BlockSource", "table_records", "table_lines", "line_protocol"]
 
@@ -207,44 +208,9 @@ def table_lines(table: LedgerTable, sources: Sequence[BlockSource]) -> str:
     return "\n".join(lines)
 
 
-class _RecentCache:
-    """A dict that forgets what it has not been asked for lately, so memory stays flat under job churn.
-
-    Series heads include job ids, and jobs come and go: a plain dict would grow with every job
-    ever seen.  Two generations: a hit in the old one moves the entry to the new one, and after
-    ``4 × len(old)`` lookups (at least ``floor``) the old generation is dropped.  Entries in use
-    (every live series is looked up once per batch) survive; those of finished jobs go within
-    about eight batches.  Memory is bounded by about twice the live set.
-    """
-
-    def __init__(self, floor: int = 4096) -> None:
-        self._floor = floor
-        self._new: dict = {}
-        self._old: dict = {}
-        self._lookups = 0
-
-    def get(self, key):
-        self._lookups += 1
-        value = self._new.get(key)
-        if value is None:
-            value = self._old.get(key)
-            if value is not None:
-                self._new[key] = value
-            # Checked on misses only: only a miss is followed by a put, so this bounds the size.
-            if self._lookups >= max(self._floor, 4 * len(self._old)):
-                self._old, self._new, self._lookups = self._new, {}, 0
-        return value
-
-    def put(self, key, value) -> None:
-        self._new[key] = value
-
-    def __len__(self) -> int:
-        return len(self._new) + len(self._old)
-
-
 _FIELD_KEYS: dict[str, str] = {}    # field names, escaped: a fixed set (the data model's)
-_HEADS = _RecentCache()             # "measurement,tag=value,..." per series
-_SERIES = _RecentCache()            # (tags, head) per series of an accounted table, by flat keys
+_HEADS = RecentCache()             # "measurement,tag=value,..." per series
+_SERIES = RecentCache()            # (tags, head) per series of an accounted table, by flat keys
 
 
 def _field_value(v: float | int | str) -> str:

@@ -30,6 +30,7 @@ from greenwatch.batch import (
     GpuInfo,
     JobInfo,
 )
+from greenwatch.recent import RecentCache
 
 __all__ = ["MAGIC", "VERSION", "WireError", "encode", "decode"]
 
@@ -131,27 +132,17 @@ def _finite(value: Any) -> bool:
     return False
 
 
-class _Interned(dict):
-    """Parsed header objects by their raw values: a node repeats the same GPUs and jobs in every batch,
-    and a frozen dataclass costs more to build than to look up.  Cleared when full, so it stays bounded."""
-
-    LIMIT = 1 << 16
-
-    def lookup(self, key: tuple) -> Any:
-        """The value kept for `key`, or None (also for an unhashable key, which the checks then reject)."""
-        try:
-            return self.get(key)
-        except TypeError:
-            return None
-
-    def keep(self, key: Any, value: Any) -> Any:
-        if len(self) >= self.LIMIT:
-            self.clear()
-        self[key] = value
-        return value
+def _lookup(cache: RecentCache, key: tuple) -> Any:
+    """The parsed header object kept for ``key``, or None (also for an unhashable key, which the
+    checks then reject).  A node repeats the same GPUs and jobs in every batch, and a frozen
+    dataclass costs more to build than to look up; the cache forgets finished jobs."""
+    try:
+        return cache.get(key)
+    except TypeError:
+        return None
 
 
-_GPUS, _JOBS = _Interned(), _Interned()
+_GPUS, _JOBS = RecentCache(), RecentCache()
 
 
 def _parse_gpus(raw: Any) -> list[GpuInfo]:
@@ -165,7 +156,7 @@ def _parse_gpus(raw: Any) -> list[GpuInfo]:
         # Types are part of the key because 1 == True == 1.0 and the checks tell them apart.
         key = (uuid, index, name, counter, anchored, limit,
                type(uuid), type(index), type(name), type(counter), type(anchored), type(limit))
-        info = _GPUS.lookup(key)
+        info = _lookup(_GPUS, key)
         if info is None:
             if not (type(uuid) is str and 0 < len(uuid) <= 256 and type(name) is str and 0 < len(name) <= 256
                     and type(index) is int and 0 <= index <= 4096 and type(counter) is bool
@@ -178,8 +169,8 @@ def _parse_gpus(raw: Any) -> list[GpuInfo]:
                 _str(g, "uuid")
                 _int(g, "index", 0, 4096)
                 _str(g, "name")
-            info = _GPUS.keep(key, GpuInfo(uuid, index, name, counter, anchored,
-                                           math.nan if limit is None else float(limit)))
+            info = GpuInfo(uuid, index, name, counter, anchored, math.nan if limit is None else float(limit))
+            _GPUS.put(key, info)
         uuids.add(uuid)
         gpus.append(info)
     _require(len(uuids) == len(gpus), "bad-header", "duplicate GPU UUID")
@@ -192,11 +183,12 @@ def _parse_jobs(raw: Any) -> list[JobInfo]:
     for j in raw:
         _require(type(j) is dict, "bad-header", "each job must be an object")
         key = (j.get("id"), j.get("user", ""), j.get("source", ""))
-        info = _JOBS.lookup((*key, *map(type, key)))
+        info = _lookup(_JOBS, (*key, *map(type, key)))
         if info is None:
             job_id, user, source = key
             _require(type(user) is str and type(source) is str, "bad-header", "job user/source must be strings")
-            info = _JOBS.keep((*key, *map(type, key)), JobInfo(_str(j, "id"), user[:256], source[:64]))
+            info = JobInfo(_str(j, "id"), user[:256], source[:64])
+            _JOBS.put((*key, *map(type, key)), info)
         jobs.append(info)
     return jobs
 
