@@ -116,14 +116,24 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
                "note": "least-squares slope of the collector's RSS over the second half of the run"}
         heap = [(r["t"] / 60.0, r["heap"]) for r in half if r.get("heap")]
         heap_mean = statistics.fmean(v for _, v in heap) if heap else float("nan")
+        # Samples where the collector held nothing in flight (no message unacknowledged, no record
+        # pending): the bursts' transient buffers then do not blur the trend.
+        quiet = [r for r in half if r.get("unacked", 1) == 0 and r.get("pending", 1) == 0]
+        heap_quiet = [(r["t"] / 60.0, r["heap"]) for r in quiet if r.get("heap")]
+        malloc_quiet = [(r["t"] / 60.0, r["malloc"] / 2**20) for r in quiet if r.get("malloc", -1) > 0]
         yield {"name": "soak.heap_growth_pct_per_min", "value": round(100 * _slope(heap) / heap_mean, 3) if heap else None,
                "unit": "%/min", "heap_blocks_first_last": [heap[0][1], heap[-1][1]] if heap else None,
+               "quiet_pct_per_min": round(100 * _slope(heap_quiet) / heap_mean, 3) if len(heap_quiet) > 2 else None,
+               "quiet_samples": len(heap_quiet),
+               "quiet_first_last": [heap_quiet[0][1], heap_quiet[-1][1]] if heap_quiet else None,
                "note": "least-squares slope of the collector's Python heap (allocated blocks, from its health "
                        "record) over the second half, relative to its mean: what the collector holds, "
                        "without the allocator's high-water mark that RSS keeps after a backlog burst"}
         native = [(r["t"] / 60.0, r["malloc"] / 2**20) for r in half if r.get("malloc", -1) > 0]
         yield {"name": "soak.malloc_growth_mib_per_min", "value": round(_slope(native), 3) if native else None,
                "unit": "MiB/min", "malloc_mib_first_last": [round(native[0][1], 1), round(native[-1][1], 1)] if native else None,
+               "quiet_mib_per_min": round(_slope(malloc_quiet), 3) if len(malloc_quiet) > 2 else None,
+               "quiet_first_last": [round(malloc_quiet[0][1], 1), round(malloc_quiet[-1][1], 1)] if malloc_quiet else None,
                "note": "least-squares slope over the second half of the bytes the collector's C allocator has in use "
                        "(glibc mallinfo2, from its health record): numpy arrays, large bytes objects"}
         yield {"name": "soak.backlog_max", "value": max(backlog, default=0), "unit": "messages",
