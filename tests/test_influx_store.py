@@ -82,6 +82,22 @@ def test_series_head_cache_stays_bounded_under_job_churn_and_keeps_live_series()
     assert heads.get(("job_energy", (("node", "n0"), ("job", "50-0")))) is None
 
 
+def test_recent_cache_stays_bounded_when_almost_every_lookup_misses():
+    """A stream of keys never seen twice (every job new, a client cycling ids) must not grow the
+    cache without bound: each generation would otherwise be four times the last."""
+    from greenwatch.recent import RecentCache
+
+    cache = RecentCache(floor=16, limit=1_000)
+    sizes = []
+    for k in range(100_000):
+        if cache.get(("job", k)) is None:
+            cache.put(("job", k), k)
+        sizes.append(len(cache))
+    assert max(sizes) <= 2 * 1_000 + 1
+    assert cache.get(("job", 99_999)) == 99_999          # the newest are kept
+    assert cache.get(("job", 0)) is None                 # the oldest are gone
+
+
 def test_line_protocol_escapes_heads_and_fields():
     r = Record("job energy", (("node", "n 1"), ("job", "a=b,c"), ("empty", "")), (("energy j", 1.5), ("n", 3),
                                                                                    ("s", 'say "hi"')), 42)

@@ -125,7 +125,7 @@ _Series = tuple[tuple[tuple[str, str], ...], str]
 
 
 def _new_series(key: tuple, measurement: str, tags: tuple[tuple[str, str], ...]) -> _Series:
-    series = (tags, _head(measurement, tags))
+    series = (tags, _format_head(measurement, tags))
     _SERIES.put(key, series)
     return series
 
@@ -228,11 +228,15 @@ def _field_value(v: float | int | str) -> str:
     return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _format_head(measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
+    return _escape_key(measurement) + "".join(f",{_escape_key(k)}={_escape_key(v)}" for k, v in tags if v != "")
+
+
 def _head(measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
     key = (measurement, tags)
     h = _HEADS.get(key)
     if h is None:
-        h = _escape_key(measurement) + "".join(f",{_escape_key(k)}={_escape_key(v)}" for k, v in tags if v != "")
+        h = _format_head(measurement, tags)
         _HEADS.put(key, h)
     return h
 
