@@ -111,8 +111,8 @@ def _matrix(columns: Sequence[np.ndarray], rows: int) -> tuple[list[list[float]]
     """Columns side by side as float rows, and per row whether it has no NaN.
 
     Integer fields travel as floats here (exact below 2**53): ``%d`` formats them the same, and
-    table_records turns them back into ints.  A row with a NaN (a failed reading; co2_market_g
-    without a market factor) leaves that field out.
+    table_records turns them back into ints.  A row with a NaN (a reading that failed, a GPU
+    whose power limit is unknown) leaves that field out.
     """
     m = np.empty((rows, len(columns)), dtype=np.float64)
     for c, column in enumerate(columns):
