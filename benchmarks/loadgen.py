@@ -140,7 +140,8 @@ class Fleet:
                  process_hz: float = 1.0, *, cluster: str = "bench", prefix: str = "greenwatch/v1",
                  t0_us: int | None = None, seed: int = 1, job_mean_s: float = 900.0, idle_mean_s: float = 60.0,
                  sm_change_p: float = 0.5, shared_fraction: float = 0.25, spread: bool = False,
-                 jitter_us: int = 20_000, node_prefix: str = "gpu", clones: int = 1, keep_trace: int = -1) -> None:
+                 jitter_us: int = 20_000, node_prefix: str = "gpu", clones: int = 1, keep_trace: int = -1,
+                 settle_s: float = 0.0) -> None:
         self.n_nodes, self.n_gpus = nodes, gpus
         self.rate_hz, self.interval_s, self.process_hz = rate_hz, interval_s, process_hz
         self.n = int(round(rate_hz * interval_s))
@@ -188,9 +189,13 @@ class Fleet:
         self._anchor: dict[str, np.ndarray] | None = None
         self._energy = self.np_rng.integers(10**9, 10**11, (nodes, gpus)).astype(np.int64)
         self.mem_total = float(2 << 40)
-        # Warm start: the fleet is already busy when the run begins.
+        # Warm start: the fleet is already busy when the run begins.  With ``settle_s``, jobs also end
+        # and start for that long before it (in 5 s steps), so the fleet begins at its steady job
+        # count instead of fragmenting into more, smaller jobs during the run (soaks measure memory).
         for node in self.nodes:
-            self._churn(node, 0.0, warm=True)
+            self._churn(node, -settle_s, warm=True)
+            for step in range(int(settle_s // 5.0)):
+                self._churn(node, -settle_s + 5.0 * (step + 1))
         #: With ``keep_trace`` = a node index, the per-window inputs of that node are kept for verification.
         self.keep_trace = keep_trace
         self.trace: list[dict] = []
@@ -797,7 +802,7 @@ def serve(broker: str, stdin=sys.stdin, stdout=sys.stdout) -> int:
                           cluster=req.get("cluster", "bench"), prefix=req.get("prefix", "greenwatch/v1"),
                           t0_us=first_close - (n - 1) * int(round(1e6 / req.get("rate_hz", 10.0))),
                           seed=req.get("seed", 1), spread=req.get("spread", False), clones=req.get("clones", 1),
-                          job_mean_s=req.get("job_mean_s", 900.0))
+                          job_mean_s=req.get("job_mean_s", 900.0), settle_s=req.get("settle_s", 0.0))
             stats = play_realtime(fleet, pub, float(req["seconds"]))
             reply({"ok": True, **stats, "first_close_us": first_close, "nodes": fleet.n_nodes * fleet.clones})
         elif cmd == "drop":

@@ -60,8 +60,10 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
         coll.wait_log("subscribed to", 120)
         t_start = time.time()
         influx_cpu0 = cpu_seconds(rig.influx.pid)
+        # The full soak's fleet starts at its steady job count (two hours of job churn run ahead),
+        # so what the collector holds can only grow if the collector itself does.
         lg.send(cmd="play", nodes=nodes, clones=clones, seconds=seconds, cluster="soak", prefix="gw/s", seed=21,
-                first_close_in_s=1.0 if quick else None)
+                first_close_in_s=1.0 if quick else None, settle_s=0.0 if quick else 7200.0)
         poller = _LatencyPoller(rig, "soak", "soak", int((t_start - 10) * 1e9), window_s=60.0,
                                 interval_s=0.5 if quick else 1.0)
         poller.start()
