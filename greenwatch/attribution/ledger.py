@@ -332,7 +332,7 @@ def account_blocks(inputs: Sequence[LedgerInput], settings: AttributionSettings,
         h_pue[priced] = np.asarray(carbon.pue.pue_at(t_end), dtype=np.float64)
 
     seg_pue, seg_int, seg_mkt = pue[holder_seg], intensity[holder_seg], market[holder_seg]
-    hb = job_block
+    hb = job_block   # each job's block, to price its host energy at that block's end
     job_values = np.stack([
         per_job(h_e), per_job(h_idle), per_job(h_s),
         per_job(h_e * seg_pue) + host_job * h_pue[hb],
@@ -350,7 +350,7 @@ def account_blocks(inputs: Sequence[LedgerInput], settings: AttributionSettings,
     pair_values = np.stack([np.bincount(pair_of, weights=w, minlength=keys.shape[0]) for w in (h_e, h_idle, h_s)],
                            axis=1) if keys.shape[0] else np.zeros((0, 3))
 
-    summary = kernel.gpu_summaries(cols("power_mw"), cols("util_gpu"), cols("util_mem"), cols("mem_used_mib"),
+    summary = kernel.gpu_summaries(power_mw, cols("util_gpu"), cols("util_mem"), cols("mem_used_mib"),
                                    cols("temp_c"), cols("sm_clock_mhz"), offsets, anchored)
     samples = np.maximum(np.diff(offsets) - anchored, 0)
 

@@ -183,12 +183,13 @@ def _parse_jobs(raw: Any) -> list[JobInfo]:
     for j in raw:
         _require(type(j) is dict, "bad-header", "each job must be an object")
         key = (j.get("id"), j.get("user", ""), j.get("source", ""))
-        info = _lookup(_JOBS, (*key, *map(type, key)))
+        typed_key = (*key, *map(type, key))   # types too: 1 == True, but the checks tell them apart
+        info = _lookup(_JOBS, typed_key)
         if info is None:
-            job_id, user, source = key
+            _, user, source = key
             _require(type(user) is str and type(source) is str, "bad-header", "job user/source must be strings")
             info = JobInfo(_str(j, "id"), user[:256], source[:64])
-            _JOBS.put((*key, *map(type, key)), info)
+            _JOBS.put(typed_key, info)
         jobs.append(info)
     return jobs
 
