@@ -434,3 +434,35 @@ def test_a_failed_write_forgets_the_whole_group_so_redelivery_is_accepted():
         reference.handle(p, expect_node=topic)
     from greenwatch.storage.records import line_protocol
     assert col.sink.lines() == line_protocol(reference_sink.records).split("\n")
+
+
+def test_line_protocol_templates_survive_percent_signs_and_changing_series():
+    """The writer's line protocol is formatted from a template kept per node; names that look like
+    format directives are text, a job starting or ending rebuilds the template, and a host that sends
+    none of the stored host fields writes no host line (and no malformed one)."""
+    from greenwatch.storage.records import line_protocol
+
+    _, _, payloads = _stream(5, node="n%d")
+    messages = []
+    for w, p in enumerate(payloads):
+        header, body = _split(p)
+        header["node"] = "n%d"
+        for j, entry in enumerate(header["jobs"]):
+            entry["id"] = f"job%s{j}" if w < 3 else f"job%%{j}"    # the node's jobs change at window 3
+            entry["user"] = "100%r"
+        if w == 1:
+            header["host"] = {"window_s": 5.0}                       # nothing the host series stores
+        messages.append((_join(header, body), ("c1", "n%d")))
+    one, one_sink = _collector()
+    for payload, topic in messages:
+        assert one.handle(payload, expect_node=topic) is not None
+    grouped = Collector(SETTINGS, carbon_ctx(300.0, 1.2), LinesSink())
+    for k in range(0, len(messages), 2):
+        assert grouped.handle_many(messages[k:k + 2]) == len(messages[k:k + 2])
+    lines = grouped.sink.lines()
+    assert lines == line_protocol(one_sink.records).split("\n")
+    assert any(",job=job%s0,user=100%r " in line for line in lines)
+    assert any(",job=job%%0," in line for line in lines)
+    assert all(",node=n%d" in line for line in lines)
+    hosts = [line for line in lines if line.startswith("host,")]
+    assert len(hosts) == len(payloads) - 1 and all(" cpu_pct=" in line for line in hosts)

@@ -15,6 +15,7 @@ from typing import Iterable, Iterator, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from greenwatch.attribution import JOB_VALUES, LedgerTable
+from greenwatch.batch import GpuInfo, JobInfo
 from greenwatch.recent import RecentCache
 
 __all__ = ["Record", "BlockSource", "table_records", "table_lines", "line_protocol"]
@@ -130,8 +131,10 @@ def _new_series(key: tuple, measurement: str, tags: tuple[tuple[str, str], ...])
     return series
 
 
-def _rows(table: LedgerTable, sources: Sequence[BlockSource]) -> Iterator[tuple[_Kind, _Series, list, bool, int]]:
-    """Every point of a table: (kind, series, values in the kind's order, no NaN among them, time ns)."""
+def _rows(table: LedgerTable, sources: Sequence[BlockSource],
+          blocks: Iterable[int] | None = None) -> Iterator[tuple[int, _Kind, _Series, list, bool, int]]:
+    """Every point of a table's ``blocks`` (all by default): (block, kind, series, values in the
+    kind's order, no NaN among them, time ns)."""
     n_gpus, n_blocks = len(table.gpus), len(sources)
     gsum, ge, samples = table.gpu_summary, table.gpu_energy_j, table.gpu_samples
     limits = np.array([g.power_limit_w for g in table.gpus], dtype=np.float64)
@@ -150,7 +153,8 @@ def _rows(table: LedgerTable, sources: Sequence[BlockSource]) -> Iterator[tuple[
     gp, jp, pp = table.gpu_ptr.tolist(), table.job_ptr.tolist(), table.pair_ptr.tolist()
     gpus, jobs, pair_jobs, pair_gpus = table.gpus, table.jobs, table.pair_jobs, table.pair_gpus
     cached = _SERIES.get     # tags are built only for a series not seen lately
-    for k, src in enumerate(sources):
+    for k in range(n_blocks) if blocks is None else blocks:
+        src = sources[k]
         t = ends[k] * 1000
         cluster, node = src.cluster, src.node
         base = (("cluster", cluster), ("node", node))
@@ -159,25 +163,25 @@ def _rows(table: LedgerTable, sources: Sequence[BlockSource]) -> Iterator[tuple[
                 if g_keep[i]:
                     g = gpus[i]
                     key = ("gpu", cluster, node, g.uuid, g.index, g.name)
-                    yield _GPU, cached(key) or _new_series(key, "gpu", base + (
+                    yield k, _GPU, cached(key) or _new_series(key, "gpu", base + (
                         ("gpu", g.uuid), ("gpu_index", str(g.index)), ("model", g.name))), g_rows[i], g_clean[i], t
         for i in range(jp[k], jp[k + 1]):
             j = jobs[i]
             key = ("job", cluster, node, j.job_id, j.user)
-            yield _JOB, cached(key) or _new_series(key, "job_energy", base + (
+            yield k, _JOB, cached(key) or _new_series(key, "job_energy", base + (
                 ("job", j.job_id), ("user", j.user or "unknown"))), j_rows[i], j_clean[i], t
         for i in range(pp[k], pp[k + 1]):
             job_id, uuid = pair_jobs[i].job_id, pair_gpus[i].uuid
             key = ("pair", cluster, node, job_id, uuid)
-            yield _PAIR, cached(key) or _new_series(key, "job_gpu", base + (("job", job_id), ("gpu", uuid))), \
+            yield k, _PAIR, cached(key) or _new_series(key, "job_gpu", base + (("job", job_id), ("gpu", uuid))), \
                 p_rows[i], p_clean[i], t
         key = ("node", cluster, node)
-        yield _NODE, cached(key) or _new_series(key, "node_energy", base), n_rows[k], n_clean[k], t
+        yield k, _NODE, cached(key) or _new_series(key, "node_energy", base), n_rows[k], n_clean[k], t
         if src.host and src.with_gpu_series:
             host = {n: float(src.host[n]) for n in _HOST_KEEP if n in src.host}
             values = list(host.values())
             key = ("host", cluster, node)
-            yield _host_kind(tuple(host)), cached(key) or _new_series(key, "host", base), values, \
+            yield k, _host_kind(tuple(host)), cached(key) or _new_series(key, "host", base), values, \
                 all(v == v for v in values), t
 
 
@@ -187,25 +191,154 @@ def table_records(table: LedgerTable, sources: Sequence[BlockSource]) -> list[Re
     All of a block's records share its end time, so re-writing a batch is idempotent.
     """
     records = []
-    for kind, (tags, _), values, _, t in _rows(table, sources):
+    for _, kind, (tags, _), values, _, t in _rows(table, sources):
         typed = [int(v) if is_int else v for v, is_int in zip(values, kind.ints)] if any(kind.ints) else values
         records.append(_record(kind.measurement, tags, _fields(dict(zip(kind.names, typed))), t))
     return records
 
 
 def table_lines(table: LedgerTable, sources: Sequence[BlockSource]) -> str:
-    """``line_protocol(table_records(table, sources))``, without making the records on the way."""
-    lines = []
-    for kind, (_, head), values, clean, t in _rows(table, sources):
+    """``line_protocol(table_records(table, sources))``, without making the records on the way.
+
+    A node sends the same series in every batch (its GPUs, its running jobs), so each node's lines
+    are formatted from one template kept per node: the heads, field names and time placeholders of
+    all its lines, filled with one ``%`` from the block's values.  The template is rebuilt when the
+    node's GPUs, jobs or host fields change; a block with a missing value (NaN), a GPU without
+    samples, or a time the template cannot print exactly takes the point-by-point path.
+    """
+    blocks = _BlockValues(table, sources)
+    parts: list[str] = []
+    slow: list[int] = []
+    for k, src in enumerate(sources):
+        text = blocks.text(k, src) if blocks.clean[k] else None
+        if text is None:
+            slow.append(k)
+            parts.append("")
+        else:
+            parts.append(text)
+    if slow:
+        for k, text in zip(slow, _point_lines(table, sources, slow)):
+            parts[k] = text
+    return "\n".join([p for p in parts if p])
+
+
+def _point_lines(table: LedgerTable, sources: Sequence[BlockSource], blocks: Sequence[int]) -> list[str]:
+    """Each of ``blocks``' lines formatted point by point (NaN fields left out), one text per block."""
+    texts: dict[int, list[str]] = {k: [] for k in blocks}
+    for k, kind, (_, head), values, clean, t in _rows(table, sources, blocks):
         if clean:
-            lines.append(f"{head} {kind.template % tuple(values)} {t}")
+            if kind.names:
+                texts[k].append(f"{head} {kind.template % tuple(values)} {t}")
             continue
         # NaN fields are left out, as _fields leaves them out of records; the template of the
         # fields left is cached.
         template = _template(kind.names, kind.formats, tuple([v == v for v in values]))
         if template:
-            lines.append(f"{head} {template % tuple([v for v in values if v == v])} {t}")
-    return "\n".join(lines)
+            texts[k].append(f"{head} {template % tuple([v for v in values if v == v])} {t}")
+    return ["\n".join(texts[k]) for k in blocks]
+
+
+#: Block times are printed as microseconds followed by "000" (nanoseconds): exact while the
+#: microseconds, carried as floats beside the values, are below 2**53 (the year 2255).
+_MAX_EXACT_US = float(1 << 53)
+
+
+class _BlockValues:
+    """A table's values per kind as flat float lists, each row followed by its block's end time in
+    microseconds, and per block whether the template path can print it exactly."""
+
+    def __init__(self, table: LedgerTable, sources: Sequence[BlockSource]) -> None:
+        ends = table.end_us.astype(np.float64)
+        gp, jp, pp = table.gpu_ptr, table.job_ptr, table.pair_ptr
+        gsum, ge, samples = table.gpu_summary, table.gpu_energy_j, table.gpu_samples
+        limits = np.array([g.power_limit_w for g in table.gpus], dtype=np.float64)
+        counters = np.array([g.has_counter for g in table.gpus], dtype=np.float64)
+        g = _timed([gsum[:, 0], gsum[:, 1], ge, *gsum[:, 2:7].T, limits, samples, counters, table.gpu_resets],
+                   np.repeat(ends, np.diff(gp)))
+        j = _timed(list(table.job_values[:, _JOB_COLUMNS].T), np.repeat(ends, np.diff(jp)))
+        p = _timed(list(table.pair_values.T), np.repeat(ends, np.diff(pp)))
+        bv = table.block_values
+        n = _timed([*bv[:, :8].T, np.diff(gp), table.block_resets, bv[:, 8], bv[:, 9], table.host_energy_measured],
+                   ends)
+        with_gpus = np.array([s.with_gpu_series for s in sources], dtype=bool)
+        # GPU rows count only where the block writes GPU series; a GPU without samples or energy
+        # is left out of those, which the template (one line per GPU) cannot do.
+        g_bad = np.isnan(g).any(axis=1) | ((samples == 0) & (ge == 0))
+        bad = (_per_block(g_bad, gp) * with_gpus + _per_block(np.isnan(j).any(axis=1), jp)
+               + _per_block(np.isnan(p).any(axis=1), pp) + np.isnan(n).any(axis=1))
+        self.clean = ((bad == 0) & (ends >= 1) & (ends < _MAX_EXACT_US)).tolist()
+        self.g, self.j, self.p, self.n = g.ravel().tolist(), j.ravel().tolist(), p.ravel().tolist(), n.ravel().tolist()
+        self.gp, self.jp, self.pp = gp.tolist(), jp.tolist(), pp.tolist()
+        self.ends = ends.tolist()
+        self.table = table
+
+    def text(self, k: int, src: BlockSource) -> str | None:
+        """Block ``k``'s lines, or None if it must take the point-by-point path."""
+        t = self.table
+        g0, g1, j0, j1, p0, p1 = self.gp[k], self.gp[k + 1], self.jp[k], self.jp[k + 1], self.pp[k], self.pp[k + 1]
+        values = []
+        host_keys: tuple[str, ...] = ()
+        if src.with_gpu_series:
+            values = self.g[g0 * _GPU_W:g1 * _GPU_W]
+            if src.host:
+                host = src.host
+                host_keys = tuple([name for name in _HOST_KEEP if name in host])
+        values += self.j[j0 * _JOB_W:j1 * _JOB_W]
+        values += self.p[p0 * _PAIR_W:p1 * _PAIR_W]
+        values += self.n[k * _NODE_W:(k + 1) * _NODE_W]
+        if host_keys:
+            host_values = [float(src.host[name]) for name in host_keys]   # type: ignore[index]
+            if not all(v == v for v in host_values):
+                return None
+            values += host_values
+            values.append(self.ends[k])
+        # What the template depends on: the node's series and which host fields it has.  GpuInfo
+        # and JobInfo objects are shared between a node's batches (the decoder keeps them), so
+        # comparing with the template's is mostly a comparison of identities.
+        signature = (tuple(t.gpus[g0:g1]) if src.with_gpu_series else (), tuple(t.jobs[j0:j1]),
+                     tuple(t.pair_jobs[p0:p1]), tuple(t.pair_gpus[p0:p1]), host_keys)
+        key = (src.cluster, src.node, src.with_gpu_series)
+        kept = _TEMPLATES.get(key)
+        if kept is None or kept[0] != signature:
+            kept = (signature, _node_template(src.cluster, src.node, *signature))
+            _TEMPLATES.put(key, kept)
+        return kept[1] % tuple(values)
+
+
+def _timed(columns: Sequence[np.ndarray], ends_us: np.ndarray) -> np.ndarray:
+    """Columns side by side as float rows, with the row's block end time (µs) as the last column."""
+    m = np.empty((ends_us.shape[0], len(columns) + 1), dtype=np.float64)
+    for c, column in enumerate(columns):
+        m[:, c] = column
+    m[:, -1] = ends_us
+    return m
+
+
+def _per_block(bad_rows: np.ndarray, ptr: np.ndarray) -> np.ndarray:
+    """How many of each block's rows are bad (``ptr`` delimits the blocks' rows)."""
+    cum = np.zeros(bad_rows.shape[0] + 1, dtype=np.int64)
+    np.cumsum(bad_rows, out=cum[1:])
+    return cum[ptr[1:]] - cum[ptr[:-1]]
+
+
+def _node_template(cluster: str, node: str, gpus: tuple[GpuInfo, ...], jobs: tuple[JobInfo, ...],
+                   pair_jobs: tuple[JobInfo, ...], pair_gpus: tuple[GpuInfo, ...], host_keys: tuple[str, ...]) -> str:
+    """The ``%`` template of one block's lines: heads escaped for ``%``, then fields, then time."""
+    base = (("cluster", cluster), ("node", node))
+    heads = [(_GPU, _format_head("gpu", base + (("gpu", g.uuid), ("gpu_index", str(g.index)), ("model", g.name))))
+             for g in gpus]
+    heads += [(_JOB, _format_head("job_energy", base + (("job", j.job_id), ("user", j.user or "unknown"))))
+              for j in jobs]
+    heads += [(_PAIR, _format_head("job_gpu", base + (("job", j.job_id), ("gpu", g.uuid))))
+              for j, g in zip(pair_jobs, pair_gpus)]
+    heads.append((_NODE, _format_head("node_energy", base)))
+    if host_keys:
+        heads.append((_host_kind(host_keys), _format_head("host", base)))
+    return "\n".join(f"{head.replace('%', '%%')} {kind.template} %d000" for kind, head in heads)
+
+
+_GPU_W, _JOB_W, _PAIR_W, _NODE_W = len(_GPU.names) + 1, len(_JOB.names) + 1, len(_PAIR.names) + 1, len(_NODE.names) + 1
+_TEMPLATES = RecentCache(floor=1024)   # per (cluster, node, with GPU series): (signature, template)
 
 
 _FIELD_KEYS: dict[str, str] = {}    # field names, escaped: a fixed set (the data model's)
