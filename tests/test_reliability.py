@@ -442,3 +442,34 @@ def test_agent_notifies_systemd_spools_while_the_broker_is_down_and_replays_in_o
     assert [b.seq for b in batches] == list(range(len(batches)))                 # in order, none missing
     assert all(g.anchored for b in batches[1:] for g in b.gpus)                  # anchored across the restart
     assert "continuing run" in agent2.log() and not list((tmp_path / "n-spool").glob("*.gwq"))
+
+
+def test_the_collectors_gc_tuning_still_frees_reference_cycles() -> None:
+    """The collector raises the GC thresholds once started (greenwatch.collector.service.tune_gc):
+    reference cycles must still be freed, only later, and what existed at start-up is left alone."""
+    import gc
+    import weakref
+
+    from greenwatch.collector.service import GC_THRESHOLDS, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS and gc.get_freeze_count() > 0
+
+        class Node:
+            pass
+
+        freed = []
+        for _ in range(1000):                      # cyclic garbage, as exceptions and frames make
+            a, b = Node(), Node()
+            a.other, b.other = b, a
+            weakref.finalize(a, freed.append, 1)
+        del a, b
+        assert len(freed) < 1000                   # not collected at once: the threshold is higher
+        junk = [[] for _ in range(3 * GC_THRESHOLDS[0])]   # net allocations past the threshold
+        del junk
+        assert len(freed) == 1000
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
