@@ -65,6 +65,7 @@ TARGET_BYTE_FRACTION = 0.5
 TARGET_P99_S = 5.0
 SAMPLES_PER_BATCH = 400      # 8 GPUs x 50 samples (5 s at 10 Hz)
 QUICK_B_MAX_SAMPLES_PER_S = 160_000   # --quick: phase B's fleet is generated for at most this load
+LATENCY_SAMPLE_REGEX = "[37]$"          # phase B samples latency on the nodes whose name ends in 3 or 7
 
 __all__ = ["run", "Rig", "Child", "cpu_seconds", "rss_mib"]
 
@@ -479,14 +480,17 @@ class _LatencyPoller(threading.Thread):
     """Polls InfluxDB for newly visible node_energy points per 10 ms of point time.
 
     With ``window_s``, only the last ``window_s`` seconds of point time are queried (long runs);
-    older buckets are taken as complete.
+    older buckets are taken as complete.  With ``node_regex``, only the nodes whose names match
+    (a sample): each poll visits every series it counts, so polling thousands of nodes' series
+    every 0.2 s would take influxd CPU from the cores it shares with the collector it measures.
     """
 
     def __init__(self, rig: Rig, bucket: str, cluster: str, since_ns: int, window_s: float | None = None,
-                 interval_s: float = 0.2) -> None:
+                 interval_s: float = 0.2, node_regex: str | None = None) -> None:
         super().__init__(daemon=True)
         self.rig, self.bucket, self.cluster, self.since_ns = rig, bucket, cluster, since_ns
         self.window_s, self.interval_s = window_s, interval_s
+        self.where = f"\"cluster\" = '{cluster}'" + (f' AND "node" =~ /{node_regex}/' if node_regex else "")
         self.seen: dict[int, int] = {}
         self.first_seen: list[tuple[int, int, float]] = []   # (bucket of 10 ms, count, wall time)
         self.stop_event = threading.Event()
@@ -497,7 +501,7 @@ class _LatencyPoller(threading.Thread):
             lo = self.since_ns
             if self.window_s is not None:
                 lo = max(lo, int((time.time() - self.window_s) * 1e9))
-            q = (f"SELECT count(\"gpu_energy_j\") AS n FROM \"node_energy\" WHERE \"cluster\" = '{self.cluster}' "
+            q = (f"SELECT count(\"gpu_energy_j\") AS n FROM \"node_energy\" WHERE {self.where} "
                  f"AND time >= {lo} GROUP BY time(10ms) fill(none)")
             try:
                 rows = self.rig.query(q, self.bucket)
@@ -616,7 +620,7 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
     # Phase A backlog: base nodes x clones x windows; B: seconds of real time; subsets for D and C.
     if quick:
         base, clones, windows, b_windows = 400, 3, 3, 1
-        disc_sel, two_sel = {"windows": 2, "nodes": 600}, {"windows": 2, "nodes": 251}
+        disc_sel, two_sel = {"windows": 3}, {"windows": 2, "nodes": 251}
     else:
         base, clones, windows, b_windows = 1000, 2, 4, 2
         disc_sel, two_sel = {"windows": 4}, {"windows": 3, "nodes": 1001}
@@ -703,6 +707,11 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
                     batches=m, seconds=round(steady_s, 3), first_window_s=round(first_s, 3),
                     including_series_creation=round(samples_a / all_s), collector_cpu_s=round(coll_cpu, 2),
                     other_cpu_s=cpu_others,
+                    # What each needed per batch of the backlog (series creation included): on these
+                    # shared cores the larger one sets the end-to-end rate.  influxd's includes the
+                    # counts that poll the drain (every 0.1 s; 30 ms in --quick).
+                    cpu_ms_per_batch={"collector": round(coll_cpu / m * 1e3, 3),
+                                      "influxd": round(cpu_others.get("influxd", 0.0) / m * 1e3, 3)},
                     note="GPU-samples of windows 2.. of the backlog / seconds from window 1 visible to all visible")
         yield _line("collector.byte_rate_fraction", round(coll_bps / bare_bps, 4), "fraction",
                     value_bytes_per_s=round(coll_bps), baseline=round(bare_bps), ratio=round(coll_bps / bare_bps, 4),
@@ -752,27 +761,37 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
             warm_s = time.time() - t
         # Window w of the fleet closes 5 s after window w - 1: the measured windows' points come after.
         start_ns = (gen_b["end_us"][0] + (b_warm * 5_000_000 if b_warm else -5_000_000)) * 1000
-        poller = _LatencyPoller(rig, "one", "bench-b", start_ns)
+        # Latency is sampled on the nodes whose number ends in 3 or 7 (a fifth, spread evenly over
+        # the window); every node is published and written.
+        poller = _LatencyPoller(rig, "one", "bench-b", start_ns, node_regex=LATENCY_SAMPLE_REGEX)
         poller.start()
         rt = lg.call(cmd="realtime", name="B", prefix="gw/a", fraction=fraction, from_window=b_warm)
         lg.call(cmd="drop", name="B")
-        _wait_until(lambda: poller.total >= rt["published"], 60, 0.2)
+        visible_b = lambda: rig.count("one", "bench-b") - (warm["main"] if b_warm else 0)   # noqa: E731
+        complete = _wait_until(lambda: visible_b() >= rt["published"], 60, 0.5) is not None
+        time.sleep(2 * poller.interval_s)     # the poller's next round sees the last of them
         poller.stop_event.set()
         poller.join()
+        sampled = rig.query(f'SELECT count("gpu_energy_j") AS n FROM "node_energy" WHERE {poller.where} '
+                            f'AND time >= {start_ns}', "one")
         _mark("B done")
         lag_s = rt["lag_s"] + rt["delay_s"]
         lat = [(t_seen - (b * 0.01 + 0.005) - lag_s, n) for b, n, t_seen in poller.first_seen]
         p50, p99 = _percentile(lat, 0.50), _percentile(lat, 0.99)
         offered = rt["samples"] / (b_windows * 5.0)
         yield _line("collector.latency_p50_s", round(p50, 3), "s", load_samples_per_s=round(offered))
-        yield _line("collector.latency_p99_s", round(p99, 3), "s", target=TARGET_P99_S, ok=p99 <= TARGET_P99_S,
-                    load_samples_per_s=round(offered), batches=rt["published"], visible=poller.total,
+        # Batches not visible within 60 s have no latency to count: the figure is then not met.
+        yield _line("collector.latency_p99_s", round(p99, 3), "s", target=TARGET_P99_S,
+                    ok=complete and p99 <= TARGET_P99_S, complete=complete,
+                    load_samples_per_s=round(offered), batches=rt["published"], visible=visible_b(),
+                    sampled=poller.total, sampled_visible=int(sampled[0]["n"]) if sampled else 0,
                     max_s=round(max((v for v, _ in lat), default=float("nan")), 3), polls=poller.polls,
                     load_capped=load_capped, load_basis="first window (series creation)" if b_warm == 0
                     else "steady state", capacity_samples_per_s=round(capacity),
                     first_window_samples_per_s=round(first_window_sps), warmup_window_s=round(warm_s, 2),
-                    note="window end (newest sample of a batch, its records' time) to visible in InfluxDB; "
-                         "load = min(1e6, 0.8 x the measured samples_per_s), nodes spread over the 5 s window")
+                    note="window end (newest sample of a batch, its records' time) to visible in InfluxDB, "
+                         "sampled on a fifth of the nodes; load = min(1e6, 0.8 x the measured samples_per_s), "
+                         "nodes spread over the 5 s window")
 
         # C: two collectors on one shared subscription, the same batches as the single one.
         coll.freeze()

@@ -228,6 +228,7 @@ GC_THRESHOLDS = (50_000, 20, 10)
 def tune_gc() -> None:
     """Set :data:`GC_THRESHOLDS`, and move what exists now (modules, compiled kernels: never
     garbage) out of the collector's reach, so that collections walk only what came later."""
+    gc.collect()   # what is garbage now would never be freed once frozen
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
 
