@@ -108,17 +108,49 @@ _NODE = _Kind.of("node_energy", "gpu_energy_j allocated_energy_j unallocated_ene
 _JOB_COLUMNS = [JOB_VALUES.index(n) for n in _JOB.names]
 
 
-def _matrix(columns: Sequence[np.ndarray], rows: int) -> tuple[list[list[float]], list[bool]]:
-    """Columns side by side as float rows, and per row whether it has no NaN.
+class _Values(NamedTuple):
+    """A table's field values per kind, in each kind's field order, as float64 rows (one per GPU,
+    job, pair, block), each row followed by its block's end time in microseconds.
 
-    Integer fields travel as floats here (exact below 2**53): ``%d`` formats them the same, and
-    table_records turns them back into ints.  A row with a NaN (a reading that failed, a GPU
-    whose power limit is unknown) leaves that field out.
+    Integer fields travel as floats (exact below 2**53): ``%d`` formats them the same, and
+    table_records turns them back into ints.  A NaN (a reading that failed, a GPU whose power
+    limit is unknown) is a field left out.
     """
-    m = np.empty((rows, len(columns)), dtype=np.float64)
+
+    gpu: np.ndarray
+    job: np.ndarray
+    pair: np.ndarray
+    node: np.ndarray
+
+    @classmethod
+    def of(cls, table: LedgerTable) -> "_Values":
+        ends = table.end_us.astype(np.float64)
+        gp = table.gpu_ptr
+        gsum = table.gpu_summary
+        limits = np.array([g.power_limit_w for g in table.gpus], dtype=np.float64)
+        counters = np.array([g.has_counter for g in table.gpus], dtype=np.float64)
+        bv = table.block_values
+        return cls(
+            _side_by_side([gsum[:, 0], gsum[:, 1], table.gpu_energy_j, *gsum[:, 2:7].T, limits, table.gpu_samples,
+                           counters, table.gpu_resets, np.repeat(ends, np.diff(gp))]),
+            _side_by_side([*table.job_values[:, _JOB_COLUMNS].T, np.repeat(ends, np.diff(table.job_ptr))]),
+            _side_by_side([*table.pair_values.T, np.repeat(ends, np.diff(table.pair_ptr))]),
+            _side_by_side([*bv[:, :8].T, np.diff(gp), table.block_resets, bv[:, 8], bv[:, 9],
+                           table.host_energy_measured, ends]))
+
+
+def _side_by_side(columns: Sequence[np.ndarray]) -> np.ndarray:
+    """Equal-length columns as the columns of one float64 matrix."""
+    m = np.empty((columns[-1].shape[0], len(columns)), dtype=np.float64)
     for c, column in enumerate(columns):
         m[:, c] = column
-    return m.tolist(), (~np.isnan(m).any(axis=1)).tolist()
+    return m
+
+
+def _fields_and_clean(m: np.ndarray) -> tuple[list[list[float]], list[bool]]:
+    """A kind's rows without their time column, and per row whether it has no NaN."""
+    fields = m[:, :-1]
+    return fields.tolist(), (~np.isnan(fields).any(axis=1)).tolist()
 
 
 #: A series: its tags and its line-protocol head ("measurement,tag=value,..."), cached by flat keys.
@@ -131,24 +163,17 @@ def _new_series(key: tuple, measurement: str, tags: tuple[tuple[str, str], ...])
     return series
 
 
-def _rows(table: LedgerTable, sources: Sequence[BlockSource],
-          blocks: Iterable[int] | None = None) -> Iterator[tuple[int, _Kind, _Series, list, bool, int]]:
+def _rows(table: LedgerTable, sources: Sequence[BlockSource], blocks: Iterable[int] | None = None,
+          values: _Values | None = None) -> Iterator[tuple[int, _Kind, _Series, list, bool, int]]:
     """Every point of a table's ``blocks`` (all by default): (block, kind, series, values in the
-    kind's order, no NaN among them, time ns)."""
-    n_gpus, n_blocks = len(table.gpus), len(sources)
-    gsum, ge, samples = table.gpu_summary, table.gpu_energy_j, table.gpu_samples
-    limits = np.array([g.power_limit_w for g in table.gpus], dtype=np.float64)
-    counters = np.array([g.has_counter for g in table.gpus], dtype=np.float64)
-    g_rows, g_clean = _matrix([gsum[:, 0], gsum[:, 1], ge, *gsum[:, 2:7].T, limits, samples, counters,
-                               table.gpu_resets], n_gpus)
-    g_keep = ((samples != 0) | (ge != 0)).tolist()
-    jv = table.job_values[:, _JOB_COLUMNS]
-    j_rows, j_clean = jv.tolist(), (~np.isnan(jv).any(axis=1)).tolist()
-    pv = table.pair_values
-    p_rows, p_clean = pv.tolist(), (~np.isnan(pv).any(axis=1)).tolist()
-    bv = table.block_values
-    n_rows, n_clean = _matrix([*bv[:, :8].T, np.diff(table.gpu_ptr), table.block_resets, bv[:, 8], bv[:, 9],
-                               table.host_energy_measured], n_blocks)
+    kind's order, no NaN among them, time ns).  ``values``: the table's, if already made."""
+    v = _Values.of(table) if values is None else values
+    n_blocks = len(sources)
+    g_rows, g_clean = _fields_and_clean(v.gpu)
+    g_keep = ((table.gpu_samples != 0) | (table.gpu_energy_j != 0)).tolist()
+    j_rows, j_clean = _fields_and_clean(v.job)
+    p_rows, p_clean = _fields_and_clean(v.pair)
+    n_rows, n_clean = _fields_and_clean(v.node)
     ends = table.end_us.tolist()
     gp, jp, pp = table.gpu_ptr.tolist(), table.job_ptr.tolist(), table.pair_ptr.tolist()
     gpus, jobs, pair_jobs, pair_gpus = table.gpus, table.jobs, table.pair_jobs, table.pair_gpus
@@ -217,15 +242,16 @@ def table_lines(table: LedgerTable, sources: Sequence[BlockSource]) -> str:
         else:
             parts.append(text)
     if slow:
-        for k, text in zip(slow, _point_lines(table, sources, slow)):
+        for k, text in zip(slow, _point_lines(table, sources, slow, blocks.values)):
             parts[k] = text
     return "\n".join([p for p in parts if p])
 
 
-def _point_lines(table: LedgerTable, sources: Sequence[BlockSource], blocks: Sequence[int]) -> list[str]:
+def _point_lines(table: LedgerTable, sources: Sequence[BlockSource], blocks: Sequence[int],
+                 table_values: _Values) -> list[str]:
     """Each of ``blocks``' lines formatted point by point (NaN fields left out), one text per block."""
     texts: dict[int, list[str]] = {k: [] for k in blocks}
-    for k, kind, (_, head), values, clean, t in _rows(table, sources, blocks):
+    for k, kind, (_, head), values, clean, t in _rows(table, sources, blocks, table_values):
         if clean:
             if kind.names:
                 texts[k].append(f"{head} {kind.template % tuple(values)} {t}")
@@ -244,30 +270,21 @@ _MAX_EXACT_US = float(1 << 53)
 
 
 class _BlockValues:
-    """A table's values per kind as flat float lists, each row followed by its block's end time in
-    microseconds, and per block whether the template path can print it exactly."""
+    """A table's :class:`_Values` as flat float lists, and per block whether the template path can
+    print it exactly."""
 
     def __init__(self, table: LedgerTable, sources: Sequence[BlockSource]) -> None:
-        ends = table.end_us.astype(np.float64)
+        self.values = v = _Values.of(table)
         gp, jp, pp = table.gpu_ptr, table.job_ptr, table.pair_ptr
-        gsum, ge, samples = table.gpu_summary, table.gpu_energy_j, table.gpu_samples
-        limits = np.array([g.power_limit_w for g in table.gpus], dtype=np.float64)
-        counters = np.array([g.has_counter for g in table.gpus], dtype=np.float64)
-        g = _timed([gsum[:, 0], gsum[:, 1], ge, *gsum[:, 2:7].T, limits, samples, counters, table.gpu_resets],
-                   np.repeat(ends, np.diff(gp)))
-        j = _timed(list(table.job_values[:, _JOB_COLUMNS].T), np.repeat(ends, np.diff(jp)))
-        p = _timed(list(table.pair_values.T), np.repeat(ends, np.diff(pp)))
-        bv = table.block_values
-        n = _timed([*bv[:, :8].T, np.diff(gp), table.block_resets, bv[:, 8], bv[:, 9], table.host_energy_measured],
-                   ends)
+        ends = v.node[:, -1]
         with_gpus = np.array([s.with_gpu_series for s in sources], dtype=bool)
         # GPU rows count only where the block writes GPU series; a GPU without samples or energy
         # is left out of those, which the template (one line per GPU) cannot do.
-        g_bad = np.isnan(g).any(axis=1) | ((samples == 0) & (ge == 0))
-        bad = (_per_block(g_bad, gp) * with_gpus + _per_block(np.isnan(j).any(axis=1), jp)
-               + _per_block(np.isnan(p).any(axis=1), pp) + np.isnan(n).any(axis=1))
+        g_bad = np.isnan(v.gpu).any(axis=1) | ((table.gpu_samples == 0) & (table.gpu_energy_j == 0))
+        bad = (_per_block(g_bad, gp) * with_gpus + _per_block(np.isnan(v.job).any(axis=1), jp)
+               + _per_block(np.isnan(v.pair).any(axis=1), pp) + np.isnan(v.node).any(axis=1))
         self.clean = ((bad == 0) & (ends >= 1) & (ends < _MAX_EXACT_US)).tolist()
-        self.g, self.j, self.p, self.n = g.ravel().tolist(), j.ravel().tolist(), p.ravel().tolist(), n.ravel().tolist()
+        self.g, self.j, self.p, self.n = (m.ravel().tolist() for m in v)
         self.gp, self.jp, self.pp = gp.tolist(), jp.tolist(), pp.tolist()
         self.ends = ends.tolist()
         self.table = table
@@ -276,13 +293,9 @@ class _BlockValues:
         """Block ``k``'s lines, or None if it must take the point-by-point path."""
         t = self.table
         g0, g1, j0, j1, p0, p1 = self.gp[k], self.gp[k + 1], self.jp[k], self.jp[k + 1], self.pp[k], self.pp[k + 1]
-        values = []
-        host_keys: tuple[str, ...] = ()
-        if src.with_gpu_series:
-            values = self.g[g0 * _GPU_W:g1 * _GPU_W]
-            if src.host:
-                host = src.host
-                host_keys = tuple([name for name in _HOST_KEEP if name in host])
+        values: list[float] = self.g[g0 * _GPU_W:g1 * _GPU_W] if src.with_gpu_series else []
+        host_keys = tuple([name for name in _HOST_KEEP if name in src.host]) \
+            if src.host and src.with_gpu_series else ()
         values += self.j[j0 * _JOB_W:j1 * _JOB_W]
         values += self.p[p0 * _PAIR_W:p1 * _PAIR_W]
         values += self.n[k * _NODE_W:(k + 1) * _NODE_W]
@@ -303,15 +316,6 @@ class _BlockValues:
             kept = (signature, _node_template(src.cluster, src.node, *signature))
             _TEMPLATES.put(key, kept)
         return kept[1] % tuple(values)
-
-
-def _timed(columns: Sequence[np.ndarray], ends_us: np.ndarray) -> np.ndarray:
-    """Columns side by side as float rows, with the row's block end time (µs) as the last column."""
-    m = np.empty((ends_us.shape[0], len(columns) + 1), dtype=np.float64)
-    for c, column in enumerate(columns):
-        m[:, c] = column
-    m[:, -1] = ends_us
-    return m
 
 
 def _per_block(bad_rows: np.ndarray, ptr: np.ndarray) -> np.ndarray:
