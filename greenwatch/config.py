@@ -66,7 +66,12 @@ def _pue(value: Any) -> str | None:
 
 
 def _qos(value: Any) -> str | None:
-    return None if value in (0, 1, 2) else "must be 0, 1 or 2"
+    # The agent deletes a spooled batch once its publish is acknowledged; QoS 0 has no
+    # acknowledgement, so every batch would be deleted unconfirmed and lost on any hiccup.
+    if value == 0:
+        return ("must be 1 or 2: with QoS 0 the broker never confirms a batch, so the agent would delete "
+                "spooled batches that may never have arrived")
+    return None if value in (1, 2) else "must be 1 or 2"
 
 
 def _topic_part(value: Any) -> str | None:
@@ -145,7 +150,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "host": Key(str, "localhost", "MQTT broker host name or address."),
         "port": Key(int, 1883, "MQTT broker port (8883 is customary for TLS).", _port),
         "topic_prefix": Key(str, "greenwatch/v1", "First topic levels; topics are <prefix>/<cluster>/<node>/batch.", _topic_prefix),
-        "qos": Key(int, 1, "MQTT quality of service for batches; 1 (at least once) is what the collector's idempotent writes expect.", _qos),
+        "qos": Key(int, 1, "MQTT quality of service for batches: 1 (at least once, what the collector's idempotent writes expect) or 2. QoS 0 is refused: the agent deletes a spooled batch only once the broker confirms it, and QoS 0 confirms nothing.", _qos),
         "keepalive_s": Key(int, 30, "MQTT keep-alive interval in seconds.", _positive),
         "client_id": Key(str, "", "MQTT client id; empty derives one from the service and node name."),
         "username": Key(str, "", "MQTT user name; empty for none."),
