@@ -96,6 +96,35 @@ def test_events_round_trip_and_future_times_are_refused():
         encode_event(JobEvent("job_start", CLUSTER, "n1", "9", start_s=time.time() + 30 * 86400))
 
 
+def test_a_node_cannot_end_or_re_own_a_job_it_does_not_hold(caplog):
+    clock = FakeClock()
+    h = JobEvents(store=None, finalize_delay_s=30, clock=clock)  # type: ignore[arg-type]
+    h.handle(event("job_start", "n1"), (CLUSTER, "n1"))     # alice/proj on n[1-2]
+    # Another node ends the job and rewrites its owner, or ends it without changing the owner.
+    with caplog.at_level(logging.WARNING, logger="greenwatch"):
+        assert h.handle(event("job_end", "n9", user="mallory", account="evil"), (CLUSTER, "n9")) is None
+        assert h.handle(event("job_end", "n3"), (CLUSTER, "n3")) is None
+        # One of the job's own nodes cannot hand it to someone else either.
+        assert h.handle(event("job_start", "n1", user="mallory"), (CLUSTER, "n1")) is None
+        assert h.handle(event("job_end", "n2", account="evil"), (CLUSTER, "n2")) is None
+        # A start from a node outside the job's node list is refused too.
+        assert h.handle(event("job_start", "n7"), (CLUSTER, "n7")) is None
+    assert dict(h.stats.rejected) == {"owner-changed": 3, "not-job-node": 2}
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "jobs/n9 (owner-changed)" in logged and "jobs/n3 (not-job-node)" in logged  # one line per reason
+    job = h.summary(CLUSTER, "77")
+    assert (job.user, job.account, job.end_s, job.nodes) == ("alice", "proj", None, {"n1"})
+    assert h.pending() == []
+
+    # The job's own nodes end it: n2 is in the job's node list although its start went elsewhere.
+    assert h.handle(event("job_end", "n2"), (CLUSTER, "n2")) is not None
+    assert h.handle(event("job_end", "n1"), (CLUSTER, "n1")) is not None
+    assert h.pending() == [(CLUSTER, "77")] and job.nodes == {"n1", "n2"}
+    # A job this collector never saw start is taken as it comes (it cannot know better).
+    assert h.handle(event("job_end", "n5", job="88", nodes="n5"), (CLUSTER, "n5")) is not None
+    assert h.stats.rejected_total == 5
+
+
 # -- finalisation against InfluxDB ------------------------------------------------------------
 
 def batch_records(node: str, job: str, t_s: float, gpus: dict[str, str], energy_per_gpu: float) -> list[Record]:

@@ -20,6 +20,14 @@ end.  Why it is built this way:
   rewrites the same point instead of adding one.
 - **Bad events never stop the collector.**  They are counted by reason and logged
   at a bounded rate, like malformed batches.
+- **A node speaks only for the jobs it holds.**  The broker lets a node publish
+  events on its own topic only, but the job id inside is the node's word.  Once
+  a job's start events have named its user, account and nodes, an event that
+  names another user or account (``owner-changed``) or comes from a node outside
+  the job (``not-job-node``) is refused, counted and logged with the node's name,
+  so one node cannot end, re-time or re-own another node's job.  Each node's hook
+  sends its start before its end (one FIFO queue per node), so an honest node is
+  always known by the time its end event arrives.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol
@@ -84,12 +93,29 @@ class JobSummary:
     name: str | None = None
     nodes_expr: str | None = None
     nodes: set[str] = field(default_factory=set)
+    start_nodes: set[str] = field(default_factory=set)   # nodes that sent a job_start
+    start_hostlist: str | None = None                     # the job's nodes as its first job_start named them
     gpus: set[str] = field(default_factory=set)
     start_s: float | None = None
     end_s: float | None = None
     due: float | None = None          # monotonic time of the next finalisation, None when none is pending
     time_ns: int | None = None        # the record's time once written: every later write reuses it
     attempts: int = 0
+
+    def refusal(self, ev: JobEvent) -> tuple[str, str] | None:
+        """``(reason, detail)`` if ``ev`` contradicts what the job's start events established, else None."""
+        for attr in ("user", "account"):
+            known, claimed = getattr(self, attr), getattr(ev, attr)
+            if known and claimed and claimed != known:
+                return "owner-changed", f"job {self.job_id} belongs to {attr} {known!r}, the event says {claimed!r}"
+        if ev.node in self.start_nodes or (self.start_hostlist and in_hostlist(ev.node, self.start_hostlist)):
+            return None
+        if ev.type == "job_end" and self.start_nodes:
+            return "not-job-node", (f"node {ev.node} ends job {self.job_id}, which started on "
+                                    f"{self.start_hostlist or ','.join(sorted(self.start_nodes))}")
+        if ev.type == "job_start" and self.start_hostlist:
+            return "not-job-node", f"node {ev.node} is not among the nodes of job {self.job_id} ({self.start_hostlist})"
+        return None
 
     def merge(self, ev: JobEvent) -> None:
         """Fold one event in: newest non-empty metadata, earliest start, latest end, union of GPUs."""
@@ -99,6 +125,10 @@ class JobSummary:
                 setattr(self, attr, value)
         if ev.nodes:
             self.nodes_expr = ev.nodes
+        if ev.type == "job_start":
+            self.start_nodes.add(ev.node)
+            if ev.nodes and self.start_hostlist is None:
+                self.start_hostlist = ev.nodes
         self.nodes.add(ev.node)
         self.gpus.update(ev.gpus)
         if ev.start_s is not None:
@@ -145,6 +175,10 @@ class JobEvents:
             self._reject("decode-error", repr(exc), node)
             return None
         job = self._job(ev.cluster, ev.job_id)
+        refused = job.refusal(ev)
+        if refused is not None:
+            self._reject(refused[0], refused[1], node)
+            return None
         job.merge(ev)
         if ev.type == "job_end":
             # Every end event (another node, a duplicate) restarts the grace period.
@@ -340,6 +374,38 @@ class JobEvents:
                 if r.get("gpu") and r.get("model"):
                     out[str(r["gpu"])] = str(r["model"])
         return out
+
+
+def in_hostlist(node: str, hostlist: str) -> bool:
+    """Whether ``node`` is one of the hosts of a Slurm hostlist such as ``"gpu[003-005,9],login1"``."""
+    depth, start, items = 0, 0, []
+    for i, ch in enumerate(hostlist):
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            items.append(hostlist[start:i])
+            start = i + 1
+    items.append(hostlist[start:])
+    for item in items:
+        parts = re.split(r"\[([^\]]*)\]", item.strip())  # literals at even indexes, ranges at odd ones
+        pattern = "".join(re.escape(p) if i % 2 == 0 else r"(\d+)" for i, p in enumerate(parts))
+        m = re.fullmatch(pattern, node)
+        if m and all(_in_ranges(digits, spec) for digits, spec in zip(m.groups(), parts[1::2])):
+            return True
+    return False
+
+
+def _in_ranges(digits: str, spec: str) -> bool:
+    """Whether a number as written in a host name is in a hostlist range list such as ``003-005,9``."""
+    for r in spec.split(","):
+        lo, _, hi = r.strip().partition("-")
+        hi = hi or lo
+        if not (lo.isdigit() and hi.isdigit()):
+            continue
+        padded = len(lo) > 1 and lo.startswith("0")
+        if (len(digits) == len(lo) if padded else str(int(digits)) == digits) and int(lo) <= int(digits) <= int(hi):
+            return True
+    return False
 
 
 def _lit(value: str) -> str:
