@@ -17,7 +17,7 @@ from greenwatch.transport.wire import WireError, decode, encode
 
 from helpers import GpuTrace, ListSink, build_batches, carbon_ctx, gpu_info, holder, job, now_us
 
-T0 = now_us() - 600_000_000            # ten minutes ago: inside the collector's default 1 h skew
+T0 = now_us() - 600_000_000            # ten minutes ago
 DT = 100_000
 ROWS_PER_WINDOW = 6
 SETTINGS = AttributionSettings("equal", 60.0)
@@ -219,6 +219,7 @@ def _bad_messages(n: int, good: list[bytes], seed: int = 7) -> list[tuple[bytes,
 
     negative = variant(1, lambda b: b.block.columns["energy_mj"].__setitem__(2, -5))
     future = variant(1, lambda b: b.block.columns["t_us"].__setitem__(slice(None), now_us() + 7_200_000_000))
+    sent_ahead = variant(1, lambda b: setattr(b, "sent_us", now_us() + 7_200_000_000))
     h, body = _split(other[1])
     nan_host = _join({**h, "host": {"cpu_pct": float("nan")}}, body)
     inf_host = _join({**h, "host": {"load1": float("inf")}}, body)
@@ -248,7 +249,7 @@ def _bad_messages(n: int, good: list[bytes], seed: int = 7) -> list[tuple[bytes,
         elif kind == 6:
             out.append((negative, topic_n9, "bad-value"))
         elif kind == 7:
-            out.append((future, topic_n9, "clock-skew"))
+            out.append(rng.choice([(future, topic_n9, "bad-time"), (sent_ahead, topic_n9, "clock-skew")]))
         elif kind == 8:
             out.append((rng.choice(good), ("c1", "n2"), "wrong-node"))   # n1's batch on n2's topic
         elif kind == 9:
@@ -436,23 +437,23 @@ def test_a_failed_write_forgets_the_whole_group_so_redelivery_is_accepted():
     assert col.sink.lines() == line_protocol(reference_sink.records).split("\n")
 
 
-def test_line_protocol_templates_survive_percent_signs_and_changing_series():
-    """The writer's line protocol is formatted from a template kept per node; names that look like
-    format directives are text, a job starting or ending rebuilds the template, and a host that sends
-    none of the stored host fields writes no host line (and no malformed one)."""
+def test_line_protocol_templates_survive_changing_series_and_percent_signs_are_no_names():
+    """The writer's line protocol is formatted from a template kept per node; a job starting or ending
+    rebuilds the template, and a host that sends none of the stored host fields writes no host line
+    (and no malformed one).  Names that look like format directives never reach the template: they are
+    not names (bad-name)."""
     from greenwatch.storage.records import line_protocol
 
-    _, _, payloads = _stream(5, node="n%d")
+    _, _, payloads = _stream(5, node="n7")
     messages = []
     for w, p in enumerate(payloads):
         header, body = _split(p)
-        header["node"] = "n%d"
         for j, entry in enumerate(header["jobs"]):
-            entry["id"] = f"job%s{j}" if w < 3 else f"job%%{j}"    # the node's jobs change at window 3
-            entry["user"] = "100%r"
+            entry["id"] = f"job-a{j}" if w < 3 else f"job-b{j}"    # the node's jobs change at window 3
+            entry["user"] = "u100"
         if w == 1:
             header["host"] = {"window_s": 5.0}                       # nothing the host series stores
-        messages.append((_join(header, body), ("c1", "n%d")))
+        messages.append((_join(header, body), ("c1", "n7")))
     one, one_sink = _collector()
     for payload, topic in messages:
         assert one.handle(payload, expect_node=topic) is not None
@@ -461,8 +462,14 @@ def test_line_protocol_templates_survive_percent_signs_and_changing_series():
         assert grouped.handle_many(messages[k:k + 2]) == len(messages[k:k + 2])
     lines = grouped.sink.lines()
     assert lines == line_protocol(one_sink.records).split("\n")
-    assert any(",job=job%s0,user=100%r " in line for line in lines)
-    assert any(",job=job%%0," in line for line in lines)
-    assert all(",node=n%d" in line for line in lines)
+    assert any(",job=job-a0,user=u100 " in line for line in lines)
+    assert any(",job=job-b0," in line for line in lines)
+    assert all(",node=n7" in line for line in lines)
+    for edit in ({"node": "n%d"}, {"jobs": [{"id": "job%s0", "user": "u"}]}, {"jobs": [{"id": "j", "user": "100%r"}]}):
+        header, body = _split(payloads[0])
+        header.update(edit)
+        rejected, _ = _collector()
+        assert rejected.handle(_join(header, body), expect_node=(header["cluster"], header["node"])) is None
+        assert rejected.stats.rejected == {"bad-name": 1}
     hosts = [line for line in lines if line.startswith("host,")]
     assert len(hosts) == len(payloads) - 1 and all(" cpu_pct=" in line for line in hosts)

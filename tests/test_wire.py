@@ -124,7 +124,7 @@ def test_round_trip_nan_power_limit_and_gpu_without_samples():
     bb = BatchBuilder("c1", "n1", gpus, boot="bootnan0")
     bb.add_sample(0, row(T0, 1000, 100_000))
     bb.add_sample(0, row(T0 + DT, 2000, 100_000))
-    got = decode(encode(bb.cut()), now_us=NOW)
+    got = decode(encode(bb.cut(sent_us=NOW)), now_us=NOW)
     assert math.isnan(got.gpus[0].power_limit_w)
     assert got.gpus[1].power_limit_w == 400.0
     assert got.block.gpu_offsets.tolist() == [0, 2, 2]
@@ -134,8 +134,10 @@ def test_round_trip_nan_power_limit_and_gpu_without_samples():
 def test_empty_node_round_trips():
     from greenwatch.agent.builder import BatchBuilder
 
-    got = decode(encode(BatchBuilder("c1", "cpu-only", [], boot="bootcpu0").cut(host={"load1": 0.5})), now_us=NOW)
+    got = decode(encode(BatchBuilder("c1", "cpu-only", [], boot="bootcpu0").cut(host={"load1": 0.5}, sent_us=NOW)),
+                 now_us=NOW)
     assert got.gpus == [] and got.block.n_rows == 0 and got.host == {"load1": 0.5}
+    assert got.block.end_us == NOW   # a window without samples ends when it was sent
 
 
 # --------------------------------------------------------------------------- rejection reasons
@@ -177,10 +179,6 @@ def _header_variant(mutate) -> str:
 
 @pytest.mark.parametrize("mutate", [
     pytest.param(lambda h: h.update(v=2), id="v-mismatch"),
-    pytest.param(lambda h: h.update(cluster=""), id="empty-cluster"),
-    pytest.param(lambda h: h.update(node=17), id="node-int"),
-    pytest.param(lambda h: h.pop("node"), id="node-missing"),
-    pytest.param(lambda h: h.update(boot="x" * 65), id="boot-too-long"),
     pytest.param(lambda h: h.update(seq=-1), id="seq-negative"),
     pytest.param(lambda h: h.update(seq="3"), id="seq-string"),
     pytest.param(lambda h: h.update(seq=True), id="seq-bool"),
@@ -218,6 +216,55 @@ def _header_variant(mutate) -> str:
 ])
 def test_bad_header(mutate):
     assert _header_variant(mutate) == "bad-header"
+
+
+@pytest.mark.parametrize("mutate", [
+    pytest.param(lambda h: h.update(cluster=""), id="empty-cluster"),
+    pytest.param(lambda h: h.update(node=17), id="node-int"),
+    pytest.param(lambda h: h.pop("node"), id="node-missing"),
+    pytest.param(lambda h: h.update(boot="x" * 65), id="boot-too-long"),
+    pytest.param(lambda h: h.update(node="n1\nx"), id="node-newline"),
+    pytest.param(lambda h: h.update(cluster="c1 "), id="cluster-trailing-blank"),
+    pytest.param(lambda h: h.update(boot="b\u0000"), id="boot-nul"),
+    pytest.param(lambda h: h["jobs"][0].update(id="1001\nevil,cluster=x value=1 1"), id="job-id-newline"),
+    pytest.param(lambda h: h["jobs"][0].update(id="1001\n"), id="job-id-trailing-newline"),
+    pytest.param(lambda h: h["jobs"][0].update(id=" 1001"), id="job-id-leading-blank"),
+    pytest.param(lambda h: h["jobs"][0].update(id="a" * 257), id="job-id-too-long"),
+    pytest.param(lambda h: h["jobs"][0].update(user="alice\nmallory"), id="user-newline"),
+    pytest.param(lambda h: h["jobs"][0].update(user="DOMAIN\\bob"), id="user-backslash"),
+    pytest.param(lambda h: h["jobs"][0].update(user='al"ice'), id="user-quote"),
+    pytest.param(lambda h: h["jobs"][0].update(user="a,b=c"), id="user-comma-equals"),
+    pytest.param(lambda h: h["jobs"][0].update(source="slurm\r"), id="source-cr"),
+    pytest.param(lambda h: h["gpus"][0].update(name="NVIDIA H100\ngpu,x=1"), id="gpu-name-newline"),
+    pytest.param(lambda h: h["gpus"][0].update(name="NVIDIA H100 "), id="gpu-name-trailing-blank"),
+    pytest.param(lambda h: h["gpus"][0].update(name="NVIDIA\tH100"), id="gpu-name-tab"),
+    pytest.param(lambda h: h["gpus"][0].update(name="Ｈ１００"), id="gpu-name-not-ascii"),
+    pytest.param(lambda h: h["gpus"][0].update(uuid="GPU-0 1"), id="gpu-uuid-blank"),
+    pytest.param(lambda h: h["gpus"][0].update(uuid="GPU-\u007f"), id="gpu-uuid-del"),
+    pytest.param(lambda h: h.update(host={"cpu pct": 1.0}), id="host-key-blank"),
+    pytest.param(lambda h: h.update(host={"cpu\npct": 1.0}), id="host-key-newline"),
+])
+def test_bad_name(mutate):
+    """Every string that becomes a tag, a topic level or a key must be a name of its kind
+    (greenwatch.transport.identifiers): a newline in any of them would break line protocol."""
+    assert _header_variant(mutate) == "bad-name"
+
+
+@pytest.mark.parametrize("field,value", [
+    ("job", "123_4"), ("job", "123+0"), ("job", "k8s:5d3f0a1c-9b2e-4c7d-8e6f-0123456789ab"), ("job", "nojob:alice"),
+    ("job", "1234.batch"), ("user", "alice@EXAMPLE.ORG"), ("user", "svc-train_01"), ("user", "host$"),
+    ("user", "kube-system"), ("uuid", "MIG-GPU-5d3f0a1c-9b2e-4c7d-8e6f-0123456789ab/1/0"),
+    ("uuid", "MIG-5d3f0a1c-9b2e-4c7d-8e6f-0123456789ab"), ("name", "NVIDIA H100 80GB HBM3"),
+    ("name", "Tesla V100-SXM2-16GB"), ("name", "NVIDIA GeForce RTX 4090"), ("name", "GRID A100D-4C"),
+])
+def test_real_names_are_accepted(field, value):
+    header, body = _split(encode(_pair()[1]))
+    if field in ("job", "user"):
+        header["jobs"][0]["id" if field == "job" else "user"] = value
+    else:
+        header["gpus"][0][field] = value
+    got = decode(_join(header, body), now_us=NOW)
+    assert value in {got.jobs[0].job_id, got.jobs[0].user, got.gpus[0].uuid, got.gpus[0].name}
 
 
 def test_bad_header_not_json_or_not_object():
@@ -306,32 +353,136 @@ def test_bad_value_sm_share():
     assert _reason(encode(_one_gpu(t, [0, 1], [1000, 1000], sm=float("inf")))) == "bad-value"
 
 
-def test_clock_skew():
-    hour = 3_600_000_000
-    near = encode(_one_gpu([NOW + hour // 2, NOW + hour // 2 + DT], [0, 1], [1, 1]))
+HOUR = 3_600_000_000
+
+
+def _sent_at(batch: Batch, sent_us: int) -> bytes:
+    batch.sent_us = sent_us
+    return encode(batch)
+
+
+def test_old_spooled_batches_are_accepted_whatever_their_age():
+    """Samples are judged against the agent's own send time: a batch spooled for hours during a broker
+    or collector outage, and one that reaches a collector whose clock is an hour off, both pass."""
+    for age in (3 * HOUR, 23 * HOUR, 400 * 24 * HOUR):
+        t = NOW - age
+        got = decode(_sent_at(_one_gpu([t, t + DT], [0, 1], [1, 1]), t + 2 * DT), now_us=NOW)
+        assert got.sent_us == t + 2 * DT
+    fresh = _sent_at(_one_gpu([T0, T0 + DT], [0, 1], [1, 1]), T0 + 2 * DT)
+    decode(fresh, now_us=NOW + HOUR + 60_000_000)    # the collector's clock an hour ahead
+    decode(fresh, now_us=NOW - HOUR + 60_000_000)    # ... or almost an hour behind
+
+
+def test_send_time_in_the_future_is_clock_skew_naming_node_and_skew():
+    t = NOW + 2 * HOUR
+    future = _sent_at(_one_gpu([t, t + DT], [0, 1], [1, 1]), t + 2 * DT)
+    with pytest.raises(WireError) as info:
+        decode(future, now_us=NOW)
+    assert info.value.reason == "clock-skew"
+    assert "c1/n1" in str(info.value) and "7200.2 s in the future" in str(info.value)
+    decode(future, now_us=NOW, max_skew_s=3 * 3600)
+    near = _sent_at(_one_gpu([NOW + HOUR // 2, NOW + HOUR // 2 + DT], [0, 1], [1, 1]), NOW + HOUR // 2 + DT)
     decode(near, now_us=NOW)
     assert _reason(near, max_skew_s=600) == "clock-skew"
-    far_future = encode(_one_gpu([NOW + 2 * hour, NOW + 2 * hour + DT], [0, 1], [1, 1]))
-    assert _reason(far_future) == "clock-skew"
-    year_3000 = encode(_one_gpu([32_503_680_000_000_000, 32_503_680_000_100_000], [0, 1], [1, 1]))
-    assert _reason(year_3000) == "clock-skew"
-    far_past = encode(_one_gpu([NOW - 2 * hour, NOW - 2 * hour + DT], [0, 1], [1, 1]))
-    assert _reason(far_past) == "clock-skew"
+    year_3000 = 32_503_680_000_000_000
+    assert _reason(_sent_at(_one_gpu([year_3000, year_3000 + DT], [0, 1], [1, 1]), year_3000 + DT)) == "clock-skew"
 
 
-def test_clock_skew_cannot_be_bypassed_by_int64_overflow():
+def test_send_time_before_2015_is_bad_time():
+    t = 1_400_000_000_000_000   # 2014
+    assert _reason(_sent_at(_one_gpu([t, t + DT], [0, 1], [1, 1]), t + DT)) == "bad-time"
+    assert _reason(_sent_at(_one_gpu([T0, T0 + DT], [0, 1], [1, 1]), 0)) == "bad-time"
+
+
+def test_sample_times_must_lie_in_the_window_before_the_send_time():
+    sent = T0 + 10 * DT
+    decode(_sent_at(_one_gpu([T0, T0 + DT], [0, 1], [1, 1]), sent), now_us=NOW)
+    # After the send time (beyond the 2 s tolerance): the agent cannot have read it yet.
+    late = sent + 3_000_000
+    assert _reason(_sent_at(_one_gpu([T0, late], [0, 1], [1, 1]), sent)) == "bad-time"
+    decode(_sent_at(_one_gpu([T0, sent + 1_000_000], [0, 1], [1, 1]), sent), now_us=NOW)
+    # Longer before the send time than max_window_s.
+    early = sent - 25 * HOUR
+    assert _reason(_sent_at(_one_gpu([early, T0], [0, 1], [1, 1]), sent)) == "bad-time"
+    decode(_sent_at(_one_gpu([early, T0], [0, 1], [1, 1]), sent), now_us=NOW, max_window_s=26 * 3600)
+
+
+def test_sample_times_cannot_escape_the_window_by_int64_overflow():
     """abs(t - now) overflows for t = now - 2**63: np.abs(int64.min) is negative and passes ``<= skew``."""
     b = _one_gpu([NOW - (1 << 63)], [0], [1000])
     b.block.end_us = 0  # end_us must be >= 0 and >= the last sample: 0 is both
-    assert _reason(encode(b)) == "clock-skew"
+    assert _reason(encode(b)) == "bad-time"
 
 
 def test_window_end_far_in_the_future_is_rejected():
     """``end_us`` becomes the time of every record written for the batch; a window end decades after the
-    samples (and the collector's clock) must not pass just because it is >= the last sample."""
+    samples (and the send time) must not pass just because it is >= the last sample."""
     header, body = _split(encode(_one_gpu([T0, T0 + DT], [0, 1], [1, 1])))
     header["blocks"][0]["end_us"] = NOW + 30 * 365 * 86_400 * 1_000_000
-    assert _reason(_join(header, body)) in {"clock-skew", "bad-header"}
+    assert _reason(_join(header, body)) == "bad-time"
+
+
+@pytest.mark.parametrize("end_us", [1 << 62, NOW + HOUR, 1, NOW - 30 * HOUR], ids=["2**62", "future", "1", "old"])
+def test_window_end_of_a_batch_without_samples_is_checked_too(end_us):
+    from greenwatch.agent.builder import BatchBuilder
+
+    header, body = _split(encode(BatchBuilder("c1", "cpu-only", [], boot="bootcpu0").cut(sent_us=NOW)))
+    header["blocks"][0]["end_us"] = end_us
+    assert _reason(_join(header, body)) == "bad-time"
+    header["blocks"][0]["end_us"] = NOW - 1_000_000
+    assert decode(_join(header, body), now_us=NOW).block.end_us == NOW - 1_000_000
+
+
+# --------------------------------------------------------------------------- physical bounds
+
+
+def test_many_rows_with_one_time_stamp_cannot_add_up_energy():
+    """51 rows with one time stamp, +30 J each, would be 1,500 J in no time: each pair alone passes the
+    5 kW x max(dt, 100 ms) rule (500 J), the counter's total rise over the GPU's span does not."""
+    t = [T0] * 51
+    e = [30_000 * i for i in range(51)]
+    assert _reason(encode(_one_gpu(t, e, [1000] * 51))) == "bad-value"
+    # Rows 1 ms apart, +400 J each: every pair under 500 J, 3,600 J in 9 ms in all.
+    t = [T0 + 1000 * i for i in range(10)]
+    assert _reason(encode(_one_gpu(t, [400_000 * i for i in range(10)], [1000] * 10))) == "bad-value"
+    # The same rise spread over its real duration is fine, and so is a repeated reading (no rise).
+    t = [T0 + 1_000_000 * i for i in range(10)]
+    decode(encode(_one_gpu(t, [4_000_000 * i for i in range(10)], [1000] * 10)), now_us=NOW)
+    decode(encode(_one_gpu([T0] * 5, [7] * 5, [1000] * 5)), now_us=NOW)
+
+
+@pytest.mark.parametrize("host", [
+    pytest.param({"host_energy_j": 1e30}, id="energy-1e30"),
+    pytest.param({"host_energy_j": -1.0}, id="energy-negative"),
+    pytest.param({"cpu_busy_s": 1e12}, id="busy-1e12"),
+    pytest.param({"cpu_pct": 500.0}, id="cpu-pct-500"),
+    pytest.param({"load1": -3.0}, id="load-negative"),
+    pytest.param({"mem_used_bytes": 1e25}, id="memory-1e25"),
+    pytest.param({"host_energy_measured": 2.0}, id="measured-2"),
+    pytest.param({"some_metric": 1e30}, id="unknown-metric-1e30"),
+])
+def test_host_values_have_physical_bounds(host):
+    t = [T0 + i * DT for i in range(3)]
+    b = make_batch([GpuTrace(t, [1000] * 3, [0, 1, 2], holders={0: [holder("42")]})], host=host)
+    assert _reason(encode(b)) == "bad-value"
+
+
+def test_host_energy_is_bounded_by_node_power_times_window():
+    from greenwatch.agent.builder import BatchBuilder
+
+    t = [T0 + i * DT for i in range(3)]
+    window_s = (NOW - T0) / 1e6 + 1.0   # first sample to send time, and a second
+    ok = make_batch([GpuTrace(t, [1000] * 3, [0, 1, 2], holders={0: [holder("42")]})],
+                    host={"host_energy_j": 20_000 * (window_s - 1.5)})
+    decode(_sent_at(ok, NOW), now_us=NOW)
+    ok.host = {"host_energy_j": 20_000 * (window_s + 0.5)}
+    assert _reason(_sent_at(ok, NOW)) == "bad-value"
+    # A node without GPUs: bounded by 20 kW for an hour.
+    cpu_only = BatchBuilder("c1", "cpu-only", [], boot="bootcpu0")
+    decode(encode(cpu_only.cut(host={"host_energy_j": 70e6}, sent_us=NOW)), now_us=NOW)
+    assert _reason(encode(cpu_only.cut(host={"host_energy_j": 1e30}, sent_us=NOW))) == "bad-value"
+    b = make_batch([GpuTrace(t, [1000] * 3, [0, 1, 2], holders={0: [holder("42")]})], job_cpu_s={"42": 1e12})
+    assert _reason(encode(b)) == "bad-value"
 
 
 def test_wrong_node():

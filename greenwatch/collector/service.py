@@ -24,6 +24,7 @@ import logging
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Callable, Protocol
 
 import aiomqtt
@@ -32,6 +33,7 @@ import numpy as np
 from greenwatch import sdnotify
 from greenwatch.batch import HOLDER_COLUMNS, SAMPLE_COLUMNS, SEGMENT_COLUMNS, Batch, Block, GpuInfo, JobInfo
 from greenwatch.collector.core import Collector
+from greenwatch.collector.deadletter import DeadLetters
 from greenwatch.collector.writer import BufferedWriter
 from greenwatch.config import Config, ConfigError
 from greenwatch.diskqueue import DiskQueue, DiskQueueError
@@ -74,6 +76,8 @@ async def _health_loop(collector: Collector, writer: BufferedWriter, instance: s
             ("samples", s.samples), ("batches", s.batches), ("duplicates", s.duplicates),
             ("gaps_filled", s.gaps_filled), ("pending_bodies", writer.pending), ("unacked", writer.unacked),
             ("spill_bytes", writer.spill_bytes), ("spill_files", writer.spill_files),
+            ("refused_lines", writer.refused_lines), ("dead_letter_lines", writer.dead_letter_lines),
+            ("dead_letter_dropped", writer.dead_letter_dropped),
             ("heap_blocks", sys.getallocatedblocks()), ("malloc_bytes", _malloc_in_use())), time.time_ns())])
         sdnotify.notify(f"STATUS={s.batches} batches, {s.rejected_total} rejected, {writer.unacked} unacknowledged, "
                         f"{writer.spill_files} chunks spilled")
@@ -115,12 +119,13 @@ def _warm_up(collector: Collector) -> None:
     views), which numba compiles separately; otherwise the first real batch would stall
     the event loop for the compile.
     """
-    cols = {n: np.array([1_000_000, 2_000_000] if n == "t_us" else [0, 0], dtype=dt) for n, dt in SAMPLE_COLUMNS.items()}
+    t0 = 1_600_000_000_000_000   # any time the decoder finds plausible (after 2015)
+    cols = {n: np.array([t0, t0 + 1_000_000] if n == "t_us" else [0, 0], dtype=dt) for n, dt in SAMPLE_COLUMNS.items()}
     segs = {n: np.array([0, 1] if n == "holder_ptr" else [0], dtype=dt) for n, dt in {**SEGMENT_COLUMNS, **HOLDER_COLUMNS}.items()}
-    block = Block(np.array([0, 2], dtype=np.int64), cols, segs, 2_000_000)
+    block = Block(np.array([0, 2], dtype=np.int64), cols, segs, t0 + 1_000_000)
     batch = Batch("warm-up", "warm-up", 0, "warm-up", [GpuInfo("warm-up", 0, "warm-up", True, False, 700.0)],
-                  [JobInfo("warm-up")], block)
-    collector.ledger(decode(encode(batch), now_us=1_500_000))
+                  [JobInfo("warm-up")], block, sent_us=t0 + 1_000_000)
+    collector.ledger(decode(encode(batch), now_us=t0 + 1_500_000))
 
 
 async def run_collector(cfg: Config, events: EventHandler | None = None) -> int:
@@ -152,8 +157,14 @@ async def run_collector(cfg: Config, events: EventHandler | None = None) -> int:
 
 
 async def _serve(cfg: Config, events: EventHandler | None, store, spill: DiskQueue, password: str | None) -> int:
-    writer = BufferedWriter(store, spill)
-    collector = Collector(attribution_settings(cfg), carbon_context(cfg), writer,
+    writer = BufferedWriter(store, spill, dead_letters=DeadLetters(
+        cfg.collector.dead_letter_file or Path(cfg.collector.spill_dir).parent / "dead-letter.jsonl",
+        cfg.collector.dead_letter_max_bytes))
+    follow_writer = getattr(events, "follow_writer", None)
+    if follow_writer is not None:  # job summaries then wait until the records they sum are in InfluxDB
+        follow_writer(writer)
+    # Lookups run on this event loop: a live intensity API must be fetched beside it, never by it.
+    collector = Collector(attribution_settings(cfg), carbon_context(cfg, background_fetch=True), writer,
                           max_skew_s=cfg.collector.max_clock_skew_s,
                           max_message_bytes=cfg.collector.max_message_bytes)
     loop = asyncio.get_running_loop()

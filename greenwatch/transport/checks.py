@@ -19,13 +19,13 @@ __all__ = ["FAILURES", "check_block"]
 #: (reason, detail) for each non-zero result of :func:`check_block`, in check order.
 FAILURES: tuple[tuple[str, str], ...] = (
     ("", ""),
-    ("clock-skew", "sample times too far from the collector's clock"),
+    ("bad-time", "a sample time outside the window the batch's send time allows"),
     ("bad-value", "power out of range"),
     ("bad-value", "negative energy counter"),
     ("bad-value", "sample times go backwards"),
     ("bad-value", "energy counter jumps faster than 5 kW"),
     ("bad-header", "end_us before the last sample"),
-    ("clock-skew", "window end too far from the collector's clock"),
+    ("bad-time", "window end (end_us) outside the window the batch's send time allows"),
     ("bad-segments", "holder pointers inconsistent"),
     ("bad-segments", "segment GPU out of range"),
     ("bad-segments", "segments not grouped by GPU"),
@@ -35,6 +35,7 @@ FAILURES: tuple[tuple[str, str], ...] = (
     ("bad-segments", "every GPU with samples needs segments"),
     ("bad-segments", "holder job out of range"),
     ("bad-value", "SM share outside 0-100 %"),
+    ("bad-value", "energy counter rises faster than 5 kW over a GPU's samples"),
 )
 
 
@@ -43,9 +44,11 @@ def check_block(t_us, energy_mj, power_mw, gpu_offsets, seg_gpu, seg_row, holder
                 n_jobs, lo_us, hi_us, end_us, max_power_mw, max_step_mj_per_us):  # pragma: no cover - compiled
     """0 if the block is valid, else the index into FAILURES of the first check that fails.
 
-    ``lo_us``/``hi_us`` bound the sample times (the collector's clock +- the allowed skew);
-    the energy counter may rise by at most ``max_step_mj_per_us * max(dt, 100 ms)`` between two
-    samples of one GPU (the 5 kW limit); -1 marks a failed reading.
+    ``lo_us``/``hi_us`` bound the sample times and ``end_us`` (a window before the batch's send
+    time), also in a block without samples.  The energy counter may rise by at most
+    ``max_step_mj_per_us * max(dt, 100 ms)`` between two samples of one GPU, and by at most
+    ``max_step_mj_per_us * (span + 100 ms)`` over all of a GPU's samples (the 5 kW limit: many rows
+    with one time stamp cannot add up to more than one interval may hold); -1 marks a failed reading.
     """
     n = t_us.shape[0]
     n_gpus = gpu_offsets.shape[0] - 1
@@ -74,28 +77,37 @@ def check_block(t_us, energy_mj, power_mw, gpu_offsets, seg_gpu, seg_row, holder
         # Pairs of consecutive rows within one GPU: time never goes back, the counter never jumps.
         backwards = False
         jump = False
-        g = 0
-        for i in range(n - 1):
-            while g < n_gpus and gpu_offsets[g + 1] <= i:
-                g += 1
-            if i + 1 >= gpu_offsets[g + 1]:
-                continue  # rows i and i+1 belong to different GPUs
-            dt = t_us[i + 1] - t_us[i]
-            if dt < 0:
-                backwards = True
-            e0 = energy_mj[i]
-            e1 = energy_mj[i + 1]
-            if e0 >= 0 and e1 >= 0 and e1 > e0:
-                if (e1 - e0) > max_step_mj_per_us * max(dt, 100_000):
-                    jump = True
+        too_much = False
+        for g in range(n_gpus):
+            a = gpu_offsets[g]
+            b = gpu_offsets[g + 1]
+            if b - a < 2:
+                continue
+            rise = 0.0
+            for i in range(a, b - 1):
+                dt = t_us[i + 1] - t_us[i]
+                if dt < 0:
+                    backwards = True
+                e0 = energy_mj[i]
+                e1 = energy_mj[i + 1]
+                if e0 >= 0 and e1 >= 0 and e1 > e0:
+                    step = float(e1 - e0)
+                    if step > max_step_mj_per_us * max(dt, 100_000):
+                        jump = True
+                    rise += step
+            # Times do not go back within a GPU (checked above), so the span is last minus first.
+            if rise > max_step_mj_per_us * (float(t_us[b - 1] - t_us[a]) + 100_000.0):
+                too_much = True
         if backwards:
             return 4
         if jump:
             return 5
+        if too_much:
+            return 17
         if end_us < t_max:
             return 6
-        if end_us > hi_us:
-            return 7
+    if end_us < lo_us or end_us > hi_us:
+        return 7
     n_seg = seg_gpu.shape[0]
     n_hold = holder_job.shape[0]
     if holder_ptr.shape[0] != n_seg + 1 or holder_ptr[0] != 0 or holder_ptr[n_seg] != n_hold:

@@ -32,8 +32,9 @@ from greenwatch.batch import (
     JobInfo,
 )
 from greenwatch.recent import RecentCache
+from greenwatch.transport.identifiers import check_name, is_name
 
-__all__ = ["MAGIC", "VERSION", "WireError", "encode", "decode"]
+__all__ = ["MAGIC", "VERSION", "WireError", "encode", "decode", "MIN_SENT_US"]
 
 MAGIC = b"GWB"
 VERSION = 1
@@ -41,6 +42,18 @@ _PREFIX = struct.Struct("<3sBI")
 _MAX_HEADER = 1 << 20
 _MAX_POWER_MW = 5_000_000           # 5 kW: no board draws more; larger readings are corrupt
 _MAX_ENERGY_STEP_J_PER_S = 5_000.0  # counter rising faster than 5 kW between two samples is corrupt
+#: No greenwatch batch was ever sent before 2015-01-01: an earlier ``sent_us`` is a broken clock or unit.
+MIN_SENT_US = 1_420_070_400_000_000
+#: Sample times may run this far past ``sent_us``: NVML stamps a read with the same clock the agent
+#: reads right after, so only rounding and a read racing the cut put a sample after the send time.
+SENT_TOLERANCE_US = 2_000_000
+#: The most a node's host (CPUs, memory, fans: everything but the GPUs) can draw.
+MAX_HOST_POWER_W = 20_000.0
+#: The most CPUs a node can have: CPU-seconds per second of window.
+MAX_CPUS = 16_384
+#: The window a batch without samples stands for when bounding its host values (no sample says how
+#: long its window was; the agent cuts every few seconds).
+GPULESS_WINDOW_S = 3600.0
 
 
 class WireError(ValueError):
@@ -111,10 +124,20 @@ def _require(cond: bool, reason: str, detail: str) -> None:
         raise WireError(reason, detail)
 
 
-def _str(obj: dict[str, Any], key: str, limit: int = 256) -> str:
+def _name(obj: dict[str, Any], key: str, kind: str) -> str:
+    """A header string that must be a valid name of ``kind`` (greenwatch.transport.identifiers)."""
     value = obj.get(key)
-    _require(type(value) is str and 0 < len(value) <= limit, "bad-header", f"{key!r} must be a non-empty string")
+    if type(value) is str and (kind, value) in _NAMES:   # a node repeats its cluster, node and run id
+        return value
+    why = check_name(kind, value)
+    _require(why is None, "bad-name", f"{key!r}: {why}")
+    if len(_NAMES) > 65536:   # bounded: a flood of fresh names only costs the checks again
+        _NAMES.clear()
+    _NAMES.add((kind, value))
     return value  # type: ignore[return-value]
+
+
+_NAMES: set[tuple[str, str]] = set()   # (kind, value) already found valid
 
 
 def _int(obj: dict[str, Any], key: str, lo: int = 0, hi: int = 1 << 62) -> int:
@@ -159,7 +182,7 @@ def _parse_gpus(raw: Any) -> list[GpuInfo]:
                type(uuid), type(index), type(name), type(counter), type(anchored), type(limit))
         info = _lookup(_GPUS, key)
         if info is None:
-            if not (type(uuid) is str and 0 < len(uuid) <= 256 and type(name) is str and 0 < len(name) <= 256
+            if not (is_name("gpu_uuid", uuid) and is_name("gpu_name", name)
                     and type(index) is int and 0 <= index <= 4096 and type(counter) is bool
                     and type(anchored) is bool and (limit is None or (type(limit) in (int, float) and 0 <= limit < 1e5))):
                 # Something is wrong: find what, in the order the checks have always been made.
@@ -167,9 +190,10 @@ def _parse_gpus(raw: Any) -> list[GpuInfo]:
                          "bad limit_w")
                 _require(type(counter) is bool and type(anchored) is bool, "bad-header",
                          "counter/anchored must be booleans")
-                _str(g, "uuid")
+                _require(type(uuid) is str and type(name) is str, "bad-header", "GPU uuid/name must be strings")
+                _name(g, "uuid", "gpu_uuid")
                 _int(g, "index", 0, 4096)
-                _str(g, "name")
+                _name(g, "name", "gpu_name")
             info = GpuInfo(uuid, index, name, counter, anchored, math.nan if limit is None else float(limit))
             _GPUS.put(key, info)
         uuids.add(uuid)
@@ -187,23 +211,54 @@ def _parse_jobs(raw: Any) -> list[JobInfo]:
         typed_key = (*key, *map(type, key))   # types too: 1 == True, but the checks tell them apart
         info = _lookup(_JOBS, typed_key)
         if info is None:
-            _, user, source = key
-            _require(type(user) is str and type(source) is str, "bad-header", "job user/source must be strings")
-            info = JobInfo(_str(j, "id"), user[:256], source[:64])
+            job_id, user, source = key
+            _require(type(job_id) is str and type(user) is str and type(source) is str, "bad-header",
+                     "job id/user/source must be strings")
+            # The user and source may be empty (unknown); when given they are names like the id.
+            info = JobInfo(_name(j, "id", "job_id"), _name(j, "user", "user") if user else "",
+                           _name(j, "source", "source") if source else "")
             _JOBS.put(typed_key, info)
         jobs.append(info)
     return jobs
 
 
 def _host_metrics(header: dict[str, Any], host_key: str, cpu_key: str, n_jobs: int) -> tuple[dict[str, Any], list[Any]]:
-    """A window's host metrics and per-job CPU-seconds (both optional)."""
+    """A window's host metrics and per-job CPU-seconds (both optional), checked for form; their
+    bounds depend on the window's length and are checked by :func:`_check_host`."""
     host = header.get(host_key, {})
     _require(type(host) is dict and len(host) <= 256 and all(type(k) is str and _finite(v) for k, v in host.items()),
              "bad-header", f"{host_key} metrics must be finite numbers")
+    for k in host:
+        if ("metric", k) not in _NAMES:
+            _name({"key": k}, "key", "metric")
     cpu = header.get(cpu_key, [])
     _require(type(cpu) is list and len(cpu) in (0, n_jobs) and all(_finite(v) and v >= 0 for v in cpu),
              "bad-header", f"{cpu_key} must list one non-negative number per job")
     return host, cpu
+
+
+#: Bounds of the host metrics whose meaning is known: (lowest, highest, highest per second of window).
+#: A metric not listed here is only required to be finite and below 1e18 in size.
+_HOST_BOUNDS: dict[str, tuple[float, float, float]] = {
+    "cpu_pct": (0.0, 100.0, 0.0),
+    "mem_used_bytes": (0.0, float(1 << 60), 0.0),
+    "mem_total_bytes": (0.0, float(1 << 60), 0.0),
+    "load1": (0.0, 1e6, 0.0),
+    "host_energy_measured": (0.0, 1.0, 0.0),
+    "host_energy_j": (0.0, 0.0, MAX_HOST_POWER_W),
+    "cpu_busy_s": (0.0, 0.0, float(MAX_CPUS)),
+}
+
+
+def _check_host(host: dict[str, Any], cpu: list[Any], window_s: float, what: str) -> None:
+    """Physical bounds of a window's host metrics and job CPU-seconds, ``window_s`` seconds long."""
+    for k, v in host.items():
+        lo, hi, per_s = _HOST_BOUNDS.get(k, (-1e18, 1e18, 0.0))
+        limit = hi + per_s * window_s
+        _require(lo <= v <= limit, "bad-value", f"{what} {k}={v!r} outside [{lo:g}, {limit:g}] for a {window_s:.0f} s window")
+    if cpu:
+        limit = MAX_CPUS * window_s
+        _require(max(cpu) <= limit, "bad-value", f"{what} job CPU-seconds above {limit:g} for a {window_s:.0f} s window")
 
 
 def _layout(columns: dict[str, str]) -> list[tuple[str, np.dtype, int]]:
@@ -243,7 +298,7 @@ def _read_block(buf: memoryview, pos: int, meta: Any, n_gpus: int) -> tuple[Bloc
     return Block(offsets, cols, segs, _int(meta, "end_us")), pos
 
 
-def _validate_block(block: Block, n_jobs: int, now_us: int, skew_us: int) -> None:
+def _validate_block(block: Block, n_jobs: int, lo_us: int, hi_us: int) -> None:
     """Raise WireError for the first check of docs/wire-format.md that the block fails."""
     global _check_block
     if _check_block is None:
@@ -251,9 +306,8 @@ def _validate_block(block: Block, n_jobs: int, now_us: int, skew_us: int) -> Non
 
         _check_block = check_block
     c, s = block.columns, block.segments
-    lo, hi = max(now_us - skew_us, -(1 << 63)), min(now_us + skew_us, (1 << 63) - 1)
     code = _check_block(c["t_us"], c["energy_mj"], c["power_mw"], block.gpu_offsets, s["seg_gpu"], s["seg_row"],
-                        s["holder_ptr"], s["holder_job"], s["holder_sm"], n_jobs, lo, hi, block.end_us,
+                        s["holder_ptr"], s["holder_job"], s["holder_sm"], n_jobs, lo_us, hi_us, block.end_us,
                         _MAX_POWER_MW, _MAX_STEP_MJ_PER_US)
     if code:
         from greenwatch.transport.checks import FAILURES
@@ -261,12 +315,24 @@ def _validate_block(block: Block, n_jobs: int, now_us: int, skew_us: int) -> Non
         raise WireError(*FAILURES[code])
 
 
+def _window_s(block: Block, sent_us: int) -> float:
+    """An upper bound of the window a block's host values cover: from its first sample to the send
+    time, plus a second; a block without samples stands for :data:`GPULESS_WINDOW_S`."""
+    t = block.columns["t_us"]
+    if t.shape[0] == 0:
+        return GPULESS_WINDOW_S
+    return max(0.0, (sent_us - int(t.min())) / 1e6) + 1.0
+
+
 def decode(payload: bytes, *, expect_node: tuple[str, str] | None = None, now_us: int | None = None,
-           max_skew_s: float = 3600.0) -> Batch:
+           max_skew_s: float = 3600.0, max_window_s: float = 86400.0) -> Batch:
     """Parse and validate one message; raise :class:`WireError` for anything malformed.
 
     ``expect_node`` is the (cluster, node) named by the MQTT topic: a payload that
     claims another node is rejected, so a node can only ever report for itself.
+    ``max_skew_s`` is how far the batch's send time may lie in the future of the collector's
+    clock (``now_us``, default: the time now); ``max_window_s`` how long before its send time
+    its samples and window ends may lie (docs/wire-format.md, "Time").
     """
     buf = memoryview(payload)
     _require(len(buf) >= _PREFIX.size, "truncated", "shorter than the fixed prefix")
@@ -279,9 +345,17 @@ def decode(payload: bytes, *, expect_node: tuple[str, str] | None = None, now_us
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise WireError("bad-header", f"header is not JSON: {str(exc)[:200]}") from None
     _require(type(header) is dict and header.get("v") == VERSION, "bad-header", "header version mismatch")
-    cluster, node = _str(header, "cluster"), _str(header, "node")
+    cluster, node = _name(header, "cluster", "cluster"), _name(header, "node", "node")
     if expect_node is not None:
         _require((cluster, node) == expect_node, "wrong-node", f"payload for {cluster}/{node} on topic of {expect_node[0]}/{expect_node[1]}")
+    now = int(time.time() * 1e6) if now_us is None else now_us
+    sent_us = _int(header, "sent_us")
+    _require(sent_us >= MIN_SENT_US, "bad-time", f"{cluster}/{node}: sent_us {sent_us} lies before 2015")
+    skew_us = sent_us - now
+    _require(skew_us <= max_skew_s * 1e6, "clock-skew",
+             f"{cluster}/{node}: sent {skew_us / 1e6:.1f} s in the future of this collector's clock "
+             f"(at most {max_skew_s:g} s allowed: check both clocks)")
+    lo_us, hi_us = sent_us - int(max_window_s * 1e6), sent_us + SENT_TOLERANCE_US
     gpus, jobs = _parse_gpus(header.get("gpus")), _parse_jobs(header.get("jobs"))
     host, job_cpu = _host_metrics(header, "host", "job_cpu_s", len(jobs))
     carry_host, carry_cpu = _host_metrics(header, "carry_host", "carry_job_cpu_s", len(jobs))
@@ -289,13 +363,16 @@ def decode(payload: bytes, *, expect_node: tuple[str, str] | None = None, now_us
     _require(type(metas) is list and len(metas) in (1, 2), "bad-header", "one or two blocks expected")
     pos = _PREFIX.size + head_len
     blocks = []
-    now = int(time.time() * 1e6) if now_us is None else now_us
-    skew = int(max_skew_s * 1e6)
     for meta in metas:
         block, pos = _read_block(buf, pos, meta, len(gpus))
-        _validate_block(block, len(jobs), now, skew)
+        if block.end_us == 0 and block.n_rows == 0:
+            block.end_us = sent_us   # a window without samples ends when it was sent
+        _validate_block(block, len(jobs), lo_us, hi_us)
         blocks.append(block)
     _require(pos == len(buf), "trailing-bytes", f"{len(buf) - pos} bytes after the last column")
-    return Batch(cluster, node, _int(header, "seq"), _str(header, "boot", 64), gpus, jobs, blocks[0], host,
-                 blocks[1] if len(blocks) > 1 else None, _int(header, "sent_us"), [float(v) for v in job_cpu],
+    _check_host(host, job_cpu, _window_s(blocks[0], sent_us), "host")
+    _check_host(carry_host, carry_cpu, _window_s(blocks[1], sent_us) if len(blocks) > 1 else GPULESS_WINDOW_S,
+                "carry_host")
+    return Batch(cluster, node, _int(header, "seq"), _name(header, "boot", "boot"), gpus, jobs, blocks[0], host,
+                 blocks[1] if len(blocks) > 1 else None, sent_us, [float(v) for v in job_cpu],
                  carry_host, [float(v) for v in carry_cpu])
