@@ -610,3 +610,39 @@ def test_fuzz_header_fields_replaced_by_random_json(msg, data):
     key = data.draw(st.sampled_from(sorted(target) + ["extra"]))
     target[key] = data.draw(_JSON)
     _decodes_or_wire_error(_join(header, body))
+
+
+# --------------------------------------------------------------------------- job events share the names
+
+
+def _event(**fields) -> bytes:
+    doc = {"v": 1, "type": "job_end", "cluster": "c1", "node": "n1", "job_id": "5", "end_s": NOW / 1e6, **fields}
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize("fields", [
+    pytest.param({"job_id": "123\n"}, id="job-id-trailing-newline"),
+    pytest.param({"user": "DOMAIN\\bob"}, id="user-backslash"),
+    pytest.param({"account": "proj,x=1"}, id="account-comma"),
+    pytest.param({"partition": "gpu "}, id="partition-trailing-blank"),
+    pytest.param({"node": "n1 "}, id="node-trailing-blank"),
+    pytest.param({"gpus": ["GPU-1\n"]}, id="gpu-newline"),
+])
+def test_job_event_names_are_checked_like_batch_names(fields):
+    from greenwatch.transport.events import EventError, decode_event
+
+    with pytest.raises(EventError) as info:
+        decode_event(_event(**fields), now_s=NOW / 1e6)
+    assert info.value.reason == "bad-event"
+
+
+def test_job_event_admits_every_real_name_and_the_hook_repairs_system_names():
+    from greenwatch.transport.events import JobEvent, decode_event, encode_event
+
+    mig = "MIG-GPU-5d3f0a1c-9b2e-4c7d-8e6f-0123456789ab/1/0"
+    for job_id in ("123_4", "123+0", "4711"):
+        got = decode_event(_event(job_id=job_id, gpus=[mig], user="alice@EXAMPLE.ORG"), now_s=NOW / 1e6)
+        assert got.job_id == job_id and got.gpus == (mig,) and got.user == "alice@EXAMPLE.ORG"
+    event = JobEvent("job_end", "c1", "n1", "5", user="DOMAIN\\bob", account="proj climate", end_s=NOW / 1e6)
+    back = decode_event(encode_event(event), now_s=NOW / 1e6)
+    assert (back.user, back.account) == ("DOMAIN_bob", "proj_climate")

@@ -16,12 +16,15 @@ This module is deliberately free of numpy so the hooks start fast.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from greenwatch.transport.identifiers import check_name, clean_name, is_name
 
 __all__ = ["EVENT_VERSION", "EVENT_TYPES", "MAX_EVENT_BYTES", "EventError", "JobEvent", "encode_event",
            "decode_event"]
@@ -35,9 +38,9 @@ _MAX_NODES_TEXT = 64 * 1024  # a hostlist expression of a very large job
 # 2000-01-01 .. 2200-01-01: anything outside is a broken clock or a unit mix-up (ms, ns).
 _MIN_TIME_S, _MAX_TIME_S = 946_684_800.0, 7_258_118_400.0
 
-_JOB_ID_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.:+-]{0,127}$")
-_GPU_RE = re.compile(r"^(?:GPU|MIG)-[0-9A-Za-z-]{1,96}$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+#: Fields that become tags of the job summary: names (greenwatch.transport.identifiers), by kind.
+_NAME_FIELDS = {"user": "user", "account": "account", "partition": "partition"}
 
 
 class EventError(ValueError):
@@ -75,7 +78,15 @@ class JobEvent:
 
 
 def encode_event(event: JobEvent) -> bytes:
-    """Serialise an event (validated first, so a hook never publishes what a collector would reject)."""
+    """Serialise an event (validated first, so a hook never publishes what a collector would reject).
+
+    The user, account and partition come from the scheduler's environment; one that is not a valid
+    name (an LDAP name with a blank, ``DOMAIN\\user``) is repaired with
+    :func:`~greenwatch.transport.identifiers.clean_name` rather than losing the event.
+    """
+    repaired = {key: clean_name(kind, value) for key, kind in _NAME_FIELDS.items()
+                if (value := getattr(event, key))}
+    event = dataclasses.replace(event, **repaired)
     payload = json.dumps(event.as_dict(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     decode_event(payload)  # raises EventError on anything the collector would refuse
     return payload
@@ -104,19 +115,16 @@ def decode_event(payload: bytes, expect_node: tuple[str, str] | None = None,
     kind = doc.get("type")
     if kind not in EVENT_TYPES:
         raise EventError("bad-event", f"type {kind!r} is not one of {', '.join(EVENT_TYPES)}")
-    cluster = _text(doc, "cluster", required=True)
-    node = _text(doc, "node", required=True)
+    cluster = _name(doc, "cluster", "cluster", required=True)
+    node = _name(doc, "node", "node", required=True)
     if expect_node is not None and (cluster, node) != tuple(expect_node):
         raise EventError("wrong-node", f"event for {cluster}/{node} on the topic of {expect_node[0]}/{expect_node[1]}")
-    job_id = doc.get("job_id")
-    if not isinstance(job_id, str) or not _JOB_ID_RE.match(job_id):
-        raise EventError("bad-event", f"job_id {job_id!r} is not 1-128 letters, digits or _.:+-")
+    job_id = _name(doc, "job_id", "job_id", required=True)
     gpus = doc.get("gpus", [])
     if gpus is None:
         gpus = []
-    if not isinstance(gpus, list) or len(gpus) > MAX_GPUS or not all(isinstance(g, str) and _GPU_RE.match(g)
-                                                                      for g in gpus):
-        raise EventError("bad-event", "gpus must be a list of GPU/MIG UUIDs")
+    if not isinstance(gpus, list) or len(gpus) > MAX_GPUS or not all(is_name("gpu_uuid", g) for g in gpus):
+        raise EventError("bad-event", "gpus must be a list of GPU UUIDs (names of kind gpu_uuid)")
     now = time.time() if now_s is None else now_s
     start_s = _time(doc, "start_s", now + max_skew_s)
     end_s = _time(doc, "end_s", now + max_skew_s)
@@ -124,10 +132,24 @@ def decode_event(payload: bytes, expect_node: tuple[str, str] | None = None,
         raise EventError("bad-event", "job_end without end_s")
     if start_s is not None and end_s is not None and end_s < start_s:
         raise EventError("bad-time", f"end_s {end_s} before start_s {start_s}")
-    return JobEvent(kind, cluster, node, job_id, sluid=_text(doc, "sluid"), user=_text(doc, "user"),
-                    account=_text(doc, "account"), partition=_text(doc, "partition"), name=_text(doc, "name"),
+    return JobEvent(kind, cluster, node, job_id, sluid=_text(doc, "sluid"), user=_name(doc, "user", "user"),
+                    account=_name(doc, "account", "account"), partition=_name(doc, "partition", "partition"),
+                    name=_text(doc, "name"),
                     nodes=_text(doc, "nodes", limit=_MAX_NODES_TEXT), gpus=tuple(dict.fromkeys(gpus)),
                     start_s=start_s, end_s=end_s)
+
+
+def _name(doc: dict[str, Any], key: str, kind: str, required: bool = False) -> str | None:
+    """A field that becomes a tag or a topic level: a valid name of ``kind``; empty counts as absent."""
+    value = doc.get(key)
+    if value is None or value == "":
+        if required:
+            raise EventError("bad-event", f"{key} is missing")
+        return None
+    why = check_name(kind, value)
+    if why is not None:
+        raise EventError("bad-event", f"{key}: {why}")
+    return value  # type: ignore[return-value]
 
 
 def _text(doc: dict[str, Any], key: str, required: bool = False, limit: int = _MAX_TEXT) -> str | None:
