@@ -521,7 +521,7 @@ def test_two_call_size_protocol(nvml):
     count = ctypes.c_uint(0)
 
     # nvmlDeviceGetProcessUtilization(h, samples, &count, lastSeen)
-    fn = pynvml._nvmlGetFunctionPointer("nvmlDeviceGetProcessUtilization")
+    fn = ctypes.CDLL("libnvidia-ml.so.1").nvmlDeviceGetProcessUtilization
     assert fn(h, None, ctypes.byref(count), ctypes.c_ulonglong(0)) == 7 and count.value == 3
     small = (pynvml.c_nvmlProcessUtilizationSample_t * 2)()
     count.value = 2
@@ -531,7 +531,7 @@ def test_two_call_size_protocol(nvml):
     assert sorted(s.pid for s in exact) == pids
 
     # nvmlDeviceGetComputeRunningProcesses_v3(h, &count, infos)
-    fn = pynvml._nvmlGetFunctionPointer("nvmlDeviceGetComputeRunningProcesses_v3")
+    fn = ctypes.CDLL("libnvidia-ml.so.1").nvmlDeviceGetComputeRunningProcesses_v3
     count.value = 0
     assert fn(h, ctypes.byref(count), None) == 7 and count.value == 3
     big = (pynvml.c_nvmlProcessInfo_v3_t * 8)()
@@ -668,7 +668,7 @@ def test_without_reload_on_change_the_file_is_read_at_init_only(nvml):
 
 
 def test_agent_direct_calls_read_what_the_pynvml_wrappers_read(nvml):
-    """The agent's 10 Hz reads call NVML through pynvml's function pointers with reused buffers;
+    """The agent's 10 Hz reads call NVML through its own ctypes binding with reused buffers;
     they must give the wrappers' values, field by field, and translate errors the same way."""
     from greenwatch.agent.gpu import GpuError, NvmlGpu
     from greenwatch.batch import MISSING
@@ -680,12 +680,11 @@ def test_agent_direct_calls_read_what_the_pynvml_wrappers_read(nvml):
         errors=[ErrorSpec(0, "*", pynvml.NVML_ERROR_GPU_IS_LOST, 1.5, 2.5)],
     ))
     gpus = [NvmlGpu(handle(i), i) for i in range(2)]
-    assert all(g._direct for g in gpus)
-    for g in gpus:
+    wrapped = [NvmlGpu(handle(i), i, fast_calls=False) for i in range(2)]
+    assert all(g.uses_fast_calls for g in gpus) and not any(g.uses_fast_calls for g in wrapped)
+    for g, w in zip(gpus, wrapped):
         direct_fast, direct_status = g.read_fast(), g.read_status()
-        g._direct = False
-        wrapped_fast, wrapped_status = g.read_fast(), g.read_status()
-        g._direct = True
+        wrapped_fast, wrapped_status = w.read_fast(), w.read_status()
         assert direct_status == wrapped_status
         assert direct_fast.power_mw == wrapped_fast.power_mw > 0
         assert 0 <= wrapped_fast.t_us - direct_fast.t_us < 500_000
@@ -695,10 +694,12 @@ def test_agent_direct_calls_read_what_the_pynvml_wrappers_read(nvml):
         else:
             assert direct_fast.energy_mj == wrapped_fast.energy_mj == MISSING
     sleep_until(sc.abs(1.7))
-    with pytest.raises(GpuError) as lost:
-        gpus[0].read_fast()
-    assert lost.value.kind == "gpu-lost"
-    assert gpus[1].read_fast().power_mw > 0
+    for g in (gpus[0], wrapped[0]):
+        for read in (g.read_fast, g.read_status):
+            with pytest.raises(GpuError) as lost:
+                read()
+            assert lost.value.kind == "gpu-lost"
+    assert gpus[1].read_fast().power_mw > 0 and wrapped[1].read_fast().power_mw > 0
 
 
 def test_agent_integrates_average_power_without_counter_and_falls_back_to_instant(nvml):
@@ -713,10 +714,9 @@ def test_agent_integrates_average_power_without_counter_and_falls_back_to_instan
         gpus=[GpuSpec(0, power=ramp, energy_counter=False), GpuSpec(1, power=ramp, energy_counter=False)],
         errors=[ErrorSpec(1, "field:185", pynvml.NVML_ERROR_NOT_SUPPORTED)],
     ))
-    gpus = [NvmlGpu(handle(i), i) for i in range(2)]
     for direct in (True, False):
-        for g in gpus:
-            g._direct = direct
+        for g in [NvmlGpu(handle(i), i, fast_calls=direct) for i in range(2)]:
+            assert g.uses_fast_calls == direct
             before = time.time()
             power_mw = g.read_fast().power_mw
             after = time.time()

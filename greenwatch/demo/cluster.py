@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from greenwatch.agent.gpu import GpuProcess, SimulatedGpu
+from greenwatch.agent.gpu import GpuProcess
+from greenwatch.demo.gpus import SimulatedGpu
 from greenwatch.batch import JobInfo
 
 __all__ = ["DemoJob", "SimClock", "DemoCluster", "DemoScheduler", "default_jobs"]
