@@ -47,7 +47,7 @@ from greenwatch.carbon import AnnualIntensity, ConstantPue
 NAME = "attribution"
 ROOT = Path(__file__).resolve().parent.parent
 BYTES_PER_SAMPLE = sum(np.dtype(dt).itemsize for dt in SAMPLE_COLUMNS.values())   # 34
-TARGET_FRACTION = 0.25       # issue #3: the kernel reaches >= 25 % of the memory read bandwidth
+TARGET_FRACTION = 0.25       # target: the kernel reaches >= 25 % of the memory read bandwidth
 SETTINGS = AttributionSettings("equal", 60.0)
 CARBON = CarbonContext(AnnualIntensity("DE"), ConstantPue(1.2))
 

@@ -1,4 +1,4 @@
-"""Grafana dashboards (issue #6).
+"""Grafana dashboards.
 
 * The committed JSON under ``dashboards/`` equals what the code generates.
 * Structure: unique panel ids, a unit and a description on every panel, templated datasource.

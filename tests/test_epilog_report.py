@@ -1,4 +1,4 @@
-"""The Slurm epilog writes the job's report into the job's working directory (issue 5).
+"""The Slurm epilog writes the job's report into the job's working directory.
 
 The real ``python -m greenwatch slurm epilog`` runs with a Slurm-like environment against the
 real Mosquitto and InfluxDB.  The job's per-batch records are in InfluxDB before the epilog

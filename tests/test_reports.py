@@ -1,4 +1,4 @@
-"""Per-run reports (issue #5) from a short demo run: every format for every job, numbers that equal
+"""Per-run reports from a short demo run: every format for every job, numbers that equal
 the store's own sums, the same report from InfluxDB, and the HTML form rendered by headless Chromium.
 """
 
@@ -213,7 +213,7 @@ def test_influx_source_gives_the_same_report(demo, influx_v2, influxdb):
 
 def _chromium(page: Path, tmp: Path, name: str) -> tuple[Path, str]:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:  # must fail, not skip: the HTML check is part of issue #5's definition of done
+    if exe is None:  # must fail, not skip: the rendered HTML is part of what a report is checked for
         pytest.fail("chromium is not installed (Debian package 'chromium'; scripts/setup-tests.sh installs it)")
     shot = tmp / f"{name}.png"
     proc = subprocess.run(

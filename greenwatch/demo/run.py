@@ -101,7 +101,7 @@ def run_demo(opts: DemoOptions, progress: TextIO = sys.stderr) -> dict:
     summary = _summarise(store, cluster, jobs, collector, opts, first_t, last_t, intensity)
     summary["wall_seconds"] = round(time.monotonic() - wall0, 2)
 
-    # -- per-job carbon reports (issue #5): every format for every job, in <out>/reports/<job_id>/ --
+    # -- per-job carbon reports: every format for every job, in <out>/reports/<job_id>/ --
     from greenwatch.reports import EmbeddedSource, write_job_reports
 
     written = write_job_reports(EmbeddedSource(store), [r["job_id"] for r in summary["jobs"]], opts.out / "reports",

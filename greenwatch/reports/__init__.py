@@ -1,4 +1,4 @@
-"""Per-run carbon reports (issue #5): one honest page per job, in Markdown, HTML, JSON and CSV.
+"""Per-run carbon reports: one honest page per job, in Markdown, HTML, JSON and CSV.
 
 Data flows one way: the store's records (``job_energy``, ``job_gpu``, ``job``, ``gpu``) are
 read through a :class:`ReportSource`, turned into a :class:`RunReport` by :func:`build_report`,

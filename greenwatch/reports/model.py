@@ -90,7 +90,7 @@ class EmbodiedLine:
 
 @dataclass
 class RunReport:
-    """Everything issue #5 asks of a per-run report, in SI units (J, g, s, unix time)."""
+    """Everything a per-run report shows, in SI units (J, g, s, unix time)."""
 
     job_id: str
     cluster: str
