@@ -10,7 +10,7 @@ import gzip
 
 import pytest
 
-from greenwatch.storage.influx import InfluxError, InfluxStore
+from greenwatch.storage.influx import MAX_ERROR_CHARS, InfluxError, InfluxRefused, InfluxStore
 from greenwatch.storage.records import Record, line_protocol
 
 T0_NS = 1_764_000_000 * 10**9
@@ -56,6 +56,55 @@ def test_a_refused_write_raises_influx_error_naming_the_bucket(influx_v2):
             store.write(_records(3, "refused"))
     finally:
         store.close()
+
+
+def test_a_body_influxdb_cannot_take_is_refused_with_its_error_text_on_one_line(influx_v2):
+    """A refused body is told apart from an outage and carries InfluxDB's reason, which quotes
+    the offending lines (with their newlines): the message must stay one line, and short."""
+    bucket = influx_v2.new_bucket("badbody")
+    store = InfluxStore(influx_v2.url, influx_v2.token, influx_v2.org, bucket)
+    try:
+        store.write_lines("gpu,node=a v=1i 1")
+        with pytest.raises(InfluxRefused) as refused:
+            store.write_lines("gpu,node=a v=2.5 2")          # the field is an integer already
+        assert refused.value.status == 400 and "field type conflict" in refused.value.text
+        with pytest.raises(InfluxRefused) as refused:
+            store.write_lines("\n".join(["gpu,node=a"] * 2 + ["x" * 2000 + " v=1i 3"]))
+        message = str(refused.value)
+        assert refused.value.status == 400 and "unable to parse 'gpu,node=a': missing fields" in message
+        assert "\n" not in message and len(refused.value.text) <= MAX_ERROR_CHARS + 3 and bucket in message
+    finally:
+        store.close()
+
+
+def test_a_missing_database_is_an_outage_naming_influxdbs_reason(influx_v2):
+    """404 (and 401/403) are the operator's to mend, after which a retry succeeds: not refused."""
+    store = InfluxStore(influx_v2.url, influx_v2.token, influx_v2.org, "no_such_db")
+    try:
+        with pytest.raises(InfluxError) as failed:
+            store.write_lines("gpu,node=a v=1i 1")
+        assert not isinstance(failed.value, InfluxRefused) and failed.value.status == 404
+        assert str(failed.value).endswith('failed: (404) database not found: "no_such_db"')
+    finally:
+        store.close()
+    store = InfluxStore(influx_v2.url, "wrong-token", influx_v2.org, "greenwatch")
+    try:
+        with pytest.raises(InfluxError) as failed:
+            store.write_lines("gpu,node=a v=1i 1")
+        assert not isinstance(failed.value, InfluxRefused) and failed.value.status == 401
+        assert "(401) unauthorized access" in str(failed.value)
+    finally:
+        store.close()
+    influx_v2.bridge.stop()
+    try:
+        store = InfluxStore(influx_v2.url, influx_v2.token, influx_v2.org, "greenwatch", timeout_s=2)
+        with pytest.raises(InfluxError) as failed:
+            store.write_lines("gpu,node=a v=1i 1")
+        assert not isinstance(failed.value, InfluxRefused) and failed.value.status is None
+        assert "\n" not in str(failed.value)
+        store.close()
+    finally:
+        influx_v2.bridge.start()
 
 
 def test_series_head_cache_stays_bounded_under_job_churn_and_keeps_live_series():

@@ -10,21 +10,74 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
 
 from influxdb_client import InfluxDBClient, WritePrecision, WriteService
+from influxdb_client.rest import ApiException
 
 from greenwatch.storage.records import Record, line_protocol
 
-__all__ = ["InfluxStore", "InfluxError"]
+__all__ = ["InfluxStore", "InfluxError", "InfluxRefused", "REFUSED_STATUSES", "error_text"]
 
 log = logging.getLogger(__name__)
 
+#: HTTP statuses with which InfluxDB refuses the body itself: 400 (a line it cannot parse, a
+#: field type conflict, a point outside the retention policy: "partial write"), 413 (too large),
+#: 422 (unprocessable, InfluxDB 2.x's partial write).  Sending the same body again cannot succeed.
+#: Everything else (5xx, no connection, timeouts, 401/403/404 for a wrong token or a missing
+#: database) is an outage, which a retry cures once the server or its configuration is mended.
+REFUSED_STATUSES = frozenset({400, 413, 422})
+
+#: InfluxDB's error text is cut to this many characters in exceptions and logs.
+MAX_ERROR_CHARS = 500
+
 
 class InfluxError(RuntimeError):
-    """A write or query that InfluxDB refused or that could not reach it."""
+    """A write or query that InfluxDB refused or that could not reach it.
+
+    ``status``: the HTTP status, None when there was no answer; ``text``: InfluxDB's own error
+    text (one line, at most :data:`MAX_ERROR_CHARS`), or a description of the failure.
+    """
+
+    def __init__(self, message: str, status: int | None = None, text: str = "") -> None:
+        super().__init__(message)
+        self.status, self.text = status, text or message
+
+
+class InfluxRefused(InfluxError):
+    """InfluxDB refused the body itself (see :data:`REFUSED_STATUSES`); retrying it unchanged is futile."""
+
+
+def error_text(status: int | None, body: bytes | str | None, headers: Any = None, reason: str | None = None) -> str:
+    """InfluxDB's own error text from a response, on one line and cut to :data:`MAX_ERROR_CHARS`.
+
+    InfluxDB 1.x answers ``{"error": ...}`` (and the ``X-Influxdb-Error`` header), 2.x and 3.x
+    ``{"code": ..., "message": ...}``; anything else is shown as it came.
+    """
+    raw = body.decode("utf-8", "replace") if isinstance(body, (bytes, bytearray)) else (body or "")
+    text = ""
+    try:
+        doc = json.loads(raw) if raw.strip() else None
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict):
+        text = str(doc.get("message") or doc.get("error") or "")
+    if not text and headers is not None:
+        try:
+            text = headers.get("X-Influxdb-Error") or headers.get("X-Platform-Error-Code") or ""
+        except AttributeError:
+            text = ""
+    text = text or raw or reason or (f"HTTP {status}" if status else "")
+    return _one_line(text)
+
+
+def _one_line(text: str) -> str:
+    # Error bodies quote the offending lines, with their newlines: a log line must stay one line.
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= MAX_ERROR_CHARS else flat[:MAX_ERROR_CHARS] + "..."
 
 
 class InfluxStore:
@@ -49,7 +102,11 @@ class InfluxStore:
             self.write_lines(body)
 
     def write_lines(self, body: str) -> None:
-        """Write line protocol (nanosecond precision) synchronously; raises :class:`InfluxError` on failure."""
+        """Write line protocol (nanosecond precision) synchronously.
+
+        Raises :class:`InfluxRefused` if InfluxDB refused the body (or part of it), and
+        :class:`InfluxError` if it could not be written for any other reason.
+        """
         data = body.encode()
         extra = {}
         if self.gzip_level > 0:
@@ -58,8 +115,16 @@ class InfluxStore:
         try:
             self._write.post_write(org=self.org, bucket=self.bucket, body=data, precision=WritePrecision.NS,
                                    content_type="text/plain; charset=utf-8", **extra)
-        except Exception as exc:  # influxdb-client raises ApiException, urllib3 errors, OSError...
-            raise InfluxError(f"write to {self.url} bucket {self.bucket!r} failed: {exc}") from exc
+        except ApiException as exc:
+            status = exc.status
+            text = error_text(status, exc.body, exc.headers, exc.reason)
+            refused = status in REFUSED_STATUSES
+            raise (InfluxRefused if refused else InfluxError)(
+                f"write to {self.url} bucket {self.bucket!r} {'refused' if refused else 'failed'}: ({status}) {text}",
+                status, text) from exc
+        except Exception as exc:  # urllib3 errors, OSError, timeouts: InfluxDB did not answer
+            text = _one_line(f"{type(exc).__name__}: {exc}")
+            raise InfluxError(f"write to {self.url} bucket {self.bucket!r} failed: {text}", None, text) from exc
 
     def query(self, influxql: str, db: str | None = None) -> list[dict[str, Any]]:
         """Run InfluxQL; rows as dicts (``name`` and tag values included) across all series."""
@@ -70,8 +135,12 @@ class InfluxStore:
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                 doc = json.load(resp)
+        except urllib.error.HTTPError as exc:
+            text = error_text(exc.code, exc.read(), exc.headers, exc.reason)
+            raise InfluxError(f"query to {self.query_url} failed: ({exc.code}) {text}", exc.code, text) from exc
         except Exception as exc:
-            raise InfluxError(f"query to {self.query_url} failed: {exc}") from exc
+            text = _one_line(f"{type(exc).__name__}: {exc}")
+            raise InfluxError(f"query to {self.query_url} failed: {text}", None, text) from exc
         rows: list[dict[str, Any]] = []
         for result in doc.get("results", []):
             if "error" in result:
@@ -85,4 +154,5 @@ class InfluxStore:
         return rows
 
     def close(self) -> None:
+        """Release the HTTP connections."""
         self._client.close()
