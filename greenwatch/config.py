@@ -170,6 +170,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_unacked": Key(int, 1000, "MQTT 5 Receive Maximum: messages received but not yet acknowledged, i.e. not yet durably written. Bounds the collector's memory when neither InfluxDB nor the spill can take data.", _positive),
         "spill_dir": Key(str, "/var/lib/greenwatch-collector/spill", "Where records go (fsynced, then the MQTT messages are acknowledged) while InfluxDB cannot take them; drained into InfluxDB, oldest first, when it answers again."),
         "spill_max_bytes": Key(int, 16 << 30, "Disk the spill may take (compressed line protocol). When full, messages are left unacknowledged and the broker holds them.", _positive),
+        "dead_letter_file": Key(str, "", "JSON-lines file for lines InfluxDB refuses (cannot parse, field type conflict): each with the time, InfluxDB's reason and the line, fsynced before the messages are acknowledged; the rest of the write is stored. Empty: `dead-letter.jsonl` beside `spill_dir` (/var/lib/greenwatch-collector/dead-letter.jsonl by default). See docs/influxdb.md."),
+        "dead_letter_max_bytes": Key(int, 256 << 20, "Size the dead-letter file may reach; further refused lines are only counted (health field `dead_letter_dropped`) and logged until it is moved away or truncated. 0 keeps none.", _non_negative),
         "finalize_delay_s": Key(float, 30.0, "Grace period after a job's end event before its summary (`job` record) is computed, so that the last batches of every node have arrived.", _non_negative),
     },
     "influxdb": {

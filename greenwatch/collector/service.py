@@ -24,6 +24,7 @@ import logging
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Callable, Protocol
 
 import aiomqtt
@@ -32,6 +33,7 @@ import numpy as np
 from greenwatch import sdnotify
 from greenwatch.batch import HOLDER_COLUMNS, SAMPLE_COLUMNS, SEGMENT_COLUMNS, Batch, Block, GpuInfo, JobInfo
 from greenwatch.collector.core import Collector
+from greenwatch.collector.deadletter import DeadLetters
 from greenwatch.collector.writer import BufferedWriter
 from greenwatch.config import Config, ConfigError
 from greenwatch.diskqueue import DiskQueue, DiskQueueError
@@ -74,6 +76,8 @@ async def _health_loop(collector: Collector, writer: BufferedWriter, instance: s
             ("samples", s.samples), ("batches", s.batches), ("duplicates", s.duplicates),
             ("gaps_filled", s.gaps_filled), ("pending_bodies", writer.pending), ("unacked", writer.unacked),
             ("spill_bytes", writer.spill_bytes), ("spill_files", writer.spill_files),
+            ("refused_lines", writer.refused_lines), ("dead_letter_lines", writer.dead_letter_lines),
+            ("dead_letter_dropped", writer.dead_letter_dropped),
             ("heap_blocks", sys.getallocatedblocks()), ("malloc_bytes", _malloc_in_use())), time.time_ns())])
         sdnotify.notify(f"STATUS={s.batches} batches, {s.rejected_total} rejected, {writer.unacked} unacknowledged, "
                         f"{writer.spill_files} chunks spilled")
@@ -153,7 +157,9 @@ async def run_collector(cfg: Config, events: EventHandler | None = None) -> int:
 
 
 async def _serve(cfg: Config, events: EventHandler | None, store, spill: DiskQueue, password: str | None) -> int:
-    writer = BufferedWriter(store, spill)
+    writer = BufferedWriter(store, spill, dead_letters=DeadLetters(
+        cfg.collector.dead_letter_file or Path(cfg.collector.spill_dir).parent / "dead-letter.jsonl",
+        cfg.collector.dead_letter_max_bytes))
     collector = Collector(attribution_settings(cfg), carbon_context(cfg), writer,
                           max_skew_s=cfg.collector.max_clock_skew_s,
                           max_message_bytes=cfg.collector.max_message_bytes)
