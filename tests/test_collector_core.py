@@ -473,3 +473,147 @@ def test_line_protocol_templates_survive_changing_series_and_percent_signs_are_n
         assert rejected.stats.rejected == {"bad-name": 1}
     hosts = [line for line in lines if line.startswith("host,")]
     assert len(hosts) == len(payloads) - 1 and all(" cpu_pct=" in line for line in hosts)
+
+
+# --------------------------------------------------------------------------- per-node limits
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _node_batch(node: str, n_gpus: int = 1, job_ids=("1",), boot: str = "bootlim0", seq: int = 0) -> bytes:
+    """One batch of ``node``: ``n_gpus`` GPUs, each held by every job of ``job_ids``."""
+    t = now_us() - 10_000_000
+    b = BatchBuilder("c1", node, [gpu_info(k) for k in range(n_gpus)], boot=boot)
+    b.seq = seq
+    for g in range(n_gpus):
+        b.set_holders(g, [holder(job(j, "u1")) for j in job_ids])
+        b.add_sample(g, (t, 1000 + g, 100_000, 50, 20, 1000, 50, 1500))
+        b.add_sample(g, (t + DT, 1100 + g, 100_000, 50, 20, 1000, 50, 1500))
+    return encode(b.cut(sent_us=now_us()))
+
+
+def _limited(clock=None, **limits) -> tuple[Collector, ListSink]:
+    from greenwatch.collector.core import NodeLimits
+
+    return _collector(limits=NodeLimits(**limits), clock=clock or FakeClock())
+
+
+def test_a_node_naming_too_many_gpus_or_jobs_is_rejected_and_counted_by_node():
+    col, sink = _limited()
+    assert col.handle(_node_batch("n1", n_gpus=257), expect_node=("c1", "n1")) is None
+    assert col.handle(_node_batch("n1", job_ids=[f"j{k}" for k in range(1025)]), expect_node=("c1", "n1")) is None
+    assert col.handle(_node_batch("n2", n_gpus=8, job_ids=[f"j{k}" for k in range(1024)]),
+                      expect_node=("c1", "n2")) is not None
+    assert col.stats.rejected == {"too-many-gpus": 1, "too-many-jobs": 1}
+    assert col.stats.rejected_by_node == {("c1", "n1", "too-many-gpus"): 1, ("c1", "n1", "too-many-jobs"): 1}
+    assert sink.records and {r.tag("node") for r in sink.records} == {"n2"}
+
+
+def test_distinct_series_per_node_are_bounded_within_a_window():
+    """One node inventing job ids (and GPU UUIDs) batch after batch: once its series within the window
+    would pass the limit its batches are rejected; other nodes, and the node's known series, go on."""
+    clock = FakeClock()
+    col, _ = _limited(clock, max_series=50)
+    for k in range(2):    # 1 GPU + 20 jobs, then 20 more jobs: 41 series
+        assert col.handle(_node_batch("n1", job_ids=[f"a{k}-{j}" for j in range(20)], seq=k), ("c1", "n1")) is not None
+    assert col.handle(_node_batch("n1", job_ids=[f"a2-{j}" for j in range(20)], seq=2), ("c1", "n1")) is None
+    assert col.stats.rejected_by_node == {("c1", "n1", "too-many-series"): 1}
+    assert col.handle(_node_batch("n1", job_ids=[f"a0-{j}" for j in range(20)], seq=3), ("c1", "n1")) is not None
+    assert col.handle(_node_batch("n2", job_ids=[f"b-{j}" for j in range(40)]), ("c1", "n2")) is not None
+    clock.t += 2 * 3600 + 1    # two windows later the old series are forgotten
+    assert col.handle(_node_batch("n1", job_ids=[f"a2-{j}" for j in range(20)], seq=4), ("c1", "n1")) is not None
+
+
+def test_messages_per_node_are_rate_limited_with_a_burst():
+    clock = FakeClock()
+    col, _ = _limited(clock, messages_per_s=2.0, message_burst=5.0)
+    payloads = [_node_batch("n1", seq=k) for k in range(8)]
+    results = [col.handle(p, ("c1", "n1")) is not None for p in payloads[:6]]
+    assert results == [True] * 5 + [False]
+    assert col.stats.rejected_by_node == {("c1", "n1", "rate-limit"): 1}
+    assert col.handle(_node_batch("n2"), ("c1", "n2")) is not None     # another node has its own budget
+    clock.t += 1.0     # two more tokens
+    assert [col.handle(p, ("c1", "n1")) is not None for p in payloads[6:8]] == [True, True]
+
+
+def test_new_node_names_per_minute_are_bounded():
+    clock = FakeClock()
+    col, _ = _limited(clock, new_nodes_per_minute=10)
+    assert all(col.handle(_node_batch(f"x{k}"), ("c1", f"x{k}")) is not None for k in range(10))
+    assert col.handle(_node_batch("x10"), ("c1", "x10")) is None
+    assert col.stats.rejected == {"too-many-nodes": 1}
+    assert col.handle(_node_batch("x3", seq=1), ("c1", "x3")) is not None     # a known node goes on
+    clock.t += 61
+    assert col.handle(_node_batch("x10"), ("c1", "x10")) is not None
+
+
+def test_rejections_per_node_have_bounded_cardinality_and_name_only_valid_nodes(caplog):
+    col, _ = _collector()
+    col.MAX_NODE_REASONS = 5
+    for k in range(8):
+        col.handle(b"junk", expect_node=("c1", f"n{k}"))
+    col.handle(b"junk", expect_node=("c1", "bad\nnode"))
+    assert sum(col.stats.rejected_by_node.values()) == 9
+    assert len(col.stats.rejected_by_node) == 6
+    assert col.stats.rejected_by_node[("other", "other", "truncated")] == 4
+    assert "rejected a message from c1/n0 (truncated)" in caplog.text
+
+
+def test_clock_skew_rejection_is_logged_with_node_and_skew(caplog):
+    b = BatchBuilder("c1", "n5", [gpu_info(0)], boot="bootskew")
+    t = now_us() + 7_200_000_000
+    b.add_sample(0, (t, 1000, 100_000, 50, 20, 1000, 50, 1500))
+    col, _ = _collector()
+    assert col.handle(encode(b.cut(sent_us=t)), ("c1", "n5")) is None
+    assert col.stats.rejected_by_node == {("c1", "n5", "clock-skew"): 1}
+    assert "c1/n5" in caplog.text and "s in the future of this collector's clock" in caplog.text
+
+
+def test_the_issues_flood_of_series_from_one_node_stops_at_the_limit():
+    """1,000 fake GPU UUIDs in one batch, then batches of 1,000 fresh job ids: what one node gets into
+    the database stops at the default limit of 20,000 GPUs and jobs an hour."""
+    col, sink = _collector(clock=FakeClock())
+    assert col.handle(_node_batch("evil", n_gpus=1000), ("c1", "evil")) is None
+    accepted = sum(col.handle(_node_batch("evil", job_ids=[f"{k}-{j}" for j in range(1000)], seq=k),
+                              ("c1", "evil")) is not None for k in range(30))
+    assert accepted == 19      # 1 GPU + 19 x 1,000 jobs; the 20th thousand would pass 20,000
+    assert col.stats.rejected_by_node[("c1", "evil", "too-many-series")] == 11
+    assert col.stats.rejected_by_node[("c1", "evil", "too-many-gpus")] == 1
+
+
+# --------------------------------------------------------------------------- line protocol refuses
+
+
+@pytest.mark.parametrize("bad", ["a\nb", "a\rb", "a\\", "x\x00", "tab\there"])
+def test_line_protocol_never_emits_what_it_cannot_represent(bad):
+    from greenwatch.storage.records import LineProtocolError, Record, line_protocol
+
+    for record in (Record("m", (("job", bad),), (("x", 1.0),), 1), Record("m", ((bad, "v"),), (("x", 1.0),), 1),
+                   Record(bad, (), (("x", 1.0),), 1), Record("m", (), ((bad, 1.0),), 1)):
+        with pytest.raises(LineProtocolError):
+            line_protocol([record])
+    if "\\" not in bad:   # a backslash in a string field is escaped; a control character is refused
+        with pytest.raises(LineProtocolError):
+            line_protocol([Record("m", (), (("s", bad),), 1)])
+    with pytest.raises(LineProtocolError):
+        line_protocol([Record("m", (), (("x", float("inf")),), 1)])
+
+
+def test_table_lines_refuses_a_batch_with_an_unrepresentable_name():
+    """The decoder admits only valid names; a batch made without it (in process) still cannot emit a
+    newline into line protocol."""
+    from greenwatch.attribution import LedgerInput, account_blocks
+    from greenwatch.batch import JobInfo
+    from greenwatch.storage.records import BlockSource, LineProtocolError, table_lines
+
+    b = decode(_node_batch("n1"), expect_node=("c1", "n1"))
+    b.jobs[0] = JobInfo("1\nevil,cluster=x energy_j=1e30", "u1", "slurm")
+    table = account_blocks([LedgerInput(b.block, b.gpus, b.jobs, b.host, b.job_cpu_s)], SETTINGS, carbon_ctx())
+    with pytest.raises(LineProtocolError):
+        table_lines(table, [BlockSource("c1", "n1", b.host)])

@@ -3,8 +3,10 @@
 ``Collector.handle_many`` decodes a group of messages, accounts all of them in one
 pass (attribution + carbon) and hands the result to a sink in one write;
 ``Collector.handle`` does the same for one message and returns its records.
-A malformed message is rejected and counted by reason, logged at a bounded
-rate, and never raises.
+A malformed message is rejected and counted by reason (and per node and reason), logged at a
+bounded rate with the node's name, and never raises.  :class:`NodeLimits` bounds what one node
+may claim: GPUs, jobs, distinct series, messages per second, and how many new node names may
+appear per minute.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from typing import Callable, NamedTuple, Protocol, Sequence
 from greenwatch.attribution import (AttributionSettings, BlockLedger, CarbonContext, LedgerInput, LedgerTable,
                                     account_block, account_blocks)
 from greenwatch.batch import Batch
-from greenwatch.storage.records import BlockSource, Record, table_lines, table_records
+from greenwatch.storage.records import BlockSource, LineProtocolError, Record, table_lines, table_records
+from greenwatch.transport.identifiers import is_name
 from greenwatch.transport.wire import WireError, decode
 
-__all__ = ["Sink", "CollectorStats", "Collector"]
+__all__ = ["Sink", "CollectorStats", "Collector", "NodeLimits"]
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +47,46 @@ class CollectorStats:
     duplicates: int = 0
     gaps_filled: int = 0
     rejected: collections.Counter = field(default_factory=collections.Counter)
+    #: Rejections per (cluster, node, reason); at most MAX_NODE_REASONS keys, the rest under node "other".
+    rejected_by_node: collections.Counter = field(default_factory=collections.Counter)
     write_errors: int = 0
 
     @property
     def rejected_total(self) -> int:
         return sum(self.rejected.values())
+
+
+@dataclass(frozen=True)
+class NodeLimits:
+    """What one node may claim (collector.max_* in docs/configuration.md).  The defaults are far
+    above what a 1,000-node site with 8 GPUs a node ever sends; they stop one node (or anyone able
+    to publish) from flooding the database with series or the collector with messages."""
+
+    #: GPUs in one batch.
+    max_gpus: int = 256
+    #: Jobs in one batch's job table.
+    max_jobs: int = 1024
+    #: Distinct GPUs and jobs (job id and user) a node may name within ``series_window_s``.
+    max_series: int = 20_000
+    series_window_s: float = 3600.0
+    #: Messages a node may send per second on average; bursts up to ``message_burst`` (a spool of a
+    #: day at the default publishing interval drains at once after an outage).
+    messages_per_s: float = 20.0
+    message_burst: float = 20_000.0
+    #: Node names this collector has not seen lately that may appear within a minute.
+    new_nodes_per_minute: int = 2000
+
+
+class _NodeState:
+    """One node's budgets: a token bucket of messages, and the series it named lately (two windows)."""
+
+    __slots__ = ("tokens", "stamp", "series", "old_series", "window_start")
+
+    def __init__(self, now: float, burst: float) -> None:
+        self.tokens, self.stamp = burst, now
+        self.series: set = set()
+        self.old_series: set = set()
+        self.window_start = now
 
 
 class _RateLimitedLog:
@@ -85,17 +123,37 @@ class Collector:
     #: How many (node, agent run) sequence histories are remembered for duplicate and gap detection.
     MAX_TRACKED_RUNS = 100_000
 
+    #: How many nodes' budgets are kept; beyond, the longest known are forgotten (and count as new again).
+    MAX_TRACKED_NODES = 100_000
+    #: How many (cluster, node, reason) rejection counters are kept apart; the rest count under "other".
+    MAX_NODE_REASONS = 1000
+
     def __init__(self, settings: AttributionSettings, carbon: CarbonContext, sink: Sink, *,
-                 max_skew_s: float = 3600.0, max_message_bytes: int = 8 << 20) -> None:
+                 max_skew_s: float = 3600.0, max_message_bytes: int = 8 << 20, max_window_s: float = 86400.0,
+                 limits: NodeLimits = NodeLimits(), clock: Callable[[], float] = time.monotonic) -> None:
         self.settings, self.carbon, self.sink = settings, carbon, sink
-        self.max_skew_s, self.max_message_bytes = max_skew_s, max_message_bytes
+        self.max_skew_s, self.max_message_bytes, self.max_window_s = max_skew_s, max_message_bytes, max_window_s
+        self.limits = limits
         self.stats = CollectorStats()
         self._seen: collections.OrderedDict[tuple[str, str, str], set[int]] = collections.OrderedDict()
         self._log = _RateLimitedLog()
+        self._clock = clock
+        self._nodes: dict[tuple[str, str], _NodeState] = {}
+        self._new_nodes: collections.deque[float] = collections.deque()   # when each recent new node appeared
 
-    def reject(self, reason: str, detail: str) -> None:
+    def reject(self, reason: str, detail: str, node: tuple[str, str] | None = None) -> None:
+        """Count a rejected message by reason and by (cluster, node, reason), and log it (rate-limited)."""
         self.stats.rejected[reason] += 1
-        self._log.warn(reason, f"rejected a message ({reason}): {detail}")
+        cluster, name = node if node is not None else ("", "unknown")
+        # Topic levels are whatever a client published on: only valid names become tags.
+        cluster = cluster if is_name("cluster", cluster) else "invalid"
+        name = name if is_name("node", name) else ("unknown" if node is None else "invalid")
+        key = (cluster, name, reason)
+        by_node = self.stats.rejected_by_node
+        if key not in by_node and len(by_node) >= self.MAX_NODE_REASONS:
+            key = ("other", "other", reason)
+        by_node[key] += 1
+        self._log.warn(reason, f"rejected a message from {cluster}/{name} ({reason}): {detail}")
 
     def handle(self, payload: bytes, expect_node: tuple[str, str] | None = None) -> list[Record] | None:
         """Process one message; returns the records written, or None if it was rejected or a duplicate."""
@@ -118,10 +176,34 @@ class Collector:
             return 0
         write_lines = getattr(self.sink, "write_lines", None)
         if write_lines is not None:
-            self._write(group, lambda: write_lines(table_lines(group.table, group.sources)))
+            try:
+                body = table_lines(group.table, group.sources)
+            except LineProtocolError:
+                group = self._representable(group)
+                if group is None:
+                    return 0
+                body = table_lines(group.table, group.sources)
+            self._write(group, lambda: write_lines(body))
         else:
             self._write(group, lambda: self.sink.write(table_records(group.table, group.sources)))
         return len(group.batches)
+
+    def _representable(self, group: _Group) -> _Group | None:
+        """The group without the batches whose records line protocol cannot carry (each rejected).
+
+        The decoder admits only valid names, so this is a second line of defence: a value that
+        cannot be written is refused here rather than sent to break a whole write."""
+        kept = []
+        for batch in group.batches:
+            alone = self._account([(batch, False)])
+            try:
+                table_lines(alone.table, alone.sources)
+                kept.append(batch)
+            except LineProtocolError as exc:
+                self._forget([(batch, False)])
+                self.reject("unrepresentable", str(exc), (batch.cluster, batch.node))
+        kept_items = [(b, b.seq > 0 and (b.seq - 1) not in self._history(b)) for b in kept]
+        return self._account(kept_items) if kept_items else None
 
     def account(self, batch: Batch, fill_gap: bool = False) -> list[Record]:
         """Records for a batch; with ``fill_gap``, also for the previous window carried in the batch."""
@@ -136,15 +218,82 @@ class Collector:
     def _decode(self, payload: bytes, expect_node: tuple[str, str] | None) -> Batch | None:
         self.stats.messages += 1
         if len(payload) > self.max_message_bytes:
-            self.reject("oversized", f"{len(payload)} bytes > {self.max_message_bytes}")
+            self.reject("oversized", f"{len(payload)} bytes > {self.max_message_bytes}", expect_node)
+            return None
+        # The topic names the node before a byte is decoded: a flood is turned away cheaply.
+        if expect_node is not None and not self._admit(expect_node):
             return None
         try:
-            return decode(payload, expect_node=expect_node, max_skew_s=self.max_skew_s)
+            batch = decode(payload, expect_node=expect_node, max_skew_s=self.max_skew_s,
+                           max_window_s=self.max_window_s)
         except WireError as exc:
-            self.reject(exc.reason, str(exc))
+            self.reject(exc.reason, str(exc), expect_node)
+            return None
         except Exception as exc:  # a bug must not stop the collector: count it like bad input
-            self.reject("decode-error", repr(exc))
-        return None
+            self.reject("decode-error", repr(exc), expect_node)
+            return None
+        node = (batch.cluster, batch.node)
+        if expect_node is None and not self._admit(node):
+            return None
+        return batch if self._within_limits(batch, node) else None
+
+    def _admit(self, node: tuple[str, str]) -> bool:
+        """Whether a message of ``node`` fits its message budget and, for a node not seen lately,
+        the budget of new nodes per minute."""
+        now = self._clock()
+        lim = self.limits
+        state = self._nodes.get(node)
+        if state is None:
+            recent = self._new_nodes
+            while recent and now - recent[0] > 60.0:
+                recent.popleft()
+            if len(recent) >= lim.new_nodes_per_minute:
+                self.reject("too-many-nodes", f"more than {lim.new_nodes_per_minute} new node names within a "
+                                              f"minute (collector.max_new_nodes_per_minute)", node)
+                return False
+            recent.append(now)
+            state = self._nodes[node] = _NodeState(now, lim.message_burst)
+            if len(self._nodes) > self.MAX_TRACKED_NODES:
+                del self._nodes[next(iter(self._nodes))]
+        state.tokens = min(lim.message_burst, state.tokens + (now - state.stamp) * lim.messages_per_s)
+        state.stamp = now
+        if state.tokens < 1.0:
+            self.reject("rate-limit", f"more than {lim.messages_per_s:g} messages a second "
+                                      f"(collector.max_node_messages_per_s)", node)
+            return False
+        state.tokens -= 1.0
+        return True
+
+    def _within_limits(self, batch: Batch, node: tuple[str, str]) -> bool:
+        """Whether a decoded batch stays within its node's GPU, job and series limits."""
+        lim = self.limits
+        if len(batch.gpus) > lim.max_gpus:
+            self.reject("too-many-gpus", f"{len(batch.gpus)} GPUs > {lim.max_gpus} (collector.max_gpus_per_node)", node)
+            return False
+        if len(batch.jobs) > lim.max_jobs:
+            self.reject("too-many-jobs", f"{len(batch.jobs)} jobs > {lim.max_jobs} (collector.max_jobs_per_batch)", node)
+            return False
+        state = self._nodes[node]
+        now = self._clock()
+        elapsed = now - state.window_start
+        if elapsed >= lim.series_window_s:
+            # Two windows kept: a series named in either is known; older ones are forgotten.
+            state.old_series = state.series if elapsed < 2 * lim.series_window_s else set()
+            state.series, state.window_start = set(), now
+        known, old = state.series, state.old_series
+        fresh = [g.uuid for g in batch.gpus if g.uuid not in known]
+        fresh += [(j.job_id, j.user) for j in batch.jobs if (j.job_id, j.user) not in known]
+        if fresh:
+            new = [k for k in fresh if k not in old]
+            if len(known) + len(old) + len(new) > lim.max_series:
+                self.reject("too-many-series", f"{len(new)} more series would exceed {lim.max_series} GPUs and "
+                                               f"jobs within {lim.series_window_s:g} s (collector.max_series_per_node)",
+                            node)
+                return False
+            for k in fresh:
+                old.discard(k)
+                known.add(k)
+        return True
 
     def _accept(self, messages: Sequence[tuple[bytes, tuple[str, str] | None]]) -> _Group | None:
         """Decode, drop duplicates, and account what is left; None if nothing was left."""
@@ -170,7 +319,7 @@ class Collector:
         except Exception as exc:
             if len(items) == 1:
                 self._forget(items)
-                self.reject("account-error", repr(exc))
+                self.reject("account-error", repr(exc), (items[0][0].cluster, items[0][0].node))
                 return None
         # A bug that one message triggers must not cost the others: find it, and account the rest.
         kept = []
@@ -180,7 +329,7 @@ class Collector:
                 kept.append(item)
             except Exception as exc:
                 self._forget([item])
-                self.reject("account-error", repr(exc))
+                self.reject("account-error", repr(exc), (item[0].cluster, item[0].node))
         # A batch right after a rejected one now fills that gap from its carry, as it would alone.
         kept = [(b, b.seq > 0 and (b.seq - 1) not in self._history(b)) for b, _ in kept]
         return self._account(kept) if kept else None

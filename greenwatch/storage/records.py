@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import numbers
+import re
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping, NamedTuple, Sequence
 
@@ -18,7 +19,11 @@ from greenwatch.attribution import JOB_VALUES, LedgerTable
 from greenwatch.batch import GpuInfo, JobInfo
 from greenwatch.recent import RecentCache
 
-__all__ = ["Record", "BlockSource", "table_records", "table_lines", "line_protocol"]
+__all__ = ["Record", "BlockSource", "LineProtocolError", "table_records", "table_lines", "line_protocol"]
+
+
+class LineProtocolError(ValueError):
+    """A name or text that InfluxDB line protocol cannot carry; nothing of it is emitted."""
 
 
 @dataclass(frozen=True)
@@ -93,8 +98,35 @@ def _host_kind(names: tuple[str, ...]) -> _Kind:
     return _Kind.of("host", " ".join(names))
 
 
+# Line protocol (InfluxDB 1.x reference, "Special characters"): a measurement escapes commas and
+# spaces; tag keys, tag values and field keys escape commas, equals signs and spaces; string field
+# values escape double quotes and backslashes.  A newline ends the line whatever precedes it, and
+# InfluxDB 1.x does not unescape a backslash in a name (a name ending in one swallows the separator
+# after it): such values have no representation and are refused, never written.
+_NOT_IN_NAMES = re.compile(r"[\x00-\x1f\x7f\\]")
+_NOT_IN_STRINGS = re.compile(r"[\x00-\x1f\x7f]")
+_RESERVED_KEYS = frozenset({"time"})   # InfluxDB drops a tag or field named "time"
+
+
 def _escape_key(s: str) -> str:
-    return s.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
+    """A tag key, tag value or field key, escaped; :class:`LineProtocolError` if it has no representation."""
+    if not s or _NOT_IN_NAMES.search(s) or s in _RESERVED_KEYS:
+        raise LineProtocolError(f"{s!r} cannot be a line-protocol key or tag value")
+    return s.replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
+
+
+def _escape_measurement(s: str) -> str:
+    """A measurement name, escaped (a leading ``#`` would make the line a comment)."""
+    if not s or s[0] == "#" or _NOT_IN_NAMES.search(s):
+        raise LineProtocolError(f"{s!r} cannot be a line-protocol measurement")
+    return s.replace(",", "\\,").replace(" ", "\\ ")
+
+
+def _escape_string(s: str) -> str:
+    """A string field value, quoted and escaped."""
+    if _NOT_IN_STRINGS.search(s):
+        raise LineProtocolError(f"{s[:80]!r} cannot be a line-protocol string field (control character)")
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 _GPU = _Kind.of("gpu", "power_w power_max_w energy_j util_gpu_pct util_mem_pct mem_used_mib temp_c sm_clock_mhz "
@@ -275,6 +307,8 @@ class _BlockValues:
 
     def __init__(self, table: LedgerTable, sources: Sequence[BlockSource]) -> None:
         self.values = v = _Values.of(table)
+        if any(np.isinf(m).any() for m in v):   # NaN is a field left out; an infinity has no representation
+            raise LineProtocolError("an infinite field value")
         gp, jp, pp = table.gpu_ptr, table.job_ptr, table.pair_ptr
         ends = v.node[:, -1]
         with_gpus = np.array([s.with_gpu_series for s in sources], dtype=bool)
@@ -350,9 +384,14 @@ _HEADS = RecentCache()             # "measurement,tag=value,..." per series
 _SERIES = RecentCache()            # (tags, head) per series of an accounted table, by flat keys
 
 
+_INFINITIES = (float("inf"), float("-inf"))
+
+
 def _field_value(v: float | int | str) -> str:
     t = type(v)
     if t is float:
+        if v in _INFINITIES:
+            raise LineProtocolError("an infinite field value")
         return float.__repr__(v)  # type: ignore[arg-type]
     if t is int:
         return f"{v}i"
@@ -361,12 +400,12 @@ def _field_value(v: float | int | str) -> str:
     if isinstance(v, numbers.Integral):   # int subclasses, numpy integers
         return f"{int(v)}i"
     if isinstance(v, numbers.Real):       # float subclasses, numpy floats
-        return float.__repr__(float(v))
-    return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return _field_value(float(v))
+    return _escape_string(v)
 
 
 def _format_head(measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
-    return _escape_key(measurement) + "".join(f",{_escape_key(k)}={_escape_key(v)}" for k, v in tags if v != "")
+    return _escape_measurement(measurement) + "".join(f",{_escape_key(k)}={_escape_key(v)}" for k, v in tags if v != "")
 
 
 def _head(measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
@@ -391,7 +430,7 @@ def line_protocol(records: Iterable[Record]) -> str:
             if ek is None:
                 ek = esc[k] = _escape_key(k)
             t = type(v)
-            if t is float:
+            if t is float and v not in _INFINITIES:
                 parts.append(f"{ek}={float.__repr__(v)}")
             elif t is int:
                 parts.append(f"{ek}={v}i")
