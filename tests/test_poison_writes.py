@@ -19,10 +19,12 @@ from typing import AsyncIterator, Callable
 
 import pytest
 
+from fixtures_e2e import GreenwatchProcess
 from greenwatch.collector.deadletter import DeadLetters
 from greenwatch.collector.writer import BufferedWriter
 from greenwatch.diskqueue import DiskQueue
 from greenwatch.storage.influx import InfluxStore
+from service_helpers import collector_config, wait_until, write_token
 
 pytestmark = pytest.mark.security
 
@@ -272,3 +274,33 @@ def test_the_dead_letter_file_is_bounded_and_lines_beyond_it_are_counted(setup, 
     dl_path.rename(dl_path.with_suffix(".old"))
     writer.dead_letters.add([("x", "why", 400)])
     assert [d["line"] for d in dead_letters(dl_path)] == ["x"]
+
+
+def test_a_collector_started_on_a_poisoned_spill_drains_it_and_reports_the_refused_line(
+        tmp_path, mosquitto, influx_v2, greenwatch_procs):
+    """The service wires it up: dead-letter file beside the spill, counters in the health record."""
+    bucket = influx_v2.new_bucket("svc")
+    cfg = collector_config(tmp_path / "collector.toml", mqtt={"host": mosquitto.host, "port": mosquitto.port},
+                           influx_url=influx_v2.url, bucket=bucket, instance="poisoned", share_group="poisoned",
+                           token_file=write_token(tmp_path / "token", influx_v2.token))
+    bad = f"gpu,node=b,gpu=0 power_w=1 x {T0_NS}"
+    spill = DiskQueue(tmp_path / "poisoned-spill", 1 << 24, drop_oldest=False, fsync=True)
+    for chunk in ([bad] + good_lines("b", 10), good_lines("a", 10)):   # an earlier run left these
+        assert spill.put(zlib.compress("\n".join(chunk).encode(), 1))
+    spill.close()
+    collector = GreenwatchProcess("collector", cfg, tmp_path / "collector.log").start()
+    greenwatch_procs.append(collector)
+
+    def health() -> dict:
+        rows = influx_v2.query('SELECT last("refused_lines") AS refused, last("dead_letter_lines") AS kept, '
+                               'last("dead_letter_dropped") AS dropped, last("spill_files") AS spill FROM "collector"',
+                               bucket)
+        return rows[0] if rows else {}
+
+    wait_until(lambda: health().get("spill") == 0 and health().get("refused") == 1, timeout=60,
+               what=f"the spill to drain: {collector.log()[-2000:]}")
+    assert health()["kept"] == 1 and health()["dropped"] == 0
+    assert stored_per_node(influx_v2, bucket) == {"a": 10, "b": 10}
+    assert [d["line"] for d in dead_letters(tmp_path / "dead-letter.jsonl")] == [bad]
+    assert "InfluxDB refused 1 lines" in collector.log() and "bad timestamp" in collector.log()
+    assert collector.stop() == 0, collector.log()[-3000:]
