@@ -32,7 +32,7 @@ import numpy as np
 
 from greenwatch import sdnotify
 from greenwatch.batch import HOLDER_COLUMNS, SAMPLE_COLUMNS, SEGMENT_COLUMNS, Batch, Block, GpuInfo, JobInfo
-from greenwatch.collector.core import Collector
+from greenwatch.collector.core import Collector, NodeLimits
 from greenwatch.collector.deadletter import DeadLetters
 from greenwatch.collector.writer import BufferedWriter
 from greenwatch.config import Config, ConfigError
@@ -79,6 +79,12 @@ async def _health_loop(collector: Collector, writer: BufferedWriter, instance: s
             ("refused_lines", writer.refused_lines), ("dead_letter_lines", writer.dead_letter_lines),
             ("dead_letter_dropped", writer.dead_letter_dropped),
             ("heap_blocks", sys.getallocatedblocks()), ("malloc_bytes", _malloc_in_use())), time.time_ns())])
+        # Rejections per node and reason (the collector bounds how many it keeps apart).
+        rejections = [Record("collector_rejections", (("instance", instance), ("cluster", cluster), ("node", node),
+                                                      ("reason", reason)), (("count", count),), time.time_ns())
+                      for (cluster, node, reason), count in s.rejected_by_node.items()]
+        if rejections:
+            writer.write(rejections)
         sdnotify.notify(f"STATUS={s.batches} batches, {s.rejected_total} rejected, {writer.unacked} unacknowledged, "
                         f"{writer.spill_files} chunks spilled")
 
@@ -162,7 +168,12 @@ async def _serve(cfg: Config, events: EventHandler | None, store, spill: DiskQue
         cfg.collector.dead_letter_max_bytes))
     collector = Collector(attribution_settings(cfg), carbon_context(cfg), writer,
                           max_skew_s=cfg.collector.max_clock_skew_s,
-                          max_message_bytes=cfg.collector.max_message_bytes)
+                          max_message_bytes=cfg.collector.max_message_bytes,
+                          max_window_s=cfg.collector.max_window_s, limits=NodeLimits(
+                              max_gpus=cfg.collector.max_gpus_per_node, max_jobs=cfg.collector.max_jobs_per_batch,
+                              max_series=cfg.collector.max_series_per_node,
+                              messages_per_s=cfg.collector.max_node_messages_per_s,
+                              new_nodes_per_minute=cfg.collector.max_new_nodes_per_minute))
     loop = asyncio.get_running_loop()
     # Compile (or load) the kernels while connecting; READY=1 follows once they are in.
     warm = loop.run_in_executor(None, _warm_up, collector)
