@@ -273,3 +273,35 @@ def test_a_job_seen_through_a_process_and_through_the_mapping_is_one_job():
     expected_mj = sum(t.energy_mj[-1] - t.energy_mj[2] for t in tr)     # rows 2..5 of both GPUs
     assert only.field("energy_j") == expected_mj / 1000
     assert 0 < only.field("idle_energy_j") < only.field("energy_j")     # the mapped GPU's energy is idle waste
+
+
+# --------------------------------------------------------------------------- names from the system
+
+
+def test_names_from_the_system_are_repaired_so_the_collector_accepts_the_batch():
+    """Job ids, users and GPU names come from cgroups, the password database, environments and the
+    driver; one that is not a valid name (a blank, a backslash, a newline) is repaired at the source,
+    the same way every time, and the batch decodes."""
+    from greenwatch.batch import GpuInfo
+    from greenwatch.transport.wire import decode, encode
+
+    odd_gpu = GpuInfo("GPU-0000 0001", 0, "NVIDIA H100 80GB HBM3 ", True, False, 700.0)
+    b = BatchBuilder("c1", "n1", [odd_gpu], boot="bootodd0")
+    odd_job = job("my run\n2", "DOMAIN\\bob", "manual tag")
+    b.set_holders(0, [holder(odd_job, 50.0), holder(job("4711", "alice"), 50.0)])
+    b.add_sample(0, row(T0, 1000, 100_000))
+    b.add_sample(0, row(T0 + DT, 2000, 100_000))
+    got = decode(encode(b.cut(sent_us=now_us(), job_cpu_s={"my run\n2": 2.5, "4711": 1.0})))
+    assert [(j.job_id, j.user, j.source) for j in got.jobs] == \
+        [("4711", "alice", "slurm"), ("my_run_2", "DOMAIN_bob", "manual_tag")]
+    assert got.job_cpu_s == [1.0, 2.5]
+    assert (got.gpus[0].uuid, got.gpus[0].name) == ("GPU-0000_0001", "NVIDIA H100 80GB HBM3")
+    b.add_sample(0, row(T0 + 2 * DT, 3000, 100_000))
+    again = decode(encode(b.cut(sent_us=now_us())))
+    assert [j.job_id for j in again.jobs] == ["4711", "my_run_2"]   # the same repair every time
+
+
+def test_a_batch_without_samples_ends_when_it_was_sent():
+    b = BatchBuilder("c1", "cpu-only", [], boot="bootcpu0")
+    sent = now_us()
+    assert b.cut(host={"load1": 1.0}, sent_us=sent).block.end_us == sent

@@ -24,6 +24,7 @@ from greenwatch.batch import (
     GpuInfo,
     JobInfo,
 )
+from greenwatch.transport.identifiers import clean_name, is_name
 
 __all__ = ["Holder", "BatchBuilder"]
 
@@ -58,6 +59,29 @@ def _same(a: tuple[Holder, ...], b: tuple[Holder, ...]) -> bool:
     return True
 
 
+def _valid_job(j: JobInfo) -> JobInfo:
+    """``j`` with a job id, user and source that a collector accepts as names.
+
+    They come from the system (cgroup paths, the password database, environments, mapping files);
+    one that is not a valid name is repaired (:func:`~greenwatch.transport.identifiers.clean_name`)
+    so the batch is never refused for it.
+    """
+    if is_name("job_id", j.job_id) and (not j.user or is_name("user", j.user)) \
+            and (not j.source or is_name("source", j.source)):
+        return j
+    return JobInfo(clean_name("job_id", j.job_id), clean_name("user", j.user) if j.user else "",
+                   clean_name("source", j.source) if j.source else "")
+
+
+def _valid_gpu(g: GpuInfo) -> GpuInfo:
+    """``g`` with a UUID and model name that a collector accepts (NVML's always are; a driver or
+    virtual GPU reporting odd text must not get every batch of the node refused)."""
+    if is_name("gpu_uuid", g.uuid) and is_name("gpu_name", g.name):
+        return g
+    return GpuInfo(clean_name("gpu_uuid", g.uuid), g.index, clean_name("gpu_name", g.name), g.has_counter,
+                   g.anchored, g.power_limit_w)
+
+
 class BatchBuilder:
     """One node's batch under construction."""
 
@@ -65,7 +89,7 @@ class BatchBuilder:
         self.cluster, self.node = cluster, node
         self.boot = boot or uuidlib.uuid4().hex[:16]
         self.seq = 0
-        self._gpus = [_GpuState(g) for g in gpus]
+        self._gpus = [_GpuState(_valid_gpu(g)) for g in gpus]
         #: The previous batch's boundary rows, jobs, host metrics and CPU-seconds per job.
         self._carry: tuple[Block, list[JobInfo], dict[str, float], dict[str, float]] | None = None
 
@@ -105,14 +129,20 @@ class BatchBuilder:
         # entries would give two records with the same series key and time, and the store keeps one.
         jobs: dict[str, int] = {}
         job_list: list[JobInfo] = []
+        raw_ids: list[list[str]] = []    # per job: the ids it had before repair (job_cpu_s is keyed by them)
 
-        def job_index(j: JobInfo) -> int:
+        def job_index(raw: JobInfo) -> int:
+            j = _valid_job(raw)
             k = jobs.get(j.job_id)
             if k is None:
                 k = jobs[j.job_id] = len(job_list)
                 job_list.append(j)
-            elif not job_list[k].user and j.user:
-                job_list[k] = JobInfo(j.job_id, j.user, job_list[k].source)
+                raw_ids.append([raw.job_id])
+            else:
+                if raw.job_id not in raw_ids[k]:
+                    raw_ids[k].append(raw.job_id)
+                if not job_list[k].user and j.user:
+                    job_list[k] = JobInfo(j.job_id, j.user, job_list[k].source)
             return k
         infos: list[GpuInfo] = []
         all_rows: list[tuple[int, ...]] = []
@@ -146,7 +176,7 @@ class BatchBuilder:
             "holder_ptr": np.array(holder_ptr, dtype=SEGMENT_COLUMNS["holder_ptr"]),
             "holder_job": np.array(holder_job, dtype=HOLDER_COLUMNS["holder_job"]),
             "holder_sm": np.array(holder_sm, dtype=HOLDER_COLUMNS["holder_sm"]),
-        }, int(columns["t_us"].max()) if all_rows else 0)
+        }, int(columns["t_us"].max()) if all_rows else sent_us)   # a window without samples ends when sent
         carry = None
         carry_host: dict[str, float] = {}
         carry_cpu: dict[str, float] = {}
@@ -163,7 +193,8 @@ class BatchBuilder:
             carry = Block(prev_block.gpu_offsets, prev_block.columns, segs, prev_block.end_us)
         cpu = job_cpu_s or {}
         batch = Batch(self.cluster, self.node, self.seq, self.boot, infos, job_list, block,
-                      dict(host or {}), carry, sent_us, [float(cpu.get(j.job_id, 0.0)) for j in job_list] if cpu else [],
+                      dict(host or {}), carry, sent_us,
+                      [float(sum(cpu.get(i, 0.0) for i in ids)) for ids in raw_ids] if cpu else [],
                       dict(carry_host), [float(carry_cpu.get(j.job_id, 0.0)) for j in job_list] if carry_cpu else [])
         self._carry = ((_boundary_rows(block, [g.has_counter for g in infos]), list(batch.jobs), dict(batch.host),
                         {j.job_id: c for j, c in zip(batch.jobs, batch.job_cpu_s)})
