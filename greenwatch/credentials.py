@@ -1,4 +1,4 @@
-"""The MQTT credentials and TLS material the config names, checked once when a service starts.
+"""The credentials and TLS material the config names, checked once when a service starts.
 
 Kept apart from :mod:`greenwatch.wiring` (which pulls in attribution and numba) so that the
 agent starts fast.  Every problem becomes a :class:`~greenwatch.config.ConfigError` naming
@@ -12,7 +12,7 @@ import ssl
 from greenwatch.config import Config, ConfigError
 from greenwatch.secrets import SecretFileError, check_owner_only, read_secret
 
-__all__ = ["mqtt_password", "check_mqtt_tls"]
+__all__ = ["mqtt_password", "check_mqtt_tls", "influx_token"]
 
 
 def mqtt_password(cfg: Config) -> str | None:
@@ -23,6 +23,16 @@ def mqtt_password(cfg: Config) -> str | None:
         return read_secret(cfg.mqtt.password_file)
     except SecretFileError as exc:
         raise ConfigError("mqtt.password_file", str(exc)) from None
+
+
+def influx_token(cfg: Config) -> str:
+    """The InfluxDB token from ``influxdb.token_file`` ("" without one); an unsafe file is a config error."""
+    if not cfg.influxdb.token_file:
+        return ""
+    try:
+        return read_secret(cfg.influxdb.token_file)
+    except SecretFileError as exc:
+        raise ConfigError("influxdb.token_file", str(exc)) from None
 
 
 def check_mqtt_tls(cfg: Config) -> None:

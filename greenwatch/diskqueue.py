@@ -15,6 +15,7 @@ returns: the collector acknowledges MQTT messages on the strength of it.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import fcntl
 import logging
@@ -109,18 +110,22 @@ class DiskQueue:
     # -- operations ------------------------------------------------------------------------
     def put(self, data: bytes) -> bool:
         """Append an entry; returns False if it was not kept (no room, see the class docstring)."""
+        return self.append(data) is not None
+
+    def append(self, data: bytes) -> int | None:
+        """Append an entry like :meth:`put`; returns its key (for :meth:`remove`), or None if it was not kept."""
         size = _HEAD.size + len(data)
         with self._mutex:
             if size > self.max_bytes:
                 self.dropped += 1
                 log.error("%s: an entry of %d bytes is larger than the whole %s (%d bytes); dropped it",
                           self.path, size, self.what, self.max_bytes)
-                return False
+                return None
             evicted = 0
             while self._bytes + size > self.max_bytes:
                 if not self.drop_oldest:
                     self.dropped += 1
-                    return False
+                    return None
                 self._unlink(self._keys[0])
                 evicted += 1
             key = self._next
@@ -147,7 +152,7 @@ class DiskQueue:
             self.dropped += evicted
             log.error("%s is full (%d bytes): dropped the %d oldest entries to make room (%d dropped so far)",
                       self.what, self.max_bytes, evicted, self.dropped)
-        return True
+        return key
 
     def oldest(self) -> Entry | None:
         """The oldest intact entry, or None if the queue is empty.  Corrupt entries are removed on the way."""
@@ -162,6 +167,41 @@ class DiskQueue:
                 log.error("%s: entry %d was torn or corrupted (a crash while writing it?); removed it",
                           self.what, key)
             return None
+
+    def next_after(self, key: int) -> Entry | None:
+        """The oldest intact entry whose key is above ``key`` (entries stay queued), or None.
+
+        Lets a reader walk the queue while earlier entries wait for something, e.g. a receipt.
+        Corrupt entries are removed on the way.
+        """
+        with self._mutex:
+            while True:
+                i = bisect.bisect_right(self._keys, key)
+                if i >= len(self._keys):
+                    return None
+                found = self._keys[i]
+                data = self._read(found)
+                if data is not None:
+                    return Entry(found, data)
+                self.corrupt += 1
+                self._unlink(found)
+                log.error("%s: entry %d was torn or corrupted (a crash while writing it?); removed it",
+                          self.what, found)
+
+    def entries(self) -> list[Entry]:
+        """Every intact entry, oldest first (corrupt ones are removed, as by :meth:`oldest`)."""
+        out = []
+        with self._mutex:
+            for key in list(self._keys):
+                data = self._read(key)
+                if data is None:
+                    self.corrupt += 1
+                    self._unlink(key)
+                    log.error("%s: entry %d was torn or corrupted (a crash while writing it?); removed it",
+                              self.what, key)
+                else:
+                    out.append(Entry(key, data))
+        return out
 
     def remove(self, key: int) -> None:
         """Delete an entry once it has been delivered (a no-op if it is already gone)."""

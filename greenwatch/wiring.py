@@ -19,11 +19,16 @@ def attribution_settings(cfg: Config) -> AttributionSettings:
     return AttributionSettings(cfg.attribution.idle_policy, cfg.attribution.idle_power_w)
 
 
-def carbon_context(cfg: Config) -> CarbonContext:
-    """Grid intensity, PUE and market factor from the ``[carbon]`` section."""
+def carbon_context(cfg: Config, *, background_fetch: bool = False) -> CarbonContext:
+    """Grid intensity, PUE and market factor from the ``[carbon]`` section.
+
+    ``background_fetch``: a live intensity API is fetched on a thread of its own, never by a
+    lookup (a service whose lookups run on its event loop needs this).
+    """
     c = cfg.carbon
     try:
-        intensity = load_provider(c.zone, c.intensity_csv or None, c.live_url or None, c.cache_dir or None)
+        intensity = load_provider(c.zone, c.intensity_csv or None, c.live_url or None, c.cache_dir or None,
+                                  background=background_fetch)
     except (ValueError, OSError) as exc:
         key = "carbon.intensity_csv" if c.intensity_csv and "zone" not in str(exc).lower() else "carbon.zone"
         raise ConfigError(key, str(exc)) from None
@@ -37,14 +42,9 @@ def carbon_context(cfg: Config) -> CarbonContext:
 
 def influx_store(cfg: Config):  # -> InfluxStore
     """An InfluxDB store from the ``[influxdb]`` section (token read from its file)."""
+    from greenwatch.credentials import influx_token
     from greenwatch.storage.influx import InfluxStore
-    from greenwatch.secrets import SecretFileError, read_secret
 
-    token = ""
-    if cfg.influxdb.token_file:
-        try:
-            token = read_secret(cfg.influxdb.token_file)
-        except SecretFileError as exc:
-            raise ConfigError("influxdb.token_file", str(exc)) from None
+    token = influx_token(cfg)
     return InfluxStore(cfg.influxdb.url, token, cfg.influxdb.org, cfg.influxdb.bucket, cfg.influxdb.timeout_s,
                        gzip_level=cfg.influxdb.gzip_level)

@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -276,6 +277,46 @@ def test_live_latest_endpoint_and_garbage_answer(tmp_path: Path, api: dict) -> N
     assert bad.failures == 1
     with pytest.raises(ValueError, match="placeholder"):
         CachedLiveIntensity("DE", "http://x/{token}", tmp_path)
+
+
+def test_live_background_lookups_never_wait_for_the_network(tmp_path: Path) -> None:
+    release, asked = threading.Event(), threading.Event()
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            asked.set()
+            release.wait(30)  # stalls far beyond the client's timeout until released
+            body = json.dumps({"carbonIntensity": 99, "datetime": "2024-05-01T12:00:00Z"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/past?zone={{zone}}&datetime={{datetime}}"
+    live = CachedLiveIntensity("DE", url, tmp_path, timeout_s=20, background=True)
+    try:
+        t = np.array([T0 + 60])
+        began = time.monotonic()
+        assert live.intensity_at(t).tolist() == [342.1]   # the annual figure while the step is fetched
+        assert asked.wait(10)
+        assert live.intensity_at(t).tolist() == [342.1]   # the API still stalls: no lookup waits for it
+        assert time.monotonic() - began < 2.0
+        release.set()
+        deadline = time.monotonic() + 10
+        while live.intensity_at(t).tolist() != [99.0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert live.intensity_at(t).tolist() == [99.0] and live.fetches == 1
+        assert "99" in (tmp_path / "live_intensity_DE.csv").read_text()
+    finally:
+        release.set()
+        live.close()
+        server.shutdown()
+        server.server_close()
 
 
 def test_live_tolerates_truncated_cache(tmp_path: Path) -> None:

@@ -480,7 +480,13 @@ class CachedLiveIntensity:
     ``fallback`` (default: the zone's :class:`AnnualIntensity`). Network, HTTP, JSON and disk
     errors are logged, never raised from :meth:`intensity_at`; after a failure no request is
     made for ``retry_after_s``, so an offline site pays the ``timeout_s`` at most once per
-    interval. Calls may block for up to ``timeout_s`` per request: run them off the event loop.
+    interval.
+
+    By default a lookup fetches what it misses before it answers, so it may block for up to
+    ``timeout_s`` per request (right for reports, which want the live values). With
+    ``background=True`` (a service answering on an event loop) a lookup never touches the
+    network: it answers from the cache, hands the times it missed to a fetching thread
+    (started on first need), and serves the fallback for them until their values arrive.
     """
 
     def __init__(
@@ -497,6 +503,7 @@ class CachedLiveIntensity:
         refetch_s: float = 300.0,
         max_fetches_per_call: int = 24,
         clock: Callable[[], float] = time.time,
+        background: bool = False,
     ) -> None:
         fields = _template_fields(url_template)
         unknown = fields - {"zone", "datetime", "unix"}
@@ -533,6 +540,11 @@ class CachedLiveIntensity:
         self._offline_until = -math.inf
         self.fetches = 0
         self.failures = 0
+        self.background = background
+        self._queue: list[tuple[object, float | None]] = []   # steps the fetching thread is to get
+        self._kick = threading.Event()
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
         self._load_cache()
 
     # -- cache ----------------------------------------------------------------------------
@@ -557,12 +569,21 @@ class CachedLiveIntensity:
         self.steps = StepSeries.from_points(t, v, hold_s=self.resolution_s, last_hold_s=self.resolution_s)
 
     def _store(self, records: list[tuple[float, float]]) -> None:
+        self._append(self._remember(records))
+
+    def _remember(self, records: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        """Take new values into the lookup table (call with the lock held); returns the new ones."""
         new = [(t, g) for t, g in records if self._points.get(t) != g]
+        if new:
+            for t, g in new:
+                self._points[t] = g
+            self._rebuild()
+        return new
+
+    def _append(self, new: list[tuple[float, float]]) -> None:
+        """Append values to the cache file (one writer at a time: the caller holds the lock or is the fetcher)."""
         if not new:
             return
-        for t, g in new:
-            self._points[t] = g
-        self._rebuild()
         try:
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
             fresh = not self.cache_path.exists() or self.cache_path.stat().st_size == 0
@@ -598,10 +619,11 @@ class CachedLiveIntensity:
             raise ValueError("answer holds no carbonIntensity/datetime value")
         return records
 
-    def _refresh(self, t: np.ndarray) -> None:
+    def _plan(self, t: np.ndarray) -> list[tuple[object, float | None]]:
+        """The steps to fetch for times the cache misses, marked as attempted (call with the lock held)."""
         now = self.clock()
         if now < self._offline_until:
-            return
+            return []
         if self.timed:
             steps = np.unique(np.floor(t / self.resolution_s) * self.resolution_s)
             wanted: list[tuple[object, float | None]] = [(float(s), float(s)) for s in steps]
@@ -609,37 +631,89 @@ class CachedLiveIntensity:
             wanted = [("latest", None)]
         else:
             wanted = []
-        done = 0
+        planned = []
         for key, t_step in wanted:
-            if done >= self.max_fetches_per_call:
+            if len(planned) >= self.max_fetches_per_call:
                 break
             if now - self._attempts.get(key, -math.inf) < self.refetch_s:
                 continue
             self._attempts[key] = now
-            done += 1
+            planned.append((key, t_step))
+        return planned
+
+    def _fetch_all(self, planned: list[tuple[object, float | None]], locked: bool) -> None:
+        """Fetch planned steps in order; the first failure stops the round and starts ``retry_after_s``.
+
+        ``locked``: the caller holds the lock (a blocking lookup); otherwise (the fetching thread)
+        the lock is taken only to take each answer in, never while waiting for the network.
+        """
+        for _, t_step in planned:
             try:
                 records = self._fetch(t_step)
             except Exception as exc:  # noqa: BLE001 - URLError, HTTPException, timeouts, bad JSON
                 self.failures += 1
-                self._offline_until = now + self.retry_after_s
+                self._offline_until = self.clock() + self.retry_after_s
                 log.warning(
                     "live intensity for %s unavailable (%s); serving cache/fallback, retry in %.0f s",
                     self.zone, exc, self.retry_after_s,
                 )
                 return
-            self._store(records)
+            if locked:
+                self._store(records)
+            else:
+                with self._lock:
+                    new = self._remember(records)
+                self._append(new)
+
+    def _request(self, planned: list[tuple[object, float | None]]) -> None:
+        """Hand steps to the fetching thread (call with the lock held); never waits for the network."""
+        if not planned or self._closed.is_set():
+            return
+        # A lookup plans at most max_fetches_per_call steps; keep the newest few rounds' worth.
+        self._queue = (self._queue + planned)[-4 * self.max_fetches_per_call:]
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._fetch_loop, name=f"live-intensity-{self.zone}",
+                                            daemon=True)
+            self._thread.start()
+        self._kick.set()
+
+    def _fetch_loop(self) -> None:
+        while not self._closed.is_set():
+            self._kick.wait()
+            self._kick.clear()
+            with self._lock:
+                planned, self._queue = self._queue, []
+            try:
+                self._fetch_all(planned, locked=False)
+            except Exception:  # noqa: BLE001 - the thread must outlive any one bad answer
+                log.exception("live intensity refresh failed")
+
+    def close(self) -> None:
+        """Stop the fetching thread (if one runs); lookups keep answering from the cache and fallback."""
+        self._closed.set()
+        self._kick.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.timeout_s + 1)
 
     def intensity_at(self, t_s: np.ndarray) -> np.ndarray:
-        """Cached live value at each time, fetching missing steps; the fallback's value otherwise."""
+        """Cached live value at each time, fetching missing steps; the fallback's value otherwise.
+
+        With ``background`` the missing steps are fetched by the fetching thread, and this call
+        returns at once with the fallback's value for them.
+        """
         t = _as_times(t_s)
         with self._lock:
             values, inside = self.steps.lookup(t)
             if not inside.all():
                 try:
-                    self._refresh(t[~inside].ravel())
+                    planned = self._plan(t[~inside].ravel())
+                    if self.background:
+                        self._request(planned)
+                    elif planned:
+                        self._fetch_all(planned, locked=True)
+                        values, inside = self.steps.lookup(t)
                 except Exception:  # noqa: BLE001 - the contract is: never raise out of here
                     log.exception("live intensity refresh failed")
-                values, inside = self.steps.lookup(t)
         out = np.array(values, dtype=np.float64, copy=True)
         if not inside.all():
             outside = ~inside
@@ -673,6 +747,7 @@ def load_provider(
     cache_dir: str | None = None,
     *,
     live_headers: dict[str, str] | None = None,
+    background: bool = False,
 ) -> IntensityProvider:
     """Build the intensity provider for a site from its configuration.
 
@@ -680,11 +755,14 @@ def load_provider(
     cache in ``cache_dir`` or :func:`default_cache_dir`) -> shipped annual figure for ``zone``.
     Each link answers the times it covers and hands the rest to the next. An unknown ``zone``
     raises ValueError even when a series is given, because the fallback must exist.
+    ``background``: the live link fetches on its own thread and lookups never wait for the
+    network (see :class:`CachedLiveIntensity`); for services that look up on an event loop.
     """
     provider: IntensityProvider = AnnualIntensity(zone)
     if live_url:
         provider = CachedLiveIntensity(
-            provider.zone, live_url, cache_dir or default_cache_dir(), fallback=provider, headers=live_headers
+            provider.zone, live_url, cache_dir or default_cache_dir(), fallback=provider, headers=live_headers,
+            background=background,
         )
     if series_csv:
         provider = SeriesIntensity(series_csv, fallback=provider, zone=provider.zone)

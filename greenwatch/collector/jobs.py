@@ -13,7 +13,14 @@ end.  Why it is built this way:
   twice however many events there are.
 - **The end can arrive before the last samples.**  Batches reach the store up
   to one publish interval plus transit after the job ended; the grace delay
-  covers that.
+  covers that.  Records the collector has taken but not yet written to the
+  store (buffered, or in the spill while InfluxDB was away) are waited for too:
+  a job falls due only once everything written before then is in InfluxDB
+  (at most ``max_writer_wait_s``; then it is finalised anyway, with a warning).
+- **A crash loses no summary.**  From its end event until its summary is
+  written, a job is kept in an fsynced queue beside the spill
+  (:class:`~greenwatch.collector.jobstate.PendingJobs`); a restarted collector
+  finalises what it finds there.
 - **Written once.**  The record's time is fixed at the first finalisation (and
   looked up in the store if this collector forgot it, e.g. after a restart or
   when another collector of the share group finalised it), so finalising again
@@ -35,13 +42,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
 from greenwatch.carbon import EmbodiedModel, embodied_g, load_embodied, sci_g
 from greenwatch.collector.core import _RateLimitedLog
+from greenwatch.collector.jobstate import PendingJobs
+from greenwatch.diskqueue import DiskQueueError
 from greenwatch.storage.records import Record
 from greenwatch.transport.events import EventError, JobEvent, decode_event
 
@@ -64,6 +75,15 @@ class Store(Protocol):
     def query(self, influxql: str) -> list[dict[str, Any]]: ...
 
     def write(self, records: list[Record]) -> None: ...
+
+
+class WriterState(Protocol):
+    """What finalisation needs to know of the collector's writer (``BufferedWriter`` provides it)."""
+
+    @property
+    def spill_files(self) -> int: ...
+
+    def when_durable(self, callback: Callable[[], None], messages: int = 1) -> None: ...
 
 
 @dataclass
@@ -101,6 +121,26 @@ class JobSummary:
     due: float | None = None          # monotonic time of the next finalisation, None when none is pending
     time_ns: int | None = None        # the record's time once written: every later write reuses it
     attempts: int = 0
+    waiting_since: float | None = None  # when it fell due while the writer still held records
+    flushed: bool = False               # everything written before it fell due has become durable
+
+    #: What is saved of a pending job, so that a restarted collector can finalise it.
+    SAVED = ("cluster", "job_id", "sluid", "user", "account", "partition", "name", "nodes_expr", "start_hostlist",
+             "start_s", "end_s", "time_ns")
+
+    def to_doc(self) -> dict[str, Any]:
+        """The JSON object :class:`PendingJobs` keeps."""
+        doc: dict[str, Any] = {k: getattr(self, k) for k in self.SAVED}
+        doc.update(nodes=sorted(self.nodes), start_nodes=sorted(self.start_nodes), gpus=sorted(self.gpus))
+        return doc
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> "JobSummary":
+        """The job :meth:`to_doc` saved."""
+        job = cls(**{k: doc.get(k) for k in cls.SAVED})
+        job.nodes, job.start_nodes, job.gpus = set(doc.get("nodes", ())), set(doc.get("start_nodes", ())), \
+            set(doc.get("gpus", ()))
+        return job
 
     def refusal(self, ev: JobEvent) -> tuple[str, str] | None:
         """``(reason, detail)`` if ``ev`` contradicts what the job's start events established, else None."""
@@ -145,7 +185,8 @@ class JobEvents:
 
     def __init__(self, store: Store, *, finalize_delay_s: float = 30.0, embodied: EmbodiedModel | None = None,
                  retry_s: float = 30.0, max_attempts: int = 10, max_skew_s: float = 7 * 86400.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, state_dir: str | os.PathLike[str] | None = None,
+                 max_writer_wait_s: float = 3600.0) -> None:
         self.store = store
         self.finalize_delay_s = finalize_delay_s
         self.embodied = embodied or load_embodied()
@@ -155,11 +196,43 @@ class JobEvents:
         self._jobs: collections.OrderedDict[tuple[str, str], JobSummary] = collections.OrderedDict()
         self._log = _RateLimitedLog()
         self._wake: asyncio.Event | None = None
+        self._writer: WriterState | None = None
+        self.max_writer_wait_s = max_writer_wait_s
+        self.saved = PendingJobs(state_dir) if state_dir is not None else None
+        if self.saved is not None:
+            for doc in self.saved.load():
+                try:
+                    job = JobSummary.from_doc(doc)
+                except (TypeError, ValueError) as exc:
+                    log.error("%s: dropping an unreadable pending job: %s", self.saved.path, exc)
+                    continue
+                job.due = self._clock() + self.finalize_delay_s  # its last batches may still be on their way
+                self._jobs[(job.cluster, job.job_id)] = job
+            if len(self.saved):
+                log.warning("%d job summaries from an earlier run wait in %s; writing them in %.0f s",
+                            len(self.saved), self.saved.path, self.finalize_delay_s)
 
     @classmethod
     def from_config(cls, cfg: object, store: Store) -> "JobEvents":
-        """A handler configured from ``[collector]`` (``finalize_delay_s``)."""
-        return cls(store, finalize_delay_s=cfg.collector.finalize_delay_s)  # type: ignore[attr-defined]
+        """A handler configured from ``[collector]``: ``finalize_delay_s``, and pending summaries kept in
+        ``<spill_dir>-jobs`` beside the spill."""
+        c = cfg.collector  # type: ignore[attr-defined]
+        spill = Path(c.spill_dir)
+        try:
+            return cls(store, finalize_delay_s=c.finalize_delay_s, state_dir=spill.with_name(spill.name + "-jobs"))
+        except DiskQueueError as exc:
+            from greenwatch.config import ConfigError
+
+            raise ConfigError("collector.spill_dir", str(exc)) from None
+
+    def follow_writer(self, writer: WriterState) -> None:
+        """Finalise a job only once the records written before it fell due are in InfluxDB."""
+        self._writer = writer
+
+    def close(self) -> None:
+        """Release the pending-summary directory (its entries stay for the next start)."""
+        if self.saved is not None:
+            self.saved.close()
 
     # -- events --------------------------------------------------------------
 
@@ -184,6 +257,11 @@ class JobEvents:
             # Every end event (another node, a duplicate) restarts the grace period.
             job.due = self._clock() + self.finalize_delay_s
             job.attempts = 0
+            job.waiting_since = None
+            if self.saved is not None:
+                # Before the event is acknowledged (with its message group), so a crash cannot lose it.
+                # One small fsynced file per end event, on the event loop: end events are rare.
+                self.saved.save(job.to_doc())
             if self._wake is not None:
                 self._wake.set()
         return ev
@@ -221,7 +299,11 @@ class JobEvents:
     # -- the finalisation loop ---------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Finalise jobs as they fall due until ``stop``; then finalise what is pending, best effort."""
+        """Finalise jobs as they fall due until ``stop``.
+
+        Then jobs still pending stay saved for the next start; without a state directory they are
+        finalised at once instead, best effort.
+        """
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         while not stop.is_set():
@@ -229,10 +311,13 @@ class JobEvents:
             for key in self._due_now():
                 await self._finalise_async(loop, key)
         pending = self.pending()
+        if pending and self.saved is not None:
+            log.info("%d job summaries stay saved in %s for the next start", len(pending), self.saved.path)
+            return
         if pending:
             log.info("finalising %d job(s) early because the collector stops", len(pending))
         for key in pending:
-            await self._finalise_async(loop, key)
+            await self._finalise_async(loop, key, waiting=False)
 
     async def _sleep_until_due(self, stop: asyncio.Event) -> None:
         assert self._wake is not None
@@ -251,9 +336,12 @@ class JobEvents:
         now = self._clock()
         return [k for k, j in self._jobs.items() if j.due is not None and j.due <= now]
 
-    async def _finalise_async(self, loop: asyncio.AbstractEventLoop, key: tuple[str, str]) -> None:
+    async def _finalise_async(self, loop: asyncio.AbstractEventLoop, key: tuple[str, str], *,
+                              waiting: bool = True) -> None:
         job = self._jobs.get(key)
         if job is None or job.due is None:
+            return
+        if waiting and not self._store_has_caught_up(job):
             return
         try:
             await loop.run_in_executor(None, self.finalise, job)
@@ -268,6 +356,37 @@ class JobEvents:
                 job.due = self._clock() + self.retry_s
                 log.warning("summary of job %s/%s failed (%s); retrying in %.0f s", job.cluster, job.job_id,
                             exc, self.retry_s)
+        if job.due is None and self.saved is not None:
+            self.saved.done(job.cluster, job.job_id)
+
+    def _store_has_caught_up(self, job: JobSummary) -> bool:
+        """Whether the records taken in before ``job`` fell due are in InfluxDB; if not, look again shortly.
+
+        Called on the event loop (the writer is not thread-safe).  Records in the writer's buffer
+        or its spill are missing from the sums the summary reads back.
+        """
+        writer = self._writer
+        if writer is None:
+            return True
+        now = self._clock()
+        if job.waiting_since is None:
+            job.waiting_since, job.flushed = now, False
+
+            def flushed() -> None:
+                job.flushed = True
+
+            writer.when_durable(flushed, 0)
+        if job.flushed and writer.spill_files == 0:
+            job.waiting_since = None
+            return True
+        if now - job.waiting_since >= self.max_writer_wait_s:
+            log.warning("job %s/%s: finalising although records of the last %.0f s may still be in the spill "
+                        "(%d chunks); a later end event rewrites it", job.cluster, job.job_id,
+                        now - job.waiting_since, writer.spill_files)
+            job.waiting_since = None
+            return True
+        job.due = now + 1.0
+        return False
 
     # -- finalisation ---------------------------------------------------------
 

@@ -166,7 +166,11 @@ async def _serve(cfg: Config, events: EventHandler | None, store, spill: DiskQue
     writer = BufferedWriter(store, spill, dead_letters=DeadLetters(
         cfg.collector.dead_letter_file or Path(cfg.collector.spill_dir).parent / "dead-letter.jsonl",
         cfg.collector.dead_letter_max_bytes))
-    collector = Collector(attribution_settings(cfg), carbon_context(cfg), writer,
+    follow_writer = getattr(events, "follow_writer", None)
+    if follow_writer is not None:  # job summaries then wait until the records they sum are in InfluxDB
+        follow_writer(writer)
+    # Lookups run on this event loop: a live intensity API must be fetched beside it, never by it.
+    collector = Collector(attribution_settings(cfg), carbon_context(cfg, background_fetch=True), writer,
                           max_skew_s=cfg.collector.max_clock_skew_s,
                           max_message_bytes=cfg.collector.max_message_bytes,
                           max_window_s=cfg.collector.max_window_s, limits=NodeLimits(
