@@ -75,9 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_dashboards)
 
     p = sub.add_parser("config", help="check a configuration file, or print the key reference",
-                       description="Validate a TOML configuration file (exit 2 naming the bad key) or, with "
-                                   "--reference, print the Markdown reference of every key and default.")
+                       description="Validate a TOML configuration file as the services do at start: every "
+                                   "key, and the secret, TLS and data files it names (exit 2 naming the bad "
+                                   "key). Settings that load but will not work together are printed as "
+                                   "warnings (exit 0). With --reference, print the Markdown reference of "
+                                   "every key and default.")
     _add_config(p)
+    p.add_argument("--service", choices=["agent", "collector", "any"], default=None,
+                   help="which service the file configures (default: judged by its sections: [agent] "
+                        "means an agent's, [collector] or [influxdb] a collector's)")
     p.add_argument("--reference", action="store_true", help="print the key reference as Markdown")
     p.set_defaults(func=_cmd_config)
 
@@ -138,10 +144,13 @@ def _cmd_config(args: argparse.Namespace) -> int:
         print(render_docs())
         return 0
     cfg = load_config(args.config)
-    from greenwatch.wiring import carbon_context
+    from greenwatch.configcheck import consistency_warnings, file_role, startup_checks
 
-    carbon_context(cfg)  # also checks the files the config points to
-    print(f"{cfg.path or 'defaults'}: OK")
+    startup_checks(cfg)  # what the services refuse at start: exit 2 naming the key
+    warnings = consistency_warnings(cfg, args.service or file_role(cfg))
+    for warning in warnings:
+        print(f"greenwatch: configuration warning: {warning}", file=sys.stderr)
+    print(f"{cfg.path or 'defaults'}: OK" + (f" ({len(warnings)} warning(s))" if warnings else ""))
     return 0
 
 

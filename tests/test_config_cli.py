@@ -110,3 +110,71 @@ def test_demo_runs_and_balances(tmp_path: Path) -> None:
     assert idle and all(j["idle_energy_kwh"] == pytest.approx(j["energy_kwh"]) for j in idle)
     assert summary["unallocated_energy_kwh"] > 0
     assert summary["rejected"] == 0
+
+
+# -- `greenwatch config` runs the services' start-up checks and warns on settings that clash --------
+
+GREENWATCH = Path(sys.executable).with_name("greenwatch")
+
+
+def check_file(path: Path, *extra: str) -> subprocess.CompletedProcess:
+    """The installed console script, as an operator runs it."""
+    return subprocess.run([str(GREENWATCH), "config", "--config", str(path), *extra], capture_output=True,
+                          text=True, timeout=120)
+
+
+def secret(path: Path, text: str = "s3cret", mode: int = 0o600) -> Path:
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.parametrize("command", ["config", "agent"])
+def test_qos_0_is_refused_because_it_would_delete_unconfirmed_batches(tmp_path: Path, command: str) -> None:
+    res = run_cli(command, "--config", str(write(tmp_path, "[mqtt]\nqos = 0\n")))
+    assert res.returncode == 2, res.stderr
+    assert "mqtt.qos" in res.stderr and "confirm" in res.stderr
+    assert load_config(write(tmp_path, "[mqtt]\nqos = 1\n")).mqtt.qos == 1
+
+
+def test_config_refuses_what_the_services_refuse_at_start(tmp_path: Path) -> None:
+    good = secret(tmp_path / "password")
+    open_to_all = secret(tmp_path / "password-644", mode=0o644)
+    cases = {
+        f'[mqtt]\nusername = "gpu1"\npassword_file = "{open_to_all}"\n': ("mqtt.password_file", "readable by other"),
+        f'[mqtt]\nusername = "gpu1"\npassword_file = "{tmp_path / "absent"}"\n': ("mqtt.password_file", "cannot read"),
+        f'[mqtt]\ntls = true\nca_file = "{tmp_path / "no-ca.pem"}"\n': ("mqtt.ca_file", "cannot load"),
+        f'[mqtt]\ntls = true\nkey_file = "{open_to_all}"\n': ("mqtt.key_file", "readable by other"),
+        f'[influxdb]\ntoken_file = "{open_to_all}"\n': ("influxdb.token_file", "readable by other"),
+        f'[influxdb]\ntoken_file = "{tmp_path / "absent"}"\n': ("influxdb.token_file", "cannot read"),
+    }
+    for text, (key, why) in cases.items():
+        res = check_file(write(tmp_path, text))
+        assert res.returncode == 2, (text, res.stdout, res.stderr)
+        assert key in res.stderr and why in res.stderr, (text, res.stderr)
+    res = check_file(write(tmp_path, f'[mqtt]\nusername = "gpu1"\npassword_file = "{good}"\n'))
+    assert res.returncode == 0 and res.stderr == "" and "OK" in res.stdout, res.stderr
+
+
+@pytest.mark.parametrize("text, key", [
+    ("[agent]\npublish_interval_s = 7200.0\n[collector]\nmax_clock_skew_s = 3600.0\n", "agent.publish_interval_s"),
+    ('[node]\nname = "gpu 0042"\n[agent]\nsample_hz = 10.0\n', "node.name"),
+    ('[node]\ncluster = "jupiter\\tbooster"\n[agent]\nsample_hz = 10.0\n', "node.cluster"),
+    ('[node]\nname = "gpu0042"\n[mqtt]\nusername = "gpu0042"\n[collector]\ninstance = "c1"\n', "mqtt.username"),
+    ('[mqtt]\nusername = "gpu0007"\n[influxdb]\nbucket = "gw"\n', "mqtt.username"),
+])
+def test_config_warns_on_settings_the_collector_would_defeat(tmp_path: Path, text: str, key: str) -> None:
+    res = check_file(write(tmp_path, text))
+    assert res.returncode == 0, res.stderr
+    warnings = [ln for ln in res.stderr.splitlines() if "warning" in ln]
+    assert len(warnings) == 1 and key in warnings[0], res.stderr
+    assert "1 warning" in res.stdout
+
+
+@pytest.mark.parametrize("text", [
+    '[node]\nname = "gpu0042"\n[mqtt]\nusername = "gpu0042"\n[agent]\nsample_hz = 10.0\n',   # an agent: its own name
+    '[node]\nname = "c1"\n[mqtt]\nusername = "greenwatch-collector"\n[collector]\ninstance = "c1"\n',
+])
+def test_consistent_configs_get_no_warning(tmp_path: Path, text: str) -> None:
+    res = check_file(write(tmp_path, text))
+    assert res.returncode == 0 and res.stderr == "" and res.stdout.strip().endswith("OK"), res.stderr
