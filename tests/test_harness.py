@@ -96,24 +96,22 @@ def test_mosquitto_shared_subscription_splits_messages(mosquitto):
         async with Client(mosquitto.host, mosquitto.port, **v5) as a, \
                 Client(mosquitto.host, mosquitto.port, **v5) as b, \
                 Client(mosquitto.host, mosquitto.port, **v5) as pub:
-            await a.subscribe("$share/g/gw/test/shared", qos=1)
-            await b.subscribe("$share/g/gw/test/shared", qos=1)
+            for sub in (a, b):
+                await sub.subscribe("$share/g/gw/test/shared", qos=1)
+                await sub.subscribe("gw/test/marker", qos=1)   # a plain subscription: both get it
             for i in range(n):
                 await pub.publish("gw/test/shared", str(i).encode(), qos=1)
-            total: list = []
+            # Published after every shared message: the broker delivers a session's messages in
+            # order, so once a subscriber has the marker it has everything dealt to it before.
+            await pub.publish("gw/test/marker", b"end", qos=1)
 
             async def drain(client, into):
                 async for msg in client.messages:
-                    into.append(msg)
-                    total.append(msg)
-                    if len(total) >= n:
+                    if str(msg.topic) == "gw/test/marker":
                         return
+                    into.append(msg)
 
-            tasks = [asyncio.create_task(drain(a, a_got)), asyncio.create_task(drain(b, b_got))]
-            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for t in pending:
-                t.cancel()
-            await asyncio.sleep(0.2)  # nothing extra must arrive
+            await asyncio.wait_for(asyncio.gather(drain(a, a_got), drain(b, b_got)), timeout=30)
         return a_got, b_got
 
     a_got, b_got = run(main())

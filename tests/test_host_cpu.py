@@ -26,7 +26,6 @@ PARENT = (
     f"g = subprocess.Popen([sys.executable, '-c', {BUSY!r}])\n"
     "print(g.pid, flush=True)\n" + BUSY
 )
-WINDOW_S = 0.6
 EPS = 1e-6
 
 
@@ -43,6 +42,15 @@ def _wait_busy(pids: list[int], min_cpu_s: float = 0.05, timeout: float = 10.0) 
     deadline = time.monotonic() + timeout
     while any(_cpu([p]) < min_cpu_s for p in pids):
         assert time.monotonic() < deadline, "the busy processes did not start"
+        time.sleep(0.02)
+
+
+def _wait_cpu(pids: list[int], more_than_s: float, timeout: float = 60.0) -> None:
+    """Until ``pids`` together used ``more_than_s`` more CPU than now (however busy the machine)."""
+    target = _cpu(pids) + more_than_s
+    deadline = time.monotonic() + timeout
+    while _cpu(pids) <= target:
+        assert time.monotonic() < deadline, f"{pids} did not get {more_than_s} s of CPU in {timeout} s"
         time.sleep(0.02)
 
 
@@ -74,7 +82,7 @@ def test_window_counts_the_gpu_process_and_its_descendants(tree):
     # Both were running before the meter saw them: they count from that moment on.
     assert meter.window() == {"job": 0.0}
     inner0 = [_cpu([child]), _cpu([grandchild])]
-    time.sleep(WINDOW_S)
+    _wait_cpu([grandchild], 0.1)
     meter.observe("job", {child})
     inner1 = [_cpu([child]), _cpu([grandchild])]
     got = meter.window()["job"]
@@ -99,7 +107,7 @@ def test_a_process_in_two_jobs_counts_once(tree):
     outer0 = _cpu([child, grandchild])
     meter.window()
     inner0 = _cpu([child, grandchild])
-    time.sleep(WINDOW_S)
+    _wait_cpu([child, grandchild], 0.1)
     observe()
     inner1 = _cpu([child, grandchild])
     got = meter.window()
@@ -118,7 +126,7 @@ def test_dead_and_exiting_pids_are_fine(tree):
     meter.observe("gone", {dead.pid})
     meter.observe("job", {child})
     assert meter.window() == {"gone": 0.0, "job": 0.0}
-    time.sleep(0.2)
+    _wait_cpu([child], 0.02)
     # The grandchild exits inside the window: the rest of the tree still counts.
     os.kill(grandchild, signal.SIGKILL)
     meter.observe("gone", {dead.pid})
@@ -126,7 +134,7 @@ def test_dead_and_exiting_pids_are_fine(tree):
     got = meter.window()
     after = _cpu([child])
     assert got["gone"] == 0.0 and got["job"] > 0.0
-    time.sleep(0.3)
+    _wait_cpu([child], 0.02)
     meter.observe("job", {child})
     inner = _cpu([child])
     got = meter.window()

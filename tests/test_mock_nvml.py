@@ -631,7 +631,7 @@ def _wait_for(predicate, timeout: float = 2.0) -> bool:
     return predicate()
 
 
-def test_reload_on_change_picks_up_a_replaced_scenario(nvml):
+def test_reload_on_change_picks_up_a_replaced_scenario(nvml, mock_lib):
     me = os.getpid()
     t0 = time.time()
     sc = nvml.start(Scenario(t0=t0, gpus=[GpuSpec(0), GpuSpec(1)], reload_on_change=True))
@@ -654,17 +654,26 @@ def test_reload_on_change_picks_up_a_replaced_scenario(nvml):
 
     # A file that does not parse keeps the previous scenario.
     path.write_text("greenwatch-mock-nvml 1\nt0 0\nbogus 1\n")
-    time.sleep(0.05)
+    _wait_until_the_file_was_checked(mock_lib, lambda: pynvml.nvmlDeviceGetComputeRunningProcesses(h1))
     assert [p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h1)] == [me]
 
 
-def test_without_reload_on_change_the_file_is_read_at_init_only(nvml):
+def _wait_until_the_file_was_checked(lib, call) -> None:
+    """Make NVML calls until the library has compared the scenario file once more."""
+    lib.greenwatchMockNvmlFileChecks.restype = ctypes.c_longlong
+    before = lib.greenwatchMockNvmlFileChecks()
+    assert _wait_for(lambda: call() is not None and lib.greenwatchMockNvmlFileChecks() > before)
+
+
+def test_without_reload_on_change_the_file_is_read_at_init_only(nvml, mock_lib):
     sc = nvml.start(Scenario(t0=time.time(), gpus=[GpuSpec(0)]))
     path = nvml.tmp_path / f"scenario{nvml.n}.scn"
     sc.processes.append(ProcSpec(os.getpid(), 0))
     sc.write(path)
-    time.sleep(0.1)
+    mock_lib.greenwatchMockNvmlFileChecks.restype = ctypes.c_longlong
+    checks = mock_lib.greenwatchMockNvmlFileChecks()
     assert pynvml.nvmlDeviceGetComputeRunningProcesses(handle(0)) == []
+    assert mock_lib.greenwatchMockNvmlFileChecks() == checks   # the file is never looked at again
 
 
 def test_agent_direct_calls_read_what_the_pynvml_wrappers_read(nvml):

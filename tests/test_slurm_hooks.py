@@ -216,21 +216,35 @@ def test_hooks_return_within_a_second(tmp_path: Path, mock_nvml_lib, mosquitto, 
     speaks MQTT.  The measurement is repeated (at most 3 times) if a loaded machine pushes the
     median over: the bound is about the hooks, not about the CI machine's other work.
     """
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(64)
-        port = {"up": mosquitto.port, "down": free_port(), "silent": silent.getsockname()[1]}[broker]
-        hooks = Hooks(tmp_path, mock_nvml_lib, port, relaxed=False)
-        for attempt in range(3):
-            median, times = _median_wall(hooks)
-            if median < 1.0:
-                break
-        assert median < 1.0, times
-    queued = hooks.spooled()
-    if broker == "up":
-        assert queued == [] or "deadline reached" in hooks.log_file.read_text()
-    else:
-        assert len(queued) == 6 * (attempt + 1) and "stay queued" in hooks.log_file.read_text()
+    recorder = EventRecorder(mosquitto.host, mosquitto.port, f"greenwatch/v1/{CLUSTER}/+/event") \
+        if broker == "up" else None
+    try:
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(64)
+            port = {"up": mosquitto.port, "down": free_port(), "silent": silent.getsockname()[1]}[broker]
+            hooks = Hooks(tmp_path, mock_nvml_lib, port, relaxed=False)
+            for attempt in range(3):
+                median, times = _median_wall(hooks)
+                if median < 1.0:
+                    break
+            assert median < 1.0, times
+        runs = 6 * (attempt + 1)
+        if recorder is None:
+            assert len(hooks.spooled()) == runs and "stay queued" in hooks.log_file.read_text()
+            return
+        # Nothing is lost to the deadline: a hook it cut short left its event queued, and the next
+        # hook (here one with time to spare) delivers it.  The broker then has carried every event.
+        wall, out = Hooks(tmp_path, mock_nvml_lib, mosquitto.port).run("prolog", job_id="999")
+        assert out.returncode == 0, out.stderr
+        got = recorder.wait_count(runs + 1, timeout=30)
+        assert len(got) == runs + 1 and hooks.spooled() == []
+        assert sorted((e["type"], e["job_id"]) for e in got) == sorted(
+            [("job_start" if k % 2 == 0 else "job_end", str(100 + k // 2)) for k in range(6)] * (attempt + 1)
+            + [("job_start", "999")])
+    finally:
+        if recorder is not None:
+            recorder.close()
 
 
 def test_never_fails_the_job(hooks: Hooks, tmp_path: Path):

@@ -243,6 +243,7 @@ static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static char g_path[4096];
 static struct stat g_loaded_st;
 static long long g_last_check_us;
+static long long g_file_checks; /* how often maybe_reload compared the file (tests synchronise on it) */
 #define RELOAD_CHECK_INTERVAL_US 20000LL
 
 /* ------------------------------------------------------------------ */
@@ -752,6 +753,7 @@ static void maybe_reload(void) {
     long long now = now_us();
     if (now - g_last_check_us < RELOAD_CHECK_INTERVAL_US) return;
     g_last_check_us = now;
+    g_file_checks++;
     struct stat st;
     if (stat(g_path, &st) != 0 || same_file(&st, &g_loaded_st)) return;
     g_loaded_st = st; /* even on a parse error: report it once, not on every call */
@@ -905,6 +907,16 @@ EXPORT nvmlReturn_t nvmlSystemGetCudaDriverVersion_v2(int *v) { return nvmlSyste
 
 /* Marker so tests can check which libnvidia-ml.so.1 was loaded. */
 EXPORT int greenwatchMockNvmlVersion(void) { return 1; }
+
+/* How many times the scenario file has been compared with the loaded one since the library
+ * was loaded (only with reload_on_change).  A test that replaced the file waits until this
+ * grows: from then on the library has seen the new file. */
+EXPORT long long greenwatchMockNvmlFileChecks(void) {
+    pthread_mutex_lock(&g_mu);
+    long long n = g_file_checks;
+    pthread_mutex_unlock(&g_mu);
+    return n;
+}
 
 /* ------------------------------------------------------------------ */
 /* Device enumeration and identity                                      */
