@@ -6,7 +6,6 @@ import logging
 import os
 import pwd
 import subprocess
-import sys
 import time
 from pathlib import Path
 
