@@ -83,10 +83,6 @@ class Case:
     spec: dict
     procs: tuple[Proc, ...]
     what: str
-    #: ``assert``: the issue's limit is asserted; ``xfail``: asserted, but known to be missed in some or
-    #: all runs for the reason in ``note`` (not strict: the error depends on the sampling phase of the run).
-    status: str = "assert"
-    note: str = ""
     #: NVML field ids that fail (entry return code UNKNOWN) over [from_s, to_s), the rest of the read succeeding.
     field_errors: tuple[tuple[int, float, float], ...] = ()
 
@@ -429,7 +425,7 @@ def _figures(runs: dict[str, NodeRun], collected: dict[tuple[str, str], Collecte
                          "duplicated": sorted(collected[(node, "dup5")].duplicated)} for node, run in runs.items()},
         "cases": [{
             "case": r.case.name, "node": r.case.node, "kind": r.case.kind, "counter": r.case.counter,
-            "what": r.case.what, "limit": r.case.limit, "status": r.case.status, "note": r.case.note,
+            "what": r.case.what, "limit": r.case.limit,
             "jobs": {job: {"truth_j": t, **{f"{m}_j": r.measured[m][job] for m in DELIVERIES},
                            **{f"{m}_error": r.error(m, job) for m in DELIVERIES}} for job, t in r.truth.items()},
             "worst_error": {m: r.worst(m) for m in DELIVERIES},
@@ -445,17 +441,7 @@ def _ids(cases: Iterable[Case]) -> list[str]:
     return [c.name for c in cases]
 
 
-def _limit_params() -> list:
-    out = []
-    for c in CASES:
-        if c.status == "xfail":
-            out.append(pytest.param(c, id=c.name, marks=pytest.mark.xfail(strict=False, reason=c.note)))
-        else:
-            out.append(pytest.param(c, id=c.name))
-    return out
-
-
-@pytest.mark.parametrize("case", _limit_params())
+@pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
 def test_per_job_error_within_limit(suite: Suite, case: Case):
     """In-order delivery: every job within 0.5 % (counter) or 3 % (power integration) of the truth."""
     r = suite.results[case.name]
