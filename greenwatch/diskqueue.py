@@ -56,15 +56,28 @@ class DiskQueue:
     (the collector's spill): ``put`` refuses the new entry instead, so the caller can keep
     it and push back.  Only one process may use a directory at a time (``flock``), so two
     services pointed at the same directory by mistake fail at start rather than interleave.
+
+    ``memory_fallback_bytes`` (the agent's spool): when the disk cannot take an entry (full,
+    read-only, gone), keep it in memory instead, up to that many bytes (then the oldest held
+    entries make room, counted in :attr:`memory_dropped`), in the same order as the entries on
+    disk, so a reader sees no difference.  Logged once when it starts and once when the disk
+    takes entries again.  Such entries are lost if the process stops before they are removed.
+    Without it (the collector's spill, whose entries must be durable) the error is raised.
     """
 
     def __init__(self, path: str | os.PathLike[str], max_bytes: int, *, drop_oldest: bool, fsync: bool = False,
-                 what: str = "queue") -> None:
+                 what: str = "queue", memory_fallback_bytes: int = 0) -> None:
         self.path = Path(path)
         self.max_bytes = int(max_bytes)
         self.drop_oldest, self.fsync, self.what = drop_oldest, fsync, what
         self.dropped = 0          # entries deleted to make room (drop_oldest) or refused (not drop_oldest)
         self.corrupt = 0          # entries found torn or corrupted, and removed
+        self.memory_fallback_bytes = int(memory_fallback_bytes)
+        self.held_in_memory = 0   # entries the disk refused and memory took
+        self.memory_dropped = 0   # of those, the ones dropped to make room for newer ones
+        self._memory: dict[int, bytes] = {}
+        self._memory_bytes = 0
+        self._disk_failing = False
         self._mutex = threading.Lock()
         try:
             self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -140,9 +153,19 @@ class DiskQueue:
                         fh.flush()
                         os.fsync(fh.fileno())
                 os.replace(tmp, final)
-            except OSError:
-                tmp.unlink(missing_ok=True)  # e.g. a full disk: leave nothing half-written behind
-                raise
+            except OSError as exc:
+                try:
+                    tmp.unlink(missing_ok=True)  # e.g. a full disk: leave nothing half-written behind
+                except OSError:
+                    pass  # a read-only file system: nothing was written either
+                if not self.memory_fallback_bytes or len(data) > self.memory_fallback_bytes:
+                    raise
+                self._hold(key, data, exc)
+                return key
+            if self._disk_failing:
+                self._disk_failing = False
+                log.warning("%s %s takes entries again (%d held in memory meanwhile, %d of them dropped)",
+                            self.what, self.path, self.held_in_memory, self.memory_dropped)
             if self.fsync:
                 self._sync_dir()
             self._keys.append(key)
@@ -206,11 +229,29 @@ class DiskQueue:
     def remove(self, key: int) -> None:
         """Delete an entry once it has been delivered (a no-op if it is already gone)."""
         with self._mutex:
-            if key in self._sizes:
+            if key in self._sizes or key in self._memory:
                 self._unlink(key)
 
     # -- internals -------------------------------------------------------------------------
+    def _hold(self, key: int, data: bytes, exc: OSError) -> None:
+        """Keep an entry the disk refused in memory (called with the mutex held)."""
+        while self._memory and self._memory_bytes + len(data) > self.memory_fallback_bytes:
+            self._unlink(min(self._memory))
+            self.memory_dropped += 1
+        self._memory[key] = data
+        self._memory_bytes += len(data)
+        self._keys.append(key)
+        self.held_in_memory += 1
+        if not self._disk_failing:
+            self._disk_failing = True
+            log.error("cannot write %s %s (%s): holding entries in memory (at most %d bytes) until it can; they "
+                      "are lost if this process stops first", self.what, self.path, exc.strerror or exc,
+                      self.memory_fallback_bytes)
+
     def _read(self, key: int) -> bytes | None:
+        held = self._memory.get(key)
+        if held is not None:
+            return held
         try:
             raw = (self.path / f"{key:020d}.gwq").read_bytes()
         except FileNotFoundError:
@@ -225,7 +266,14 @@ class DiskQueue:
 
     def _unlink(self, key: int) -> None:
         # Called with the mutex held.
-        (self.path / f"{key:020d}.gwq").unlink(missing_ok=True)
+        held = self._memory.pop(key, None)
+        if held is not None:
+            self._memory_bytes -= len(held)
+        else:
+            try:
+                (self.path / f"{key:020d}.gwq").unlink(missing_ok=True)
+            except OSError as exc:  # a read-only file system: the entry stays on disk for the next start
+                log.error("%s: cannot remove entry %d: %s", self.what, key, exc.strerror or exc)
         self._bytes -= self._sizes.pop(key, 0)
         try:
             self._keys.remove(key)

@@ -51,6 +51,8 @@ __all__ = ["ResolverLookup", "SamplingThread", "Publisher", "run_agent"]
 
 log = logging.getLogger(__name__)
 
+#: Batches kept in memory while the spool's disk refuses them (about 1.5 h of a 16-GPU node).
+_SPOOL_MEMORY_BYTES = 64 << 20
 #: Seconds a stopping agent keeps publishing its spool (systemd's TimeoutStopSec is 15 s).
 _STOP_FLUSH_S = 5.0
 #: PUBACK reason codes that refuse one message for good: retrying it would block the spool forever.
@@ -305,7 +307,9 @@ async def run_agent(cfg: Config, devices: Sequence[GpuDevice] | None = None) -> 
     password = mqtt_password(cfg)  # configuration problems first: exit 2 before touching NVML
     check_mqtt_tls(cfg)
     try:
-        spool = DiskQueue(cfg.agent.spool_dir, cfg.agent.spool_max_bytes, drop_oldest=True, what="agent spool")
+        # A full or read-only spool disk must not drop batches while the broker takes them: they wait in memory.
+        spool = DiskQueue(cfg.agent.spool_dir, cfg.agent.spool_max_bytes, drop_oldest=True, what="agent spool",
+                          memory_fallback_bytes=_SPOOL_MEMORY_BYTES)
     except DiskQueueError as exc:
         raise ConfigError("agent.spool_dir", str(exc)) from None
     try:
