@@ -292,12 +292,12 @@ class BufferedWriter:
         whole first, which saves a write per level.  Stops at an outage, or at ``deadline`` once
         at least one line is settled; what is left then is returned in ``rest``.
         """
-        out = _Outcome(rest=[])
+        out, rest = _Outcome(), []
         stack = [whole]
         while stack:
             part = stack.pop()
             if out.outage is not None or (time.monotonic() >= deadline and (out.written or out.refused)):
-                out.rest.extend(part.lines)
+                rest.extend(part.lines)
                 continue
             if part.reason is None or (len(part.lines) == 1 and not part.seen):
                 lines = [ln for ln in part.lines if ln]
@@ -308,7 +308,7 @@ class BufferedWriter:
                     part.reason, part.status, part.seen = exc.text, exc.status, True
                 except Exception as exc:
                     out.outage = exc
-                    out.rest.extend(part.lines)
+                    rest.extend(part.lines)
                     continue
                 else:
                     out.written += len(lines)
@@ -323,8 +323,7 @@ class BufferedWriter:
             right = _Part(part.lines[mid:], parent=part)
             left = _Part(part.lines[:mid], sibling=right, parent=part)
             stack += (right, left)   # the left half is tried first
-        if not out.rest:
-            out.rest = None
+        out.rest = rest or None
         return out
 
     def _account(self, outcome: _Outcome) -> None:
