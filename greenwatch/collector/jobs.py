@@ -49,10 +49,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
-from greenwatch.carbon import EmbodiedModel, embodied_g, load_embodied, sci_g
+from greenwatch.carbon import J_PER_KWH, EmbodiedModel, embodied_g, load_embodied, sci_g
 from greenwatch.collector.core import _RateLimitedLog
 from greenwatch.collector.jobstate import PendingJobs
 from greenwatch.diskqueue import DiskQueueError
+from greenwatch.storage.influxql import string_literal
 from greenwatch.storage.records import Record
 from greenwatch.transport.events import EventError, JobEvent, decode_event
 
@@ -60,7 +61,6 @@ __all__ = ["JobEvents", "JobEventStats", "JobSummary"]
 
 log = logging.getLogger(__name__)
 
-_J_PER_KWH = 3.6e6
 _NS = 1_000_000_000
 #: Without a start time, the sums look back this far before the end (longer than any sane job limit).
 _MAX_JOB_S = 31 * 86400.0
@@ -420,7 +420,7 @@ class JobEvents:
             raise ValueError(f"job {job.job_id} has no end time")
         lo_s = (job.start_s - 60.0) if job.start_s is not None else job.end_s - _MAX_JOB_S
         hi_s = job.end_s + max(_AFTER_END_S, 2 * self.finalize_delay_s)
-        where = (f'"cluster" = {_lit(job.cluster)} AND "job" = {_lit(job.job_id)} '
+        where = (f'"cluster" = {string_literal(job.cluster)} AND "job" = {string_literal(job.job_id)} '
                  f"AND time >= {_ns(lo_s)} AND time <= {_ns(hi_s)}")
         energy_rows = self.store.query(
             'SELECT sum("energy_j") AS energy_j, sum("idle_energy_j") AS idle_energy_j, '
@@ -442,7 +442,7 @@ class JobEvents:
                           "host_energy_j")}
         models = self._gpu_models(job.cluster, sorted(gpu_seconds_by_gpu), lo_s, hi_s)
         embodied = sum(float(embodied_g(self.embodied, models.get(g, ""), s)) for g, s in gpu_seconds_by_gpu.items())
-        facility_kwh = sums["facility_energy_j"] / _J_PER_KWH
+        facility_kwh = sums["facility_energy_j"] / J_PER_KWH
         intensity = sums["co2_g"] / facility_kwh if facility_kwh > 0 else 0.0
         start_s = job.start_s if job.start_s is not None else self._first_point_s(where)
         nodes = job.nodes_expr or ",".join(sorted(job.nodes | {str(r["node"]) for r in energy_rows if r.get("node")}))
@@ -470,8 +470,8 @@ class JobEvents:
         assert job.end_s is not None
         end_ns = round(job.end_s * 1000) * 1_000_000
         rows = self.store.query(
-            f'SELECT last("energy_j") AS e FROM "job" WHERE "cluster" = {_lit(job.cluster)} '
-            f'AND "job" = {_lit(job.job_id)} AND time >= {end_ns - 86400 * _NS} AND time <= {end_ns + 86400 * _NS}')
+            f'SELECT last("energy_j") AS e FROM "job" WHERE "cluster" = {string_literal(job.cluster)} '
+            f'AND "job" = {string_literal(job.job_id)} AND time >= {end_ns - 86400 * _NS} AND time <= {end_ns + 86400 * _NS}')
         if rows and rows[0].get("time") is not None:
             return int(rows[0]["time"])
         return end_ns
@@ -485,9 +485,9 @@ class JobEvents:
         gpus = list(gpus)
         out: dict[str, str] = {}
         for i in range(0, len(gpus), _GPU_QUERY_CHUNK):
-            chunk = " OR ".join(f'"gpu" = {_lit(g)}' for g in gpus[i:i + _GPU_QUERY_CHUNK])
+            chunk = " OR ".join(f'"gpu" = {string_literal(g)}' for g in gpus[i:i + _GPU_QUERY_CHUNK])
             rows = self.store.query(
-                f'SELECT last("energy_j") AS e FROM "gpu" WHERE "cluster" = {_lit(cluster)} AND ({chunk}) '
+                f'SELECT last("energy_j") AS e FROM "gpu" WHERE "cluster" = {string_literal(cluster)} AND ({chunk}) '
                 f'AND time >= {_ns(lo_s)} AND time <= {_ns(hi_s)} GROUP BY "gpu", "model"')
             for r in rows:
                 if r.get("gpu") and r.get("model"):
@@ -525,11 +525,6 @@ def _in_ranges(digits: str, spec: str) -> bool:
         if (len(digits) == len(lo) if padded else str(int(digits)) == digits) and int(lo) <= int(digits) <= int(hi):
             return True
     return False
-
-
-def _lit(value: str) -> str:
-    """An InfluxQL string literal."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _ns(t_s: float) -> int:

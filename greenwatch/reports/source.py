@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from greenwatch.storage.embedded import EmbeddedStore
+from greenwatch.storage.influxql import string_literal
 
 __all__ = ["ReportSource", "EmbeddedSource", "InfluxSource", "JOB_MEASUREMENTS"]
 
@@ -73,16 +74,16 @@ class InfluxSource:
 
     def job_points(self, measurement: str, job_id: str) -> list[dict[str, Any]]:
         _check_measurement(measurement)
-        return self._select(f'SELECT * FROM "{measurement}" WHERE "job" = {_literal(job_id)}')
+        return self._select(f'SELECT * FROM "{measurement}" WHERE "job" = {string_literal(job_id)}')
 
     def gpu_points(self, cluster: str, node: str, gpu_uuid: str, t_from_ns: int, t_to_ns: int) -> list[dict[str, Any]]:
         return self._select(
-            f'SELECT * FROM "gpu" WHERE "cluster" = {_literal(cluster)} AND "node" = {_literal(node)} '
-            f'AND "gpu" = {_literal(gpu_uuid)} AND time >= {int(t_from_ns)} AND time <= {int(t_to_ns)}')
+            f'SELECT * FROM "gpu" WHERE "cluster" = {string_literal(cluster)} AND "node" = {string_literal(node)} '
+            f'AND "gpu" = {string_literal(gpu_uuid)} AND time >= {int(t_from_ns)} AND time <= {int(t_to_ns)}')
 
     def node_points(self, cluster: str, node: str, t_from_ns: int, t_to_ns: int) -> list[dict[str, Any]]:
         return self._select(
-            f'SELECT * FROM "node_energy" WHERE "cluster" = {_literal(cluster)} AND "node" = {_literal(node)} '
+            f'SELECT * FROM "node_energy" WHERE "cluster" = {string_literal(cluster)} AND "node" = {string_literal(node)} '
             f'AND time >= {int(t_from_ns)} AND time <= {int(t_to_ns)}')
 
     def _select(self, query: str) -> list[dict[str, Any]]:
@@ -107,11 +108,6 @@ def _flatten(row: dict[str, Any]) -> dict[str, Any]:
             continue
         out[k] = v
     return out
-
-
-def _literal(value: str) -> str:
-    """An InfluxQL string literal (single quotes; backslash and quote escaped)."""
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _check_measurement(measurement: str) -> None:
