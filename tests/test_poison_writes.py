@@ -66,7 +66,7 @@ async def running(writer: BufferedWriter) -> AsyncIterator[None]:
 
 
 @pytest.fixture
-def setup(influx_v2, tmp_path):
+def make_writer(influx_v2, tmp_path):
     """A fresh bucket, a store writing to it, a spill and a dead-letter file in tmp_path."""
     made: list = []
 
@@ -86,8 +86,8 @@ def setup(influx_v2, tmp_path):
         spill.close()
 
 
-def test_a_line_influxdb_cannot_parse_is_dead_lettered_and_the_rest_of_every_node_is_stored(setup, influx_v2):
-    bucket, writer, spill, dl_path = setup("nl")
+def test_a_line_influxdb_cannot_parse_is_dead_lettered_and_the_rest_of_every_node_is_stored(make_writer, influx_v2):
+    bucket, writer, spill, dl_path = make_writer("nl")
     # A tag value holding a raw newline: the line breaks in two, and InfluxDB refuses the head.
     bad = f"gpu,node=evil,gpu=0,job=x\n,oops=1 power_w=1 {T0_NS}"
     body = "\n".join(good_lines("a", 20) + [bad] + good_lines("b", 20))
@@ -116,8 +116,8 @@ def test_a_line_influxdb_cannot_parse_is_dead_lettered_and_the_rest_of_every_nod
         assert d["status"] == 400 and "unable to parse" in d["reason"] and d["time"].endswith("Z")
 
 
-def test_a_field_type_conflict_is_dead_lettered_and_the_rest_is_stored(setup, influx_v2):
-    bucket, writer, spill, dl_path = setup("conflict")
+def test_a_field_type_conflict_is_dead_lettered_and_the_rest_is_stored(make_writer, influx_v2):
+    bucket, writer, spill, dl_path = make_writer("conflict")
     # energy_j is an integer from now on (as after an upgrade that changed its type, or a hostile node)
     first = f"gpu,node=a,gpu=0 energy_j=1i {T0_NS - 10**9}"
     conflict = f"gpu,node=a,gpu=1 energy_j=2.5 {T0_NS - 10**9}"
@@ -145,7 +145,7 @@ def test_a_field_type_conflict_is_dead_lettered_and_the_rest_is_stored(setup, in
     assert writer.refused_lines == 1 == writer.dead_letter_lines
 
 
-def test_a_poison_chunk_in_the_spill_from_an_earlier_run_drains_with_the_rest(setup, influx_v2, tmp_path):
+def test_a_poison_chunk_in_the_spill_from_an_earlier_run_drains_with_the_rest(make_writer, influx_v2, tmp_path):
     bucket = influx_v2.new_bucket("spilled")
     spill = DiskQueue(tmp_path / "spilled-spill", 1 << 24, drop_oldest=False, fsync=True)
     chunks = [good_lines("a", 10), good_lines("b", 5) + [f"gpu,node=b bad {T0_NS}"] + good_lines("b", 5, start=5),
@@ -153,7 +153,7 @@ def test_a_poison_chunk_in_the_spill_from_an_earlier_run_drains_with_the_rest(se
     for chunk in chunks:
         assert spill.put(zlib.compress("\n".join(chunk).encode(), 1))
     spill.close()
-    bucket, writer, spill, dl_path = setup("spilled", bucket=bucket)
+    bucket, writer, spill, dl_path = make_writer("spilled", bucket=bucket)
     assert len(spill) == 3
 
     async def scenario() -> None:
@@ -166,8 +166,8 @@ def test_a_poison_chunk_in_the_spill_from_an_earlier_run_drains_with_the_rest(se
     assert writer.refused_lines == 1 and writer.drained == 3
 
 
-def test_an_outage_still_spills_and_a_poison_chunk_among_the_spilled_ones_does_not_block_the_drain(setup, influx_v2):
-    bucket, writer, spill, dl_path = setup("outage")
+def test_an_outage_still_spills_and_a_poison_chunk_among_the_spilled_ones_does_not_block_the_drain(make_writer, influx_v2):
+    bucket, writer, spill, dl_path = make_writer("outage")
     bad = f"gpu,node=b,gpu=0 power_w= {T0_NS}"
     acked: list[int] = []
 
@@ -191,9 +191,9 @@ def test_an_outage_still_spills_and_a_poison_chunk_among_the_spilled_ones_does_n
     assert writer.refused_lines == 1 and writer.spilled == 25
 
 
-def test_a_missing_database_is_an_outage_logged_with_influxdbs_error_text(setup, influx_v2, caplog):
+def test_a_missing_database_is_an_outage_logged_with_influxdbs_error_text(make_writer, influx_v2, caplog):
     name = f"missing_{time.time_ns() % 10**9}"
-    bucket, writer, spill, dl_path = setup("missing", bucket=name)
+    bucket, writer, spill, dl_path = make_writer("missing", bucket=name)
     acked: list[int] = []
 
     async def scenario() -> None:
@@ -213,8 +213,8 @@ def test_a_missing_database_is_an_outage_logged_with_influxdbs_error_text(setup,
     assert stored_per_node(influx_v2, bucket) == {"a": 3}
 
 
-def test_bisection_costs_few_writes_and_many_bad_lines_hold_nothing_back(setup, influx_v2):
-    bucket, writer, spill, dl_path = setup("bisect", bisect_budget_s=0.3)
+def test_bisection_costs_few_writes_and_many_bad_lines_hold_nothing_back(make_writer, influx_v2):
+    bucket, writer, spill, dl_path = make_writer("bisect", bisect_budget_s=0.3)
     # 8 bad lines among 256: O(bad * log n) writes, not one per line.
     lines = good_lines("a", 256)
     for i in range(0, 256, 32):
@@ -249,8 +249,8 @@ def test_bisection_costs_few_writes_and_many_bad_lines_hold_nothing_back(setup, 
     assert writer.dead_letter_lines == 108
 
 
-def test_the_dead_letter_file_is_bounded_and_lines_beyond_it_are_counted(setup, influx_v2, caplog):
-    bucket, writer, spill, dl_path = setup("bounded", dl_max=600)
+def test_the_dead_letter_file_is_bounded_and_lines_beyond_it_are_counted(make_writer, influx_v2, caplog):
+    bucket, writer, spill, dl_path = make_writer("bounded", dl_max=600)
     bad = [f"gpu,node=a,gpu=0 power_w=1 x{i} {i}" for i in range(10)]
     acked: list[int] = []
 
