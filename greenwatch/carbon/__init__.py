@@ -25,18 +25,11 @@ from .embodied import (
 from .emissions import emissions_g, market_basis_note, market_intensity
 from .equivalences import equivalences
 from .facility import DEFAULT_PUE, ConstantPue, SeriesPue, load_pue
-from .intensity import (
-    AnnualIntensity,
-    CachedLiveIntensity,
-    IntensityProvider,
-    SeriesIntensity,
-    coverage_of,
-    known_zones,
-    load_provider,
-    lowest_intensity_window,
-    mean_intensity,
-    parse_timestamp,
-)
+from .advice import lowest_intensity_window
+from .intensity import AnnualIntensity, IntensityProvider, SeriesIntensity, known_zones, mean_intensity
+from .live import CachedLiveIntensity
+from .sources import load_provider
+from .timeseries import coverage_of, parse_timestamp
 from .units import J_PER_KWH, SECONDS_PER_YEAR, kwh
 
 __all__ = [

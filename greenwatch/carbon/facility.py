@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .intensity import StepSeries, _iso_utc, read_timeseries_csv, resolution_name
+from .timeseries import StepSeries, iso_utc, read_timeseries_csv, resolution_name
 
 DEFAULT_PUE: float = 1.56
 """Uptime Institute Global Data Center Survey 2024: industry-average annual PUE."""
@@ -100,7 +100,7 @@ class SeriesPue:
         self.resolution: str = resolution_name(step)
         self.source: str = (
             f"measured PUE series {self.path.name} ({self.resolution}, "
-            f"{_iso_utc(float(self.steps.starts[0]))} to {_iso_utc(float(self.steps.ends[-1]))}); "
+            f"{iso_utc(float(self.steps.starts[0]))} to {iso_utc(float(self.steps.ends[-1]))}); "
             f"outside it: {self.fallback.source}"
         )
 
