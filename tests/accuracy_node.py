@@ -32,6 +32,7 @@ from typing import BinaryIO
 
 from greenwatch.agent.gpu import open_nvml_gpus
 from greenwatch.agent.sampler import Sampler
+from greenwatch.agent.schedule import run_sampling_loop
 from greenwatch.agent.service import SamplingThread
 from greenwatch.batch import JobInfo
 from greenwatch.transport.wire import encode
@@ -87,35 +88,23 @@ def run_jittered(sampler: Sampler, until: float, out: BinaryIO, seed: int) -> in
     """Irregular sampling intervals, 1 Hz process scans, a batch at every whole second."""
     rng = random.Random(seed)
     batches = 0
+    n_fast = 0
 
-    def cut() -> None:
+    def gap() -> float:
+        nonlocal n_fast
+        n_fast += 1
+        wait = rng.uniform(0.040, 0.160)
+        if n_fast % 50 == 25 or rng.random() < 0.01:
+            wait += rng.uniform(0.25, 0.5)   # a stall (GC pause, CPU contention): at least one per 5 s
+        return wait
+
+    def write(batch) -> None:
         nonlocal batches
-        batch = sampler.cut(sent_us=int(time.time() * 1e6))
         write_frame(out, encode(batch))
         batches += 1
 
-    now = time.time()
-    sampler.sample_processes()
-    next_slow, next_cut, next_fast = now + 1.0, float(int(now) + 1), now
-    n_fast = 0
-    while now < until:
-        if now >= next_slow:
-            sampler.sample_processes()
-            next_slow += 1.0 * max(1, int(now - next_slow) + 1)
-        if now >= next_fast:
-            sampler.sample_gpus()
-            gap = rng.uniform(0.040, 0.160)
-            n_fast += 1
-            if n_fast % 50 == 25 or rng.random() < 0.01:
-                gap += rng.uniform(0.25, 0.5)   # a stall (GC pause, CPU contention): at least one per 5 s
-            next_fast = now + gap
-        if now >= next_cut:
-            cut()
-            next_cut += 1.0 * max(1, int(now - next_cut) + 1)
-        time.sleep(max(0.0, min(next_fast, next_slow, next_cut, until) - time.time()))
-        now = time.time()
-    sampler.sample_gpus()
-    cut()
+    run_sampling_loop(sampler, sample_hz=10.0, process_hz=1.0, window_s=1.0, on_batch=write,
+                      stop=threading.Event(), until=until, fast_gap=gap)
     return batches
 
 

@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping
 from greenwatch.agent.gpu import GpuDevice, NvmlUnavailable, open_nvml_gpus
 from greenwatch.agent.host import DEFAULT_WATTS_PER_CORE, HostSampler
 from greenwatch.agent.sampler import Sampler
+from greenwatch.agent.schedule import run_sampling_loop
 from greenwatch.attribution import AttributionSettings, CarbonContext
 from greenwatch.batch import Batch, JobInfo
 from greenwatch.carbon.units import J_PER_KWH
@@ -104,28 +105,10 @@ class _SamplingThread(threading.Thread):
             log.exception("sampling stopped")
 
     def _loop(self) -> None:
-        s, fast, slow, window = self.sampler, 1.0 / self.opts.sample_hz, 1.0 / self.opts.process_hz, self.opts.window_s
-        s.sample_processes()
-        s.sample_gpus()
-        now = time.time()
-        next_fast, next_slow, next_cut = now + fast, now + slow, now + window
-        while not self.stop_event.is_set():
-            now = time.time()
-            if now >= next_slow:
-                s.sample_processes()
-                next_slow += slow * max(1, int((now - next_slow) / slow) + 1)
-            if now >= next_fast:
-                s.sample_gpus()
-                next_fast += fast * max(1, int((now - next_fast) / fast) + 1)  # skip missed ticks, no bursts
-            if now >= next_cut:
-                self._cut()
-                next_cut += window * max(1, int((now - next_cut) / window) + 1)
-            self.stop_event.wait(max(0.0, min(next_fast, next_slow, next_cut) - time.time()))
-        s.sample_gpus()  # the last reading closes the run's window
-        self._cut()
+        run_sampling_loop(self.sampler, sample_hz=self.opts.sample_hz, process_hz=self.opts.process_hz,
+                          window_s=self.opts.window_s, on_batch=self._take, stop=self.stop_event, align_cuts=False)
 
-    def _cut(self) -> None:
-        batch = self.sampler.cut(sent_us=int(time.time() * 1e6))
+    def _take(self, batch: Batch) -> None:
         t = batch.block.columns["t_us"]
         if len(t):
             lo, hi = int(t.min()), int(t.max())
