@@ -266,3 +266,168 @@ def test_ten_thousand_hostile_payloads_through_broker_and_collector(tmp_path, mo
     # Rejections are counted, not logged one by one.
     log_lines = collector.log().count("\n")
     assert log_lines < 400, f"{log_lines} log lines for {len(hostile)} rejections"
+
+
+# -- the line-protocol round trip: every accepted message parses back to its records --------------------------
+
+#: Characters that break line protocol, JSON or topics, mixed with ones every name may have.
+_HOSTILE_CHARS = list("\n\r\t\\\", =#%{}[]'`;:/+@$.-_ \x00\x1f\x7f\u00e9\u2028\U0001d518") + list("aZ09")
+
+
+def _hostile_text(rng: random.Random) -> str:
+    n = rng.choice([0, 1, 2, 5, 20, 64, 65, 128, 129, 257])
+    if rng.random() < 0.3:   # mostly valid: a real-looking name with one character changed or added
+        base = rng.choice(["gpu0042", "123_4", "123+0", "alice", "NVIDIA H100 80GB HBM3", "GPU-5d3f0a1c-9b2e",
+                           "MIG-GPU-5d3f/1/0", "k8s:0a1b", "slurm-cgroup-v2", "cpu_pct"])
+        pos = rng.randrange(len(base) + 1)
+        return base[:pos] + rng.choice(_HOSTILE_CHARS) * rng.randint(0, 1) + base[pos + rng.randint(0, 1):]
+    return "".join(rng.choice(_HOSTILE_CHARS) for _ in range(n))
+
+
+def _hostile_number(rng: random.Random):
+    return rng.choice([0, -1, 1, 1e30, -1e30, 2**62, 2**63, -(2**63), 1e-300, 5e6, 3.5, True, None, "1",
+                       float("nan"), 10**20])
+
+
+def _fuzz_variant(rng: random.Random, payload: bytes) -> tuple[bytes, tuple[str, str]]:
+    """A hostile variant of a good payload, and the topic's (cluster, node) it is published under."""
+    h, body = _split(payload)
+    sent, end = h["sent_us"], h["blocks"][0]["end_us"]
+    for _ in range(rng.randint(1, 3)):
+        where = rng.randrange(10)
+        if where == 0:
+            h[rng.choice(["cluster", "node", "boot"])] = _hostile_text(rng)
+        elif where == 1:
+            h["gpus"][rng.randrange(len(h["gpus"]))][rng.choice(["uuid", "name"])] = _hostile_text(rng)
+        elif where in (2, 3):
+            h["jobs"][rng.randrange(len(h["jobs"]))][rng.choice(["id", "user", "source"])] = _hostile_text(rng)
+        elif where == 4:
+            h["host"] = {_hostile_text(rng) if rng.random() < 0.5 else "cpu_pct": _hostile_number(rng)}
+        elif where == 5:
+            h["host"] = {rng.choice(["host_energy_j", "cpu_busy_s", "load1", "mem_used_bytes"]): _hostile_number(rng)}
+        elif where == 6:
+            h["sent_us"] = rng.choice([sent - rng.randint(0, 10**11), sent + rng.randint(0, 10**10),
+                                       _hostile_number(rng)])
+        elif where == 7:
+            h["blocks"][0]["end_us"] = rng.choice([end + rng.randint(-10**7, 10**7),
+                                                   _hostile_number(rng)])
+        elif where == 8:
+            h["job_cpu_s"] = [_hostile_number(rng) for _ in h["jobs"]]
+        else:
+            h["seq"] = rng.randint(0, 10**6)   # a fresh sequence number: not a duplicate
+    try:
+        head = json.dumps(h, allow_nan=True)
+    except (TypeError, ValueError):
+        head = json.dumps({"v": 1})
+    cluster, node = h.get("cluster"), h.get("node")
+    topic_node = (cluster, node) if type(cluster) is str and type(node) is str and rng.random() < 0.95 \
+        else (CLUSTER, NODES[0])
+    return _join(head, body), topic_node
+
+
+def test_every_accepted_message_round_trips_through_line_protocol():
+    """>= 100,000 hostile variants of good batches (names with newlines, escapes, quotes, control and
+    non-ASCII characters, extreme numbers and times) through decode -> Collector -> table_lines, and
+    a strict line-protocol parser: every accepted message's lines parse back to exactly the tags and
+    fields of its records; every other message is rejected and counted."""
+    from greenwatch.attribution import AttributionSettings
+    from greenwatch.collector.core import Collector, NodeLimits
+    from greenwatch.storage.records import table_records
+
+    from helpers import ListSink, carbon_ctx
+    from lineprotocol import parse
+
+    class Sink:
+        def __init__(self) -> None:
+            self.bodies: list[str] = []
+
+        def write(self, records) -> None:   # pragma: no cover - the collector uses write_lines
+            raise AssertionError("records instead of lines")
+
+        def write_lines(self, body: str) -> None:
+            self.bodies.append(body)
+
+    rng = random.Random(1729)
+    start_us = int(time.time() * 1e6) - 300 * 10**6
+    samples = [p for node in NODES for p in good_batches(node, start_us)[0][:20]]
+    huge = NodeLimits(max_series=10**9, messages_per_s=1e9, message_burst=1e9, new_nodes_per_minute=10**9)
+    collector = Collector(AttributionSettings(), carbon_ctx(), Sink(), limits=huge)
+    reference = Collector(AttributionSettings(), carbon_ctx(), ListSink(), limits=huge)
+    total = accepted = 0
+    t_end = time.monotonic() + 120
+    while total < 100_000:
+        assert time.monotonic() < t_end, f"only {total} payloads in 120 s"
+        group = [_fuzz_variant(rng, rng.choice(samples)) for _ in range(200)]
+        before = (collector.stats.rejected_total, collector.stats.duplicates, len(collector.sink.bodies))
+        n = collector.handle_many(group)
+        total += len(group)
+        accepted += n
+        assert collector.stats.rejected_total - before[0] + collector.stats.duplicates - before[1] + n == len(group)
+        if n == 0:
+            continue
+        # The records of the same messages, one at a time (the oracle's expectation).
+        want = []
+        for payload, topic_node in group:
+            records = reference.handle(payload, expect_node=topic_node)
+            if records:
+                want += [(r.measurement, tuple((k, v) for k, v in r.tags if v != ""), r.fields, r.time_ns)
+                         for r in records if r.fields]   # a point needs a field: none, no line
+        got = [(p.measurement, p.tags, p.fields, p.time) for body in collector.sink.bodies[before[2]:]
+               for p in parse(body)]
+        assert got == want
+    assert total >= 100_000 and 1_000 < accepted < total, (accepted, total)
+    assert "decode-error" not in collector.stats.rejected and "account-error" not in collector.stats.rejected
+    assert collector.stats.rejected["bad-name"] > 10_000, collector.stats.rejected
+
+
+def test_the_strict_parser_reads_what_influxd_stores(influxdb):
+    """The oracle checked against the real influxd: lines with every escape (and the lines of a real
+    batch) are written, read back with InfluxQL, and equal what the parser makes of them."""
+    from greenwatch.attribution import AttributionSettings
+    from greenwatch.collector.core import Collector
+    from greenwatch.storage.records import Record, line_protocol
+
+    from helpers import carbon_ctx
+    from lineprotocol import parse
+
+    t0 = (int(time.time()) - 600) * 10**9
+    records = [
+        Record("lp check", (("node", "n 1"), ("job", "a=b,c"), ("user", "x,y")), (("energy j", 1.5), ("n", 3),
+                                                                                    ("s", 'say "hi" \\ there')), t0),
+        Record("lp,check", (("k=1", "v 2"),), (("f,x", -2.5e-05), ("flag", True), ("s", "")), t0 + 1),
+        Record("lp=check", (("gpu", "MIG-GPU-5d3f/1/0"), ("model", "NVIDIA H100 80GB HBM3")),
+               (("big", 2**62), ("tiny", 5e-324), ("neg", -7)), t0 + 2),
+    ]
+    body = line_protocol(records)
+
+    class Lines:
+        text = ""
+
+        def write(self, records) -> None:   # pragma: no cover - the collector uses write_lines
+            raise AssertionError("records instead of lines")
+
+        def write_lines(self, text: str) -> None:
+            Lines.text += text
+
+    col = Collector(AttributionSettings(), carbon_ctx(), Lines())
+    good, _ = good_batches("good-1", int(time.time() * 1e6) - 120 * 10**6)
+    assert col.handle_many([(p, (CLUSTER, "good-1")) for p in good[:3]]) == 3
+    body += "\n" + Lines.text
+    db = "lpcheck"
+    influxdb.create_database(db)
+    influxdb.write_lines(db, body)
+    points = parse(body)
+    by_measurement: dict[str, list] = {}
+    for p in points:
+        by_measurement.setdefault(p.measurement, []).append(p)
+    stored = {r["name"] for r in influxdb.query("SHOW MEASUREMENTS", db)}
+    assert stored == set(by_measurement)
+    for name, want in by_measurement.items():
+        quoted = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        rows = influxdb.query(f"SELECT * FROM {quoted}", db)
+        def key(items: list) -> str:   # time and text only: InfluxDB's JSON writes 250.0 as 250
+            return repr([(k, v) for k, v in items if k == "time" or isinstance(v, str)])
+
+        got = sorted((sorted((k, v) for k, v in r.items() if v is not None) for r in rows), key=key)
+        expected = sorted((sorted({"time": p.time, **dict(p.tags), **dict(p.fields)}.items()) for p in want), key=key)
+        assert got == expected, name
