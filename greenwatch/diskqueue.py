@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 _MAGIC = b"GWQ1"
 _HEAD = struct.Struct("<4sII")
 _NAME = re.compile(r"^(\d{20})\.gwq$")
+#: An entry's payload.  A name of its own because inside :class:`DiskQueue` ``bytes`` is the
+#: property that tells the disk space taken.
+Payload = bytes
 
 
 class DiskQueueError(OSError):
@@ -75,7 +78,7 @@ class DiskQueue:
         self.memory_fallback_bytes = int(memory_fallback_bytes)
         self.held_in_memory = 0   # entries the disk refused and memory took
         self.memory_dropped = 0   # of those, the ones dropped to make room for newer ones
-        self._memory: dict[int, bytes] = {}
+        self._memory: dict[int, Payload] = {}
         self._memory_bytes = 0
         self._disk_failing = False
         self._mutex = threading.Lock()
@@ -121,11 +124,11 @@ class DiskQueue:
             self._lock_fd = -1
 
     # -- operations ------------------------------------------------------------------------
-    def put(self, data: bytes) -> bool:
+    def put(self, data: Payload) -> bool:
         """Append an entry; returns False if it was not kept (no room, see the class docstring)."""
         return self.append(data) is not None
 
-    def append(self, data: bytes) -> int | None:
+    def append(self, data: Payload) -> int | None:
         """Append an entry like :meth:`put`; returns its key (for :meth:`remove`), or None if it was not kept."""
         size = _HEAD.size + len(data)
         with self._mutex:
@@ -213,7 +216,7 @@ class DiskQueue:
 
     def entries(self) -> list[Entry]:
         """Every intact entry, oldest first (corrupt ones are removed, as by :meth:`oldest`)."""
-        out = []
+        out: list[Entry] = []
         with self._mutex:
             for key in list(self._keys):
                 data = self._read(key)
@@ -233,7 +236,7 @@ class DiskQueue:
                 self._unlink(key)
 
     # -- internals -------------------------------------------------------------------------
-    def _hold(self, key: int, data: bytes, exc: OSError) -> None:
+    def _hold(self, key: int, data: Payload, exc: OSError) -> None:
         """Keep an entry the disk refused in memory (called with the mutex held)."""
         while self._memory and self._memory_bytes + len(data) > self.memory_fallback_bytes:
             self._unlink(min(self._memory))
@@ -248,7 +251,7 @@ class DiskQueue:
                       "are lost if this process stops first", self.what, self.path, exc.strerror or exc,
                       self.memory_fallback_bytes)
 
-    def _read(self, key: int) -> bytes | None:
+    def _read(self, key: int) -> Payload | None:
         held = self._memory.get(key)
         if held is not None:
             return held

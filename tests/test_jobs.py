@@ -438,7 +438,16 @@ def _spawn(extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("SLURM_JOB_ID", "GREENWATCH_JOB", "GREENWATCH_USER")}
     env.update(extra_env)
-    return subprocess.Popen(["sleep", "30"], env=env)
+    child = subprocess.Popen(["sleep", "30"], env=env)
+    # Popen returns once exec has begun; /proc/<pid>/environ shows the new environment only once
+    # the new program's memory is set up, which a loaded machine can delay.
+    environ = Path(f"/proc/{child.pid}/environ")
+    tag = next(iter(extra_env.items()))
+    deadline = time.monotonic() + 10
+    while f"{tag[0]}={tag[1]}".encode() not in environ.read_bytes().split(b"\0"):
+        assert time.monotonic() < deadline, "the child never showed its environment"
+        time.sleep(0.005)
+    return child
 
 
 def test_real_process_manual_tag() -> None:

@@ -139,8 +139,8 @@ def mapping_fields_to_ref(fields: Mapping[str, str]) -> JobRef | None:
     stands in for the job id).  Empty optional values count as absent; a
     ``sluid`` that is not a SLUID is ignored.
     """
-    sluid = fields.get("sluid", "")
-    sluid = sluid if is_sluid(sluid) else None
+    raw_sluid = fields.get("sluid", "")
+    sluid = raw_sluid if is_sluid(raw_sluid) else None
     job_id = fields.get("job_id") or sluid
     if not job_id or not _valid_tag(job_id) or any(c.isspace() for c in job_id):
         return None

@@ -54,7 +54,7 @@ def parse_pod_list(doc: Any) -> dict[str, PodInfo]:
         if not isinstance(meta, dict):
             continue
         uid, ns, name = meta.get("uid"), meta.get("namespace"), meta.get("name")
-        if all(isinstance(v, str) and v for v in (uid, ns, name)):
+        if isinstance(uid, str) and isinstance(ns, str) and isinstance(name, str) and uid and ns and name:
             out[normalise_uid(uid)] = PodInfo(uid, ns, name)
     return out
 

@@ -13,10 +13,9 @@ from typing import Callable, Protocol, Sequence
 
 from greenwatch.agent.builder import BatchBuilder, Holder
 from greenwatch.agent.gpu import GpuDevice, GpuError
-from greenwatch.agent.host import JobCpuMeter
 from greenwatch.batch import GpuInfo, JobInfo
 
-__all__ = ["Sampler", "JobLookup"]
+__all__ = ["Sampler", "JobLookup", "CpuMeter"]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +28,14 @@ class JobLookup(Protocol):
     def allocations(self) -> dict[str, JobInfo]: ...
 
     def user_of_pid(self, pid: int) -> str: ...
+
+
+class CpuMeter(Protocol):
+    """Per-job CPU time of the processes observed (``greenwatch.agent.host.JobCpuMeter`` on a node)."""
+
+    def observe(self, job_id: str, pids: set[int]) -> None: ...
+
+    def window(self) -> dict[str, float]: ...
 
 
 class _OnceLog:
@@ -55,7 +62,7 @@ class Sampler:
 
     def __init__(self, cluster: str, node: str, devices: Sequence[GpuDevice], jobs: JobLookup,
                  host_sampler: Callable[[], dict[str, float]] | None = None,
-                 job_cpu: JobCpuMeter | None = None) -> None:
+                 job_cpu: CpuMeter | None = None) -> None:
         self.devices = list(devices)
         self.jobs = jobs
         infos = [GpuInfo(d.uuid, d.index, d.name, d.has_counter, False, d.power_limit_w) for d in self.devices]

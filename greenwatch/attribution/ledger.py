@@ -217,9 +217,12 @@ class LedgerTable:
         ge, gun = self.gpu_energy_j[g0:g1].tolist(), self.gpu_unallocated_j[g0:g1].tolist()
         summ, samples = self.gpu_summary[g0:g1].tolist(), self.gpu_samples[g0:g1].tolist()
         res, integ = self.gpu_resets[g0:g1].tolist(), self.gpu_integrated[g0:g1].tolist()
-        gpus = [GpuLine(g.uuid, g.index, g.name, ge[i], gun[i], *summ[i], g.power_limit_w, samples[i],
-                        g.has_counter, res[i], integ[i])
-                for i, g in enumerate(self.gpus[g0:g1])]
+        gpus = []
+        for i, g in enumerate(self.gpus[g0:g1]):
+            power, power_max, util_gpu, util_mem, mem_used, temp, sm_clock = summ[i]
+            gpus.append(GpuLine(g.uuid, g.index, g.name, ge[i], gun[i], power, power_max, util_gpu, util_mem,
+                                mem_used, temp, sm_clock, g.power_limit_w, samples[i], g.has_counter, res[i],
+                                integ[i]))
         jobs = [JobLine(j.job_id, j.user, *v) for j, v in zip(self.jobs[j0:j1], self.job_values[j0:j1].tolist())]
         pairs = [JobGpuLine(j.job_id, j.user, g.uuid, *v)
                  for j, g, v in zip(self.pair_jobs[p0:p1], self.pair_gpus[p0:p1], self.pair_values[p0:p1].tolist())]

@@ -224,7 +224,7 @@ class CachedLiveIntensity:
             wanted = [("latest", None)]
         else:
             wanted = []
-        planned = []
+        planned: list[tuple[object, float | None]] = []
         for key, t_step in wanted:
             if len(planned) >= self.max_fetches_per_call:
                 break

@@ -137,7 +137,8 @@ class JobSummary:
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> "JobSummary":
         """The job :meth:`to_doc` saved."""
-        job = cls(**{k: doc.get(k) for k in cls.SAVED})
+        saved: dict[str, Any] = {k: doc.get(k) for k in cls.SAVED}
+        job = cls(**saved)
         job.nodes, job.start_nodes, job.gpus = set(doc.get("nodes", ())), set(doc.get("start_nodes", ())), \
             set(doc.get("gpus", ()))
         return job

@@ -133,8 +133,8 @@ def rows(r: RunReport) -> list[Row]:
                    w.co2_best_g / 1000 if w.available else None, "kgCO2e", "same energy profile, shifted in time"))
     out.append(Row("what_if", "saving_kg", "Saving", w.saving_g / 1000 if w.available else None, "kgCO2e", ""))
     out.append(Row("what_if", "saving_pct", "Saving", w.saving_pct if w.available else None, "%", ""))
-    for e in r.equivalences:
-        out.append(Row("equivalences", e["name"], e["name"].replace("_", " "), e["value"], e["unit"], e["source"]))
+    for eq in r.equivalences:
+        out.append(Row("equivalences", eq["name"], eq["name"].replace("_", " "), eq["value"], eq["unit"], eq["source"]))
     return out
 
 

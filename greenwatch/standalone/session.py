@@ -21,7 +21,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from greenwatch.agent.gpu import GpuDevice, NvmlUnavailable, open_nvml_gpus
 from greenwatch.agent.host import DEFAULT_WATTS_PER_CORE, HostSampler
@@ -66,7 +66,7 @@ class SessionOptions:
     window_s: float = 5.0
     what_if_window_s: float = 24 * 3600.0
     watts_per_core: float = DEFAULT_WATTS_PER_CORE  # host CPU estimate where RAPL is not readable
-    open_gpus: Callable[[], list[GpuDevice]] = open_nvml_gpus
+    open_gpus: Callable[[], Sequence[GpuDevice]] = open_nvml_gpus
 
 
 @dataclass

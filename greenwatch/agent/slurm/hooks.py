@@ -97,7 +97,7 @@ def _run_hook(kind: str, cfg: object, env: Mapping[str, str], budget_s: float,
             except OSError as exc:  # the event still tells the collector about the job
                 log.error("cannot write GPU mapping files in %s: %s", mapping_dir, exc)
         # A second run of the same prolog keeps the first start time (idempotent).
-        start_s = spool.record_start(job.job_id, job.start_s or now)
+        start_s: float | None = spool.record_start(job.job_id, job.start_s or now)
         release_report(spool, job.job_id)  # a requeued job's new run gets its own report
         event = build_event(kind, cfg, job, gpus, start_s, None)
     else:
