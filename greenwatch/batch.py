@@ -77,7 +77,7 @@ class Block:
     gpu_offsets: np.ndarray                 # int64, len n_gpus + 1
     columns: dict[str, np.ndarray]          # SAMPLE_COLUMNS
     segments: dict[str, np.ndarray]         # SEGMENT_COLUMNS + HOLDER_COLUMNS
-    end_us: int = 0                         # window end: the latest sample time in the block
+    end_us: int = 0                         # window end: the latest sample time (a block without samples: sent_us)
 
     @property
     def n_rows(self) -> int:

@@ -646,3 +646,15 @@ def test_job_event_admits_every_real_name_and_the_hook_repairs_system_names():
     event = JobEvent("job_end", "c1", "n1", "5", user="DOMAIN\\bob", account="proj climate", end_s=NOW / 1e6)
     back = decode_event(encode_event(event), now_s=NOW / 1e6)
     assert (back.user, back.account) == ("DOMAIN_bob", "proj_climate")
+
+
+def test_the_names_table_of_the_wire_format_doc_is_the_definition():
+    """docs/wire-format.md lists every kind of name with the limit and characters the code checks."""
+    from pathlib import Path
+
+    from greenwatch.transport.identifiers import KINDS
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "wire-format.md").read_text()
+    for kind, spec in KINDS.items():
+        chars = f"{spec.first} then {spec.rest}" + (f" ending in {spec.last}" if spec.last else "")
+        assert f"| `{kind}` | {spec.max_len} | `{chars}` |" in doc, kind
