@@ -25,12 +25,31 @@ from paho.mqtt.packettypes import PacketTypes
 from greenwatch.secrets import read_secret
 
 __all__ = ["batch_topic", "event_topic", "shared_subscription", "parse_node_topic", "make_client", "MqttClient",
-           "PUBACK_SUCCESS", "PUBACK_NO_MATCHING_SUBSCRIBERS", "PUBACK_NOT_AUTHORIZED"]
+           "disconnect_reason", "PUBACK_SUCCESS", "PUBACK_NO_MATCHING_SUBSCRIBERS", "PUBACK_NOT_AUTHORIZED",
+           "SESSION_TAKEN_OVER", "PACKET_TOO_LARGE"]
 
 #: MQTT 5 PUBACK reason codes the agent acts on (MQTT 5.0, section 3.4.2.1).
 PUBACK_SUCCESS = 0x00
 PUBACK_NO_MATCHING_SUBSCRIBERS = 0x10
 PUBACK_NOT_AUTHORIZED = 0x87
+#: MQTT 5 DISCONNECT reason codes the services explain in their logs (section 3.14.2.1).
+SESSION_TAKEN_OVER = 0x8E
+PACKET_TOO_LARGE = 0x95
+
+
+def disconnect_reason(exc: BaseException) -> int | None:
+    """The MQTT reason code behind a lost connection (``aiomqtt.MqttCodeError``), or None if it has none.
+
+    Mosquitto 2.0 closes a connection without a DISCONNECT packet in several cases (a session
+    taken over, a packet too large), so callers must not rely on getting one.
+    """
+    rc = getattr(exc, "rc", None)
+    if rc is None:
+        return None
+    try:
+        return int(getattr(rc, "value", rc))
+    except (TypeError, ValueError):
+        return None
 
 
 def batch_topic(prefix: str, cluster: str, node: str) -> str:
@@ -73,14 +92,23 @@ class MqttClient(aiomqtt.Client):
     def __init__(self, *args: Any, manual_ack: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._pubacks: dict[int, asyncio.Future[int]] = {}
+        self._unawaited: set[int] = set()      # message ids of publish_nowait, whose PUBACKs are only counted
+        self.refused_publishes = 0             # of those, how many the broker refused (reason code >= 0x80)
+        self.last_refusal = 0
         if manual_ack:
             # Set before connecting: paho must never acknowledge a QoS 1 message on its own.
             self._client.manual_ack_set(True)
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        rc = int(getattr(reason_code, "value", reason_code) or 0)
         fut = self._pubacks.pop(mid, None)
         if fut is not None and not fut.done():
-            fut.set_result(int(getattr(reason_code, "value", reason_code) or 0))
+            fut.set_result(rc)
+        elif mid in self._unawaited:
+            self._unawaited.discard(mid)
+            if rc >= 0x80:
+                self.refused_publishes += 1
+                self.last_refusal = rc
         super()._on_publish(client, userdata, mid, reason_code, properties)
 
     async def __aexit__(self, *exc_info: Any) -> None:
@@ -115,6 +143,25 @@ class MqttClient(aiomqtt.Client):
             cause = None if self._disconnected.cancelled() else self._disconnected.exception()
             raise aiomqtt.MqttError(f"disconnected before the broker acknowledged the message ({cause})") from cause
         raise aiomqtt.MqttError(f"no PUBACK within {timeout:g} s")
+
+    def publish_nowait(self, topic: str, payload: bytes, qos: int = 1) -> bool:
+        """Hand a message to the connection without waiting for the broker's answer; False if it could not be.
+
+        A PUBACK that refuses it is counted in :attr:`refused_publishes` (reason in :attr:`last_refusal`).
+        """
+        info = self._client.publish(topic, payload, qos)
+        if info.rc != MQTT_ERR_SUCCESS:
+            return False
+        if qos:
+            self._unawaited.add(info.mid)
+            if len(self._unawaited) > 65_536:  # PUBACKs lost with a connection never come: forget the oldest
+                self._unawaited.clear()
+        return True
+
+    async def subscribe_checked(self, topic: str, qos: int = 1, timeout: float = 30.0) -> list[int]:
+        """Subscribe and return the SUBACK reason codes as integers (below 0x80: granted)."""
+        granted = await self.subscribe(topic, qos=qos, timeout=timeout)
+        return [int(getattr(rc, "value", rc)) for rc in granted]
 
     def take_queued(self, limit: int) -> list[aiomqtt.Message]:
         """Up to ``limit`` messages that have already arrived, oldest first, without waiting (maybe none).
