@@ -138,6 +138,7 @@ def _name(obj: dict[str, Any], key: str, kind: str) -> str:
 
 
 _NAMES: set[tuple[str, str]] = set()   # (kind, value) already found valid
+_METRICS: set[str] = set()             # host metric keys already found valid
 
 
 def _int(obj: dict[str, Any], key: str, lo: int = 0, hi: int = 1 << 62) -> int:
@@ -228,9 +229,12 @@ def _host_metrics(header: dict[str, Any], host_key: str, cpu_key: str, n_jobs: i
     host = header.get(host_key, {})
     _require(type(host) is dict and len(host) <= 256 and all(type(k) is str and _finite(v) for k, v in host.items()),
              "bad-header", f"{host_key} metrics must be finite numbers")
-    for k in host:
-        if ("metric", k) not in _NAMES:
+    if not _METRICS.issuperset(host):   # a node sends the same few keys in every batch
+        for k in host:
             _name({"key": k}, "key", "metric")
+            if len(_METRICS) > 4096:
+                _METRICS.clear()
+            _METRICS.add(k)
     cpu = header.get(cpu_key, [])
     _require(type(cpu) is list and len(cpu) in (0, n_jobs) and all(_finite(v) and v >= 0 for v in cpu),
              "bad-header", f"{cpu_key} must list one non-negative number per job")
@@ -250,15 +254,31 @@ _HOST_BOUNDS: dict[str, tuple[float, float, float]] = {
 }
 
 
-def _check_host(host: dict[str, Any], cpu: list[Any], window_s: float, what: str) -> None:
-    """Physical bounds of a window's host metrics and job CPU-seconds, ``window_s`` seconds long."""
+def _check_host(host: dict[str, Any], cpu: list[Any], block: Block, sent_us: int, what: str) -> None:
+    """Physical bounds of a window's host metrics and job CPU-seconds; ``block`` holds the window's
+    samples (its length bounds the energy and CPU time), ``sent_us`` is when it was sent."""
+    window_s = -1.0    # computed only if a bound depends on it (it costs a pass over the times)
     for k, v in host.items():
-        lo, hi, per_s = _HOST_BOUNDS.get(k, (-1e18, 1e18, 0.0))
-        limit = hi + per_s * window_s
-        _require(lo <= v <= limit, "bad-value", f"{what} {k}={v!r} outside [{lo:g}, {limit:g}] for a {window_s:.0f} s window")
+        bound = _HOST_BOUNDS.get(k)
+        if bound is None:
+            if -1e18 <= v <= 1e18:
+                continue
+            lo, limit = -1e18, 1e18
+        else:
+            lo, limit, per_s = bound
+            if per_s:
+                if window_s < 0:
+                    window_s = _window_s(block, sent_us)
+                limit += per_s * window_s
+            if lo <= v <= limit:
+                continue
+        raise WireError("bad-value", f"{what} {k}={v!r} outside [{lo:g}, {limit:g}]"
+                                     + (f" for a {window_s:.0f} s window" if window_s >= 0 else ""))
     if cpu:
-        limit = MAX_CPUS * window_s
-        _require(max(cpu) <= limit, "bad-value", f"{what} job CPU-seconds above {limit:g} for a {window_s:.0f} s window")
+        if window_s < 0:
+            window_s = _window_s(block, sent_us)
+        _require(max(cpu) <= MAX_CPUS * window_s, "bad-value",
+                 f"{what} job CPU-seconds above {MAX_CPUS} CPUs for a {window_s:.0f} s window")
 
 
 def _layout(columns: dict[str, str]) -> list[tuple[str, np.dtype, int]]:
@@ -370,9 +390,9 @@ def decode(payload: bytes, *, expect_node: tuple[str, str] | None = None, now_us
         _validate_block(block, len(jobs), lo_us, hi_us)
         blocks.append(block)
     _require(pos == len(buf), "trailing-bytes", f"{len(buf) - pos} bytes after the last column")
-    _check_host(host, job_cpu, _window_s(blocks[0], sent_us), "host")
-    _check_host(carry_host, carry_cpu, _window_s(blocks[1], sent_us) if len(blocks) > 1 else GPULESS_WINDOW_S,
-                "carry_host")
+    _check_host(host, job_cpu, blocks[0], sent_us, "host")
+    # Without a carry, carry_host is unused; it is still bounded, by this batch's own window.
+    _check_host(carry_host, carry_cpu, blocks[-1], sent_us, "carry_host")
     return Batch(cluster, node, _int(header, "seq"), _name(header, "boot", "boot"), gpus, jobs, blocks[0], host,
                  blocks[1] if len(blocks) > 1 else None, sent_us, [float(v) for v in job_cpu],
                  carry_host, [float(v) for v in carry_cpu])
