@@ -305,3 +305,15 @@ def test_a_batch_without_samples_ends_when_it_was_sent():
     b = BatchBuilder("c1", "cpu-only", [], boot="bootcpu0")
     sent = now_us()
     assert b.cut(host={"load1": 1.0}, sent_us=sent).block.end_us == sent
+
+
+def test_a_batch_cut_without_a_send_time_is_sent_now():
+    """The collector judges samples by the send time; a caller that gives none gets the clock's."""
+    from greenwatch.transport.wire import decode, encode
+
+    b = BatchBuilder("c1", "n1", [gpu_info(0)], boot="bootnow0")
+    b.add_sample(0, row(T0, 1000, 100_000))
+    before = now_us()
+    batch = b.cut()
+    assert before <= batch.sent_us <= now_us()
+    decode(encode(batch))

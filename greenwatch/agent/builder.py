@@ -9,6 +9,7 @@ plain Python lists (cheap at 10 Hz) and become numpy columns once per batch.
 from __future__ import annotations
 
 import math
+import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,8 +123,11 @@ class BatchBuilder:
             job_cpu_s: dict[str, float] | None = None) -> Batch:
         """Close the window and return the batch; the last row of each GPU becomes the next anchor.
 
+        ``sent_us`` is the send time the collector judges the samples by (unix µs); 0 means now.
         ``job_cpu_s`` maps job ids to the CPU-seconds their processes used in the window.
         """
+        if not sent_us:
+            sent_us = int(time.time() * 1e6)
         # One entry per job id: the same job may be seen through a process (cgroup, environment) on
         # one GPU and only through the scheduler's mapping on another (allocated but idle).  Two
         # entries would give two records with the same series key and time, and the store keeps one.
