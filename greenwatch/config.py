@@ -141,10 +141,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "kubelet_insecure_tls": Key(bool, False, "Skip verifying the kubelet's certificate (kubelets often serve self-signed certificates); the token is still sent only to kubelet_url."),
         "kubelet_refresh_s": Key(float, 30.0, "How long the kubelet's pod list is cached; an unknown pod UID triggers an early refresh at most every 5 s.", _positive),
         "cpu_watts_per_core": Key(float, 6.0, "CPU watts per busy core for the host-energy estimate used where RAPL is not readable.", _positive),
-        "spool_dir": Key(str, "/var/lib/greenwatch-agent/spool", "Every batch is written here before it is published and deleted once the broker has accepted it for a subscriber, so batches survive broker outages and agent restarts (systemd: StateDirectory=greenwatch-agent)."),
+        "spool_dir": Key(str, "/var/lib/greenwatch-agent/spool", "Every batch is written here before it is published and deleted once a collector's receipt says it is stored (see receipts), so batches survive broker outages and agent restarts (systemd: StateDirectory=greenwatch-agent)."),
         "spool_max_bytes": Key(int, 1 << 30, "Disk the spool may take; when full, the oldest batches are dropped (counted and logged). 1 GiB holds over 24 h of batches of a 16-GPU node at the default rates.", _positive),
         "state_file": Key(str, "/var/lib/greenwatch-agent/state.json", "Where the agent records, at every batch, what a restarted agent needs to continue its run (anchor rows, holders, sequence number)."),
         "resume_max_age_s": Key(float, 600.0, "A restarted agent continues the previous run (its first batch anchored, the energy while it was down counted from the counter) if the state file is at most this old; otherwise it begins a new run.", _non_negative),
+        "receipts": Key(bool, True, "Keep a published batch in the spool until a collector's receipt says it is stored (in InfluxDB or its fsynced spill) or rejected for good, so batches the broker drops (full queues, hostile subscribers, a discarded session) are published again. false: delete a batch once the broker accepted it, for collectors too old to send receipts (an agent that gets no receipts keeps at most spool_max_bytes and logs an error)."),
+        "receipt_timeout_s": Key(float, 60.0, "Published batches without a receipt after this long are published again (duplicates cost the collector nothing); while no receipt arrives at all the wait doubles, up to 16 times this.", _positive),
     },
     "mqtt": {
         "host": Key(str, "localhost", "MQTT broker host name or address."),

@@ -400,7 +400,9 @@ def test_agent_notifies_systemd_spools_while_the_broker_is_down_and_replays_in_o
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
     Scenario(t0=time.time(), gpus=[GpuSpec(0, power=[Constant(-1e6, 1e6, 100.0)])]).write(tmp_path / "n.scenario")
-    cfg = agent_config(tmp_path / "agent.toml", mqtt={"host": "127.0.0.1", "port": port}, cluster="rel", node="n")
+    # A bare subscriber sends no receipts: this agent deletes a batch on the broker's PUBACK (the off switch).
+    cfg = agent_config(tmp_path / "agent.toml", mqtt={"host": "127.0.0.1", "port": port}, cluster="rel", node="n",
+                       agent={"receipts": False})
     env = {**agent_env(mock_nvml_lib, tmp_path / "n.scenario"), "NOTIFY_SOCKET": str(notify_path),
            "WATCHDOG_USEC": "2000000"}
     agent = GreenwatchProcess("agent", cfg, tmp_path / "agent-1.log", env=env).start()

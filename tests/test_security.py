@@ -195,12 +195,21 @@ def test_acl_lets_each_node_publish_only_as_itself_and_the_collector_only_read(t
     assert pw_node.connect() == 0
     assert pw_node.publish("greenwatch/v1/jupiter/node-a/batch") == NOT_AUTHORIZED
     assert pw_node.publish("greenwatch/v1/jupiter/node-c/batch") == 0
+    assert pw_node.publish("greenwatch/v1/saturn/node-c/batch") == NOT_AUTHORIZED      # the cluster is pinned
+    assert pw_node.publish("greenwatch/v1/jupiter/node-c/receipt") == NOT_AUTHORIZED   # receipts come from collectors
     time.sleep(0.5)
     # The collector got both nodes' own batches and nothing else; node-a could read none of them.
     assert sorted(collector.received) == ["greenwatch/v1/jupiter/node-a/batch", "greenwatch/v1/jupiter/node-c/batch"]
     assert node.received == []
-    for topic in ("greenwatch/v1/jupiter/node-a/batch", f"greenwatch/v1/jupiter/{COLLECTOR_USER}/batch"):
-        assert collector.publish(topic) == NOT_AUTHORIZED, topic                    # collectors write nothing
+    for topic in ("greenwatch/v1/jupiter/node-a/batch", f"greenwatch/v1/jupiter/{COLLECTOR_USER}/batch",
+                  "greenwatch/v1/jupiter/node-a/event"):
+        assert collector.publish(topic) == NOT_AUTHORIZED, topic                    # collectors write only receipts
+    # Receipts: a collector writes them; each node reads its own and nobody else's.
+    assert pw_node.subscribe("greenwatch/v1/jupiter/+/receipt") == [1]
+    assert collector.publish("greenwatch/v1/jupiter/node-a/receipt") == 0
+    assert collector.publish("greenwatch/v1/jupiter/node-c/receipt") == 0
+    time.sleep(0.5)
+    assert pw_node.received == ["greenwatch/v1/jupiter/node-c/receipt"]
     for probe in (collector, node, pw_node):
         probe.close()
 
@@ -260,8 +269,8 @@ def test_agents_and_collector_over_tls_with_passwords_and_certificates(tmp_path,
                                                             power=[Constant(ON_FROM, ON_FROM + ON_LEN, 200.0)])],
                                        processes=[ProcSpec(jobs[node].pid, 0, sm_util=50)])
             scenarios[node].write(tmp_path / f"{node}.scenario")
-            agents[node] = GreenwatchProcess("agent", agent_config(tmp_path / f"{node}.toml", mqtt=mqtt, cluster="sec",
-                                                                   node=node),
+            agents[node] = GreenwatchProcess("agent", agent_config(tmp_path / f"{node}.toml", mqtt=mqtt,
+                                                                   cluster="jupiter", node=node),
                                              tmp_path / f"{node}.log", log_level="DEBUG",
                                              env=agent_env(mock_nvml_lib, tmp_path / f"{node}.scenario")).start()
             greenwatch_procs.append(agents[node])

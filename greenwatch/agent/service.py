@@ -5,9 +5,10 @@ drift) and closes a batch at every multiple of ``publish_interval_s`` on the
 wall clock, so batches of all nodes line up.  Every batch is first written to
 the on-disk spool (after the state file that lets a restarted agent continue
 the run); the asyncio side publishes the spool oldest first with QoS 1 and
-deletes a batch only when the broker has accepted it for a subscriber.  So a
-broker outage, a broker that lost the collectors' subscriptions, and an agent
-restart or crash all end with every batch delivered, in order.
+deletes a batch only when a collector's receipt says it is stored (or, with
+``agent.receipts = false``, when the broker has accepted it for a subscriber).
+So a broker outage, a broker that lost the collectors' subscriptions or dropped
+queued messages, and an agent restart or crash all end with every batch stored.
 
 On SIGTERM the current window is closed and spooled, what the broker takes in
 a few seconds is published, and the rest waits in the spool for the next start.
@@ -24,6 +25,7 @@ import random
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import AsyncIterator, Callable, Sequence
 
 import aiomqtt
@@ -36,7 +38,7 @@ from greenwatch.agent.sampler import Sampler
 from greenwatch.agent.state import StateFile
 from greenwatch.batch import JobInfo
 from greenwatch.config import Config, ConfigError
-from greenwatch.diskqueue import DiskQueue, DiskQueueError
+from greenwatch.diskqueue import DiskQueue, DiskQueueError, Entry
 from greenwatch.transport.mqtt import (
     PUBACK_NO_MATCHING_SUBSCRIBERS,
     PUBACK_NOT_AUTHORIZED,
@@ -44,10 +46,11 @@ from greenwatch.transport.mqtt import (
     batch_topic,
     make_client,
 )
+from greenwatch.transport.receipts import Receipt, ReceiptError, batch_identity, decode_receipt, receipt_topic
 from greenwatch.transport.wire import encode
 from greenwatch.credentials import check_mqtt_tls, mqtt_password
 
-__all__ = ["ResolverLookup", "SamplingThread", "Publisher", "run_agent"]
+__all__ = ["ResolverLookup", "SamplingThread", "Publisher", "log_sighup", "run_agent"]
 
 log = logging.getLogger(__name__)
 
@@ -196,34 +199,69 @@ async def _sleep_unless(event: asyncio.Event, seconds: float) -> None:
         pass
 
 
-async def _wait_either(a: asyncio.Event, b: asyncio.Event) -> None:
+async def _wait_either(a: asyncio.Event, b: asyncio.Event, timeout: float | None = None) -> None:
     waiters = {asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())}
     try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for w in waiters:
             w.cancel()
 
 
+#: Connection drops in a row, each while the same batch waited for its PUBACK, after which that
+#: batch is set aside: a broker that closes the connection on a message (Mosquitto does so for one
+#: above its message_size_limit) would otherwise be sent it again forever.
+_DROPS_BEFORE_SET_ASIDE = 3
+#: How much the wait for overdue receipts grows, at most, while no receipt arrives at all.
+_RESEND_BACKOFF_MAX = 16
+
+
 class Publisher:
-    """Publishes the spool, oldest batch first, removing each once the broker accepted it for a subscriber.
+    """Publishes the spool, oldest batch first, and removes each batch once it is safe to.
+
+    With receipts (``agent.receipts``, the default) a batch stays spooled until a collector's
+    receipt says it is stored (or rejected for good); batches the broker took but no receipt
+    came for within ``agent.receipt_timeout_s`` are published again, the wait doubling while no
+    receipt arrives at all (a collector that is down).  Without receipts a batch is removed once
+    the broker accepted it for a subscriber.
 
     A PUBACK that says "no matching subscribers" (no collector has subscribed: e.g. a broker
     that restarted and lost the collectors' shared subscriptions) or "not authorized" (the
-    broker's ACL) keeps the batch spooled and retries later: the broker would otherwise have
-    dropped it.  Counters: ``published``, ``refused`` (permanently refused batches, dropped).
+    broker's ACL) keeps the batch spooled and retries later.  A batch the broker refuses for
+    good, or that makes it drop the connection again and again, is moved to a dead-letter
+    folder beside the spool.  Counters: ``published`` (PUBACKed), ``receipted``, ``refused``
+    (set aside), ``bad_receipts``.
     """
 
     def __init__(self, cfg: Config, spool: DiskQueue, password: str | None) -> None:
         self.cfg, self.spool, self.password = cfg, spool, password
-        self.topic = batch_topic(cfg.mqtt.topic_prefix, cfg.node.cluster, cfg.node.name)
-        self.ident = cfg.mqtt.client_id or f"greenwatch-agent-{cfg.node.cluster}-{cfg.node.name}"
-        self.wake = asyncio.Event()       # set when the sampling thread spooled a batch
+        prefix, cluster, node = cfg.mqtt.topic_prefix, cfg.node.cluster, cfg.node.name
+        self.topic = batch_topic(prefix, cluster, node)
+        self.receipt_topic = receipt_topic(prefix, cluster, node)
+        self.ident = cfg.mqtt.client_id or f"greenwatch-agent-{cluster}-{node}"
+        self.receipts: bool = cfg.agent.receipts
+        self.receipt_timeout_s: float = cfg.agent.receipt_timeout_s
+        self.dead_letter = Path(cfg.agent.spool_dir).with_name(Path(cfg.agent.spool_dir).name + "-dead-letter")
+        self.wake = asyncio.Event()       # set when the sampling thread spooled a batch, or a receipt came
         self.stopping = asyncio.Event()   # set once the sampling thread has spooled its last batch
         self.published = 0
+        self.receipted = 0
         self.refused = 0
+        self.bad_receipts = 0
         self.connected = False
         self._holding: str | None = None  # why the head of the spool is being held, for logging once
+        self._cursor = 0                  # spool key of the last batch published in this pass over the spool
+        self._due: dict[int, float] = {}              # spool key -> when to publish it again without a receipt
+        self._ids: dict[tuple[str, int], int] = {}    # (boot, seq) -> spool key, for matching receipts
+        self._resend_s = self.receipt_timeout_s        # current wait before publishing unreceipted batches again
+        self._receipt_since_rewind = False
+        self._first_puback: float | None = None
+        self._last_receipt: float | None = None
+        self._warned_no_receipts = False
+        self._resend_logged = -1e18
+        self.resent_passes = 0
+        self._in_flight: int | None = None            # spool key waiting for its PUBACK right now
+        self._drops: tuple[int, int] = (0, 0)         # (spool key, connection drops in a row while it was in flight)
 
     async def run(self) -> None:
         reconnect = _Backoff(0.5, 30.0)
@@ -236,12 +274,22 @@ class Publisher:
                              self.cfg.mqtt.port, self.topic,
                              f" ({len(self.spool)} spooled batches first)" if len(self.spool) else "")
                     reconnect.reset()
-                    await self._drain(client)
+                    if self.receipts:
+                        await self._subscribe_receipts(client)
+                        receiving = asyncio.create_task(self._receive(client))
+                        try:
+                            await self._drain(client)
+                        finally:
+                            receiving.cancel()
+                            await asyncio.gather(receiving, return_exceptions=True)
+                    else:
+                        await self._drain(client)
                     return
             except Exception as exc:  # MqttError, and anything unforeseen: publishing must never just stop
                 self.connected = False
                 if not isinstance(exc, aiomqtt.MqttError):
                     log.exception("publishing failed unexpectedly; reconnecting")
+                self._dropped_in_flight()
                 if self.stopping.is_set():
                     self.log_left("broker unreachable")
                     return
@@ -254,36 +302,183 @@ class Publisher:
                     self.log_left("broker unreachable")
                     return
 
+    # -- receipts ---------------------------------------------------------------------------------
+    async def _subscribe_receipts(self, client: MqttClient) -> None:
+        codes = await client.subscribe_checked(self.receipt_topic, qos=1)
+        if any(rc >= 0x80 for rc in codes):
+            log.error("the broker refused user %r the subscription to %s (reason code 0x%02x): no receipt can "
+                      "arrive, so batches stay in the spool and are published again every so often; allow the "
+                      "node to read its receipt topic (docs/examples/mosquitto-acl.conf) or set "
+                      "agent.receipts = false", self.cfg.mqtt.username or "(anonymous)", self.receipt_topic, codes[0])
+
+    async def _receive(self, client: MqttClient) -> None:
+        expect = (self.cfg.node.cluster, self.cfg.node.name)
+        async for message in client.messages:
+            if str(message.topic) != self.receipt_topic:
+                continue
+            payload = message.payload if isinstance(message.payload, (bytes, bytearray)) else b""
+            try:
+                receipt = decode_receipt(bytes(payload), expect)
+            except ReceiptError as exc:
+                self.bad_receipts += 1
+                if self.bad_receipts == 1 or self.bad_receipts % 100 == 0:
+                    log.warning("ignored an invalid receipt on %s (%s); %d so far", self.receipt_topic, exc,
+                                self.bad_receipts)
+                continue
+            self.take_receipt(receipt)
+
+    def take_receipt(self, receipt: Receipt) -> int:
+        """Remove the spooled batches a receipt names; returns how many it removed."""
+        now = time.monotonic()
+        self._last_receipt = now
+        self._receipt_since_rewind = True
+        self._resend_s = self.receipt_timeout_s
+        removed = 0
+        for seq in receipt.seqs:
+            key = self._ids.pop((receipt.boot, seq), None)
+            if key is not None:
+                self._due.pop(key, None)
+                self.spool.remove(key)
+                removed += 1
+        self.receipted += removed
+        if removed:
+            self.wake.set()
+        return removed
+
+    def _resend_in(self, now: float) -> float:
+        """Seconds until the first unreceipted batch is overdue (<= 0: now); inf if none waits."""
+        if not self._due:
+            return float("inf")
+        return min(self._due.values()) - now
+
+    def _rewind(self, now: float) -> None:
+        """Start a new pass over the spool: what is still there was never receipted."""
+        if not self._receipt_since_rewind:
+            self._resend_s = min(self._resend_s * 2, self.receipt_timeout_s * _RESEND_BACKOFF_MAX)
+        self._receipt_since_rewind = False
+        kept = {}
+        entry = self.spool.next_after(0)
+        while entry is not None:  # forget what the spool no longer holds (made room for newer batches)
+            if entry.key in self._due:
+                kept[entry.key] = self._due[entry.key]
+            entry = self.spool.next_after(entry.key)
+        self._ids = {ident: key for ident, key in self._ids.items() if key in kept}
+        self._due = kept
+        self.resent_passes += 1
+        if now - self._resend_logged >= 60.0:  # a lossy path resends every few seconds: say so once a minute
+            log.warning("%d published batches got no receipt within %.0f s: publishing them again (a collector "
+                        "down, or the broker dropped them; %d such passes so far)", len(kept), self.receipt_timeout_s,
+                        self.resent_passes)
+            self._resend_logged = now
+        self._cursor = 0
+        self._check_receipts_arrive(now)
+
+    def _check_receipts_arrive(self, now: float) -> None:
+        if self._warned_no_receipts or self._first_puback is None or self._last_receipt is not None:
+            return
+        if now - self._first_puback >= 4 * self.receipt_timeout_s:
+            self._warned_no_receipts = True
+            log.error("no collector has sent a receipt in %.0f s although the broker took %d batches: collectors "
+                      "older than this agent send none. Batches stay in the spool (at most agent.spool_max_bytes, "
+                      "then the oldest are dropped); upgrade the collectors, or set agent.receipts = false",
+                      now - self._first_puback, self.published)
+
+    # -- publishing -------------------------------------------------------------------------------
+    def _next_entry(self, now: float) -> Entry | None:
+        if not self.receipts:
+            return self.spool.oldest()
+        while True:
+            entry = self.spool.next_after(self._cursor)
+            if entry is None:
+                return None
+            due = self._due.get(entry.key)
+            if due is None or now >= due:
+                return entry
+            self._cursor = entry.key  # published recently: its receipt may still be on its way
+
     async def _drain(self, client: MqttClient) -> None:
         hold = _Backoff(1.0, 10.0)  # a collector that resubscribes gets the backlog within seconds
         while True:
             self.wake.clear()  # before looking: a batch spooled from now on sets it again
-            entry = self.spool.oldest()
+            now = time.monotonic()
+            entry = self._next_entry(now)
             if entry is None:
-                if self.stopping.is_set():
+                if self.stopping.is_set() and (not self.receipts or not len(self.spool)):
                     return
-                await _wait_either(self.wake, self.stopping)
+                wait = self._resend_in(now) if self.receipts else float("inf")
+                if wait <= 0:
+                    self._rewind(now)
+                    continue
+                if self.stopping.is_set():  # only receipts can still end the pass: wait for them, not for stopping
+                    await _sleep_unless(self.wake, min(wait, 1.0))
+                else:
+                    await _wait_either(self.wake, self.stopping, None if wait == float("inf") else wait)
                 continue
+            self._in_flight = entry.key
             rc = await client.publish_acked(self.topic, entry.data, qos=self.cfg.mqtt.qos)
+            self._in_flight = None
+            self._drops = (0, 0)
             if rc < 0x80 and rc != PUBACK_NO_MATCHING_SUBSCRIBERS:
-                self.spool.remove(entry.key)
-                self.published += 1
+                self._accepted(entry, time.monotonic())
                 if self._holding is not None:
                     log.warning("the broker takes batches again (%d spooled)", len(self.spool))
                     self._holding = None
                 hold.reset()
                 continue
             if rc in _PUBACK_PERMANENT:
-                self.spool.remove(entry.key)
-                self.refused += 1
-                log.error("the broker refused a batch for good (%s, reason code 0x%02x): dropped it (%d so far)",
-                          _PUBACK_PERMANENT[rc], rc, self.refused)
+                self.set_aside(entry, f"the broker refused it for good ({_PUBACK_PERMANENT[rc]}, reason code 0x{rc:02x})")
                 continue
             self._hold(rc)
             if self.stopping.is_set():
                 self.log_left("the broker did not take them")
                 return
             await _sleep_unless(self.stopping, hold.next())
+
+    def _accepted(self, entry: Entry, now: float) -> None:
+        self.published += 1
+        if not self.receipts:
+            self.spool.remove(entry.key)
+            return
+        if self._first_puback is None:
+            self._first_puback = now
+        self._cursor = entry.key
+        ident = batch_identity(entry.data)
+        if ident is None:  # not a batch this agent wrote: no receipt can name it
+            self.set_aside(entry, "it has no batch header a receipt could name")
+            return
+        # Jitter: a broker deals a shared subscription's messages in turn, so resending at a fixed
+        # pace can hand the same batch to the same (hostile) subscriber every time.
+        self._due[entry.key] = now + self._resend_s * random.uniform(0.75, 1.5)
+        self._ids[ident] = entry.key
+
+    def _dropped_in_flight(self) -> None:
+        """The connection dropped; if a batch was waiting for its PUBACK, count it against that batch."""
+        key, self._in_flight = self._in_flight, None
+        if key is None:
+            return
+        drops = self._drops[1] + 1 if self._drops[0] == key else 1
+        self._drops = (key, drops)
+        if drops < _DROPS_BEFORE_SET_ASIDE:
+            return
+        self._drops = (0, 0)
+        entry = self.spool.next_after(key - 1)
+        if entry is not None and entry.key == key:
+            self.set_aside(entry, f"the broker closed the connection {drops} times in a row right after it was "
+                                  f"sent ({len(entry.data)} bytes: above the broker's message_size_limit?)")
+
+    def set_aside(self, entry: Entry, why: str) -> None:
+        """Move a batch the broker will never take into the dead-letter folder, so the rest flows."""
+        self.refused += 1
+        path = self.dead_letter / f"{entry.key:020d}.gwb"
+        try:
+            self.dead_letter.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path.write_bytes(entry.data)
+            where = f"kept in {path}"
+        except OSError as exc:
+            where = f"could not keep it in {self.dead_letter} ({exc.strerror}): dropped"
+        self.spool.remove(entry.key)
+        self._due.pop(entry.key, None)
+        log.error("set a batch aside: %s; %s (%d set aside so far)", why, where, self.refused)
 
     def _hold(self, rc: int) -> None:
         if rc == PUBACK_NO_MATCHING_SUBSCRIBERS:
@@ -357,6 +552,7 @@ async def _run(cfg: Config, devices: Sequence[GpuDevice] | None, spool: DiskQueu
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, request_stop)
+    loop.add_signal_handler(signal.SIGHUP, log_sighup, "agent")
 
     spool_errors = 0
 
@@ -395,16 +591,22 @@ async def _run(cfg: Config, devices: Sequence[GpuDevice] | None, spool: DiskQueu
         publisher.log_left(f"gave up publishing after {_STOP_FLUSH_S:g} s")
     watchdog_stop.set()
     await asyncio.gather(*side_tasks, return_exceptions=True)
-    log.info("agent stopped after %d batches (%d published, %d spooled)", thread.batches, publisher.published,
-             len(spool))
+    log.info("agent stopped after %d batches (%d published, %d spooled); %d receipted, %d set aside", thread.batches,
+             publisher.published, len(spool), publisher.receipted, publisher.refused)
     if thread.failed or not stopped_by_signal:
         return 1  # let systemd restart us
     return 0
+
+
+def log_sighup(service: str) -> None:
+    """SIGHUP's default action would end the service silently: say instead that nothing is reloaded."""
+    log.warning("SIGHUP received: the configuration is read at start only, so nothing changes; restart the %s "
+                "(systemctl restart greenwatch-%s) to apply a new one", service, service)
 
 
 async def _status_loop(publisher: Publisher, thread: SamplingThread, stop: asyncio.Event) -> None:
     """Keep ``systemctl status`` informative (a no-op outside systemd)."""
     while not stop.is_set():
         sdnotify.notify(f"STATUS={thread.batches} batches, {publisher.published} published, "
-                        f"{len(publisher.spool)} spooled, broker {'connected' if publisher.connected else 'unreachable'}")
+                        f"{publisher.receipted} receipted, {len(publisher.spool)} spooled, broker {'connected' if publisher.connected else 'unreachable'}")
         await _sleep_unless(stop, 10.0)
