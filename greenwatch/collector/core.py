@@ -69,10 +69,10 @@ class NodeLimits:
     #: Distinct GPUs and jobs (job id and user) a node may name within ``series_window_s``.
     max_series: int = 20_000
     series_window_s: float = 3600.0
-    #: Messages a node may send per second on average; bursts up to ``message_burst`` (a spool of a
-    #: day at the default publishing interval drains at once after an outage).
+    #: Messages a node may send per second on average; bursts up to ``message_burst`` (a full agent
+    #: spool, 1 GiB by default, holds fewer batches: it drains at once after an outage).
     messages_per_s: float = 20.0
-    message_burst: float = 20_000.0
+    message_burst: float = 100_000.0
     #: Node names this collector has not seen lately that may appear within a minute.
     new_nodes_per_minute: int = 2000
 
