@@ -42,3 +42,30 @@ def test_take_queued_returns_what_arrived_in_order_without_waiting(mosquitto):
             assert late.payload == b"late"
 
     asyncio.run(scenario())
+
+
+def test_publish_nowait_and_checked_subscriptions(mosquitto):
+    async def scenario() -> None:
+        cfg = _cfg(mosquitto)
+        async with make_client(cfg, "gw-test-nowait-sub") as sub, make_client(cfg, "gw-test-nowait-pub") as pub:
+            assert await sub.subscribe_checked("gw-test/nowait/#", qos=1) == [1]     # granted QoS 1
+            for k in range(3):
+                assert pub.publish_nowait(f"gw-test/nowait/{k}", str(k).encode(), qos=k % 2)
+            await _wait_queued(sub, 3)
+            assert sorted(m.payload for m in sub.take_queued(10)) == [b"0", b"1", b"2"]
+            assert pub.refused_publishes == 0
+
+    asyncio.run(scenario())
+
+
+def test_disconnect_reason_reads_the_code_of_a_lost_connection() -> None:
+    from aiomqtt import MqttCodeError, MqttError
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from greenwatch.transport.mqtt import SESSION_TAKEN_OVER, disconnect_reason
+
+    taken = MqttCodeError(ReasonCode(PacketTypes.DISCONNECT, identifier=SESSION_TAKEN_OVER), "Unexpected disconnection")
+    assert disconnect_reason(taken) == SESSION_TAKEN_OVER
+    assert disconnect_reason(MqttCodeError(7, "lost")) == 7
+    assert disconnect_reason(MqttError("no connection within 20 s")) is None

@@ -321,3 +321,38 @@ def test_sighup_kills_neither_service(tmp_path, mosquitto_factory, influx_v2, mo
     finally:
         run.close()
     _assert_truth(measured, run.truth)
+
+
+def test_an_agent_whose_collectors_send_no_receipts_says_so_and_keeps_a_bounded_spool(
+        tmp_path, mosquitto_factory, mock_nvml_lib, greenwatch_procs):
+    """A subscriber that never sends receipts stands for collectors older than receipts."""
+    broker = mosquitto_factory()
+    old_collector = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="old-collector", protocol=paho.MQTTv5)
+    got: list[str] = []
+    old_collector.on_message = lambda c, u, m: got.append(m.topic)
+    old_collector.connect(broker.host, broker.port)
+    old_collector.subscribe("$share/gw/greenwatch/v1/+/+/batch", qos=1)
+    old_collector.loop_start()
+    max_bytes = 40_000
+    job = spawn_job("rc-old", "alice")
+    try:
+        from mocknvml.scenario import Constant, GpuSpec, ProcSpec, Scenario, make_uuid
+
+        Scenario(t0=time.time(), gpus=[GpuSpec(k, uuid=make_uuid("node-a", k), power=[Constant(-1e6, 1e6, 100.0)])
+                                       for k in range(3)],
+                 processes=[ProcSpec(job.pid, 0, sm_util=50)]).write(tmp_path / "node-a.scenario")
+        cfg = agent_config(tmp_path / "agent.toml", mqtt={"host": broker.host, "port": broker.port}, cluster=CLUSTER,
+                           node="node-a", agent={"receipt_timeout_s": 0.5, "spool_max_bytes": max_bytes})
+        agent = GreenwatchProcess("agent", cfg, tmp_path / "agent.log",
+                                  env=agent_env(mock_nvml_lib, tmp_path / "node-a.scenario")).start()
+        greenwatch_procs.append(agent)
+        agent.wait_for_log("no collector has sent a receipt", timeout=60)
+        wait_until(lambda: "dropped the" in agent.log(), 60, "the full spool to drop its oldest batches")
+        assert sum(p.stat().st_size for p in (tmp_path / "node-a-spool").glob("*.gwq")) <= max_bytes
+        assert agent.stop() == 0
+    finally:
+        job.kill()
+        old_collector.loop_stop()
+        old_collector.disconnect()
+    assert got, "the subscriber got the batches"
+    assert "upgrade the collectors, or set agent.receipts = false" in agent.log()
