@@ -115,7 +115,7 @@ def batch_identity(payload: bytes) -> tuple[str, int] | None:
         return (m.group(2).decode("utf-8", "replace"), seq) if seq <= _MAX_SEQ else None
     try:
         header = json.loads(payload[_PREFIX.size:_PREFIX.size + head_len])
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):   # a header nested deeper than the parser goes
         return None
     if not isinstance(header, dict):
         return None
