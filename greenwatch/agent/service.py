@@ -276,12 +276,7 @@ class Publisher:
                     reconnect.reset()
                     if self.receipts:
                         await self._subscribe_receipts(client)
-                        receiving = asyncio.create_task(self._receive(client))
-                        try:
-                            await self._drain(client)
-                        finally:
-                            receiving.cancel()
-                            await asyncio.gather(receiving, return_exceptions=True)
+                        await self._drain_with_receipts(client)
                     else:
                         await self._drain(client)
                     return
@@ -310,6 +305,22 @@ class Publisher:
                       "arrive, so batches stay in the spool and are published again every so often; allow the "
                       "node to read its receipt topic (docs/examples/mosquitto-acl.conf) or set "
                       "agent.receipts = false", self.cfg.mqtt.username or "(anonymous)", self.receipt_topic, codes[0])
+
+    async def _drain_with_receipts(self, client: MqttClient) -> None:
+        """Publish and take receipts side by side; whichever fails ends the connection, so it is retried."""
+        draining = asyncio.create_task(self._drain(client))
+        receiving = asyncio.create_task(self._receive(client))
+        try:
+            done, _ = await asyncio.wait({draining, receiving}, return_when=asyncio.FIRST_COMPLETED)
+            if draining in done:
+                draining.result()
+            else:
+                receiving.result()   # raises MqttError when the connection dropped
+                raise aiomqtt.MqttError("the broker ended the receipt stream")
+        finally:
+            for task in (draining, receiving):
+                task.cancel()
+            await asyncio.gather(draining, receiving, return_exceptions=True)
 
     async def _receive(self, client: MqttClient) -> None:
         expect = (self.cfg.node.cluster, self.cfg.node.name)

@@ -74,6 +74,10 @@ RETRYABLE_REJECTIONS = frozenset({"rate-limit", "too-many-nodes", "too-many-seri
                                   "decode-error"})
 
 
+#: The node name of the empty receipt a starting collector publishes to check that it may write receipts.
+_PROBE_NODE = "greenwatch-collector-probe"
+
+
 class CredentialsRefused(ConfigError):
     """The broker does not let this collector's MQTT user do what a collector must."""
 
@@ -380,8 +384,8 @@ class _Session:
                 raise CredentialsRefused("mqtt.username", f"the broker refused user {user!r} the subscription "
                                          f"{topic} (reason code 0x{codes[0]:02x}): these are not a collector's "
                                          f"credentials (docs/examples/mosquitto-acl.conf)")
-        probe = receipt_topic(self.prefix, self.cfg.node.cluster, self.ident)
-        rc = await client.publish_acked(probe, encode_receipt(Receipt(self.cfg.node.cluster, self.ident, "probe", ())))
+        probe = receipt_topic(self.prefix, self.cfg.node.cluster, _PROBE_NODE)
+        rc = await client.publish_acked(probe, encode_receipt(Receipt(self.cfg.node.cluster, _PROBE_NODE, "probe", ())))
         if rc >= 0x80:
             raise CredentialsRefused("mqtt.username", f"the broker refused user {user!r} to publish receipts "
                                      f"({probe}, reason code 0x{rc:02x}): these are not a collector's credentials; "
