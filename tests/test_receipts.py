@@ -45,6 +45,7 @@ def test_receipts_round_trip_and_refuse_what_is_not_for_this_node() -> None:
                          (b'{"v":1,"cluster":"jupiter","node":"node-b","boot":"b","seqs":[-1]}', "sequence number"),
                          (b'{"v":1,"cluster":"jupiter","node":"node-b","boot":"b","seqs":[1.5]}', "sequence number"),
                          (b'{"v":1,"cluster":"jupiter","node":"node-b","boot":"b","seqs":[true]}', "sequence number"),
+                         (b"[" * 60_000, "not JSON"),
                          (b" " * 70_000, "bytes")]:
         with pytest.raises(ReceiptError, match=why):
             decode_receipt(payload, ("jupiter", "node-b"))

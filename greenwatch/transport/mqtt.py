@@ -132,7 +132,8 @@ class MqttClient(aiomqtt.Client):
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pubacks[info.mid] = fut
         try:
-            done, _ = await asyncio.wait({fut, self._disconnected}, timeout=timeout,
+            waiters: set[asyncio.Future[Any]] = {fut, self._disconnected}
+            done, _ = await asyncio.wait(waiters, timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
             self._pubacks.pop(info.mid, None)
@@ -161,7 +162,7 @@ class MqttClient(aiomqtt.Client):
     async def subscribe_checked(self, topic: str, qos: int = 1, timeout: float = 30.0) -> list[int]:
         """Subscribe and return the SUBACK reason codes as integers (below 0x80: granted)."""
         granted = await self.subscribe(topic, qos=qos, timeout=timeout)
-        return [int(getattr(rc, "value", rc)) for rc in granted]
+        return [rc if isinstance(rc, int) else int(rc.value) for rc in granted]
 
     def take_queued(self, limit: int) -> list[aiomqtt.Message]:
         """Up to ``limit`` messages that have already arrived, oldest first, without waiting (maybe none).
@@ -169,7 +170,7 @@ class MqttClient(aiomqtt.Client):
         ``async for message in client.messages`` costs a task and an ``asyncio.wait`` per
         message; a consumer that takes what is already queued handles a burst as one group.
         """
-        queue, taken = self._queue, []
+        queue, taken = self._queue, list[aiomqtt.Message]()
         while len(taken) < limit:
             try:
                 taken.append(queue.get_nowait())

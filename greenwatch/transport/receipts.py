@@ -81,12 +81,14 @@ def decode_receipt(payload: bytes, expect_node: tuple[str, str]) -> Receipt:
         doc = json.loads(payload)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ReceiptError(f"not JSON ({exc})") from None
+    except RecursionError:   # nested deeper than the parser goes
+        raise ReceiptError("not JSON (nested too deep)") from None
     if not isinstance(doc, dict):
         raise ReceiptError("not a JSON object")
     if doc.get("v") != RECEIPT_VERSION:
         raise ReceiptError(f"version {doc.get('v')!r}, expected {RECEIPT_VERSION}")
     cluster, node, boot, seqs = doc.get("cluster"), doc.get("node"), doc.get("boot"), doc.get("seqs")
-    if (cluster, node) != expect_node:
+    if not isinstance(cluster, str) or not isinstance(node, str) or (cluster, node) != expect_node:
         raise ReceiptError(f"names {cluster!r}/{node!r}, not this node {expect_node[0]!r}/{expect_node[1]!r}")
     if not isinstance(boot, str) or not 0 < len(boot) <= _MAX_BOOT:
         raise ReceiptError("boot must be a string of 1 to 64 characters")
@@ -119,7 +121,7 @@ def batch_identity(payload: bytes) -> tuple[str, int] | None:
         return None
     if not isinstance(header, dict):
         return None
-    boot, seq = header.get("boot"), header.get("seq")
-    if not isinstance(boot, str) or not 0 < len(boot) <= _MAX_BOOT or type(seq) is not int or not 0 <= seq <= _MAX_SEQ:
+    boot, number = header.get("boot"), header.get("seq")
+    if not isinstance(boot, str) or not 0 < len(boot) <= _MAX_BOOT or not isinstance(number, int) or type(number) is bool:
         return None
-    return boot, seq
+    return (boot, number) if 0 <= number <= _MAX_SEQ else None
