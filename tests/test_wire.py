@@ -658,3 +658,18 @@ def test_the_names_table_of_the_wire_format_doc_is_the_definition():
     for kind, spec in KINDS.items():
         chars = f"{spec.first} then {spec.rest}" + (f" ending in {spec.last}" if spec.last else "")
         assert f"| `{kind}` | {spec.max_len} | `{chars}` |" in doc, kind
+
+
+@pytest.mark.parametrize("column,value", [
+    ("util_gpu", 101), ("util_gpu", -2), ("util_mem", 3000), ("temp_c", 201), ("temp_c", -5),
+    ("mem_used_mib", (1 << 24) + 1), ("sm_clock_mhz", 10_001), ("sm_clock_mhz", -7),
+])
+def test_every_sample_column_has_a_physical_bound(column, value):
+    t = [T0 + i * DT for i in range(3)]
+    b = _one_gpu(t, [0, 1, 2], [1000] * 3)
+    decode(encode(b), now_us=NOW)
+    b.block.columns[column] = b.block.columns[column].copy()
+    b.block.columns[column][1] = -1      # a failed reading is fine
+    decode(encode(b), now_us=NOW)
+    b.block.columns[column][1] = value
+    assert _reason(encode(b)) == "bad-value"

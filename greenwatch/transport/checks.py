@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["FAILURES", "check_block"]
+__all__ = ["FAILURES", "MAX_TEMP_C", "MAX_MEM_MIB", "MAX_SM_CLOCK_MHZ", "check_block"]
 
 #: (reason, detail) for each non-zero result of :func:`check_block`, in check order.
 FAILURES: tuple[tuple[str, str], ...] = (
@@ -36,12 +36,19 @@ FAILURES: tuple[tuple[str, str], ...] = (
     ("bad-segments", "holder job out of range"),
     ("bad-value", "SM share outside 0-100 %"),
     ("bad-value", "energy counter rises faster than 5 kW over a GPU's samples"),
+    ("bad-value", "utilisation outside 0-100 %"),
+    ("bad-value", "temperature, memory in use or SM clock out of range"),
 )
+
+#: Bounds of the other sample columns (-1 marks a failed reading): no GPU runs hotter than 200 C,
+#: holds more than 16 TiB or clocks its SMs above 10 GHz.
+MAX_TEMP_C, MAX_MEM_MIB, MAX_SM_CLOCK_MHZ = 200, 1 << 24, 10_000
 
 
 @njit(cache=True, nogil=True)
 def check_block(t_us, energy_mj, power_mw, gpu_offsets, seg_gpu, seg_row, holder_ptr, holder_job, holder_sm,
-                n_jobs, lo_us, hi_us, end_us, max_power_mw, max_step_mj_per_us):  # pragma: no cover - compiled
+                n_jobs, lo_us, hi_us, end_us, max_power_mw, max_step_mj_per_us, util_gpu, util_mem, temp_c,
+                mem_used_mib, sm_clock_mhz):  # pragma: no cover - compiled
     """0 if the block is valid, else the index into FAILURES of the first check that fails.
 
     ``lo_us``/``hi_us`` bound the sample times and ``end_us`` (a window before the batch's send
@@ -74,6 +81,13 @@ def check_block(t_us, energy_mj, power_mw, gpu_offsets, seg_gpu, seg_row, holder
             return 2
         if bad_energy:
             return 3
+        for i in range(n):
+            if util_gpu[i] < -1 or util_gpu[i] > 100 or util_mem[i] < -1 or util_mem[i] > 100:
+                return 18
+        for i in range(n):
+            if (temp_c[i] < -1 or temp_c[i] > MAX_TEMP_C or mem_used_mib[i] < -1 or mem_used_mib[i] > MAX_MEM_MIB
+                    or sm_clock_mhz[i] < -1 or sm_clock_mhz[i] > MAX_SM_CLOCK_MHZ):
+                return 19
         # Pairs of consecutive rows within one GPU: time never goes back, the counter never jumps.
         backwards = False
         jump = False

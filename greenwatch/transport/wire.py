@@ -328,7 +328,8 @@ def _validate_block(block: Block, n_jobs: int, lo_us: int, hi_us: int) -> None:
     c, s = block.columns, block.segments
     code = _check_block(c["t_us"], c["energy_mj"], c["power_mw"], block.gpu_offsets, s["seg_gpu"], s["seg_row"],
                         s["holder_ptr"], s["holder_job"], s["holder_sm"], n_jobs, lo_us, hi_us, block.end_us,
-                        _MAX_POWER_MW, _MAX_STEP_MJ_PER_US)
+                        _MAX_POWER_MW, _MAX_STEP_MJ_PER_US, c["util_gpu"], c["util_mem"], c["temp_c"],
+                        c["mem_used_mib"], c["sm_clock_mhz"])
     if code:
         from greenwatch.transport.checks import FAILURES
 
