@@ -98,7 +98,7 @@ class SamplingThread(threading.Thread):
 
     def __init__(self, sampler: Sampler, sample_hz: float, process_hz: float, publish_interval_s: float,
                  deliver: Callable[[bytes, int], None], stop: threading.Event,
-                 checkpoint: Callable[[], None] | None = None) -> None:
+                 checkpoint: Callable[[], object] | None = None) -> None:
         super().__init__(name="greenwatch-sampler", daemon=True)
         self.sampler = sampler
         self.fast_dt = 1.0 / sample_hz
@@ -186,8 +186,8 @@ async def _connect(client: MqttClient, timeout_s: float) -> AsyncIterator[MqttCl
     try:
         yield client
     except BaseException as exc:
-        if not await client.__aexit__(type(exc), exc, exc.__traceback__):
-            raise
+        await client.__aexit__(type(exc), exc, exc.__traceback__)  # aiomqtt's never suppresses the error
+        raise
     else:
         await client.__aexit__(None, None, None)
 
