@@ -328,7 +328,10 @@ class Rig:
             "mqtt": {"host": self.mosquitto.host, "port": self.mosquitto.port, "topic_prefix": spec.prefix,
                      "keepalive_s": 600},
             "collector": {"share_group": spec.group, "instance": spec.instance, "health_interval_s": health_s,
-                          "spill_dir": str(self.tmp / f"spill-{spec.instance}")},
+                          "spill_dir": str(self.tmp / f"spill-{spec.instance}"),
+                          # The phases bring thousands of fresh node names within a minute, far beyond
+                          # what a site's collector sees at start, which the default limit is sized for.
+                          "max_new_nodes_per_minute": 10_000_000},
             "influxdb": {"url": spec.url, "org": "greenwatch", "bucket": spec.bucket,
                          "token_file": str(self.token_file)},
             "carbon": {"zone": "DE", "pue": 1.2},
