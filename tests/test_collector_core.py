@@ -559,9 +559,11 @@ def test_rejections_per_node_have_bounded_cardinality_and_name_only_valid_nodes(
     for k in range(8):
         col.handle(b"junk", expect_node=("c1", f"n{k}"))
     col.handle(b"junk", expect_node=("c1", "bad\nnode"))
-    assert sum(col.stats.rejected_by_node.values()) == 9
-    assert len(col.stats.rejected_by_node) == 6
+    col.reject("bad-topic", "not a node topic")
+    assert sum(col.stats.rejected_by_node.values()) == 10
+    assert len(col.stats.rejected_by_node) == 5 + 2     # and one "other" per reason
     assert col.stats.rejected_by_node[("other", "other", "truncated")] == 4
+    assert col.stats.rejected_by_node[("other", "other", "bad-topic")] == 1
     assert "rejected a message from c1/n0 (truncated)" in caplog.text
 
 

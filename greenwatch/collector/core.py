@@ -144,10 +144,11 @@ class Collector:
     def reject(self, reason: str, detail: str, node: tuple[str, str] | None = None) -> None:
         """Count a rejected message by reason and by (cluster, node, reason), and log it (rate-limited)."""
         self.stats.rejected[reason] += 1
-        cluster, name = node if node is not None else ("", "unknown")
-        # Topic levels are whatever a client published on: only valid names become tags.
-        cluster = cluster if is_name("cluster", cluster) else "invalid"
-        name = name if is_name("node", name) else ("unknown" if node is None else "invalid")
+        if node is None:    # not even the topic named a node
+            cluster, name = "unknown", "unknown"
+        else:               # topic levels are whatever a client published on: only valid names become tags
+            cluster = node[0] if is_name("cluster", node[0]) else "invalid"
+            name = node[1] if is_name("node", node[1]) else "invalid"
         key = (cluster, name, reason)
         by_node = self.stats.rejected_by_node
         if key not in by_node and len(by_node) >= self.MAX_NODE_REASONS:
