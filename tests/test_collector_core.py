@@ -577,7 +577,7 @@ def test_clock_skew_rejection_is_logged_with_node_and_skew(caplog):
     assert "c1/n5" in caplog.text and "s in the future of this collector's clock" in caplog.text
 
 
-def test_the_issues_flood_of_series_from_one_node_stops_at_the_limit():
+def test_a_flood_of_fake_gpus_and_job_ids_from_one_node_stops_at_the_limit():
     """1,000 fake GPU UUIDs in one batch, then batches of 1,000 fresh job ids: what one node gets into
     the database stops at the default limit of 20,000 GPUs and jobs an hour."""
     col, sink = _collector(clock=FakeClock())

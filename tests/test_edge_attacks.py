@@ -1,7 +1,7 @@
 """Attacks at the edge, through a real broker, a real collector process and a real influxd.
 
-One hostile node (and anyone able to publish under invented node names) sends what the
-decoder used to let through: names with newlines that inject line protocol, a window end far
+One hostile node (and anyone able to publish under invented node names) sends what a
+collector must refuse: names with newlines that inject line protocol, a window end far
 beyond int64 time, 1e30 J of host energy, 51 rows with one time stamp adding up energy, 1,000
 fake GPU UUIDs, a flood of fresh job ids, and 10,000 invented node names.  Meanwhile a clean
 node publishes its batches, a node that was cut off for hours delivers its spool (sent three
