@@ -252,6 +252,7 @@ class Publisher:
         self._holding: str | None = None  # why the head of the spool is being held, for logging once
         self._cursor = 0                  # spool key of the last batch published in this pass over the spool
         self._due: dict[int, float] = {}              # spool key -> when to publish it again without a receipt
+        self._visited: set[int] = set()               # spool keys seen in the current pass
         self._ids: dict[tuple[str, int], int] = {}    # (boot, seq) -> spool key, for matching receipts
         self._resend_s = self.receipt_timeout_s        # current wait before publishing unreceipted batches again
         self._receipt_since_rewind = False
@@ -367,14 +368,12 @@ class Publisher:
         if not self._receipt_since_rewind:
             self._resend_s = min(self._resend_s * 2, self.receipt_timeout_s * _RESEND_BACKOFF_MAX)
         self._receipt_since_rewind = False
-        kept = {}
-        entry = self.spool.next_after(0)
-        while entry is not None:  # forget what the spool no longer holds (made room for newer batches)
-            if entry.key in self._due:
-                kept[entry.key] = self._due[entry.key]
-            entry = self.spool.next_after(entry.key)
+        # A pass ends (and only then is this called) after visiting every entry the spool holds:
+        # forget the batches it did not visit, which the spool dropped to make room for newer ones.
+        kept = {key: due for key, due in self._due.items() if key in self._visited}
         self._ids = {ident: key for ident, key in self._ids.items() if key in kept}
         self._due = kept
+        self._visited = set()
         self.resent_passes += 1
         if now - self._resend_logged >= 60.0:  # a lossy path resends every few seconds: say so once a minute
             log.warning("%d published batches got no receipt within %.0f s: publishing them again (a collector "
@@ -402,6 +401,7 @@ class Publisher:
             entry = self.spool.next_after(self._cursor)
             if entry is None:
                 return None
+            self._visited.add(entry.key)
             due = self._due.get(entry.key)
             if due is None or now >= due:
                 return entry
