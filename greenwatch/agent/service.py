@@ -265,7 +265,9 @@ class Publisher:
         self._drops: tuple[int, int] = (0, 0)         # (spool key, connection drops in a row while it was in flight)
 
     async def run(self) -> None:
-        reconnect = _Backoff(0.5, 30.0)
+        # Capped at 10 s: a broker back from an outage gets its backlog within seconds, and the
+        # jitter still spreads a thousand agents' reconnects over two seconds.
+        reconnect = _Backoff(0.5, 10.0)
         while True:
             try:
                 async with _connect(make_client(self.cfg.mqtt, self.ident, password=self.password),
