@@ -84,6 +84,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", type=Path, metavar="FILE",
                    help="TOML configuration: [carbon] for intensity, PUE and market factor, [influxdb] for where "
                         "to read when --db is not given (every key: docs/configuration.md); omitted: defaults")
+    p.add_argument("--cluster", metavar="NAME",
+                   help="the cluster the job ran on (default: node.cluster of --config when it sets one, else "
+                        "the only cluster the job id exists on): the same job id on another cluster is another "
+                        "job. With --db, only when given")
     p.add_argument("--db", type=Path, metavar="SQLITE_FILE",
                    help="read this embedded store (greenwatch.sqlite of `greenwatch demo` or `greenwatch run`) "
                         "instead of InfluxDB")
@@ -133,12 +137,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
         from greenwatch.storage.embedded import EmbeddedStore
 
         store = EmbeddedStore(args.db)
-        source = EmbeddedSource(store)
+        source = EmbeddedSource(store, cluster=args.cluster)
     else:
         from greenwatch.wiring import influx_store
 
         store = influx_store(cfg)
-        source = InfluxSource(store)
+        source = InfluxSource(store, cluster=args.cluster or _configured_cluster(cfg))
     private_dir = None
     try:
         summary = None
@@ -187,6 +191,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
             import shutil
 
             shutil.rmtree(private_dir, ignore_errors=True)
+
+
+def _configured_cluster(cfg: Any) -> str | None:
+    """node.cluster when the configuration names one; None for the built-in default, which a
+    configuration written only to read reports (no [node] section) leaves in place."""
+    from greenwatch.config import SCHEMA
+
+    cluster = str(cfg.node.cluster)
+    return None if cluster == SCHEMA["node"]["cluster"].default else cluster
 
 
 # -- waiting for the job's summary ------------------------------------------------------------

@@ -27,6 +27,7 @@ from greenwatch.carbon import (
     sci_g,
 )
 from greenwatch.carbon.units import J_PER_KWH
+from greenwatch.reports.jobdata import GpuStats, JobData, ReportError, job_data_from_points
 from greenwatch.reports.source import ReportSource
 from greenwatch.reports.whatif import WhatIf, what_if
 
@@ -46,36 +47,7 @@ DEFAULT_WHAT_IF_WINDOW_S = 24 * 3600.0
 #: batch each segment was priced: more than this means the collector used other carbon settings.
 _CONTEXT_MISMATCH = 0.02
 
-METHOD_COUNTER = "measured (NVML energy counter)"
-METHOD_INTEGRATED = "integrated power (NVML power readings x time)"
 HOST_NOT_MEASURED = "not measured"
-
-
-class ReportError(LookupError):
-    """The store holds nothing for the requested job."""
-
-
-@dataclass
-class GpuStats:
-    """One GPU the job used: the job's share of its energy and the board's readings while the job held it."""
-
-    node: str
-    uuid: str
-    index: int | None
-    model: str
-    energy_j: float
-    idle_energy_j: float
-    gpu_seconds: float
-    mean_power_w: float
-    peak_power_w: float
-    mean_util_pct: float
-    peak_util_pct: float
-    mean_mem_util_pct: float
-    samples: int
-    energy_method: str
-    #: Power series for the plot: batch end times (unix s) and mean board power (W).
-    times: list[float] = field(default_factory=list, repr=False)
-    power_w: list[float] = field(default_factory=list, repr=False)
 
 
 @dataclass
@@ -183,45 +155,45 @@ def build_report(source: ReportSource, job_id: str, *, carbon: CarbonContext,
     and emissions are the stored ones (priced by the collector); ``carbon`` splits the host part
     off the emissions, checks that the stored figures match it, and prices the "what if".  ``embodied`` defaults to :func:`greenwatch.carbon.load_embodied`.
     ``functional_units`` (e.g. ``{"tokens": 1e9}``) add to those stored with the run.
+    A source with a ``job_data(job_id)`` method reduces the records itself (InfluxDB, in the
+    database); any other is read point by point.
     Raises :class:`ReportError` when the store holds nothing for ``job_id``.
     """
     embodied = embodied if embodied is not None else load_embodied()
-    je = _sorted(source.job_points("job_energy", job_id))
-    jg = _sorted(source.job_points("job_gpu", job_id))
-    metas = _sorted(source.job_points("job", job_id))
-    if not je and not metas:
-        raise ReportError(f"no records for job {job_id!r} in {source.description}")
-    meta = metas[-1] if metas else {}
-    notes: list[str] = []
+    reduce = getattr(source, "job_data", None)
+    data: JobData = reduce(job_id) if callable(reduce) else job_data_from_points(source, job_id)
+    meta = data.meta
+    notes: list[str] = list(data.notes)
 
     # -- energy and stored emissions ---------------------------------------------------------
     # job_energy: energy_j is the GPU share, host_energy_j the share of the host's CPU energy;
     # facility_energy_j and co2_g cover both (docs/data-model.md).
-    gpu_j = _sum(je, "energy_j")
-    idle_j = _sum(je, "idle_energy_j")
-    host_sum = _sum(je, "host_energy_j")
-    fac_j = _sum(je, "facility_energy_j")
-    co2_loc = _sum(je, "co2_g")
-    co2_mkt = _sum(je, "co2_market_g")
-    gpu_seconds = _sum(je, "gpu_seconds")
-    cluster = str(meta.get("cluster") or (je[0].get("cluster") if je else "") or "")
-    host_j, host_method = _host(source, cluster, je, meta, host_sum)
+    totals = data.totals
+    gpu_j = totals["energy_j"]
+    idle_j = totals["idle_energy_j"]
+    host_sum = totals["host_energy_j"]
+    fac_j = totals["facility_energy_j"]
+    co2_loc = totals["co2_g"]
+    co2_mkt = totals["co2_market_g"]
+    gpu_seconds = totals["gpu_seconds"]
+    cluster = data.cluster
+    host_j, host_method = _host(data, host_sum)
     facility_overhead = fac_j - gpu_j - host_sum
     it_j = gpu_j + host_sum
     pue_eff = fac_j / it_j if it_j > 0 else float(np.mean(carbon.pue.pue_at(np.array([time.time()]))))
 
     # The host share is priced at its point's time (as the ledger does): split it off the stored totals.
-    t_pts = np.array([p["time_ns"] * 1e-9 for p in je])
-    e_host = np.array([float(p.get("host_energy_j", 0.0)) for p in je])
-    e_gpu = np.array([float(p.get("energy_j", 0.0)) for p in je])
+    t_pts = data.energy_t_s
+    e_host = data.energy_host_j
+    e_gpu = data.energy_gpu_j
     i_pts = np.asarray(carbon.intensity.intensity_at(t_pts), dtype=np.float64)
     pue_pts = np.asarray(carbon.pue.pue_at(t_pts), dtype=np.float64)
     co2_host = min(co2_loc, float(emissions_g(e_host, i_pts, pue_pts).sum()))
     co2_gpu = co2_loc - co2_host
 
     # -- which GPUs, when ----------------------------------------------------------------------
-    start, end, time_method = _time_range(je, jg, meta)
-    gpus = _gpu_stats(source, cluster, jg)
+    start, end, time_method = _time_range(data)
+    gpus = data.gpus
     gpu_method = _combined_method(gpus)
     if not gpus and gpu_j == 0:
         gpu_method = str(meta.get("gpu_note") or "no GPU used")
@@ -259,10 +231,10 @@ def build_report(source: ReportSource, job_id: str, *, carbon: CarbonContext,
 
     return RunReport(
         job_id=job_id, cluster=cluster,
-        user=_first(meta.get("user"), *(p.get("user") for p in je)) or "unknown",
+        user=_first(meta.get("user"), data.user) or "unknown",
         account=_first(meta.get("account")) or "unknown",
         partition=_first(meta.get("partition")) or "unknown",
-        nodes=_nodes(meta, je, jg),
+        nodes=_nodes(meta, data.nodes),
         gpus_by_model=dict(sorted(by_model.items())),
         start=start, end=end, time_method=time_method,
         gpu_seconds=gpu_seconds, gpu_energy_j=gpu_j, gpu_energy_method=gpu_method, idle_energy_j=idle_j,
@@ -292,15 +264,6 @@ def build_report(source: ReportSource, job_id: str, *, carbon: CarbonContext,
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _sorted(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    # A fixed order makes float sums identical whichever store the points came from.
-    return sorted(points, key=lambda p: (p["time_ns"], str(p.get("node", "")), str(p.get("gpu", ""))))
-
-
-def _sum(points: list[dict[str, Any]], name: str) -> float:
-    return float(sum(float(p.get(name, 0.0)) for p in points))
-
-
 def _first(*values: Any) -> str:
     for v in values:
         if v not in (None, ""):
@@ -308,109 +271,47 @@ def _first(*values: Any) -> str:
     return ""
 
 
-def _nodes(meta: dict[str, Any], je: list[dict], jg: list[dict]) -> list[str]:
+def _nodes(meta: dict[str, Any], reported: list[str]) -> list[str]:
     if meta.get("nodes"):
         return sorted(n for n in str(meta["nodes"]).split(",") if n)
-    return sorted({str(p["node"]) for p in je + jg if p.get("node")})
+    return sorted(reported)
 
 
-def _host(source: ReportSource, cluster: str, je: list[dict], meta: dict[str, Any],
-          host_sum: float) -> tuple[float | None, str]:
+def _host(data: JobData, host_sum: float) -> tuple[float | None, str]:
     """The job's host energy (None if not measured) and how it was obtained.
 
     ``node_energy.host_energy_measured`` says per batch whether the node's CPU energy came from
     RAPL (1) or the agent's estimate (0); a node that reported no host energy at all has no
     host metering (``agent.host_metrics`` off, or records older than host metering).
     """
-    if meta.get("host_method"):
-        return host_sum, str(meta["host_method"])
-    if not any("host_energy_j" in p for p in je):
+    if data.meta.get("host_method"):
+        return host_sum, str(data.meta["host_method"])
+    if not data.has_host_field:
         return None, HOST_NOT_MEASURED
-    flags: list[int] = []
-    node_host = 0.0
-    times_by_node: dict[str, set[int]] = defaultdict(set)
-    for p in je:
-        times_by_node[str(p.get("node", ""))].add(p["time_ns"])
-    for node, times in sorted(times_by_node.items()):
-        for p in source.node_points(cluster, node, min(times), max(times)):
-            if p["time_ns"] in times:
-                node_host += float(p.get("host_energy_j", 0.0))
-                if "host_energy_measured" in p:
-                    flags.append(int(p["host_energy_measured"]))
-    if host_sum <= 0 and node_host <= 0:
+    if host_sum <= 0 and data.node_host_j <= 0:
         return None, HOST_NOT_MEASURED + " (the node reported no host CPU energy)"
     share = "x the job's share of the node's busy CPU time (CPU only; memory not included)"
-    if flags and all(flags):
+    measured, flagged = data.host_measured_batches, data.host_flag_batches
+    if flagged and measured >= flagged:
         return host_sum, f"measured: RAPL package energy {share}"
-    if not any(flags):
+    if measured <= 0:
         return host_sum, f"estimate: busy CPU time x watts per core (agent.cpu_watts_per_core) {share}"
-    return host_sum, (f"RAPL in {100 * sum(flags) / len(flags):.0f}% of batches, estimate in the rest, "
+    return host_sum, (f"RAPL in {100 * measured / flagged:.0f}% of batches, estimate in the rest, "
                       f"{share}")
 
 
-def _time_range(je: list[dict], jg: list[dict], meta: dict[str, Any]) -> tuple[float, float, str]:
+def _time_range(data: JobData) -> tuple[float, float, str]:
     """Start and end (unix s) of the job and how they are known."""
+    meta = data.meta
     if "start_s" in meta and "duration_s" in meta:
         start = float(meta["start_s"])
         return start, start + float(meta["duration_s"]), "recorded in the job record at the start and end of the job"
-    if not je:
+    if data.first_ns is None or data.last_ns is None:
         t = meta["time_ns"] * 1e-9
         return t, t, "unknown (no energy records)"
     # Points carry the end time of their batch: the job began at most its first batch's held time earlier.
-    t_first = je[0]["time_ns"]
-    held = [float(p.get("gpu_seconds", 0.0)) for p in jg if p["time_ns"] == t_first]
-    first_held = max(held) if held else float(je[0].get("gpu_seconds", 0.0))
-    start = t_first * 1e-9 - first_held
-    return start, je[-1]["time_ns"] * 1e-9, "from the stored batches (start = first batch end - time held in it)"
-
-
-def _gpu_stats(source: ReportSource, cluster: str, jg: list[dict]) -> list[GpuStats]:
-    """Join the job's ``job_gpu`` shares with the ``gpu`` series over the batches in which it held each GPU."""
-    per_gpu: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for p in jg:
-        per_gpu[(str(p.get("node", "")), str(p.get("gpu", "")))].append(p)
-    out = []
-    for (node, uuid), shares in per_gpu.items():
-        times = {p["time_ns"] for p in shares}
-        series = [p for p in source.gpu_points(cluster, node, uuid, min(times), max(times)) if p["time_ns"] in times]
-        series.sort(key=lambda p: p["time_ns"])
-        weights = np.array([float(p.get("samples", 1) or 0) for p in series])
-        if weights.sum() <= 0:
-            weights = np.ones(len(series))
-
-        def mean(name: str) -> float:
-            vals = [(float(p[name]), w) for p, w in zip(series, weights) if name in p]
-            tw = sum(w for _, w in vals)
-            return float(sum(v * w for v, w in vals) / tw) if tw > 0 else float("nan")
-
-        def peak(name: str) -> float:
-            vals = [float(p[name]) for p in series if name in p]
-            return max(vals) if vals else float("nan")
-
-        counters = [int(p["counter"]) for p in series if "counter" in p]
-        if not counters:
-            method = "unknown (no per-GPU series stored)"
-        elif all(counters):
-            method = METHOD_COUNTER
-        elif not any(counters):
-            method = METHOD_INTEGRATED
-        else:
-            method = (f"mixed: NVML energy counter in {100 * sum(counters) / len(counters):.0f}% of batches, "
-                      "integrated power in the rest")
-        idx = series[0].get("gpu_index") if series else None
-        out.append(GpuStats(
-            node=node, uuid=uuid, index=int(idx) if idx not in (None, "") else None,
-            model=str(series[0].get("model", "unknown")) if series else "unknown",
-            energy_j=_sum(shares, "energy_j"), idle_energy_j=_sum(shares, "idle_energy_j"),
-            gpu_seconds=_sum(shares, "gpu_seconds"),
-            mean_power_w=mean("power_w"), peak_power_w=peak("power_max_w"),
-            mean_util_pct=mean("util_gpu_pct"), peak_util_pct=peak("util_gpu_pct"),
-            mean_mem_util_pct=mean("util_mem_pct"), samples=int(sum(int(p.get("samples", 0)) for p in series)),
-            energy_method=method,
-            times=[p["time_ns"] * 1e-9 for p in series if "power_w" in p],
-            power_w=[float(p["power_w"]) for p in series if "power_w" in p]))
-    out.sort(key=lambda g: (g.node, g.index if g.index is not None else 1 << 30, g.uuid))
-    return out
+    start = data.first_ns * 1e-9 - data.first_held_s
+    return start, data.last_ns * 1e-9, "from the stored batches (start = first batch end - time held in it)"
 
 
 def _combined_method(gpus: list[GpuStats]) -> str:

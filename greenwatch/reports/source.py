@@ -3,19 +3,32 @@
 Both sources return points as flat dicts, exactly like :meth:`EmbeddedStore.points`:
 ``{"time_ns": int, <tag>: str, <field>: value}``.  Absent tags and fields are simply
 missing from the dict, so the report code never has to know which store it reads.
+
+A job is named by its cluster and id.  In InfluxDB every query is also bounded to the job's
+time span (:meth:`InfluxSource.job_span`), so a job id used again on another cluster or at
+another time is never merged into the report, and no query scans the whole history.  A large
+job is reduced in the database (:meth:`InfluxSource.job_data`): the client receives a number
+of rows bounded by what the report shows, whatever the job's length.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
+from greenwatch.reports.jobdata import JobData, ReportError, job_data_from_points
 from greenwatch.storage.embedded import EmbeddedStore
 from greenwatch.storage.influxql import string_literal
 
-__all__ = ["ReportSource", "EmbeddedSource", "InfluxSource", "JOB_MEASUREMENTS"]
+__all__ = ["ReportSource", "EmbeddedSource", "InfluxSource", "JOB_MEASUREMENTS", "SPAN_MARGIN_S"]
 
 #: The measurements that carry a ``job`` tag (docs/data-model.md).
 JOB_MEASUREMENTS = ("job_energy", "job_gpu", "job")
+
+#: A job's per-batch points carry their batch's end time, which can lie a batch (and the clock
+#: skew between a node and the scheduler) outside the job's recorded start and end: the span
+#: every query is bounded to is this much wider on each side.  A job id comes back on the
+#: same cluster after the scheduler's id space wrapped, months later, never within minutes.
+SPAN_MARGIN_S = 300.0
 
 
 class ReportSource(Protocol):
@@ -38,16 +51,22 @@ class ReportSource(Protocol):
 
 
 class EmbeddedSource:
-    """Reads the embedded store of ``greenwatch demo`` and ``greenwatch run``."""
+    """Reads the embedded store of ``greenwatch demo`` and ``greenwatch run``.
 
-    def __init__(self, store: EmbeddedStore) -> None:
+    ``cluster``: only that cluster's records of the job (None: the job id alone names it, as in
+    a store written by one run or one demo).
+    """
+
+    def __init__(self, store: EmbeddedStore, cluster: str | None = None) -> None:
         self.store = store
+        self.cluster = cluster
         self.description = f"embedded store {store.path}"
 
     def job_points(self, measurement: str, job_id: str) -> list[dict[str, Any]]:
         _check_measurement(measurement)
-        return self.store.points(measurement, job=job_id)
-
+        if self.cluster is None:
+            return self.store.points(measurement, job=job_id)
+        return self.store.points(measurement, job=job_id, cluster=self.cluster)
     def gpu_points(self, cluster: str, node: str, gpu_uuid: str, t_from_ns: int, t_to_ns: int) -> list[dict[str, Any]]:
         return [p for p in self.store.points("gpu", cluster=cluster, node=node, gpu=gpu_uuid)
                 if t_from_ns <= p["time_ns"] <= t_to_ns]
@@ -62,19 +81,86 @@ class InfluxSource:
 
     ``store`` is anything with ``query(influxql) -> list[dict]`` in the shape of
     :meth:`greenwatch.storage.influx.InfluxStore.query` (``time`` in ns, tags as keys).
+    ``cluster`` names the cluster whose job is read (None: any cluster, and a job id found on
+    more than one is refused as ambiguous).  A job with at most ``raw_limit`` ``job_gpu`` and
+    ``job_energy`` points is read point by point, exactly; a larger one is reduced in the database.
+    :attr:`rows_read` counts the rows received, for benchmarks.
     """
 
     #: Rows fetched per series and query; InfluxDB 1.x servers may cap unchunked answers.
     PAGE = 5000
+    #: Up to this many points of a job's per-batch records the report reads them all.
+    RAW_LIMIT = 10_000
 
-    def __init__(self, store: Any, description: str | None = None) -> None:
+    def __init__(self, store: Any, description: str | None = None, cluster: str | None = None,
+                 raw_limit: int | None = None) -> None:
         self.store = store
+        self.cluster = cluster
+        self.raw_limit = self.RAW_LIMIT if raw_limit is None else int(raw_limit)
+        self.rows_read = 0
         self.description = description or (
-            f"InfluxDB {getattr(store, 'query_url', '?')} bucket {getattr(store, 'bucket', '?')}")
+            f"InfluxDB {getattr(store, 'query_url', '?')} bucket {getattr(store, 'bucket', '?')}"
+            + (f" cluster {cluster}" if cluster else ""))
+        #: Spans found from a job summary: those no longer change, unlike one from the batches.
+        self._spans: dict[str, tuple[int | None, int | None]] = {}
+
+    # -- finding the job ---------------------------------------------------------------------
+
+    def job_where(self, job_id: str, span: tuple[int | None, int | None] | None = None) -> str:
+        """The InfluxQL condition for the job's points: its id, its cluster, its time span."""
+        lo, hi = self.job_span(job_id) if span is None else span
+        cond = f'"job" = {string_literal(job_id)}'
+        if self.cluster is not None:
+            cond += f' AND "cluster" = {string_literal(self.cluster)}'
+        if lo is not None:
+            cond += f" AND time >= {int(lo)}"
+        if hi is not None:
+            cond += f" AND time <= {int(hi)}"
+        return cond
+
+    def job_span(self, job_id: str) -> tuple[int | None, int | None]:
+        """The time span (ns; None: unbounded) that holds the job's records and no other run's.
+
+        From the latest ``job`` summary of that id: its start and end, each widened by
+        :data:`SPAN_MARGIN_S`.  Without one (the job still runs, or its summary is not written
+        yet), up to the latest ``job_energy`` point of the id, and after the end of the
+        previous run of the same id when that one has a summary.
+        Raises :class:`ReportError` when no cluster was named and the id exists on several.
+        """
+        if job_id in self._spans:
+            return self._spans[job_id]
+        margin = int(SPAN_MARGIN_S * 1e9)
+        ident = f'"job" = {string_literal(job_id)}'
+        if self.cluster is not None:
+            ident += f' AND "cluster" = {string_literal(self.cluster)}'
+        summaries = sorted(self.rows(f'SELECT * FROM "job" WHERE {ident}'), key=lambda p: p["time_ns"])
+        self._check_one_cluster(job_id, summaries)
+        last = self.rows(f'SELECT LAST("energy_j") FROM "job_energy" WHERE {ident} GROUP BY "cluster"')
+        self._check_one_cluster(job_id, last)
+        t_last = max((p["time_ns"] for p in last), default=None)
+        if summaries and (t_last is None or summaries[-1]["time_ns"] + margin >= t_last):
+            end = summaries[-1]["time_ns"]
+            meta = summaries[-1]
+            start = int(float(meta["start_s"]) * 1e9) if "start_s" in meta else (
+                end - int(float(meta.get("duration_s", 0.0)) * 1e9))
+            span: tuple[int | None, int | None] = (start - margin, end + margin)
+            self._spans[job_id] = span
+            return span
+        # Not summarised yet: the newest run of the id, after the previous summarised one.
+        lo = summaries[-1]["time_ns"] + margin + 1 if summaries else None
+        return lo, t_last
+
+    def _check_one_cluster(self, job_id: str, points: list[dict[str, Any]]) -> None:
+        clusters = sorted({str(p.get("cluster", "")) for p in points})
+        if self.cluster is None and len(clusters) > 1:
+            raise ReportError(f"job {job_id!r} exists on clusters {', '.join(clusters)} in {self.description}: "
+                              "name one (--cluster)")
+
+    # -- reading -------------------------------------------------------------------------------
 
     def job_points(self, measurement: str, job_id: str) -> list[dict[str, Any]]:
         _check_measurement(measurement)
-        return self._select(f'SELECT * FROM "{measurement}" WHERE "job" = {string_literal(job_id)}')
+        return self._select(f'SELECT * FROM "{measurement}" WHERE {self.job_where(job_id)}')
 
     def gpu_points(self, cluster: str, node: str, gpu_uuid: str, t_from_ns: int, t_to_ns: int) -> list[dict[str, Any]]:
         return self._select(
@@ -86,15 +172,33 @@ class InfluxSource:
             f'SELECT * FROM "node_energy" WHERE "cluster" = {string_literal(cluster)} AND "node" = {string_literal(node)} '
             f'AND time >= {int(t_from_ns)} AND time <= {int(t_to_ns)}')
 
+    def job_data(self, job_id: str) -> JobData:
+        """The job reduced for the report: point by point when small, in the database when large."""
+        from greenwatch.reports.influx_aggregate import aggregate_job_data
+
+        span = self.job_span(job_id)
+        where = self.job_where(job_id, span)
+        counts = self.rows(f'SELECT COUNT("energy_j") AS n FROM "job_gpu" WHERE {where}; '
+                           f'SELECT COUNT("energy_j") AS n FROM "job_energy" WHERE {where}')
+        if max((int(p.get("n", 0)) for p in counts), default=0) <= self.raw_limit:
+            return job_data_from_points(self, job_id)
+        return aggregate_job_data(self, job_id, where)
+
+    def rows(self, query: str) -> list[dict[str, Any]]:
+        """Run InfluxQL (one or more statements); rows as points (``time_ns``, tags, fields), counted."""
+        rows = self.store.query(query)
+        self.rows_read += len(rows)
+        return [_flatten(r) for r in rows]
+
     def _select(self, query: str) -> list[dict[str, Any]]:
         # LIMIT/OFFSET apply per series in InfluxQL: page until no series returns anything.
         out: list[dict[str, Any]] = []
         offset = 0
         while True:
-            rows = self.store.query(f"{query} LIMIT {self.PAGE} OFFSET {offset}")
+            rows = self.rows(f"{query} LIMIT {self.PAGE} OFFSET {offset}")
             if not rows:
                 break
-            out.extend(_flatten(r) for r in rows)
+            out.extend(rows)
             offset += self.PAGE
         out.sort(key=lambda p: p["time_ns"])
         return out

@@ -1,0 +1,227 @@
+"""A large job's :class:`~greenwatch.reports.jobdata.JobData`, reduced inside InfluxDB.
+
+Every query aggregates (InfluxQL ``SUM``/``MEAN``/``MAX``/``COUNT``, ``FIRST``/``LAST`` for the
+job's edges, ``GROUP BY time(...)`` for the series), so the rows received are bounded by what
+the report shows: one per node and per GPU, and :data:`ENERGY_POINTS` / :data:`POWER_POINTS` per
+plotted series, whatever the job's length.  The figures are the same sums as the point-by-point
+reduction; the two things that change with the resolution are said in the report's notes.
+
+Per-GPU readings are taken over the span in which the job held each GPU (from its first to
+its last ``job_gpu`` point); the point-by-point reduction takes exactly the batches in which it
+held it, which differs only for a job that let a GPU go and took it again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from greenwatch.reports.jobdata import TOTAL_FIELDS, GpuStats, JobData, ReportError, energy_method, sort_gpus
+from greenwatch.storage.influxql import string_literal
+
+if TYPE_CHECKING:
+    from greenwatch.reports.source import InfluxSource
+
+__all__ = ["aggregate_job_data", "ENERGY_POINTS", "POWER_POINTS", "PLOTTED_GPUS", "bucket_ns"]
+
+#: Time buckets of the job's energy series (pricing of the host share and the "what if").
+ENERGY_POINTS = 600
+#: Points per GPU in the power plot.
+POWER_POINTS = 300
+#: GPUs whose power series is plotted; beyond, the plot would be unreadable and the per-GPU
+#: table (and its CSV/JSON form) carries every GPU.
+PLOTTED_GPUS = 64
+#: InfluxQL statements sent in one request (they share one HTTP round trip).
+STATEMENTS_PER_REQUEST = 20
+
+
+def bucket_ns(first_ns: int, last_ns: int, points: int) -> int:
+    """A ``GROUP BY time()`` interval (whole seconds, in ns) giving at most about ``points`` buckets."""
+    span_s = max(1.0, (last_ns - first_ns) / 1e9)
+    return int(max(1, math.ceil(span_s / points))) * 1_000_000_000
+
+
+def aggregate_job_data(source: InfluxSource, job_id: str, where: str) -> JobData:
+    """Reduce the job whose points ``where`` selects (see :meth:`InfluxSource.job_where`)."""
+    metas = sorted(source.rows(f'SELECT * FROM "job" WHERE {where}'), key=lambda p: p["time_ns"])
+    sums = ", ".join(f'SUM("{f}") AS "{f}"' for f in TOTAL_FIELDS)
+    rows = source.rows(
+        f'SELECT {sums}, COUNT("host_energy_j") AS "host_points" FROM "job_energy" WHERE {where}; '
+        f'SELECT FIRST("gpu_seconds") AS "first" FROM "job_energy" WHERE {where} GROUP BY "cluster", "node", "user"; '
+        f'SELECT LAST("gpu_seconds") AS "last" FROM "job_energy" WHERE {where} GROUP BY "cluster", "node"')
+    totals_row = next((r for r in rows if "host_points" in r), {})
+    firsts = [r for r in rows if "first" in r]
+    lasts = [r for r in rows if "last" in r]
+    if not firsts and not metas:
+        raise ReportError(f"no records for job {job_id!r} in {source.description}")
+    meta = metas[-1] if metas else {}
+    cluster = str(meta.get("cluster") or (firsts[0].get("cluster") if firsts else "") or "")
+    totals = {f: float(totals_row.get(f) or 0.0) for f in TOTAL_FIELDS}
+    first_ns = min((r["time_ns"] for r in firsts), default=None)
+    last_ns = max((r["time_ns"] for r in lasts), default=None)
+    node_span: dict[str, list[int]] = {}
+    for r in firsts:
+        node_span.setdefault(str(r.get("node", "")), [r["time_ns"], r["time_ns"]])
+        span = node_span[str(r.get("node", ""))]
+        span[0] = min(span[0], r["time_ns"])
+    for r in lasts:
+        span = node_span.setdefault(str(r.get("node", "")), [r["time_ns"], r["time_ns"]])
+        span[1] = max(span[1], r["time_ns"])
+    users = sorted((r["time_ns"], str(r.get("node", "")), str(r.get("user", ""))) for r in firsts if r.get("user"))
+
+    t_s, e_gpu, e_host = _energy_series(source, where, first_ns, last_ns)
+    gpus, gpu_first_held = _gpus(source, cluster, where, first_ns)
+    has_host = int(totals_row.get("host_points") or 0) > 0
+    node_host, measured, flagged = _node_host(source, cluster, node_span) if has_host else (0.0, 0, 0)
+    notes = ["This job is large: the report was computed inside InfluxDB. The host share of the emissions and "
+             "the 'what if' are priced per time bucket of the job's energy (at most "
+             f"{ENERGY_POINTS} over the run) instead of per stored batch."]
+    if len(gpus) > PLOTTED_GPUS:
+        notes.append(f"The power plot shows {PLOTTED_GPUS} of the job's {len(gpus)} GPUs; the per-GPU table has "
+                     "every GPU.")
+    first_held = [r for r in firsts if r["time_ns"] == first_ns]
+    return JobData(
+        cluster=cluster, meta=meta, totals=totals, has_host_field=has_host,
+        energy_t_s=t_s, energy_gpu_j=e_gpu, energy_host_j=e_host,
+        first_ns=first_ns, last_ns=last_ns,
+        first_held_s=gpu_first_held if gpu_first_held is not None else (
+            float(first_held[0].get("first") or 0.0) if first_held else 0.0),
+        user=users[0][2] if users else "",
+        nodes=sorted(set(node_span) | {g.node for g in gpus}),
+        gpus=gpus, node_host_j=node_host, host_measured_batches=measured, host_flag_batches=flagged,
+        notes=notes)
+
+
+def _energy_series(source: InfluxSource, where: str, first_ns: int | None,
+                   last_ns: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The job's GPU and host energy per time bucket, each at the middle of its bucket."""
+    if first_ns is None or last_ns is None:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    step = bucket_ns(first_ns, last_ns, ENERGY_POINTS)
+    rows = source.rows(
+        f'SELECT SUM("energy_j") AS "e", SUM("host_energy_j") AS "h" FROM "job_energy" WHERE {where} '
+        f'AND time >= {first_ns} AND time <= {last_ns} GROUP BY time({step}ns) fill(none)')
+    rows.sort(key=lambda r: r["time_ns"])
+    # The middle of a bucket stands for its points; buckets hold whole batches, never a part of one.
+    t = np.array([(r["time_ns"] + step / 2) * 1e-9 for r in rows])
+    return (t, np.array([float(r.get("e") or 0.0) for r in rows]),
+            np.array([float(r.get("h") or 0.0) for r in rows]))
+
+
+def _gpus(source: InfluxSource, cluster: str, where: str,
+          job_first_ns: int | None) -> tuple[list[GpuStats], float | None]:
+    """Per-GPU shares and readings, and the longest time a GPU was held in the job's first batch."""
+    rows = source.rows(
+        f'SELECT SUM("energy_j") AS "e", SUM("idle_energy_j") AS "i", SUM("gpu_seconds") AS "s" '
+        f'FROM "job_gpu" WHERE {where} GROUP BY "node", "gpu"; '
+        f'SELECT FIRST("gpu_seconds") AS "first" FROM "job_gpu" WHERE {where} GROUP BY "node", "gpu"; '
+        f'SELECT LAST("gpu_seconds") AS "last" FROM "job_gpu" WHERE {where} GROUP BY "node", "gpu"')
+    shares: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
+    for r in rows:
+        key = (str(r.get("node", "")), str(r.get("gpu", "")))
+        if "e" in r or "s" in r:
+            shares[key].update(e=float(r.get("e") or 0.0), i=float(r.get("i") or 0.0), s=float(r.get("s") or 0.0))
+        elif "first" in r:
+            shares[key].update(t0=r["time_ns"], held0=float(r.get("first") or 0.0))
+        elif "last" in r:
+            shares[key]["t1"] = r["time_ns"]
+    held = [v["held0"] for v in shares.values() if v.get("t0") == job_first_ns and "held0" in v]
+    # One statement per node and holding span: the GPUs of a node almost always share one.
+    groups: dict[tuple[str, int, int], list[str]] = defaultdict(list)
+    for (node, gpu), v in shares.items():
+        if "t0" in v and "t1" in v:
+            groups[(node, v["t0"], v["t1"])].append(gpu)
+    readings: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
+    statements = []
+    for (node, t0, t1), uuids in sorted(groups.items()):
+        cond = (f'"cluster" = {string_literal(cluster)} AND "node" = {string_literal(node)} AND ('
+                + " OR ".join(f'"gpu" = {string_literal(u)}' for u in sorted(uuids))
+                + f") AND time >= {t0} AND time <= {t1}")
+        tags = '"node", "gpu", "gpu_index", "model"'
+        statements.append(
+            f'SELECT SUM("pw") AS "pw", SUM("uw") AS "uw", SUM("mw") AS "mw", SUM("w") AS "w" FROM '
+            f'(SELECT "power_w" * "samples" AS "pw", "util_gpu_pct" * "samples" AS "uw", '
+            f'"util_mem_pct" * "samples" AS "mw", "samples" AS "w" FROM "gpu" WHERE {cond} GROUP BY {tags}) '
+            f'GROUP BY {tags}')
+        statements.append(
+            f'SELECT MEAN("power_w") AS "mp", MEAN("util_gpu_pct") AS "mu", MEAN("util_mem_pct") AS "mm", '
+            f'MAX("power_max_w") AS "pp", MAX("util_gpu_pct") AS "pu", SUM("samples") AS "samples", '
+            f'SUM("counter") AS "counters", COUNT("counter") AS "batches" FROM "gpu" WHERE {cond} GROUP BY {tags}')
+    for r in _run(source, statements):
+        readings[(str(r.get("node", "")), str(r.get("gpu", "")))].update(r)
+    out = []
+    for (node, uuid), v in shares.items():
+        g = readings.get((node, uuid), {})
+        w = float(g.get("w") or 0.0)
+
+        def mean(weighted: str, plain: str) -> float:
+            # Sample-weighted like the point-by-point reduction; plain mean when no batch counted samples.
+            if w > 0 and g.get(weighted) is not None:
+                return float(g[weighted]) / w
+            return float(g[plain]) if g.get(plain) is not None else float("nan")
+
+        idx = g.get("gpu_index")
+        out.append(GpuStats(
+            node=node, uuid=uuid, index=int(idx) if idx not in (None, "") else None,
+            model=str(g.get("model") or "unknown"),
+            energy_j=float(v.get("e", 0.0)), idle_energy_j=float(v.get("i", 0.0)), gpu_seconds=float(v.get("s", 0.0)),
+            mean_power_w=mean("pw", "mp"), peak_power_w=float(g["pp"]) if g.get("pp") is not None else float("nan"),
+            mean_util_pct=mean("uw", "mu"),
+            peak_util_pct=float(g["pu"]) if g.get("pu") is not None else float("nan"),
+            mean_mem_util_pct=mean("mw", "mm"), samples=int(g.get("samples") or 0),
+            energy_method=energy_method(int(g.get("counters") or 0), int(g.get("batches") or 0))))
+    sort_gpus(out)
+    _power_series(source, cluster, out[:PLOTTED_GPUS], shares)
+    return out, (max(held) if held else None)
+
+
+def _power_series(source: InfluxSource, cluster: str, gpus: list[GpuStats],
+                  shares: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """Fill ``times``/``power_w`` of ``gpus``: mean board power per time bucket, :data:`POWER_POINTS` at most."""
+    spans = [(shares[(g.node, g.uuid)].get("t0"), shares[(g.node, g.uuid)].get("t1")) for g in gpus]
+    known = [(a, b) for a, b in spans if a is not None and b is not None]
+    if not known:
+        return
+    step = bucket_ns(min(a for a, _ in known), max(b for _, b in known), POWER_POINTS)
+    statements = []
+    for g, (t0, t1) in zip(gpus, spans):
+        if t0 is None or t1 is None:
+            continue
+        statements.append(
+            f'SELECT MEAN("power_w") AS "p" FROM "gpu" WHERE "cluster" = {string_literal(cluster)} AND '
+            f'"node" = {string_literal(g.node)} AND "gpu" = {string_literal(g.uuid)} AND time >= {t0} AND '
+            f'time <= {t1} GROUP BY time({step}ns), "node", "gpu" fill(none)')
+    series: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
+    for r in _run(source, statements):
+        if r.get("p") is not None:
+            series[(str(r.get("node", "")), str(r.get("gpu", "")))].append((r["time_ns"], float(r["p"])))
+    for g in gpus:
+        points = sorted(series.get((g.node, g.uuid), []))
+        g.times = [(t + step / 2) * 1e-9 for t, _ in points]
+        g.power_w = [p for _, p in points]
+
+
+def _node_host(source: InfluxSource, cluster: str, node_span: dict[str, list[int]]) -> tuple[float, int, int]:
+    """The nodes' host energy and RAPL flags over the span in which each node reported the job."""
+    statements = [
+        f'SELECT SUM("host_energy_j") AS "h", SUM("host_energy_measured") AS "m", COUNT("host_energy_measured") '
+        f'AS "n" FROM "node_energy" WHERE "cluster" = {string_literal(cluster)} AND "node" = {string_literal(node)} '
+        f'AND time >= {t0} AND time <= {t1} GROUP BY "node"'
+        for node, (t0, t1) in sorted(node_span.items())]
+    host, measured, flagged = 0.0, 0, 0
+    for r in _run(source, statements):
+        host += float(r.get("h") or 0.0)
+        measured += int(r.get("m") or 0)
+        flagged += int(r.get("n") or 0)
+    return host, measured, flagged
+
+
+def _run(source: InfluxSource, statements: list[str]) -> list[dict[str, Any]]:
+    """Run statements a few per request (rows carry their tags, so they need no statement id)."""
+    out: list[dict[str, Any]] = []
+    for k in range(0, len(statements), STATEMENTS_PER_REQUEST):
+        out.extend(source.rows("; ".join(statements[k:k + STATEMENTS_PER_REQUEST])))
+    return out

@@ -1,0 +1,211 @@
+"""What a report needs from the store about one job, already reduced: :class:`JobData`.
+
+A source either hands over raw points, reduced here by :func:`job_data_from_points` (the
+embedded store, and small jobs in InfluxDB: exact, point by point), or computes the same
+:class:`JobData` in the database (large jobs in InfluxDB, :mod:`greenwatch.reports.influx_aggregate`),
+so that what the client receives is bounded by what the report shows, not by the job's length.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+__all__ = ["ReportError", "GpuStats", "JobData", "PointSource", "job_data_from_points", "energy_method",
+           "TOTAL_FIELDS"]
+
+#: The ``job_energy`` fields a report sums over the whole job (docs/data-model.md).
+TOTAL_FIELDS = ("energy_j", "idle_energy_j", "host_energy_j", "facility_energy_j", "co2_g", "co2_market_g",
+                "gpu_seconds")
+
+METHOD_COUNTER = "measured (NVML energy counter)"
+METHOD_INTEGRATED = "integrated power (NVML power readings x time)"
+
+
+class ReportError(LookupError):
+    """The store holds nothing for the requested job, or the request names no single job."""
+
+
+@dataclass
+class GpuStats:
+    """One GPU the job used: the job's share of its energy and the board's readings while the job held it."""
+
+    node: str
+    uuid: str
+    index: int | None
+    model: str
+    energy_j: float
+    idle_energy_j: float
+    gpu_seconds: float
+    mean_power_w: float
+    peak_power_w: float
+    mean_util_pct: float
+    peak_util_pct: float
+    mean_mem_util_pct: float
+    samples: int
+    energy_method: str
+    #: Power series for the plot: batch end times (or the middle of a time bucket, for long jobs),
+    #: unix s, and mean board power (W).
+    times: list[float] = field(default_factory=list, repr=False)
+    power_w: list[float] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class JobData:
+    """One job's records reduced to what :func:`~greenwatch.reports.model.build_report` uses."""
+
+    cluster: str
+    #: The job's ``job`` summary record (empty without one).
+    meta: dict[str, Any]
+    #: Sums of :data:`TOTAL_FIELDS` over every ``job_energy`` point of the job.
+    totals: dict[str, float]
+    #: Whether any ``job_energy`` point carries ``host_energy_j`` (host metering on).
+    has_host_field: bool
+    #: The job's energy over time (unix s; GPU and host J), per stored point or per time bucket.
+    energy_t_s: np.ndarray
+    energy_gpu_j: np.ndarray
+    energy_host_j: np.ndarray
+    #: Time of the job's first and last ``job_energy`` point (ns; None without one) and the
+    #: time the job held its GPUs in that first batch (s).
+    first_ns: int | None
+    last_ns: int | None
+    first_held_s: float
+    #: First user name found on the job's ``job_energy`` points, in time order.
+    user: str
+    #: Nodes that reported the job.
+    nodes: list[str]
+    gpus: list[GpuStats]
+    #: Over the node batches in which the job ran: the nodes' host energy, and how many of those
+    #: batches measured it with RAPL (``host_energy_measured``) out of how many said.
+    node_host_j: float
+    host_measured_batches: int
+    host_flag_batches: int
+    #: How the data was read, for the report's notes (empty: every point was read).
+    notes: list[str] = field(default_factory=list)
+
+
+class PointSource(Protocol):
+    """Raw points of one job's records (see :class:`greenwatch.reports.source.ReportSource`)."""
+
+    description: str
+
+    def job_points(self, measurement: str, job_id: str) -> list[dict[str, Any]]: ...
+
+    def gpu_points(self, cluster: str, node: str, gpu_uuid: str, t_from_ns: int,
+                   t_to_ns: int) -> list[dict[str, Any]]: ...
+
+    def node_points(self, cluster: str, node: str, t_from_ns: int, t_to_ns: int) -> list[dict[str, Any]]: ...
+
+
+def job_data_from_points(source: PointSource, job_id: str) -> JobData:
+    """Read every point of the job from ``source`` and reduce it; :class:`ReportError` if there is none."""
+    je = _sorted(source.job_points("job_energy", job_id))
+    jg = _sorted(source.job_points("job_gpu", job_id))
+    metas = _sorted(source.job_points("job", job_id))
+    if not je and not metas:
+        raise ReportError(f"no records for job {job_id!r} in {source.description}")
+    meta = metas[-1] if metas else {}
+    cluster = str(meta.get("cluster") or (je[0].get("cluster") if je else "") or "")
+    first_ns = je[0]["time_ns"] if je else None
+    held = [float(p.get("gpu_seconds", 0.0)) for p in jg if p["time_ns"] == first_ns]
+    node_host, measured, flagged = _node_host(source, cluster, je)
+    user = next((str(p["user"]) for p in je if p.get("user") not in (None, "")), "")
+    return JobData(
+        cluster=cluster, meta=meta, totals={name: sum_field(je, name) for name in TOTAL_FIELDS},
+        has_host_field=any("host_energy_j" in p for p in je),
+        energy_t_s=np.array([p["time_ns"] * 1e-9 for p in je]),
+        energy_gpu_j=np.array([float(p.get("energy_j", 0.0)) for p in je]),
+        energy_host_j=np.array([float(p.get("host_energy_j", 0.0)) for p in je]),
+        first_ns=first_ns, last_ns=je[-1]["time_ns"] if je else None,
+        first_held_s=max(held) if held else (float(je[0].get("gpu_seconds", 0.0)) if je else 0.0),
+        user=user, nodes=sorted({str(p["node"]) for p in je + jg if p.get("node")}),
+        gpus=_gpu_stats(source, cluster, jg),
+        node_host_j=node_host, host_measured_batches=measured, host_flag_batches=flagged)
+
+
+def sum_field(points: list[dict[str, Any]], name: str) -> float:
+    """Sum of one field over points (absent counts as 0)."""
+    return float(sum(float(p.get(name, 0.0)) for p in points))
+
+
+def energy_method(counter_batches: int, batches: int) -> str:
+    """How a GPU's energy was measured, from how many of its batches used the NVML energy counter."""
+    if batches <= 0:
+        return "unknown (no per-GPU series stored)"
+    if counter_batches >= batches:
+        return METHOD_COUNTER
+    if counter_batches <= 0:
+        return METHOD_INTEGRATED
+    return (f"mixed: NVML energy counter in {100 * counter_batches / batches:.0f}% of batches, "
+            "integrated power in the rest")
+
+
+def _sorted(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # A fixed order makes float sums identical whichever store the points came from.
+    return sorted(points, key=lambda p: (p["time_ns"], str(p.get("node", "")), str(p.get("gpu", ""))))
+
+
+def _node_host(source: PointSource, cluster: str, je: list[dict[str, Any]]) -> tuple[float, int, int]:
+    """The nodes' host energy and RAPL flags over exactly the batches in which the job ran."""
+    if not any("host_energy_j" in p for p in je):
+        return 0.0, 0, 0
+    times_by_node: dict[str, set[int]] = defaultdict(set)
+    for p in je:
+        times_by_node[str(p.get("node", ""))].add(p["time_ns"])
+    node_host = 0.0
+    flags: list[int] = []
+    for node, times in sorted(times_by_node.items()):
+        for p in source.node_points(cluster, node, min(times), max(times)):
+            if p["time_ns"] in times:
+                node_host += float(p.get("host_energy_j", 0.0))
+                if "host_energy_measured" in p:
+                    flags.append(int(p["host_energy_measured"]))
+    return node_host, sum(flags), len(flags)
+
+
+def _gpu_stats(source: PointSource, cluster: str, jg: list[dict[str, Any]]) -> list[GpuStats]:
+    """Join the job's ``job_gpu`` shares with the ``gpu`` series over the batches in which it held each GPU."""
+    per_gpu: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for p in jg:
+        per_gpu[(str(p.get("node", "")), str(p.get("gpu", "")))].append(p)
+    out = []
+    for (node, uuid), shares in per_gpu.items():
+        times = {p["time_ns"] for p in shares}
+        series = [p for p in source.gpu_points(cluster, node, uuid, min(times), max(times)) if p["time_ns"] in times]
+        series.sort(key=lambda p: p["time_ns"])
+        weights = np.array([float(p.get("samples", 1) or 0) for p in series])
+        if weights.sum() <= 0:
+            weights = np.ones(len(series))
+
+        def mean(name: str) -> float:
+            vals = [(float(p[name]), w) for p, w in zip(series, weights) if name in p]
+            tw = sum(w for _, w in vals)
+            return float(sum(v * w for v, w in vals) / tw) if tw > 0 else float("nan")
+
+        def peak(name: str) -> float:
+            vals = [float(p[name]) for p in series if name in p]
+            return max(vals) if vals else float("nan")
+
+        counters = [int(p["counter"]) for p in series if "counter" in p]
+        idx = series[0].get("gpu_index") if series else None
+        out.append(GpuStats(
+            node=node, uuid=uuid, index=int(idx) if idx not in (None, "") else None,
+            model=str(series[0].get("model", "unknown")) if series else "unknown",
+            energy_j=sum_field(shares, "energy_j"), idle_energy_j=sum_field(shares, "idle_energy_j"),
+            gpu_seconds=sum_field(shares, "gpu_seconds"),
+            mean_power_w=mean("power_w"), peak_power_w=peak("power_max_w"),
+            mean_util_pct=mean("util_gpu_pct"), peak_util_pct=peak("util_gpu_pct"),
+            mean_mem_util_pct=mean("util_mem_pct"), samples=int(sum(int(p.get("samples", 0)) for p in series)),
+            energy_method=energy_method(sum(counters), len(counters)),
+            times=[p["time_ns"] * 1e-9 for p in series if "power_w" in p],
+            power_w=[float(p["power_w"]) for p in series if "power_w" in p]))
+    sort_gpus(out)
+    return out
+
+
+def sort_gpus(gpus: list[GpuStats]) -> None:
+    """Node, then GPU index, then UUID: the order of every per-GPU table."""
+    gpus.sort(key=lambda g: (g.node, g.index if g.index is not None else 1 << 30, g.uuid))
