@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
@@ -34,14 +33,23 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                               description=_DESCRIPTION, epilog=_EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", metavar="NAME",
-                   help="the run's name: its job id in the report and store (default: the command's file name)")
+                   help="the run's name: its job id in the report and store (default: the script's name, "
+                        "e.g. train for `python train.py`, else the command's file name)")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="directory for report.{md,html,json,csv}, the plots and greenwatch.sqlite "
-                        "(default: ./greenwatch-runs/<name>-<UTC timestamp>/)")
+                        "(default: a new ./greenwatch-runs/<name>-<UTC timestamp>[-N]/; if that cannot be "
+                        "written, one under $XDG_CACHE_HOME/greenwatch/runs or the temporary directory)")
     p.add_argument("--config", "-c", type=Path, metavar="FILE",
                    help="TOML configuration for the [carbon] (grid zone or intensity series, PUE, market factor) "
                         "and [attribution] sections (every key: docs/configuration.md); omitted: defaults "
                         "(zone DE, PUE 1.56)")
+    p.add_argument("--zone", metavar="ZONE",
+                   help="grid zone for the intensity (e.g. FR, US-CAL-CISO), overriding carbon.zone")
+    p.add_argument("--pue", type=float, metavar="PUE",
+                   help="the facility's power usage effectiveness, overriding carbon.pue (and carbon.facility_csv)")
+    p.add_argument("--market-factor", type=float, metavar="G_PER_KWH",
+                   help="contractual (market-based) emission factor in gCO2e/kWh, overriding "
+                        "carbon.market_factor_g_per_kwh")
     p.add_argument("--sample-hz", type=float, default=10.0, metavar="HZ",
                    help="GPU sampling rate (default: 10)")
     p.add_argument("--what-if-window-h", type=float, default=24.0, metavar="HOURS",
@@ -53,9 +61,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from greenwatch.config import ConfigError, load_config
+    from greenwatch.config import ConfigError
+    from greenwatch.standalone.outdir import choose_out_dir
     from greenwatch.standalone.run import run_command
-    from greenwatch.standalone.session import SessionOptions, default_out_dir
+    from greenwatch.standalone.session import SessionOptions
+    from greenwatch.standalone.settings import carbon_settings, default_run_name, run_config
     from greenwatch.wiring import attribution_settings, carbon_context
 
     cmd = list(args.cmd)
@@ -67,10 +77,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("--sample-hz", "must be in (0, 100]")
     if not args.what_if_window_h >= 0:
         raise ConfigError("--what-if-window-h", "must be >= 0")
-    cfg = load_config(args.config)
-    name = args.name or os.path.basename(cmd[0]) or "run"
-    out = args.out if args.out is not None else default_out_dir(name, time.time())
-    opts = SessionOptions(name=name, carbon=carbon_context(cfg), settings=attribution_settings(cfg), out=out,
-                          sample_hz=args.sample_hz, what_if_window_s=args.what_if_window_h * 3600)
-    status, _ = run_command(cmd, opts)
+    cfg = run_config(args.config, zone=args.zone, pue=args.pue, market_factor_g_per_kwh=args.market_factor)
+    name = args.name or default_run_name(cmd)
+    out = choose_out_dir(args.out, name, time.time())
+    opts = SessionOptions(name=name, carbon=carbon_context(cfg), settings=attribution_settings(cfg), out=out.path,
+                          sample_hz=args.sample_hz, what_if_window_s=args.what_if_window_h * 3600,
+                          watts_per_core=float(cfg.as_dict()["agent"]["cpu_watts_per_core"]), carbon_config=carbon_settings(cfg))
+    status, _ = run_command(cmd, opts, out=out)
     return status

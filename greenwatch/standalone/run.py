@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import resource
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 from typing import Mapping, Sequence, TextIO
 
+from greenwatch.standalone.outdir import OutDir
 from greenwatch.standalone.session import RunResult, Session, SessionOptions
 
 __all__ = ["run_command", "exit_status", "format_summary"]
@@ -71,12 +73,22 @@ class _Forwarder:
 
 
 def run_command(cmd: Sequence[str], opts: SessionOptions, *, env: Mapping[str, str] | None = None,
-                log: TextIO = sys.stderr) -> tuple[int, RunResult | None]:
-    """Run ``cmd`` under metering; returns (exit status to pass on, result or None if it never started)."""
+                log: TextIO = sys.stderr, out: OutDir | None = None) -> tuple[int, RunResult | None]:
+    """Run ``cmd`` under metering; returns (exit status to pass on, result or None if it never started).
+
+    ``out`` says how the report's folder was chosen: its message (the report could not go where
+    asked) is printed first, and a folder made for a command that cannot start is removed.
+    """
+    if out is not None and out.message:
+        print(f"greenwatch run: {out.message}", file=log)
     environ = dict(os.environ if env is None else env)
     opts.visible_devices = environ.get("CUDA_VISIBLE_DEVICES")
     session = Session(opts)
-    session.start()
+    try:
+        session.start()
+    except Exception as exc:  # noqa: BLE001 - measuring must never keep the command from running
+        print(f"greenwatch run: cannot measure this run ({exc!r}); running the command unmeasured", file=log)
+        return _run_unmeasured(cmd, environ, log), None
     if session.no_gpu_reason:
         print(f"greenwatch run: {session.no_gpu_reason}; measuring host energy only.", file=log)
     for w in session.warnings:
@@ -90,6 +102,8 @@ def run_command(cmd: Sequence[str], opts: SessionOptions, *, env: Mapping[str, s
         except OSError as exc:
             print(f"greenwatch run: cannot run {cmd[0]!r}: {exc.strerror or exc}", file=log)
             session.finish(write_files=False)
+            if out is not None and out.created and out.path is not None:
+                shutil.rmtree(out.path, ignore_errors=True)  # nothing ran: leave no empty run behind
             return (126 if isinstance(exc, PermissionError) else 127), None
         session.begin(child.pid)
         fwd.started(child)
@@ -100,8 +114,25 @@ def run_command(cmd: Sequence[str], opts: SessionOptions, *, env: Mapping[str, s
     status = exit_status(returncode)
     result = session.finish(exit_status=status, command=shlex.join(cmd),
                             exact_cpu_seconds=usage.ru_utime + usage.ru_stime)
+    for message in result.messages:
+        print(f"greenwatch run: {message}", file=log)
     print(format_summary(result, status), file=log)
     return status, result
+
+
+def _run_unmeasured(cmd: Sequence[str], environ: Mapping[str, str], log: TextIO) -> int:
+    fwd = _Forwarder()
+    fwd.install()
+    try:
+        try:
+            child = subprocess.Popen(list(cmd), env=dict(environ))
+        except OSError as exc:
+            print(f"greenwatch run: cannot run {cmd[0]!r}: {exc.strerror or exc}", file=log)
+            return 126 if isinstance(exc, PermissionError) else 127
+        fwd.started(child)
+        return exit_status(child.wait())
+    finally:
+        fwd.restore()
 
 
 def format_summary(r: RunResult, status: int) -> str:

@@ -13,9 +13,11 @@ rhythm.  Without NVML the run goes on with host energy only, and says so.
 from __future__ import annotations
 
 import getpass
+import json
 import logging
 import queue
 import socket
+import sqlite3
 import threading
 import time
 from concurrent.futures import Future
@@ -32,24 +34,17 @@ from greenwatch.batch import Batch, JobInfo
 from greenwatch.carbon.units import J_PER_KWH
 from greenwatch.collector import Collector
 from greenwatch.reports import EmbeddedSource, RunReport, build_report, write_all_formats
-from greenwatch.standalone.gpus import RunJobs, WatchedGpu, parse_visible_devices
+from greenwatch.standalone.gpus import RunJobs, WatchedGpu, parse_visible_devices, strip_run
 from greenwatch.standalone.tree import ProcessTree, RunCpuMeter
 from greenwatch.storage.embedded import EmbeddedStore
 from greenwatch.storage.records import Record
 from greenwatch.transport.wire import encode
 
-__all__ = ["SessionOptions", "RunResult", "Session", "default_out_dir"]
+__all__ = ["SessionOptions", "RunResult", "Session"]
 
 log = logging.getLogger(__name__)
 
 CLUSTER = "local"
-
-
-def default_out_dir(name: str, now: float | None = None) -> Path:
-    """``./greenwatch-runs/<name>-<UTC timestamp>/``."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "run"
-    return Path("greenwatch-runs") / f"{safe}-{stamp}"
 
 
 @dataclass
@@ -66,6 +61,12 @@ class SessionOptions:
     window_s: float = 5.0
     what_if_window_s: float = 24 * 3600.0
     watts_per_core: float = DEFAULT_WATTS_PER_CORE  # host CPU estimate where RAPL is not readable
+    # The [carbon] settings that priced the run, kept in its job record so that re-rendering the
+    # report from the store later states (and uses) the same sources.
+    carbon_config: Mapping[str, Any] | None = None
+    # Without CUDA_VISIBLE_DEVICES: a GPU the run's processes appear on within this many seconds of
+    # the start is charged from the start (CUDA initialises before its process shows up in NVML).
+    first_use_grace_s: float = 120.0
     open_gpus: Callable[[], Sequence[GpuDevice]] = open_nvml_gpus
 
 
@@ -83,6 +84,7 @@ class RunResult:
     no_gpu_reason: str | None
     files: dict[str, Path]
     report: RunReport = field(repr=False)
+    messages: list[str] = field(default_factory=list)  # e.g. where the report could not be written
 
 
 class _SamplingThread(threading.Thread):
@@ -132,7 +134,9 @@ class Session:
         self.start_s = self.end_s = 0.0
         self._nvml_open = False
         self._queue: queue.Queue = queue.Queue()
-        self._units_lock = threading.Lock()
+        # Re-entrant: a signal handler may end the run while the main thread is inside mark().
+        self._units_lock = threading.RLock()
+        self.messages: list[str] = []
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -146,18 +150,18 @@ class Session:
         if root_pid is not None:
             self.begin(root_pid)
         devices = self._devices()
-        jobs = RunJobs(self.job, self.tree)
         chosen, self.warnings = parse_visible_devices(self.opts.visible_devices, devices)
         if chosen is not None:
             devices = chosen
-            for d in chosen:
-                jobs.hold(d.uuid)
+            jobs = RunJobs(self.job, self.tree, held=[d.uuid for d in chosen])
             if devices == [] and self.no_gpu_reason is None:
                 self.no_gpu_reason = f"CUDA_VISIBLE_DEVICES={self.opts.visible_devices!r} selects no GPU"
+        else:
+            jobs = RunJobs(self.job, self.tree, provisional=[d.uuid for d in devices],
+                           decide_by=time.time() + self.opts.first_use_grace_s)
         self.jobs = jobs
         self.devices = devices
-        if self.opts.out is not None:
-            self.opts.out.mkdir(parents=True, exist_ok=True)
+        self._pending: list[Batch] = []
         self.host = HostSampler(self.opts.watts_per_core)
         self.cpu = RunCpuMeter(self.tree, self.opts.name)
         sampler = Sampler(CLUSTER, self.node, [WatchedGpu(d, jobs) for d in devices], jobs, self.host, self.cpu)
@@ -196,6 +200,8 @@ class Session:
         self.cpu.exact_total = exact_cpu_seconds
         self._sampling.stop_event.set()
         self._sampling.join()
+        # Sampling is over: a GPU the run never appeared on was never its own.
+        self.jobs.release_undecided(at=float("inf"))
         if self._nvml_open:
             _nvml_shutdown()
         try:
@@ -216,13 +222,14 @@ class Session:
                     "embodied": report.embodied_g / 1000},
             sci_g={"run": report.sci_run_g, **report.sci_per_unit_g},
             gpus=[f"{g.model} ({g.uuid})" for g in report.gpus], no_gpu_reason=self.no_gpu_reason,
-            files=files, report=report)
+            files=files, report=report, messages=list(self.messages))
 
     # -- internals -------------------------------------------------------------------------
 
     def _conclude(self, exit_status: int | None, command: str | None, ended_by: str | None,
                   write_files: bool) -> tuple[dict, RunReport]:
         """Job record, report and files (runs in the worker thread, which owns the store)."""
+        self._account_pending()
         meta = self._job_fields(exit_status, command)
         if ended_by:
             meta["ended_by"] = ended_by
@@ -238,8 +245,12 @@ class Session:
         self.store.write([self._job_record(meta)])
         files: dict[str, Path] = {}
         if write_files and self.opts.out is not None:
-            files = write_all_formats(report, self.opts.out)
-            files["db"] = self.opts.out / "greenwatch.sqlite"
+            try:
+                files = write_all_formats(report, self.opts.out)
+            except OSError as exc:  # e.g. the disk filled up during the run: the summary still comes
+                self.messages.append(f"cannot write the report to {self.opts.out}: {exc.strerror or exc}")
+            if self.store.path != ":memory:":
+                files["db"] = Path(self.store.path)
         self.store.close()
         return files, report
 
@@ -262,13 +273,7 @@ class Session:
     def _work(self, ready: Future) -> None:
         """The collector side: batches in, records out; owns the store (runs in its own thread)."""
         try:
-            if self.opts.out is not None:
-                db = self.opts.out / "greenwatch.sqlite"
-                if db.exists():
-                    db.unlink()
-                self.store = EmbeddedStore(db)
-            else:
-                self.store = EmbeddedStore(":memory:")
+            self.store = self._open_store()
             self.collector = Collector(self.opts.settings, self.opts.carbon, self.store)
         except BaseException as exc:
             ready.set_exception(exc)
@@ -285,8 +290,31 @@ class Session:
                 except BaseException as exc:  # handed to the caller of _in_worker
                     fut.set_exception(exc)
                 continue
+            self._pending.append(item[0])
+            if not self.jobs.undecided:
+                self._account_pending()
+
+    def _open_store(self) -> EmbeddedStore:
+        """The run's store in its folder; in memory if the folder cannot hold it (the run goes on)."""
+        if self.opts.out is not None:
+            db = self.opts.out / "greenwatch.sqlite"
             try:
-                self.collector.handle(encode(item[0]), expect_node=(CLUSTER, self.node))
+                self.opts.out.mkdir(parents=True, exist_ok=True)
+                if db.exists():
+                    db.unlink()
+                return EmbeddedStore(db)
+            except (OSError, sqlite3.Error) as exc:
+                self.messages.append(f"cannot create {db} ({exc}); the run's records are kept in memory")
+        return EmbeddedStore(":memory:")
+
+    def _account_pending(self) -> None:
+        """Account the batches held back while some GPU was held provisionally (worker thread)."""
+        released = self.jobs.released
+        pending, self._pending = self._pending, []
+        for batch in pending:
+            try:
+                batch = strip_run(batch, self.job.job_id, released)
+                self.collector.handle(encode(batch), expect_node=(CLUSTER, self.node))
             except Exception:  # noqa: BLE001 - one bad batch must not lose the rest of the run
                 log.exception("accounting a batch of run %s failed", self.opts.name)
 
@@ -324,6 +352,8 @@ class Session:
             fields["exit_status"] = int(exit_status)
         if self.no_gpu_reason:
             fields["gpu_note"] = self.no_gpu_reason
+        if self.opts.carbon_config is not None:
+            fields["carbon_config"] = json.dumps(dict(self.opts.carbon_config), sort_keys=True)
         fields.update({f"unit_{k}": v for k, v in units.items()})
         return fields
 

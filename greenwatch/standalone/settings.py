@@ -1,0 +1,54 @@
+"""The settings of a standalone run: its name, and its configuration with command-line overrides."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from greenwatch.config import Config, config_from_mapping, load_config
+
+__all__ = ["carbon_settings", "default_run_name", "run_config"]
+
+#: Suffixes of the scripts that interpreters and launchers run: the script names the run.
+_SCRIPT_SUFFIXES = (".py", ".sh", ".r", ".jl", ".lua", ".pl", ".rb", ".js", ".ipynb")
+
+
+def default_run_name(cmd: Sequence[str]) -> str:
+    """A run name from its command: the script's stem (``python train.py`` -> ``train``), the module
+    of ``python -m pkg.mod``, else the program's file name."""
+    args = list(cmd[1:])
+    for k, arg in enumerate(args):
+        if arg == "-m" and k + 1 < len(args):
+            return args[k + 1]
+        if arg.lower().endswith(_SCRIPT_SUFFIXES) and not arg.startswith("-"):
+            return Path(arg).stem or "run"
+    return os.path.basename(cmd[0]) if cmd else "run"
+
+
+def run_config(path: str | Path | None, *, zone: str | None = None, pue: float | None = None,
+               market_factor_g_per_kwh: float | None = None) -> Config:
+    """The configuration file (defaults without one) with the ``[carbon]`` overrides given.
+
+    Overrides pass the same checks as the file's keys, so ``pue=0.9`` is refused the same way.
+    """
+    base = load_config(path)
+    data: dict[str, dict[str, Any]] = base.as_dict()
+    overrides = {"zone": zone, "pue": pue, "market_factor_g_per_kwh": market_factor_g_per_kwh}
+    changed = {k: v for k, v in overrides.items() if v is not None}
+    if not changed:
+        return base
+    if "pue" in changed:
+        data["carbon"]["facility_csv"] = ""  # an explicit PUE wins over the file's facility series
+    data["carbon"].update(changed)
+    return config_from_mapping(data, base.path)
+
+
+def carbon_settings(cfg: Config) -> dict[str, Any]:
+    """The ``[carbon]`` section as stored with a run: file paths made absolute, so that the report
+    re-rendered later, from anywhere, reads the same series."""
+    carbon = dict(cfg.as_dict()["carbon"])
+    for key in ("intensity_csv", "facility_csv", "cache_dir"):
+        if carbon.get(key):
+            carbon[key] = str(Path(carbon[key]).absolute())
+    return carbon
