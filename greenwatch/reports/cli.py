@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["register", "parse_run_as", "wait_for_summary"]
+__all__ = ["register", "parse_run_as", "wait_for_summary", "stored_carbon_context"]
 
 _DESCRIPTION = """\
 Write the carbon report of one job: identity, wall time and GPU-hours, energy (GPU, host,
@@ -19,8 +19,9 @@ everyday equivalences and the emissions had the job started at the lowest-carbon
 
 The job is read from InfluxDB (the [influxdb] section of --config) or, with --db, from an
 embedded SQLite store written by `greenwatch demo` or `greenwatch run`. Grid intensity,
-PUE and the market-based factor come from the [carbon] section of --config (built-in
-defaults without one). The JSON form is specified in docs/report-format.md.
+PUE and the market-based factor come from the [carbon] section of --config; without one,
+from the settings a `greenwatch run` or track() run stored with itself in --db, else the
+built-in defaults. The JSON form is specified in docs/report-format.md.
 
 The Slurm epilog (agent.epilog_report) runs this command in the background with --wait-s
 and --run-as to put each job's report into its working directory (docs/slurm.md)."""
@@ -83,7 +84,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "(md then refers to no plots)")
     p.add_argument("--config", "-c", type=Path, metavar="FILE",
                    help="TOML configuration: [carbon] for intensity, PUE and market factor, [influxdb] for where "
-                        "to read when --db is not given (every key: docs/configuration.md); omitted: defaults")
+                        "to read when --db is not given (every key: docs/configuration.md); omitted: the [carbon] "
+                        "settings stored with a `greenwatch run` or track() run in --db, else defaults")
     p.add_argument("--cluster", metavar="NAME",
                    help="the cluster the job ran on (default: node.cluster of --config when it sets one, else "
                         "the only cluster the job id exists on): the same job id on another cluster is another "
@@ -126,7 +128,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
                                           f"gid {os.getegid()} (omit --run-as, or give {os.geteuid()}:{os.getegid()})")
         run_as = None  # already that user: nothing to drop
     cfg = load_config(args.config)
-    carbon = carbon_context(cfg)
+    # A store of `greenwatch run` keeps the [carbon] settings its run was priced with: without
+    # --config those are the report's, so it names the sources that produced its figures.
+    carbon = None if args.db is not None and args.config is None else carbon_context(cfg)
     from greenwatch.carbon import load_embodied
 
     embodied = load_embodied()
@@ -138,6 +142,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
         store = EmbeddedStore(args.db)
         source = EmbeddedSource(store, cluster=args.cluster)
+        if carbon is None:
+            carbon = stored_carbon_context(source, args.job)
     else:
         from greenwatch.wiring import influx_store
 
@@ -200,6 +206,28 @@ def _configured_cluster(cfg: Any) -> str | None:
 
     cluster = str(cfg.node.cluster)
     return None if cluster == SCHEMA["node"]["cluster"].default else cluster
+
+
+# -- the carbon settings a run was priced with -------------------------------------------------
+
+def stored_carbon_context(source: Any, job_id: str) -> Any:
+    """The carbon context of the ``[carbon]`` settings stored in the job's record (``greenwatch run``
+    and ``track`` keep them there); the built-in defaults for a job that stored none."""
+    import json
+
+    from greenwatch.config import ConfigError, config_from_mapping
+    from greenwatch.wiring import carbon_context
+
+    stored = None
+    for point in source.job_points("job", job_id):
+        stored = point.get("carbon_config") or stored
+    if not stored:
+        return carbon_context(config_from_mapping({}))
+    try:
+        return carbon_context(config_from_mapping({"carbon": json.loads(stored)}))
+    except (ValueError, ConfigError) as exc:
+        raise ConfigError("--config", f"job {job_id} was priced with the carbon settings {stored}, which cannot "
+                                      f"be used now ({exc}); give them with --config") from None
 
 
 # -- waiting for the job's summary ------------------------------------------------------------
