@@ -33,7 +33,8 @@ def gpu_uuid(node: str, g: int) -> str:
 
 
 def job_records(cluster: str, job: str, t0_ns: int, batches: int, *, nodes: int = 1, gpus: int = 1,
-                watts: float = 400.0, summary: bool = True, host: bool = True) -> list[Record]:
+                watts: float = 400.0, summary: bool = True, host: bool = True,
+                even: bool = True) -> list[Record]:
     """What the collector writes for a job holding ``gpus`` GPUs on each of ``nodes`` nodes, 5 s batches."""
     out = []
     e = watts * 5.0
@@ -53,7 +54,7 @@ def job_records(cluster: str, job: str, t0_ns: int, batches: int, *, nodes: int 
                                           ("model", H100)),
                                   (("energy_j", eg), ("power_w", eg / 5), ("power_max_w", eg / 4),
                                    ("util_gpu_pct", 50.0 + 40 * math.sin(k / 30.0)), ("util_mem_pct", 30.0),
-                                   ("samples", 50 - (k % 3)), ("counter", 1)), t))
+                                   ("samples", 50 if even else 50 - (k % 3)), ("counter", 1)), t))
             fields = [("energy_j", job_e), ("idle_energy_j", 0.0), ("facility_energy_j", job_e * 1.2),
                       ("co2_g", job_e * 1.2 / 3.6e6 * 400), ("co2_market_g", job_e * 1.2 / 3.6e6 * 300),
                       ("gpu_seconds", 5.0 * gpus)]
@@ -170,10 +171,24 @@ def test_a_large_job_is_reduced_in_the_database_with_the_same_figures(store, sum
     # The energy series, the power plot, and a few rows per GPU and node.
     assert agg.rows_read <= ENERGY_POINTS + 8 * POWER_POINTS + 100
     assert any("computed inside InfluxDB" in n for n in reduced["notes"])
+    assert not any("batch means" in n for n in reduced["notes"])
     # The annual intensity is flat: the host share and the "what if" do not depend on the time buckets.
     _close(_without_notes(reduced), _without_notes(exact))
     assert reduced["gpus"][0]["samples"] == exact["gpus"][0]["samples"] > 0
     assert "RAPL in 75% of batches" in reduced["methods"]["host_energy"]
+
+
+def test_uneven_batches_give_batch_means_and_say_so(store):
+    write(store, job_records("big", "9002", T0, 300, gpus=2, even=False))
+    exact, _ = _report(store, "9002", raw_limit=10**9)
+    reduced, _ = _report(store, "9002", raw_limit=0)
+    assert any("2 GPU(s) whose batches held different numbers of samples" in n for n in reduced["notes"])
+    means = ("mean_power_w", "mean_util_pct", "mean_mem_util_pct")
+    for a, b in zip(reduced["gpus"], exact["gpus"]):
+        for k in means:
+            assert a.pop(k) == pytest.approx(b.pop(k), rel=1e-2)
+    _close(reduced["gpus"], exact["gpus"])
+    assert reduced["energy_kwh"] == pytest.approx(exact["energy_kwh"], rel=1e-12)
 
 
 def test_rows_read_do_not_grow_with_the_jobs_length(store):

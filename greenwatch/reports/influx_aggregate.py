@@ -4,7 +4,9 @@ Every query aggregates (InfluxQL ``SUM``/``MEAN``/``MAX``/``COUNT``, ``FIRST``/`
 job's edges, ``GROUP BY time(...)`` for the series), so the rows received are bounded by what
 the report shows: one per node and per GPU, and :data:`ENERGY_POINTS` / :data:`POWER_POINTS` per
 plotted series, whatever the job's length.  The figures are the same sums as the point-by-point
-reduction; the two things that change with the resolution are said in the report's notes.
+reduction; what differs is said in the report's notes: the host share and the "what if" are
+priced per time bucket, and a GPU whose batches held different numbers of samples gets means of
+its batch means instead of sample-weighted means.
 
 Per-GPU readings are taken over the span in which the job held each GPU (from its first to
 its last ``job_gpu`` point); the point-by-point reduction takes exactly the batches in which it
@@ -73,12 +75,15 @@ def aggregate_job_data(source: InfluxSource, job_id: str, where: str) -> JobData
     users = sorted((r["time_ns"], str(r.get("node", "")), str(r.get("user", ""))) for r in firsts if r.get("user"))
 
     t_s, e_gpu, e_host = _energy_series(source, where, first_ns, last_ns)
-    gpus, gpu_first_held = _gpus(source, cluster, where, first_ns)
+    gpus, gpu_first_held, uneven = _gpus(source, cluster, where, first_ns)
     has_host = int(totals_row.get("host_points") or 0) > 0
     node_host, measured, flagged = _node_host(source, cluster, node_span) if has_host else (0.0, 0, 0)
     notes = ["This job is large: the report was computed inside InfluxDB. The host share of the emissions and "
              "the 'what if' are priced per time bucket of the job's energy (at most "
              f"{ENERGY_POINTS} over the run) instead of per stored batch."]
+    if uneven:
+        notes.append(f"Mean power and utilisation of {uneven} GPU(s) whose batches held different numbers of "
+                     "samples are means of the batch means, not sample-weighted.")
     if len(gpus) > PLOTTED_GPUS:
         notes.append(f"The power plot shows {PLOTTED_GPUS} of the job's {len(gpus)} GPUs; the per-GPU table has "
                      "every GPU.")
@@ -112,8 +117,9 @@ def _energy_series(source: InfluxSource, where: str, first_ns: int | None,
 
 
 def _gpus(source: InfluxSource, cluster: str, where: str,
-          job_first_ns: int | None) -> tuple[list[GpuStats], float | None]:
-    """Per-GPU shares and readings, and the longest time a GPU was held in the job's first batch."""
+          job_first_ns: int | None) -> tuple[list[GpuStats], float | None, int]:
+    """Per-GPU shares and readings, the longest time a GPU was held in the job's first batch, and
+    how many GPUs had batches with different numbers of samples."""
     rows = source.rows(
         f'SELECT SUM("energy_j") AS "e", SUM("idle_energy_j") AS "i", SUM("gpu_seconds") AS "s" '
         f'FROM "job_gpu" WHERE {where} GROUP BY "node", "gpu"; '
@@ -140,42 +146,36 @@ def _gpus(source: InfluxSource, cluster: str, where: str,
         cond = (f'"cluster" = {string_literal(cluster)} AND "node" = {string_literal(node)} AND ('
                 + " OR ".join(f'"gpu" = {string_literal(u)}' for u in sorted(uuids))
                 + f") AND time >= {t0} AND time <= {t1}")
-        tags = '"node", "gpu", "gpu_index", "model"'
-        statements.append(
-            f'SELECT SUM("pw") AS "pw", SUM("uw") AS "uw", SUM("mw") AS "mw", SUM("w") AS "w" FROM '
-            f'(SELECT "power_w" * "samples" AS "pw", "util_gpu_pct" * "samples" AS "uw", '
-            f'"util_mem_pct" * "samples" AS "mw", "samples" AS "w" FROM "gpu" WHERE {cond} GROUP BY {tags}) '
-            f'GROUP BY {tags}')
         statements.append(
             f'SELECT MEAN("power_w") AS "mp", MEAN("util_gpu_pct") AS "mu", MEAN("util_mem_pct") AS "mm", '
             f'MAX("power_max_w") AS "pp", MAX("util_gpu_pct") AS "pu", SUM("samples") AS "samples", '
-            f'SUM("counter") AS "counters", COUNT("counter") AS "batches" FROM "gpu" WHERE {cond} GROUP BY {tags}')
+            f'MIN("samples") AS "s_min", MAX("samples") AS "s_max", SUM("counter") AS "counters", '
+            f'COUNT("counter") AS "batches" FROM "gpu" WHERE {cond} GROUP BY "node", "gpu", "gpu_index", "model"')
     for r in _run(source, statements):
         readings[(str(r.get("node", "")), str(r.get("gpu", "")))].update(r)
     out = []
+    uneven = 0
     for (node, uuid), v in shares.items():
         g = readings.get((node, uuid), {})
-        w = float(g.get("w") or 0.0)
+        # Means of the batch means: the sample-weighted means of the point-by-point reduction
+        # whenever every batch of the GPU had the same number of samples (weighting each batch
+        # in the database would cost a subquery over every raw point, twice the scan).
+        uneven += g.get("s_min") != g.get("s_max")
 
-        def mean(weighted: str, plain: str) -> float:
-            # Sample-weighted like the point-by-point reduction; plain mean when no batch counted samples.
-            if w > 0 and g.get(weighted) is not None:
-                return float(g[weighted]) / w
-            return float(g[plain]) if g.get(plain) is not None else float("nan")
+        def value(name: str) -> float:
+            return float(g[name]) if g.get(name) is not None else float("nan")
 
         idx = g.get("gpu_index")
         out.append(GpuStats(
             node=node, uuid=uuid, index=int(idx) if idx not in (None, "") else None,
             model=str(g.get("model") or "unknown"),
             energy_j=float(v.get("e", 0.0)), idle_energy_j=float(v.get("i", 0.0)), gpu_seconds=float(v.get("s", 0.0)),
-            mean_power_w=mean("pw", "mp"), peak_power_w=float(g["pp"]) if g.get("pp") is not None else float("nan"),
-            mean_util_pct=mean("uw", "mu"),
-            peak_util_pct=float(g["pu"]) if g.get("pu") is not None else float("nan"),
-            mean_mem_util_pct=mean("mw", "mm"), samples=int(g.get("samples") or 0),
+            mean_power_w=value("mp"), peak_power_w=value("pp"), mean_util_pct=value("mu"),
+            peak_util_pct=value("pu"), mean_mem_util_pct=value("mm"), samples=int(g.get("samples") or 0),
             energy_method=energy_method(int(g.get("counters") or 0), int(g.get("batches") or 0))))
     sort_gpus(out)
     _power_series(source, cluster, out[:PLOTTED_GPUS], shares)
-    return out, (max(held) if held else None)
+    return out, (max(held) if held else None), uneven
 
 
 def _power_series(source: InfluxSource, cluster: str, gpus: list[GpuStats],
