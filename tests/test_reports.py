@@ -9,6 +9,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 from collections import defaultdict
@@ -242,3 +243,62 @@ def test_html_renders_in_headless_chromium(demo, tmp_path):
     assert _console_errors(stderr) == [], stderr[-3000:]
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000  # a blank page is a few kB
+
+
+# -- a job with more GPUs than a page can list -------------------------------------------------
+
+class ManyGpus:
+    """A point source for one job on 100 GPUs (13 nodes x 8, the last node partly), 3 batches each."""
+
+    description = "synthetic: 100 GPUs"
+    times = [1_700_000_000_000_000_000 + k * 5_000_000_000 for k in range(1, 4)]
+
+    @staticmethod
+    def gpu(k: int) -> tuple[str, str]:
+        return f"n{k // 8:02d}", f"GPU-{k:08d}-0000-4000-8000-000000000000"
+
+    def job_points(self, measurement, job_id):
+        out = []
+        for k in range(100):
+            node, uuid = self.gpu(k)
+            e = 100.0 + k  # GPU 99 uses the most, GPU 0 the least
+            idle = e if k % 10 == 0 else 0.0  # every tenth GPU idle
+            for t in self.times:
+                base = {"time_ns": t, "cluster": "c", "node": node, "job": job_id}
+                if measurement == "job_gpu":
+                    out.append(dict(base, gpu=uuid, energy_j=e, idle_energy_j=idle, gpu_seconds=5.0))
+                elif measurement == "job_energy" and k % 8 == 0:
+                    out.append(dict(base, user="u", energy_j=8 * e, idle_energy_j=0.0, facility_energy_j=9.6 * e,
+                                    co2_g=0.01, co2_market_g=0.01, gpu_seconds=40.0))
+        return out
+
+    def gpu_points(self, cluster, node, uuid, t0, t1):
+        k = int(uuid[4:12])
+        return [{"time_ns": t, "cluster": cluster, "node": node, "gpu": uuid, "gpu_index": str(k % 8),
+                 "model": "NVIDIA H100 80GB HBM3", "power_w": 20.0 + k, "power_max_w": 30.0 + k,
+                 "util_gpu_pct": 50.0, "util_mem_pct": 10.0, "samples": 50, "counter": 1}
+                for t in self.times if t0 <= t <= t1]
+
+    def node_points(self, cluster, node, t0, t1):
+        return []
+
+
+def test_a_job_with_many_gpus_is_summarised_in_markdown_and_html_and_listed_in_csv_and_json():
+    from greenwatch.reports import render
+
+    carbon = CarbonContext(AnnualIntensity("DE"), ConstantPue(1.2), None)
+    report = build_report(ManyGpus(), "big", carbon=carbon, now=0.0)
+    assert report.gpu_count == 100
+    md = render(report, "md")
+    assert "The job held 100 GPUs: too many to list here" in md
+    gpus_section = md[md.index("\n## GPUs\n"):md.index("\n## Over time\n")]
+    # Distribution, the 5 highest, the 5 lowest and the 10 idle GPUs: not 100 rows.
+    assert len(re.findall(r"^\| n\d\d \|", gpus_section, re.M)) == 5 + 5 + 10
+    assert "| energy (kWh) |" in gpus_section and "10 GPU(s) spent at least 50%" in gpus_section
+    top = gpus_section.index("GPUs with the most energy")
+    assert gpus_section.index("GPU-00000099"[:12], top) < gpus_section.index("GPUs with the least energy")
+    html = render(report, "html")
+    assert "too many to list here" in html and html.count("<tr>") < 60
+    assert len(json.loads(render(report, "json"))["gpus"]) == 100
+    csv_rows = list(csv.DictReader(io.StringIO(render(report, "csv"))))
+    assert len({r["key"].rsplit("/", 1)[0] for r in csv_rows if r["section"] == "gpu"}) == 100

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from greenwatch.reports.figures import (GPU_COLUMNS, Row, duration, equivalence_text, gpu_rows, iso, num,
-                                        paper_paragraph, rows, summary_line)
+from greenwatch.reports.figures import (GPU_COLUMNS, GPU_EXTREMES, GPU_TABLE_LIMIT, IDLE_GPU_SHARE, Row, duration,
+                                        equivalence_text, gpu_distribution, gpu_extremes, gpu_rows, idle_gpus, iso,
+                                        num, paper_paragraph, rows, summary_line)
 from greenwatch.reports.model import RunReport
 
 __all__ = ["SECTIONS", "Block", "blocks"]
@@ -46,6 +47,33 @@ def _table(items: list[Row]) -> Block:
                  rows=[[r.label, _value(r), r.method] for r in items])
 
 
+def _gpu_cells(g: dict) -> list[str]:
+    return [g[c] if isinstance(g[c], str) else num(g[c]) for c in GPU_COLUMNS]
+
+
+def _gpu_summary(r: RunReport, head: list[str]) -> list[Block]:
+    """A job with more GPUs than a page can list: distributions, the extremes and the idle GPUs."""
+    out = [Block("p", f"The job held {r.gpu_count} GPUs: too many to list here. The CSV and JSON forms of this "
+                      "report have one row per GPU; this page summarises them.")]
+    out.append(Block("table", header=["over the GPUs", "min", "10th pct", "median", "90th pct", "max"],
+                     rows=[[d["figure"]] + [num(d[k]) for k in ("min", "p10", "median", "p90", "max")]
+                           for d in gpu_distribution(r)]))
+    top, bottom = gpu_extremes(r)
+    out += [Block("p", f"The {GPU_EXTREMES} GPUs with the most energy:"),
+            Block("table", header=head, rows=[_gpu_cells(g) for g in top]),
+            Block("p", f"The {GPU_EXTREMES} GPUs with the least energy:"),
+            Block("table", header=head, rows=[_gpu_cells(g) for g in bottom])]
+    idle = idle_gpus(r)
+    text = (f"{len(idle)} GPU(s) spent at least {100 * IDLE_GPU_SHARE:.0f}% of their energy allocated but idle"
+            + (":" if idle else "."))
+    out.append(Block("p", text))
+    if idle:
+        out.append(Block("table", header=head, rows=[_gpu_cells(g) for g in idle[:GPU_TABLE_LIMIT]]))
+        if len(idle) > GPU_TABLE_LIMIT:
+            out.append(Block("p", f"... and {len(idle) - GPU_TABLE_LIMIT} more (CSV and JSON list them all)."))
+    return out
+
+
 def blocks(r: RunReport, version: str = "", images: tuple[str, ...] | None = ("power", "intensity")) -> list[Block]:
     """The whole report; ``images`` lists the plots that exist (None: plots not written with this form)."""
     by: dict[str, list[Row]] = {}
@@ -71,8 +99,10 @@ def blocks(r: RunReport, version: str = "", images: tuple[str, ...] | None = ("p
     if gr:
         head = ["node", "GPU", "model", "energy (kWh)", "idle (kWh)", "GPU-h", "mean W", "peak W", "mean util %",
                 "peak util %", "energy from"]
-        out.append(Block("table", header=head,
-                         rows=[[g[c] if isinstance(g[c], str) else num(g[c]) for c in GPU_COLUMNS] for g in gr]))
+        if len(gr) > GPU_TABLE_LIMIT:
+            out += _gpu_summary(r, head)
+        else:
+            out.append(Block("table", header=head, rows=[_gpu_cells(g) for g in gr]))
         out.append(Block("p", "Energy is the job's share of each GPU. Mean power and utilisation are sample-weighted "
                               "means of the board readings in the batches in which the job held the GPU; peaks are "
                               "the highest power reading and the highest batch-mean utilisation."))

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from greenwatch.carbon.units import J_PER_KWH
 from greenwatch.reports.model import RunReport
 
-__all__ = ["Row", "rows", "gpu_rows", "num", "iso", "duration", "equivalence_text", "paper_paragraph", "summary_line"]
+__all__ = ["Row", "rows", "gpu_rows", "num", "iso", "duration", "equivalence_text", "paper_paragraph", "summary_line",
+           "GPU_TABLE_LIMIT", "GPU_EXTREMES", "IDLE_GPU_SHARE", "gpu_distribution", "gpu_extremes", "idle_gpus"]
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,46 @@ def gpu_rows(r: RunReport) -> list[dict]:
         "gpu_hours": g.gpu_seconds / 3600, "mean_power_w": g.mean_power_w, "peak_power_w": g.peak_power_w,
         "mean_util_pct": g.mean_util_pct, "peak_util_pct": g.peak_util_pct, "method": g.energy_method,
     } for g in r.gpus]
+
+
+#: Above this many GPUs, Markdown and HTML summarise the per-GPU table; CSV and JSON keep every GPU.
+GPU_TABLE_LIMIT = 64
+#: GPUs listed at each end of the summary (highest and lowest energy).
+GPU_EXTREMES = 5
+#: A GPU whose idle-allocated energy is at least this share of its energy counts as idle-allocated.
+IDLE_GPU_SHARE = 0.5
+
+#: The per-GPU figures the summary gives as distributions: key of :func:`gpu_rows`, label.
+DISTRIBUTION = (("energy_kwh", "energy (kWh)"), ("gpu_hours", "GPU-h"), ("mean_power_w", "mean W"),
+                ("peak_power_w", "peak W"), ("mean_util_pct", "mean util %"))
+
+
+def gpu_distribution(r: RunReport) -> list[dict]:
+    """For each figure of :data:`DISTRIBUTION`: label and its minimum, 10th percentile, median,
+    90th percentile and maximum over the job's GPUs (NaN readings left out)."""
+    import numpy as np
+
+    gr = gpu_rows(r)
+    out = []
+    for key, label in DISTRIBUTION:
+        values = np.array([g[key] for g in gr if g[key] is not None and not math.isnan(g[key])], dtype=np.float64)
+        if values.size == 0:
+            continue
+        q = np.percentile(values, [0, 10, 50, 90, 100])
+        out.append({"figure": label, "min": float(q[0]), "p10": float(q[1]), "median": float(q[2]),
+                    "p90": float(q[3]), "max": float(q[4])})
+    return out
+
+
+def gpu_extremes(r: RunReport, n: int = GPU_EXTREMES) -> tuple[list[dict], list[dict]]:
+    """The ``n`` GPUs with the most energy (highest first) and the ``n`` with the least (lowest first)."""
+    gr = sorted(gpu_rows(r), key=lambda g: (g["energy_kwh"], g["node"], g["uuid"]))
+    return gr[::-1][:n], gr[:n]
+
+
+def idle_gpus(r: RunReport) -> list[dict]:
+    """GPUs the job held mostly idle: idle-allocated energy at least :data:`IDLE_GPU_SHARE` of theirs."""
+    return [g for g in gpu_rows(r) if g["energy_kwh"] > 0 and g["idle_kwh"] >= IDLE_GPU_SHARE * g["energy_kwh"]]
 
 
 def summary_line(r: RunReport) -> str:
