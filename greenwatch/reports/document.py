@@ -32,6 +32,11 @@ class Block:
     image: str = ""
 
 
+#: Labels of the run facts that `greenwatch run` and `track` store with the job.
+_EXTRA_LABELS = {"sampled_from_s": "First GPU sample", "sampled_to_s": "Last GPU sample", "command": "Command",
+                 "exit_status": "Exit status", "ended_by": "Ended by", "gpu_note": "GPUs"}
+
+
 def _value(row: Row) -> str:
     if row.value is None:
         return "not measured" if row.key == "host_kwh" else "-"
@@ -147,7 +152,7 @@ def blocks(r: RunReport, version: str = "", images: tuple[str, ...] | None = ("p
              "Embodied: " + "; ".join(f"{k}: {v}" for k, v in sorted(r.embodied_sources.items())) + "."]
     for k, v in r.extra.items():
         shown = iso(v) if k.endswith("_s") and isinstance(v, (int, float)) else v
-        items.append(f"{k.replace('_', ' ').capitalize()}: {shown}")
+        items.append(f"{_EXTRA_LABELS.get(k, k.replace('_', ' ').capitalize())}: {shown}")
     items += [f"Note: {n}" for n in r.notes]
     out += [Block("h2", "Method and notes"), Block("ul", items=items)]
     return out

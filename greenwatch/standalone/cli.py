@@ -56,12 +56,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="how far around the actual start to look for the lowest-carbon start (default: 24)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]",
                    help="the command to run, after --")
-    p.set_defaults(func=_cmd_run)
+    p.set_defaults(func=_cmd_run, run_parser=p)
     return p
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from greenwatch.config import ConfigError
     from greenwatch.standalone.outdir import choose_out_dir
     from greenwatch.standalone.run import run_command
     from greenwatch.standalone.session import SessionOptions
@@ -71,12 +70,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
+    # Usage mistakes, not configuration errors: argparse prints the usage line and exits with 2.
     if not cmd:
-        raise ConfigError("CMD", "give the command to run after --, e.g. greenwatch run -- python train.py")
+        args.run_parser.error("give the command to run after --, e.g. greenwatch run -- python train.py")
     if not 0 < args.sample_hz <= 100:
-        raise ConfigError("--sample-hz", "must be in (0, 100]")
+        args.run_parser.error("--sample-hz must be in (0, 100]")
     if not args.what_if_window_h >= 0:
-        raise ConfigError("--what-if-window-h", "must be >= 0")
+        args.run_parser.error("--what-if-window-h must be >= 0")
     cfg = run_config(args.config, zone=args.zone, pue=args.pue, market_factor_g_per_kwh=args.market_factor)
     name = args.name or default_run_name(cmd)
     out = choose_out_dir(args.out, name, time.time())

@@ -149,6 +149,11 @@ def format_summary(r: RunResult, status: int) -> str:
     lines.append(f"  emissions: {c['location_based']:.4g} kgCO2e location-based, {c['market_based']:.4g} market-based, "
                  f"{c['embodied']:.4g} embodied")
     lines.append(f"  host:      {r.report.host_energy_method}")
+    # The carbon settings are named every time: defaults (zone DE) must never apply unnoticed.
+    rep = r.report
+    mean = f"mean {rep.intensity_mean_g_per_kwh:.4g} gCO2e/kWh, " if rep.total_energy_j > 0 else ""
+    lines.append(f"  carbon:    zone {rep.intensity_zone or '-'} ({mean}{rep.intensity_source}); "
+                 f"PUE {rep.pue_effective:.3g} ({rep.pue_source})")
     if r.files:
         report = r.files.get("md")
         lines.append(f"  report:    {report.parent if report else ''}/report.{{md,html,json,csv}}")
