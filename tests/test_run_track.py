@@ -110,3 +110,34 @@ def test_decorator_and_explicit_start_stop_each_make_a_run(tmp_path, lib_dir):
     assert manual["sci"]["functional_units"] == {"tokens": 10.0}
     assert manual["carbon_intensity"]["zone"] == "FR"
     assert manual["pue"]["effective"] == pytest.approx(1.1)
+
+
+def test_named_phases_get_their_own_energy(tmp_path, lib_dir):
+    out = tmp_path / "run"
+    proc = _python(f"""
+        walls = {{"load": 0.0, "train": 0.0}}
+        with greenwatch.track("phased", out={str(out)!r}) as run:
+            for name, seconds in (("load", 1.0), ("train", 1.5), ("train", 1.5)):
+                t = time.time()
+                with run.phase(name):
+                    time.sleep(seconds)
+                walls[name] += time.time() - t
+            time.sleep(0.5)   # outside every phase
+        print(json.dumps({{"walls": walls, "phases": run.result.phases}}))
+    """, tmp_path, lib_dir)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    got = json.loads(stdout.strip().splitlines()[-1])
+    phases = {p["name"]: p for p in got["phases"]}
+    assert list(phases) == ["load", "train"] and phases["train"]["times"] == 2
+    for name, p in phases.items():
+        assert p["measured"]
+        assert p["duration_s"] == pytest.approx(got["walls"][name], abs=0.25)
+        assert p["gpu_kwh"] == pytest.approx(250.0 * p["duration_s"] / 3.6e6, rel=0.01)  # the mock's constant 250 W
+        assert p["total_kwh"] > p["gpu_kwh"] and p["co2_kg"] > 0
+    doc = report_of(out)
+    assert doc["run"]["phases"] == got["phases"]
+    assert doc["energy_kwh"]["gpu"] > phases["load"]["gpu_kwh"] + phases["train"]["gpu_kwh"]  # time outside phases
+    md = (out / "report.md").read_text()
+    assert "| train | 2 |" in md
+    assert "phase,train/gpu_kwh," in (out / "report.csv").read_text()

@@ -37,6 +37,28 @@ _EXTRA_LABELS = {"sampled_from_s": "First GPU sample", "sampled_to_s": "Last GPU
                  "exit_status": "Exit status", "ended_by": "Ended by", "gpu_note": "GPUs"}
 
 
+def _phase_blocks(phases: object) -> list[Block]:
+    """The named phases of a run (``run.phase("train")``) as a table; nothing for a run without."""
+    if not isinstance(phases, list) or not phases:
+        return []
+    head = ["phase", "entered", "time", "GPU (kWh)", "host (kWh)", "total (kWh)", "location-based (kgCO2e)",
+            "market-based (kgCO2e)"]
+    body = []
+    for p in phases:
+        if not isinstance(p, dict):
+            continue
+        if not p.get("measured", True):
+            body.append([str(p.get("name")), str(p.get("times")), "not measured (sampling had stopped)"] + [""] * 5)
+            continue
+        body.append([str(p.get("name")), str(p.get("times")), duration(float(p.get("duration_s", 0.0))),
+                     *(num(float(p.get(k, 0.0))) for k in ("gpu_kwh", "host_kwh", "total_kwh", "co2_kg",
+                                                            "co2_market_kg"))])
+    return [Block("table", header=head, rows=body),
+            Block("p", "Named phases of the run, each from the GPU reading at its start to the one at its end "
+                       "(within one sampling interval of the calls); the run's time outside every phase is in "
+                       "none of them.")]
+
+
 def _value(row: Row) -> str:
     if row.value is None:
         return "not measured" if row.key == "host_kwh" else "-"
@@ -89,6 +111,7 @@ def blocks(r: RunReport, version: str = "", images: tuple[str, ...] | None = ("p
 
     out += [Block("h2", "Job"), _table(by["job"])]
     out += [Block("h2", "Energy"), _table(by["energy"])]
+    out += _phase_blocks(r.extra.get("phases"))
     out += [Block("h2", "Emissions"), _table([x for x in by["emissions"] if x.key != "idle_kg"])]
 
     out += [Block("h2", "Embodied emissions and SCI"), _table(by.get("embodied", []) + by["sci"])]
@@ -151,6 +174,8 @@ def blocks(r: RunReport, version: str = "", images: tuple[str, ...] | None = ("p
              f"Emissions: {r.intensity_source}. {r.market_note}",
              "Embodied: " + "; ".join(f"{k}: {v}" for k, v in sorted(r.embodied_sources.items())) + "."]
     for k, v in r.extra.items():
+        if k == "phases":
+            continue  # a table of its own, under Energy
         shown = iso(v) if k.endswith("_s") and isinstance(v, (int, float)) else v
         items.append(f"{_EXTRA_LABELS.get(k, k.replace('_', ' ').capitalize())}: {shown}")
     items += [f"Note: {n}" for n in r.notes]

@@ -8,6 +8,7 @@ internally; renderers convert.  Every figure carries the way it was obtained
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import defaultdict
@@ -255,13 +256,21 @@ def build_report(source: ReportSource, job_id: str, *, carbon: CarbonContext,
         data_source=source.description, notes=notes,
         generated_at=time.time() if now is None else now,
         intensity_times=wi.plot_times, intensity_values=wi.plot_values,
-        extra={k: meta[k] for k in ("sampled_from_s", "sampled_to_s", "command", "exit_status", "ended_by",
-                                                   "gpu_note")
+        extra={k: (_json_field(meta[k]) if k == "phases" else meta[k])
+               for k in ("sampled_from_s", "sampled_to_s", "command", "exit_status", "ended_by", "gpu_note", "phases")
                if k in meta},
     )
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def _json_field(text: Any) -> Any:
+    """A structured field stored as JSON text (the named phases of a standalone run)."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return text
 
 
 def _first(*values: Any) -> str:

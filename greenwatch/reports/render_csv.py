@@ -2,7 +2,8 @@
 
 Columns: ``section,key,label,value,unit,method``.  Values are plain numbers (full precision,
 dot decimal) or text; an empty value means "not measured" and ``method`` says why.  Per-GPU
-rows use the section ``gpu`` and the key ``<node>/<uuid>/<column>``.
+rows use the section ``gpu`` and the key ``<node>/<uuid>/<column>``; named phases of a run the
+section ``phase`` and the key ``<phase>/<figure>``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ _GPU_UNITS = {"energy_kwh": "kWh", "idle_kwh": "kWh", "gpu_hours": "h", "mean_po
               "mean_util_pct": "%", "peak_util_pct": "%"}
 
 
+_PHASE_UNITS = {"times": "", "duration_s": "s", "gpu_kwh": "kWh", "host_kwh": "kWh", "total_kwh": "kWh",
+                "co2_kg": "kgCO2e", "co2_market_kg": "kgCO2e"}
+
+
 def _value(v: object) -> str:
     if v is None:
         return ""
@@ -39,6 +44,14 @@ def render(r: RunReport) -> str:
     w.writerow(HEADER)
     for row in rows(r):
         w.writerow((row.section, row.key, row.label, _value(row.value), row.unit, row.method))
+    phases = r.extra.get("phases")
+    for p in phases if isinstance(phases, list) else []:
+        if not isinstance(p, dict):
+            continue
+        for key, unit in _PHASE_UNITS.items():
+            w.writerow(("phase", f"{p.get('name')}/{key}", f"phase {p.get('name')} {key}",
+                        _value(p.get(key)) if p.get("measured", True) else "", unit,
+                        "sum of the run's batches within the phase" if p.get("measured", True) else "not measured"))
     for g in gpu_rows(r):
         for col in GPU_COLUMNS:
             if col in ("node", "gpu", "method"):

@@ -35,6 +35,7 @@ from greenwatch.carbon.units import J_PER_KWH
 from greenwatch.collector import Collector
 from greenwatch.reports import EmbeddedSource, RunReport, build_report, write_all_formats
 from greenwatch.standalone.gpus import RunJobs, WatchedGpu, parse_visible_devices, strip_run
+from greenwatch.standalone.phases import PhaseBook, phase_figures
 from greenwatch.standalone.tree import ProcessTree, RunCpuMeter
 from greenwatch.storage.embedded import EmbeddedStore
 from greenwatch.storage.records import Record
@@ -85,15 +86,17 @@ class RunResult:
     files: dict[str, Path]
     report: RunReport = field(repr=False)
     messages: list[str] = field(default_factory=list)  # e.g. where the report could not be written
+    phases: list[dict[str, Any]] = field(default_factory=list)  # per named phase: time, energy, emissions
 
 
 class _SamplingThread(threading.Thread):
     """GPU samples at ``sample_hz``, processes at ``process_hz``, a batch every ``window_s``."""
 
     def __init__(self, sampler: Sampler, add_run: Callable[[Batch], Batch], opts: SessionOptions,
-                 out: queue.Queue) -> None:
+                 out: queue.Queue, phases: PhaseBook) -> None:
         super().__init__(name="greenwatch-run-sampler", daemon=True)
         self.sampler, self.add_run, self.opts, self.out = sampler, add_run, opts, out
+        self.phases = phases
         self.stop_event = threading.Event()
         self.first_us: int | None = None
         self.last_us: int | None = None
@@ -108,15 +111,30 @@ class _SamplingThread(threading.Thread):
 
     def _loop(self) -> None:
         run_sampling_loop(self.sampler, sample_hz=self.opts.sample_hz, process_hz=self.opts.process_hz,
-                          window_s=self.opts.window_s, on_batch=self._take, stop=self.stop_event, align_cuts=False)
+                          window_s=self.opts.window_s, on_batch=self._send, stop=self.stop_event, align_cuts=False,
+                          on_tick=self._cut_phases)
+        self.phases.resolve(self.phases.pending(), self.last_us or 0)  # asked for while sampling stopped
 
-    def _take(self, batch: Batch) -> None:
+    def _cut_phases(self) -> None:
+        """Close the batch at a reading taken now if a phase began or ended since the last pass."""
+        asked = self.phases.pending()
+        if asked:
+            self.sampler.sample_gpus()
+            end_us = self._take(self.sampler.cut(sent_us=int(time.time() * 1e6)))
+            self.phases.resolve(asked, end_us)
+
+    def _send(self, batch: Batch) -> None:
+        self._take(batch)
+
+    def _take(self, batch: Batch) -> int:
         t = batch.block.columns["t_us"]
         if len(t):
             lo, hi = int(t.min()), int(t.max())
             self.first_us = lo if self.first_us is None else min(self.first_us, lo)
             self.last_us = hi if self.last_us is None else max(self.last_us, hi)
-        self.out.put((self.add_run(batch),))
+        full = self.add_run(batch)
+        self.out.put((full,))
+        return int(full.block.end_us)
 
 
 class Session:
@@ -137,6 +155,8 @@ class Session:
         # Re-entrant: a signal handler may end the run while the main thread is inside mark().
         self._units_lock = threading.RLock()
         self.messages: list[str] = []
+        self.phases = PhaseBook()
+        self.phase_results: list[dict[str, Any]] = []
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -165,7 +185,7 @@ class Session:
         self.host = HostSampler(self.opts.watts_per_core)
         self.cpu = RunCpuMeter(self.tree, self.opts.name)
         sampler = Sampler(CLUSTER, self.node, [WatchedGpu(d, jobs) for d in devices], jobs, self.host, self.cpu)
-        self._sampling = _SamplingThread(sampler, self._add_run, self.opts, self._queue)
+        self._sampling = _SamplingThread(sampler, self._add_run, self.opts, self._queue, self.phases)
         # SQLite connections belong to the thread that made them: the worker owns the store and the
         # collector, and everything that touches them runs there (see _in_worker).
         ready: Future = Future()
@@ -222,7 +242,7 @@ class Session:
                     "embodied": report.embodied_g / 1000},
             sci_g={"run": report.sci_run_g, **report.sci_per_unit_g},
             gpus=[f"{g.model} ({g.uuid})" for g in report.gpus], no_gpu_reason=self.no_gpu_reason,
-            files=files, report=report, messages=list(self.messages))
+            files=files, report=report, messages=list(self.messages), phases=list(self.phase_results))
 
     # -- internals -------------------------------------------------------------------------
 
@@ -233,6 +253,10 @@ class Session:
         meta = self._job_fields(exit_status, command)
         if ended_by:
             meta["ended_by"] = ended_by
+        if self.phases.intervals():
+            self.phase_results = phase_figures(self.phases.intervals(),
+                                               self.store.points("job_energy", job=self.opts.name))
+            meta["phases"] = json.dumps(self.phase_results)
         self.store.write([self._job_record(meta)])
         report = build_report(EmbeddedSource(self.store), self.opts.name, carbon=self.opts.carbon,
                               what_if_window_s=self.opts.what_if_window_s)
