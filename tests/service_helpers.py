@@ -83,7 +83,8 @@ def health(query: Callable[..., list[dict]], bucket: str) -> dict:
     rows = query('SELECT last("batches") AS batches, last("unacked") AS unacked, last("spill_files") AS spill_files, '
                  'last("rejected") AS rejected, last("messages") AS messages, last("duplicates") AS duplicates, '
                  'last("heap_blocks") AS heap_blocks, last("malloc_bytes") AS malloc_bytes FROM "collector"', bucket)
-    return rows[0] if rows else {}
+    # A field InfluxDB has no value of yet comes back as null: absent, like a missing record.
+    return {k: v for k, v in rows[0].items() if v is not None} if rows else {}
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.5) -> None:
