@@ -13,7 +13,9 @@ import math
 import socket
 import string
 import tomllib
-from dataclasses import dataclass
+import dataclasses
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -36,6 +38,11 @@ class Key:
     default: Any
     doc: str
     check: Callable[[Any], str | None] | None = None
+
+
+def key(default: Any, doc: str, check: Callable[[Any], str | None] | None = None) -> Any:
+    """A configuration key of a section dataclass: its default, documentation and optional check."""
+    return field(default=default, metadata={"doc": doc, "check": check})
 
 
 def _gzip_level(value: Any) -> str | None:
@@ -114,120 +121,151 @@ def _report_dir_template(value: Any) -> str | None:
 
 _HOST = socket.gethostname().split(".")[0] or "node"
 
-#: section -> key -> declaration.  The order here is the order of the generated docs.
-SCHEMA: dict[str, dict[str, Key]] = {
-    "node": {
-        "cluster": Key(str, "default", "Cluster name; the second level of every MQTT topic and a tag on every series.", _topic_part),
-        "name": Key(str, _HOST, "This node's name in topics and series (default: the short host name).", _topic_part),
-    },
-    "agent": {
-        "sample_hz": Key(float, 10.0, "GPU sampling rate: energy counter, power, utilisation, memory, temperature, clock.", _positive),
-        "process_hz": Key(float, 1.0, "Rate of the slower loop that lists GPU processes, their SM utilisation and their jobs.", _positive),
-        "publish_interval_s": Key(float, 5.0, "Seconds of samples per published batch; also the resolution of the per-GPU series in InfluxDB.", _positive),
-        "mapping_dir": Key(str, "", "Directory where the Slurm prolog records which job holds which GPU (one file per GPU UUID). Empty: not used."),
-        "use_environ": Key(bool, True, "Fall back to SLURM_JOB_ID / GREENWATCH_JOB in /proc/<pid>/environ when a process is in no scheduler cgroup (needs root or CAP_SYS_PTRACE)."),
-        "proc_root": Key(str, "/proc", "Where the host's /proc is mounted (inside a container: the host's /proc bind-mounted)."),
-        "host_metrics": Key(bool, True, "Sample host CPU, memory and CPU energy (RAPL where readable, else an estimate), and each job's CPU time."),
-        "event_spool_dir": Key(str, "/var/spool/greenwatch/events", "Where `greenwatch slurm prolog|epilog` queue job events that could not be published in time; the next hook run sends them, oldest first."),
-        "event_spool_max": Key(int, 10000, "At most this many queued job events are kept; beyond it the oldest are dropped (and logged).", _positive),
-        "hook_deadline_s": Key(float, 0.9, "`greenwatch slurm prolog|epilog` exit (status 0) at the latest this many seconds after they started, whatever the broker does; undelivered events stay queued.", _positive),
-        "hook_publish_timeout_s": Key(float, 0.3, "Longest time `greenwatch slurm prolog|epilog` wait for the MQTT broker (connect and acknowledgements) before leaving their events queued.", _positive),
-        "epilog_report": Key(bool, False, "`greenwatch slurm epilog` starts, on the job's first node only, a background `greenwatch report` that writes the job's report (md, html, json, csv, plots) as the job's user into epilog_report_dir (docs/slurm.md). Needs [influxdb] with read access on the node; the epilog itself still returns at once."),
-        "epilog_report_dir": Key(str, "{workdir}/greenwatch-{job_id}", "Where the epilog's report goes: an absolute path or one starting with {workdir}; placeholders {workdir} (the job's working directory, SLURM_JOB_WORK_DIR), {job_id} and {user}. Created by the job's user, never by root.", _report_dir_template),
-        "epilog_report_wait_s": Key(float, 600.0, "How long the background report waits for the collector's `job` summary (written collector.finalize_delay_s after the job ended) before it reports from the per-batch records it finds, and says so.", _non_negative),
-        "kubelet_url": Key(str, "", "Kubelet API used to name Kubernetes pods (namespace, pod name), e.g. 'https://127.0.0.1:10250' or the read-only 'http://127.0.0.1:10255'. Empty: off; pods are then known by UID only."),
-        "kubelet_token_file": Key(str, "", "Bearer token for the kubelet (a service account token, e.g. /var/run/secrets/kubernetes.io/serviceaccount/token); empty for none."),
-        "kubelet_ca_file": Key(str, "", "CA bundle that signed the kubelet's serving certificate; empty uses the system store."),
-        "kubelet_insecure_tls": Key(bool, False, "Skip verifying the kubelet's certificate (kubelets often serve self-signed certificates); the token is still sent only to kubelet_url."),
-        "kubelet_refresh_s": Key(float, 30.0, "How long the kubelet's pod list is cached; an unknown pod UID triggers an early refresh at most every 5 s.", _positive),
-        "cpu_watts_per_core": Key(float, 6.0, "CPU watts per busy core for the host-energy estimate used where RAPL is not readable.", _positive),
-        "spool_dir": Key(str, "/var/lib/greenwatch-agent/spool", "Every batch is written here before it is published and deleted once a collector's receipt says it is stored (see receipts), so batches survive broker outages and agent restarts (systemd: StateDirectory=greenwatch-agent)."),
-        "spool_max_bytes": Key(int, 1 << 30, "Disk the spool may take; when full, the oldest batches are dropped (counted and logged). 1 GiB holds over 24 h of batches of a 16-GPU node at the default rates.", _positive),
-        "state_file": Key(str, "/var/lib/greenwatch-agent/state.json", "Where the agent records, at every batch, what a restarted agent needs to continue its run (anchor rows, holders, sequence number)."),
-        "resume_max_age_s": Key(float, 600.0, "A restarted agent continues the previous run (its first batch anchored, the energy while it was down counted from the counter) if the state file is at most this old; otherwise it begins a new run.", _non_negative),
-        "receipts": Key(bool, True, "Keep a published batch in the spool until a collector's receipt says it is stored (in InfluxDB or its fsynced spill) or rejected for good, so batches the broker drops (full queues, hostile subscribers, a discarded session) are published again. false: delete a batch once the broker accepted it, for collectors too old to send receipts (an agent that gets no receipts keeps at most spool_max_bytes and logs an error)."),
-        "receipt_timeout_s": Key(float, 60.0, "Published batches without a receipt after this long are published again (duplicates cost the collector nothing); while no receipt arrives at all the wait doubles, up to 16 times this.", _positive),
-    },
-    "mqtt": {
-        "host": Key(str, "localhost", "MQTT broker host name or address."),
-        "port": Key(int, 1883, "MQTT broker port (8883 is customary for TLS).", _port),
-        "topic_prefix": Key(str, "greenwatch/v1", "First topic levels; topics are <prefix>/<cluster>/<node>/batch.", _topic_prefix),
-        "qos": Key(int, 1, "MQTT quality of service for batches: 1 (at least once, what the collector's idempotent writes expect) or 2. QoS 0 is refused: the agent deletes a spooled batch only once the broker confirms it, and QoS 0 confirms nothing.", _qos),
-        "keepalive_s": Key(int, 30, "MQTT keep-alive interval in seconds.", _positive),
-        "client_id": Key(str, "", "MQTT client id; empty derives one from the service and node name."),
-        "username": Key(str, "", "MQTT user name; empty for none."),
-        "password_file": Key(str, "", "File holding the MQTT password (e.g. from systemd LoadCredential=); never put the password itself in the config."),
-        "tls": Key(bool, False, "Connect with TLS."),
-        "ca_file": Key(str, "", "CA bundle for TLS; empty uses the system store."),
-        "cert_file": Key(str, "", "Client certificate for TLS client authentication."),
-        "key_file": Key(str, "", "Private key for cert_file."),
-    },
-    "collector": {
-        "share_group": Key(str, "greenwatch", "MQTT 5 shared-subscription group: collectors in the same group split the node batches among them.", _topic_part),
-        "instance": Key(str, _HOST, "This collector's name in its health series."),
-        "max_message_bytes": Key(int, 8 * 1024 * 1024, "Larger MQTT messages are rejected unread.", _positive),
-        "max_clock_skew_s": Key(float, 3600.0, "How far a batch's send time (`sent_us`, the agent's clock) may lie in the future of the collector's clock; further is rejected (`clock-skew`, logged with the node and the skew). Past send times are not limited: batches spooled during an outage of any length are accepted. Its samples are judged against the send time (max_window_s).", _positive),
-        "max_window_s": Key(float, 86400.0, "A batch's samples and window ends must lie at most this long before its send time (and at most 2 s after it); keep it above agent.resume_max_age_s plus two publishing intervals (a resumed run's first batch starts at the last sample before the restart).", _positive),
-        "max_gpus_per_node": Key(int, 256, "GPUs (MIG instances count each) one batch may name; more is rejected (`too-many-gpus`).", _positive),
-        "max_jobs_per_batch": Key(int, 1024, "Jobs one batch may name; more is rejected (`too-many-jobs`).", _positive),
-        "max_series_per_node": Key(int, 20000, "Distinct GPUs and jobs (job id and user) one node may name within an hour; a batch that would pass it is rejected (`too-many-series`), so one node cannot flood the database with series.", _positive),
-        "max_node_messages_per_s": Key(float, 20.0, "Messages one node may send per second on average (agents send one per publish_interval_s); bursts of up to 100,000 pass (more batches than a full default agent spool holds), so a spool drains at once after an outage. More is rejected (`rate-limit`).", _positive),
-        "max_new_nodes_per_minute": Key(int, 2000, "Node names not seen lately that may appear within one minute; more are rejected (`too-many-nodes`). Raise it above the node count for sites of more than 2,000 nodes, whose nodes all appear at once when a collector starts.", _positive),
-        "health_interval_s": Key(float, 10.0, "How often the collector writes its own counters to InfluxDB.", _positive),
-        "session_expiry_s": Key(int, 86400, "MQTT 5 session expiry: for this long after the collector disconnects the broker keeps its session and queues its share of the batches (size the broker's max_queued_messages/max_queued_bytes for it).", _positive),
-        "max_unacked": Key(int, 1000, "MQTT 5 Receive Maximum: messages received but not yet acknowledged, i.e. not yet durably written. Bounds the collector's memory when neither InfluxDB nor the spill can take data.", _positive),
-        "spill_dir": Key(str, "/var/lib/greenwatch-collector/spill", "Where records go (fsynced, then the MQTT messages are acknowledged) while InfluxDB cannot take them; drained into InfluxDB, oldest first, when it answers again."),
-        "spill_max_bytes": Key(int, 16 << 30, "Disk the spill may take (compressed line protocol). When full, messages are left unacknowledged and the broker holds them.", _positive),
-        "dead_letter_file": Key(str, "", "JSON-lines file for lines InfluxDB refuses (cannot parse, field type conflict): each with the time, InfluxDB's reason and the line, fsynced before the messages are acknowledged; the rest of the write is stored. Empty: `dead-letter.jsonl` beside `spill_dir` (/var/lib/greenwatch-collector/dead-letter.jsonl by default). See docs/influxdb.md."),
-        "dead_letter_max_bytes": Key(int, 256 << 20, "Size the dead-letter file may reach; further refused lines are only counted (health field `dead_letter_dropped`) and logged until it is moved away or truncated. 0 keeps none.", _non_negative),
-        "finalize_delay_s": Key(float, 30.0, "Grace period after a job's end event before its summary (`job` record) is computed, so that the last batches of every node have arrived.", _non_negative),
-    },
-    "influxdb": {
-        "url": Key(str, "http://localhost:8086", "InfluxDB base URL (2.x/3.x, or 1.8+ which also answers the v2 write API)."),
-        "org": Key(str, "greenwatch", "InfluxDB organisation (ignored by 1.8+)."),
-        "bucket": Key(str, "greenwatch", "Bucket (2.x/3.x) or database/retention policy (1.8+: 'db/rp' or 'db')."),
-        "token_file": Key(str, "", "File holding the API token (1.8+: 'user:password'); empty for none."),
-        "timeout_s": Key(float, 10.0, "HTTP timeout for one write.", _positive),
-        "gzip_level": Key(int, 1, "gzip level of write bodies, 1 (fastest) to 9 (smallest); 0 sends them uncompressed. Level 1 shrinks line protocol about 5.7x at an eighth of level 9's CPU (7.6x); 0 suits an InfluxDB on the same host.", _gzip_level),
-    },
-    "carbon": {
-        "zone": Key(str, "DE", "Grid zone (country code) for the shipped annual intensity table, and the fallback outside a series."),
-        "intensity_csv": Key(str, "", "Operator-provided CSV (timestamp,g_per_kwh), hourly or finer; empty uses the annual table."),
-        "live_url": Key(str, "", "Optional live intensity API URL template; values are cached so the collector keeps working offline."),
-        "cache_dir": Key(str, "", "Where the live provider caches values; empty disables the cache."),
-        "market_factor_g_per_kwh": Key(float, -1.0, "Contractual (market-based) emission factor in gCO2e/kWh; negative: none, market-based equals location-based."),
-        "pue": Key(float, 1.56, "Constant power usage effectiveness (facility / IT energy). Default: Uptime Institute 2024 global average; set your site's.", _pue),
-        "facility_csv": Key(str, "", "Optional facility series CSV (timestamp,pue or timestamp,facility_w,it_w) giving PUE per interval; overrides pue."),
-    },
-    "attribution": {
-        "idle_policy": Key(str, "equal", "How the idle part of a shared GPU's energy is split: 'equal' among the jobs holding it, 'proportional' to SM share, or 'unallocated' (kept at node level, as Kepler does).", _one_of("equal", "proportional", "unallocated")),
-        "idle_power_w": Key(float, 60.0, "A GPU's idle baseline in watts; energy above it is 'active' and split by SM share on shared GPUs.", _non_negative),
-    },
-}
+@dataclass(frozen=True)
+class NodeConfig:
+    """The ``[node]`` section."""
+
+    cluster: str = key("default", "Cluster name; the second level of every MQTT topic and a tag on every series.", _topic_part)
+    name: str = key(_HOST, "This node's name in topics and series (default: the short host name).", _topic_part)
 
 
+@dataclass(frozen=True)
+class AgentConfig:
+    """The ``[agent]`` section."""
+
+    sample_hz: float = key(10.0, "GPU sampling rate: energy counter, power, utilisation, memory, temperature, clock.", _positive)
+    process_hz: float = key(1.0, "Rate of the slower loop that lists GPU processes, their SM utilisation and their jobs.", _positive)
+    publish_interval_s: float = key(5.0, "Seconds of samples per published batch; also the resolution of the per-GPU series in InfluxDB.", _positive)
+    mapping_dir: str = key("", "Directory where the Slurm prolog records which job holds which GPU (one file per GPU UUID). Empty: not used.")
+    use_environ: bool = key(True, "Fall back to SLURM_JOB_ID / GREENWATCH_JOB in /proc/<pid>/environ when a process is in no scheduler cgroup (needs root or CAP_SYS_PTRACE).")
+    proc_root: str = key("/proc", "Where the host's /proc is mounted (inside a container: the host's /proc bind-mounted).")
+    host_metrics: bool = key(True, "Sample host CPU, memory and CPU energy (RAPL where readable, else an estimate), and each job's CPU time.")
+    event_spool_dir: str = key("/var/spool/greenwatch/events", "Where `greenwatch slurm prolog|epilog` queue job events that could not be published in time; the next hook run sends them, oldest first.")
+    event_spool_max: int = key(10000, "At most this many queued job events are kept; beyond it the oldest are dropped (and logged).", _positive)
+    hook_deadline_s: float = key(0.9, "`greenwatch slurm prolog|epilog` exit (status 0) at the latest this many seconds after they started, whatever the broker does; undelivered events stay queued.", _positive)
+    hook_publish_timeout_s: float = key(0.3, "Longest time `greenwatch slurm prolog|epilog` wait for the MQTT broker (connect and acknowledgements) before leaving their events queued.", _positive)
+    epilog_report: bool = key(False, "`greenwatch slurm epilog` starts, on the job's first node only, a background `greenwatch report` that writes the job's report (md, html, json, csv, plots) as the job's user into epilog_report_dir (docs/slurm.md). Needs [influxdb] with read access on the node; the epilog itself still returns at once.")
+    epilog_report_dir: str = key("{workdir}/greenwatch-{job_id}", "Where the epilog's report goes: an absolute path or one starting with {workdir}; placeholders {workdir} (the job's working directory, SLURM_JOB_WORK_DIR), {job_id} and {user}. Created by the job's user, never by root.", _report_dir_template)
+    epilog_report_wait_s: float = key(600.0, "How long the background report waits for the collector's `job` summary (written collector.finalize_delay_s after the job ended) before it reports from the per-batch records it finds, and says so.", _non_negative)
+    kubelet_url: str = key("", "Kubelet API used to name Kubernetes pods (namespace, pod name), e.g. 'https://127.0.0.1:10250' or the read-only 'http://127.0.0.1:10255'. Empty: off; pods are then known by UID only.")
+    kubelet_token_file: str = key("", "Bearer token for the kubelet (a service account token, e.g. /var/run/secrets/kubernetes.io/serviceaccount/token); empty for none.")
+    kubelet_ca_file: str = key("", "CA bundle that signed the kubelet's serving certificate; empty uses the system store.")
+    kubelet_insecure_tls: bool = key(False, "Skip verifying the kubelet's certificate (kubelets often serve self-signed certificates); the token is still sent only to kubelet_url.")
+    kubelet_refresh_s: float = key(30.0, "How long the kubelet's pod list is cached; an unknown pod UID triggers an early refresh at most every 5 s.", _positive)
+    cpu_watts_per_core: float = key(6.0, "CPU watts per busy core for the host-energy estimate used where RAPL is not readable.", _positive)
+    spool_dir: str = key("/var/lib/greenwatch-agent/spool", "Every batch is written here before it is published and deleted once a collector's receipt says it is stored (see receipts), so batches survive broker outages and agent restarts (systemd: StateDirectory=greenwatch-agent).")
+    spool_max_bytes: int = key(1 << 30, "Disk the spool may take; when full, the oldest batches are dropped (counted and logged). 1 GiB holds over 24 h of batches of a 16-GPU node at the default rates.", _positive)
+    state_file: str = key("/var/lib/greenwatch-agent/state.json", "Where the agent records, at every batch, what a restarted agent needs to continue its run (anchor rows, holders, sequence number).")
+    resume_max_age_s: float = key(600.0, "A restarted agent continues the previous run (its first batch anchored, the energy while it was down counted from the counter) if the state file is at most this old; otherwise it begins a new run.", _non_negative)
+    receipts: bool = key(True, "Keep a published batch in the spool until a collector's receipt says it is stored (in InfluxDB or its fsynced spill) or rejected for good, so batches the broker drops (full queues, hostile subscribers, a discarded session) are published again. false: delete a batch once the broker accepted it, for collectors too old to send receipts (an agent that gets no receipts keeps at most spool_max_bytes and logs an error).")
+    receipt_timeout_s: float = key(60.0, "Published batches without a receipt after this long are published again (duplicates cost the collector nothing); while no receipt arrives at all the wait doubles, up to 16 times this.", _positive)
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """The ``[mqtt]`` section."""
+
+    host: str = key("localhost", "MQTT broker host name or address.")
+    port: int = key(1883, "MQTT broker port (8883 is customary for TLS).", _port)
+    topic_prefix: str = key("greenwatch/v1", "First topic levels; topics are <prefix>/<cluster>/<node>/batch.", _topic_prefix)
+    qos: int = key(1, "MQTT quality of service for batches: 1 (at least once, what the collector's idempotent writes expect) or 2. QoS 0 is refused: the agent deletes a spooled batch only once the broker confirms it, and QoS 0 confirms nothing.", _qos)
+    keepalive_s: int = key(30, "MQTT keep-alive interval in seconds.", _positive)
+    client_id: str = key("", "MQTT client id; empty derives one from the service and node name.")
+    username: str = key("", "MQTT user name; empty for none.")
+    password_file: str = key("", "File holding the MQTT password (e.g. from systemd LoadCredential=); never put the password itself in the config.")
+    tls: bool = key(False, "Connect with TLS.")
+    ca_file: str = key("", "CA bundle for TLS; empty uses the system store.")
+    cert_file: str = key("", "Client certificate for TLS client authentication.")
+    key_file: str = key("", "Private key for cert_file.")
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """The ``[collector]`` section."""
+
+    share_group: str = key("greenwatch", "MQTT 5 shared-subscription group: collectors in the same group split the node batches among them.", _topic_part)
+    instance: str = key(_HOST, "This collector's name in its health series.")
+    max_message_bytes: int = key(8 * 1024 * 1024, "Larger MQTT messages are rejected unread.", _positive)
+    max_clock_skew_s: float = key(3600.0, "How far a batch's send time (`sent_us`, the agent's clock) may lie in the future of the collector's clock; further is rejected (`clock-skew`, logged with the node and the skew). Past send times are not limited: batches spooled during an outage of any length are accepted. Its samples are judged against the send time (max_window_s).", _positive)
+    max_window_s: float = key(86400.0, "A batch's samples and window ends must lie at most this long before its send time (and at most 2 s after it); keep it above agent.resume_max_age_s plus two publishing intervals (a resumed run's first batch starts at the last sample before the restart).", _positive)
+    max_gpus_per_node: int = key(256, "GPUs (MIG instances count each) one batch may name; more is rejected (`too-many-gpus`).", _positive)
+    max_jobs_per_batch: int = key(1024, "Jobs one batch may name; more is rejected (`too-many-jobs`).", _positive)
+    max_series_per_node: int = key(20000, "Distinct GPUs and jobs (job id and user) one node may name within an hour; a batch that would pass it is rejected (`too-many-series`), so one node cannot flood the database with series.", _positive)
+    max_node_messages_per_s: float = key(20.0, "Messages one node may send per second on average (agents send one per publish_interval_s); bursts of up to 100,000 pass (more batches than a full default agent spool holds), so a spool drains at once after an outage. More is rejected (`rate-limit`).", _positive)
+    max_new_nodes_per_minute: int = key(2000, "Node names not seen lately that may appear within one minute; more are rejected (`too-many-nodes`). Raise it above the node count for sites of more than 2,000 nodes, whose nodes all appear at once when a collector starts.", _positive)
+    health_interval_s: float = key(10.0, "How often the collector writes its own counters to InfluxDB.", _positive)
+    session_expiry_s: int = key(86400, "MQTT 5 session expiry: for this long after the collector disconnects the broker keeps its session and queues its share of the batches (size the broker's max_queued_messages/max_queued_bytes for it).", _positive)
+    max_unacked: int = key(1000, "MQTT 5 Receive Maximum: messages received but not yet acknowledged, i.e. not yet durably written. Bounds the collector's memory when neither InfluxDB nor the spill can take data.", _positive)
+    spill_dir: str = key("/var/lib/greenwatch-collector/spill", "Where records go (fsynced, then the MQTT messages are acknowledged) while InfluxDB cannot take them; drained into InfluxDB, oldest first, when it answers again.")
+    spill_max_bytes: int = key(16 << 30, "Disk the spill may take (compressed line protocol). When full, messages are left unacknowledged and the broker holds them.", _positive)
+    dead_letter_file: str = key("", "JSON-lines file for lines InfluxDB refuses (cannot parse, field type conflict): each with the time, InfluxDB's reason and the line, fsynced before the messages are acknowledged; the rest of the write is stored. Empty: `dead-letter.jsonl` beside `spill_dir` (/var/lib/greenwatch-collector/dead-letter.jsonl by default). See docs/influxdb.md.")
+    dead_letter_max_bytes: int = key(256 << 20, "Size the dead-letter file may reach; further refused lines are only counted (health field `dead_letter_dropped`) and logged until it is moved away or truncated. 0 keeps none.", _non_negative)
+    finalize_delay_s: float = key(30.0, "Grace period after a job's end event before its summary (`job` record) is computed, so that the last batches of every node have arrived.", _non_negative)
+
+
+@dataclass(frozen=True)
+class InfluxdbConfig:
+    """The ``[influxdb]`` section."""
+
+    url: str = key("http://localhost:8086", "InfluxDB base URL (2.x/3.x, or 1.8+ which also answers the v2 write API).")
+    org: str = key("greenwatch", "InfluxDB organisation (ignored by 1.8+).")
+    bucket: str = key("greenwatch", "Bucket (2.x/3.x) or database/retention policy (1.8+: 'db/rp' or 'db').")
+    token_file: str = key("", "File holding the API token (1.8+: 'user:password'); empty for none.")
+    timeout_s: float = key(10.0, "HTTP timeout for one write.", _positive)
+    gzip_level: int = key(1, "gzip level of write bodies, 1 (fastest) to 9 (smallest); 0 sends them uncompressed. Level 1 shrinks line protocol about 5.7x at an eighth of level 9's CPU (7.6x); 0 suits an InfluxDB on the same host.", _gzip_level)
+
+
+@dataclass(frozen=True)
+class CarbonConfig:
+    """The ``[carbon]`` section."""
+
+    zone: str = key("DE", "Grid zone (country code) for the shipped annual intensity table, and the fallback outside a series.")
+    intensity_csv: str = key("", "Operator-provided CSV (timestamp,g_per_kwh), hourly or finer; empty uses the annual table.")
+    live_url: str = key("", "Optional live intensity API URL template; values are cached so the collector keeps working offline.")
+    cache_dir: str = key("", "Where the live provider caches values; empty disables the cache.")
+    market_factor_g_per_kwh: float = key(-1.0, "Contractual (market-based) emission factor in gCO2e/kWh; negative: none, market-based equals location-based.")
+    pue: float = key(1.56, "Constant power usage effectiveness (facility / IT energy). Default: Uptime Institute 2024 global average; set your site's.", _pue)
+    facility_csv: str = key("", "Optional facility series CSV (timestamp,pue or timestamp,facility_w,it_w) giving PUE per interval; overrides pue.")
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    """The ``[attribution]`` section."""
+
+    idle_policy: str = key("equal", "How the idle part of a shared GPU's energy is split: 'equal' among the jobs holding it, 'proportional' to SM share, or 'unallocated' (kept at node level, as Kepler does).", _one_of("equal", "proportional", "unallocated"))
+    idle_power_w: float = key(60.0, "A GPU's idle baseline in watts; energy above it is 'active' and split by SM share on shared GPUs.", _non_negative)
+
+
+@dataclass(frozen=True)
 class Config:
-    """Validated configuration: ``cfg.section.key`` attribute access plus the source path."""
+    """Validated configuration: one typed section per ``[section]`` of the file, plus the file's path."""
 
-    def __init__(self, values: dict[str, dict[str, Any]], path: Path | None) -> None:
-        self._values = values
-        self.path = path
-        for section, keys in values.items():
-            setattr(self, section, _Section(section, keys))
+    node: NodeConfig = field(default_factory=NodeConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    collector: CollectorConfig = field(default_factory=CollectorConfig)
+    influxdb: InfluxdbConfig = field(default_factory=InfluxdbConfig)
+    carbon: CarbonConfig = field(default_factory=CarbonConfig)
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    path: Path | None = None
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
         """A deep copy of every value, defaults included."""
-        return {s: dict(k) for s, k in self._values.items()}
+        return {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}
 
 
-class _Section:
-    def __init__(self, name: str, values: dict[str, Any]) -> None:
-        self._name = name
-        self.__dict__.update(values)
+#: section name -> its dataclass, in the order of the generated docs.
+SECTIONS: dict[str, type] = {"node": NodeConfig, "agent": AgentConfig, "mqtt": MqttConfig, "collector": CollectorConfig, "influxdb": InfluxdbConfig, "carbon": CarbonConfig, "attribution": AttributionConfig}
 
-    def __repr__(self) -> str:
-        items = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if not k.startswith("_"))
-        return f"[{self._name}] {items}"
+
+def _declarations(cls: type) -> dict[str, Key]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: Key(hints[f.name], f.default, f.metadata["doc"], f.metadata["check"])
+            for f in dataclasses.fields(cls)}
+
+
+#: section -> key -> declaration, derived from the section dataclasses.
+SCHEMA: dict[str, dict[str, Key]] = {section: _declarations(cls) for section, cls in SECTIONS.items()}
 
 
 def _coerce(key: str, decl: Key, value: Any) -> Any:
@@ -261,7 +299,7 @@ def config_from_mapping(data: Mapping[str, Any], path: Path | None = None) -> Co
             if decl is None:
                 raise ConfigError(key, f"unknown key; keys of [{section}]: {', '.join(SCHEMA[section])}")
             values[section][name] = _coerce(key, decl, value)
-    return Config(values, path)
+    return Config(**{s: SECTIONS[s](**v) for s, v in values.items()}, path=path)
 
 
 def load_config(path: str | Path | None) -> Config:

@@ -14,7 +14,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 
-from greenwatch.config import Config, ConfigError
+from greenwatch.config import Config
 from greenwatch.credentials import check_mqtt_tls, influx_token, mqtt_password
 from greenwatch.transport.identifiers import check_name
 

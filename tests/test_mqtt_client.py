@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import types
 
+from greenwatch.config import MqttConfig
 from greenwatch.transport.mqtt import make_client
 
 
-def _cfg(broker) -> types.SimpleNamespace:
-    return types.SimpleNamespace(host=broker.host, port=broker.port, username="", password_file="", tls=False,
-                                 ca_file="", cert_file="", key_file="", keepalive_s=30)
+def _cfg(broker) -> MqttConfig:
+    return MqttConfig(host=broker.host, port=broker.port)
 
 
 async def _wait_queued(client, n: int, timeout: float = 10.0) -> None:
@@ -23,8 +22,8 @@ async def _wait_queued(client, n: int, timeout: float = 10.0) -> None:
 def test_take_queued_returns_what_arrived_in_order_without_waiting(mosquitto):
     async def scenario() -> None:
         cfg = _cfg(mosquitto)
-        async with make_client(cfg, "gw-test-take-sub", manual_ack=True, receive_maximum=100) as sub, \
-                make_client(cfg, "gw-test-take-pub") as pub:
+        async with make_client(cfg, "gw-test-take-sub", password=None, manual_ack=True, receive_maximum=100) as sub, \
+                make_client(cfg, "gw-test-take-pub", password=None) as pub:
             await sub.subscribe("gw-test/take/#", qos=1)
             assert sub.take_queued(10) == []                    # nothing yet: returns at once, empty
             for k in range(30):
@@ -47,7 +46,8 @@ def test_take_queued_returns_what_arrived_in_order_without_waiting(mosquitto):
 def test_publish_nowait_and_checked_subscriptions(mosquitto):
     async def scenario() -> None:
         cfg = _cfg(mosquitto)
-        async with make_client(cfg, "gw-test-nowait-sub") as sub, make_client(cfg, "gw-test-nowait-pub") as pub:
+        async with make_client(cfg, "gw-test-nowait-sub", password=None) as sub, \
+                make_client(cfg, "gw-test-nowait-pub", password=None) as pub:
             assert await sub.subscribe_checked("gw-test/nowait/#", qos=1) == [1]     # granted QoS 1
             for k in range(3):
                 assert pub.publish_nowait(f"gw-test/nowait/{k}", str(k).encode(), qos=k % 2)

@@ -287,7 +287,7 @@ def _holders_json(holders: tuple[Holder, ...]) -> list[list[object]]:
 
 
 def _holders_from_json(rows: list[list[object]]) -> tuple[Holder, ...]:
-    return tuple(sorted((Holder(JobInfo(str(j), str(u), str(s)), float("nan") if sm is None else float(sm))
+    return tuple(sorted((Holder(JobInfo(str(j), str(u), str(s)), float("nan") if sm is None else float(str(sm)))
                          for j, u, s, sm in rows), key=lambda h: h.job.job_id))
 
 

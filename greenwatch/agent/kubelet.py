@@ -23,6 +23,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from greenwatch.config import AgentConfig
+
 __all__ = ["PodInfo", "KubeletPods", "parse_pod_list", "normalise_uid"]
 
 log = logging.getLogger(__name__)
@@ -147,9 +149,8 @@ class KubeletPods:
                 return
 
 
-def kubelet_from_config(cfg: object) -> KubeletPods | None:
+def kubelet_from_config(a: AgentConfig) -> KubeletPods | None:
     """A :class:`KubeletPods` from ``[agent] kubelet_*``, or None when ``kubelet_url`` is empty."""
-    a = cfg.agent  # type: ignore[attr-defined]
     if not a.kubelet_url:
         return None
     return KubeletPods(a.kubelet_url, token_file=a.kubelet_token_file, ca_file=a.kubelet_ca_file,

@@ -533,7 +533,7 @@ async def _run(cfg: Config, devices: Sequence[GpuDevice] | None, spool: DiskQueu
         log.warning("no GPU found: publishing host metrics only")
     from greenwatch.agent.kubelet import kubelet_from_config
 
-    pods = kubelet_from_config(cfg)  # names k8s:<uid> jobs by namespace and pod; None when off
+    pods = kubelet_from_config(cfg.agent)  # names k8s:<uid> jobs by namespace and pod; None when off
     resolver = JobResolver(proc_root=cfg.agent.proc_root, mapping_dir=cfg.agent.mapping_dir or None,
                            use_environ=cfg.agent.use_environ,
                            pod_lookup=pods.lookup if pods is not None else None)

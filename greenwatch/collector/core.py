@@ -282,7 +282,7 @@ class Collector:
             state.old_series = state.series if elapsed < 2 * lim.series_window_s else set()
             state.series, state.window_start = set(), now
         known, old = state.series, state.old_series
-        fresh = [g.uuid for g in batch.gpus if g.uuid not in known]
+        fresh: list[str | tuple[str, str]] = [g.uuid for g in batch.gpus if g.uuid not in known]
         fresh += [(j.job_id, j.user) for j in batch.jobs if (j.job_id, j.user) not in known]
         if fresh:
             new = [k for k in fresh if k not in old]

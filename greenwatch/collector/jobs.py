@@ -52,6 +52,7 @@ from typing import Any, Callable, Iterable, Protocol
 from greenwatch.carbon import J_PER_KWH, EmbodiedModel, embodied_g, load_embodied, sci_g
 from greenwatch.collector.core import _RateLimitedLog
 from greenwatch.collector.jobstate import PendingJobs
+from greenwatch.config import CollectorConfig
 from greenwatch.diskqueue import DiskQueueError
 from greenwatch.storage.influxql import string_literal
 from greenwatch.storage.records import Record
@@ -214,10 +215,9 @@ class JobEvents:
                             len(self.saved), self.saved.path, self.finalize_delay_s)
 
     @classmethod
-    def from_config(cls, cfg: object, store: Store) -> "JobEvents":
+    def from_config(cls, c: CollectorConfig, store: Store) -> "JobEvents":
         """A handler configured from ``[collector]``: ``finalize_delay_s``, and pending summaries kept in
         ``<spill_dir>-jobs`` beside the spill."""
-        c = cfg.collector  # type: ignore[attr-defined]
         spill = Path(c.spill_dir)
         try:
             return cls(store, finalize_delay_s=c.finalize_delay_s, state_dir=spill.with_name(spill.name + "-jobs"))

@@ -85,7 +85,8 @@ class CredentialsRefused(ConfigError):
 class EventHandler(Protocol):
     """Handles job events (``<prefix>/<cluster>/<node>/event``) next to the batch stream."""
 
-    def handle(self, payload: bytes, node: tuple[str, str]) -> None: ...
+    def handle(self, payload: bytes, node: tuple[str, str]) -> object:
+        """Take one event; what it returns is not used."""
 
     async def run(self, stop: asyncio.Event) -> None: ...
 
@@ -173,7 +174,7 @@ async def run_collector(cfg: Config, events: EventHandler | None = None) -> int:
     if events is None:  # job events -> one `job` summary record per finished job
         from greenwatch.collector.jobs import JobEvents
 
-        events = JobEvents.from_config(cfg, store)
+        events = JobEvents.from_config(cfg.collector, store)
     try:
         spill = DiskQueue(cfg.collector.spill_dir, cfg.collector.spill_max_bytes, drop_oldest=False, fsync=True,
                           what="collector spill")

@@ -210,6 +210,7 @@ def _rows(table: LedgerTable, sources: Sequence[BlockSource], blocks: Iterable[i
     gp, jp, pp = table.gpu_ptr.tolist(), table.job_ptr.tolist(), table.pair_ptr.tolist()
     gpus, jobs, pair_jobs, pair_gpus = table.gpus, table.jobs, table.pair_jobs, table.pair_gpus
     cached = _SERIES.get     # tags are built only for a series not seen lately
+    key: tuple[object, ...]
     for k in range(n_blocks) if blocks is None else blocks:
         src = sources[k]
         t = ends[k] * 1000
@@ -236,10 +237,10 @@ def _rows(table: LedgerTable, sources: Sequence[BlockSource], blocks: Iterable[i
         yield k, _NODE, cached(key) or _new_series(key, "node_energy", base), n_rows[k], n_clean[k], t
         if src.host and src.with_gpu_series:
             host = {n: float(src.host[n]) for n in _HOST_KEEP if n in src.host}
-            values = list(host.values())
+            host_values = list(host.values())
             key = ("host", cluster, node)
-            yield k, _host_kind(tuple(host)), cached(key) or _new_series(key, "host", base), values, \
-                all(v == v for v in values), t
+            yield k, _host_kind(tuple(host)), cached(key) or _new_series(key, "host", base), host_values, \
+                all(v == v for v in host_values), t
 
 
 def table_records(table: LedgerTable, sources: Sequence[BlockSource]) -> list[Record]:
@@ -392,7 +393,7 @@ def _field_value(v: float | int | str) -> str:
     if t is float:
         if v in _INFINITIES:
             raise LineProtocolError("an infinite field value")
-        return float.__repr__(v)  # type: ignore[arg-type]
+        return float.__repr__(v)
     if t is int:
         return f"{v}i"
     if isinstance(v, bool):
@@ -401,7 +402,7 @@ def _field_value(v: float | int | str) -> str:
         return f"{int(v)}i"
     if isinstance(v, numbers.Real):       # float subclasses, numpy floats
         return _field_value(float(v))
-    return _escape_string(v)
+    return _escape_string(str(v))
 
 
 def _format_head(measurement: str, tags: tuple[tuple[str, str], ...]) -> str:

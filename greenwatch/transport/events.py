@@ -84,8 +84,8 @@ def encode_event(event: JobEvent) -> bytes:
     name (an LDAP name with a blank, ``DOMAIN\\user``) is repaired with
     :func:`~greenwatch.transport.identifiers.clean_name` rather than losing the event.
     """
-    repaired = {key: clean_name(kind, value) for key, kind in _NAME_FIELDS.items()
-                if (value := getattr(event, key))}
+    repaired: dict[str, Any] = {key: clean_name(kind, value) for key, kind in _NAME_FIELDS.items()
+                                if (value := getattr(event, key))}
     event = dataclasses.replace(event, **repaired)
     payload = json.dumps(event.as_dict(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     decode_event(payload)  # raises EventError on anything the collector would refuse
@@ -115,11 +115,11 @@ def decode_event(payload: bytes, expect_node: tuple[str, str] | None = None,
     kind = doc.get("type")
     if kind not in EVENT_TYPES:
         raise EventError("bad-event", f"type {kind!r} is not one of {', '.join(EVENT_TYPES)}")
-    cluster = _name(doc, "cluster", "cluster", required=True)
-    node = _name(doc, "node", "node", required=True)
+    cluster = _required_name(doc, "cluster", "cluster")
+    node = _required_name(doc, "node", "node")
     if expect_node is not None and (cluster, node) != tuple(expect_node):
         raise EventError("wrong-node", f"event for {cluster}/{node} on the topic of {expect_node[0]}/{expect_node[1]}")
-    job_id = _name(doc, "job_id", "job_id", required=True)
+    job_id = _required_name(doc, "job_id", "job_id")
     gpus = doc.get("gpus", [])
     if gpus is None:
         gpus = []
@@ -147,9 +147,17 @@ def _name(doc: dict[str, Any], key: str, kind: str, required: bool = False) -> s
             raise EventError("bad-event", f"{key} is missing")
         return None
     why = check_name(kind, value)
-    if why is not None:
+    if why is not None or not isinstance(value, str):
         raise EventError("bad-event", f"{key}: {why}")
-    return value  # type: ignore[return-value]
+    return value
+
+
+def _required_name(doc: dict[str, Any], key: str, kind: str) -> str:
+    """Like :func:`_name` for a field every event has."""
+    value = _name(doc, key, kind, required=True)
+    if value is None:   # _name raises for a missing required field; this keeps the type exact
+        raise EventError("bad-event", f"{key} is missing")
+    return value
 
 
 def _text(doc: dict[str, Any], key: str, required: bool = False, limit: int = _MAX_TEXT) -> str | None:

@@ -73,9 +73,9 @@ _DOUBLE_SPACE = "  "
 
 def is_name(kind: str, value: object) -> bool:
     """Whether ``value`` is a valid name of ``kind`` (one of :data:`KINDS`); the fast test."""
-    return (type(value) is str and 0 < len(value) <= KINDS[kind].max_len  # type: ignore[arg-type]
-            and _PATTERNS[kind].fullmatch(value) is not None            # type: ignore[arg-type]
-            and _DOUBLE_SPACE not in value)                             # type: ignore[operator]
+    return (type(value) is str and 0 < len(value) <= KINDS[kind].max_len
+            and _PATTERNS[kind].fullmatch(value) is not None
+            and _DOUBLE_SPACE not in value)
 
 
 def check_name(kind: str, value: object) -> str | None:

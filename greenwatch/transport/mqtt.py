@@ -22,7 +22,7 @@ from paho.mqtt.client import MQTT_ERR_SUCCESS
 from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
-from greenwatch.secrets import read_secret
+from greenwatch.config import MqttConfig
 
 __all__ = ["batch_topic", "event_topic", "shared_subscription", "parse_node_topic", "make_client", "MqttClient",
            "disconnect_reason", "PUBACK_SUCCESS", "PUBACK_NO_MATCHING_SUBSCRIBERS", "PUBACK_NOT_AUTHORIZED",
@@ -89,8 +89,12 @@ class MqttClient(aiomqtt.Client):
     loop thread, as aiomqtt drives paho from there.
     """
 
-    def __init__(self, *args: Any, manual_ack: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, manual_ack: bool = False, connect_timeout_s: float | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if connect_timeout_s is not None:
+            # paho's TCP connect blocks a worker thread for up to this long (default 5 s).
+            self._client.connect_timeout = connect_timeout_s
         self._pubacks: dict[int, asyncio.Future[int]] = {}
         self._unawaited: set[int] = set()      # message ids of publish_nowait, whose PUBACKs are only counted
         self.refused_publishes = 0             # of those, how many the broker refused (reason code >= 0x80)
@@ -189,24 +193,22 @@ class MqttClient(aiomqtt.Client):
         return self._client.ack(message.mid, message.qos) == MQTT_ERR_SUCCESS
 
 
-def make_client(mqtt_cfg: object, identifier: str, *, clean_start: bool = True,
-                session_expiry_s: int = 0, password: str | None = None, manual_ack: bool = False,
-                receive_maximum: int = 0, max_queued_incoming: int | None = None) -> MqttClient:
+def make_client(c: MqttConfig, identifier: str, *, password: str | None, clean_start: bool = True,
+                session_expiry_s: int = 0, manual_ack: bool = False, receive_maximum: int = 0,
+                max_queued_incoming: int | None = None, connect_timeout_s: float | None = None) -> MqttClient:
     """An MQTT 5 client configured from the ``[mqtt]`` config section.
 
-    ``password`` overrides ``mqtt.password_file`` (services read the file once at start and
-    refuse an unsafe one there).  ``clean_start=False`` with ``session_expiry_s`` asks for a
-    persistent session; ``receive_maximum`` bounds how many QoS 1 messages the broker sends
-    before they are acknowledged.
+    ``password``: the caller reads ``mqtt.password_file`` (``greenwatch.credentials.mqtt_password``,
+    which refuses an unsafe file) and hands the password in; this module reads no files.
+    ``clean_start=False`` with ``session_expiry_s`` asks for a persistent session;
+    ``receive_maximum`` bounds how many QoS 1 messages the broker sends before they are
+    acknowledged; ``connect_timeout_s`` bounds the blocking TCP connect.
     """
-    c = mqtt_cfg
-    if password is None:
-        password = read_secret(c.password_file) if c.password_file else None  # type: ignore[attr-defined]
     tls_context = None
-    if c.tls:  # type: ignore[attr-defined]
-        tls_context = ssl.create_default_context(cafile=c.ca_file or None)  # type: ignore[attr-defined]
-        if c.cert_file:  # type: ignore[attr-defined]
-            tls_context.load_cert_chain(c.cert_file, c.key_file or None)  # type: ignore[attr-defined]
+    if c.tls:
+        tls_context = ssl.create_default_context(cafile=c.ca_file or None)
+        if c.cert_file:
+            tls_context.load_cert_chain(c.cert_file, c.key_file or None)
     props = None
     if session_expiry_s or receive_maximum:
         props = Properties(PacketTypes.CONNECT)
@@ -215,10 +217,10 @@ def make_client(mqtt_cfg: object, identifier: str, *, clean_start: bool = True,
         if receive_maximum:
             props.ReceiveMaximum = receive_maximum
     return MqttClient(
-        hostname=c.host, port=c.port,  # type: ignore[attr-defined]
-        username=c.username or None, password=password,  # type: ignore[attr-defined]
+        hostname=c.host, port=c.port,
+        username=c.username or None, password=password,
         identifier=identifier, protocol=aiomqtt.ProtocolVersion.V5,
-        clean_start=clean_start, keepalive=c.keepalive_s,  # type: ignore[attr-defined]
+        clean_start=clean_start, keepalive=c.keepalive_s,
         properties=props, tls_context=tls_context, timeout=10,
-        max_queued_incoming_messages=max_queued_incoming, manual_ack=manual_ack,
+        max_queued_incoming_messages=max_queued_incoming, manual_ack=manual_ack, connect_timeout_s=connect_timeout_s,
     )

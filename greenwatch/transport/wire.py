@@ -130,11 +130,12 @@ def _name(obj: dict[str, Any], key: str, kind: str) -> str:
     if type(value) is str and (kind, value) in _NAMES:   # a node repeats its cluster, node and run id
         return value
     why = check_name(kind, value)
-    _require(why is None, "bad-name", f"{key!r}: {why}")
+    if why is not None or not isinstance(value, str):
+        raise WireError("bad-name", f"{key!r}: {why}")
     if len(_NAMES) > 65536:   # bounded: a flood of fresh names only costs the checks again
         _NAMES.clear()
     _NAMES.add((kind, value))
-    return value  # type: ignore[return-value]
+    return value
 
 
 _NAMES: set[tuple[str, str]] = set()   # (kind, value) already found valid

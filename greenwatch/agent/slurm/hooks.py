@@ -40,6 +40,8 @@ from greenwatch.agent.slurm.mapping import remove_mapping_files, write_mapping_f
 from greenwatch.agent.slurm.publish import publish_spooled
 from greenwatch.agent.slurm.report import release_report, start_epilog_report
 from greenwatch.agent.slurm.spool import EventSpool
+from greenwatch.config import Config
+from greenwatch.credentials import mqtt_password
 from greenwatch.transport.events import JobEvent, encode_event
 
 __all__ = ["build_event", "run_hook"]
@@ -47,12 +49,12 @@ __all__ = ["build_event", "run_hook"]
 log = logging.getLogger("greenwatch.slurm")
 
 
-def build_event(kind: str, cfg: object, job: SlurmJob, gpus: list[str], start_s: float | None,
+def build_event(kind: str, cfg: Config, job: SlurmJob, gpus: list[str], start_s: float | None,
                 end_s: float | None) -> JobEvent:
     """The event of one hook run (``kind`` is 'prolog' or 'epilog')."""
     return JobEvent(
         type="job_start" if kind == "prolog" else "job_end",
-        cluster=cfg.node.cluster, node=cfg.node.name,  # type: ignore[attr-defined]
+        cluster=cfg.node.cluster, node=cfg.node.name,
         job_id=job.job_id, sluid=job.sluid, user=job.user, account=job.account, partition=job.partition,
         name=job.name, nodes=job.nodes, gpus=tuple(gpus),
         start_s=None if start_s is None else round(start_s, 3),
@@ -60,7 +62,7 @@ def build_event(kind: str, cfg: object, job: SlurmJob, gpus: list[str], start_s:
     )
 
 
-def run_hook(kind: str, cfg: object, env: Mapping[str, str] | None = None, *, budget_s: float = 0.5,
+def run_hook(kind: str, cfg: Config, env: Mapping[str, str] | None = None, *, budget_s: float = 0.5,
              gpu_table: Callable[[], dict[int, str]] = nvml_gpu_table,
              config_path: str | os.PathLike | None = None, log_file: str | os.PathLike | None = None) -> int:
     """Run the prolog (``kind='prolog'``) or epilog (``'epilog'``); always returns 0.
@@ -71,7 +73,7 @@ def run_hook(kind: str, cfg: object, env: Mapping[str, str] | None = None, *, bu
     Every failure is logged and swallowed: the job must never fail because of greenwatch.
     """
     if config_path is None:
-        config_path = getattr(cfg, "path", None)
+        config_path = cfg.path
     try:
         _run_hook(kind, cfg, os.environ if env is None else env, budget_s, gpu_table, config_path, log_file)
     except ValueError as exc:  # not run by Slurm, or a job without an id: nothing to record
@@ -81,11 +83,11 @@ def run_hook(kind: str, cfg: object, env: Mapping[str, str] | None = None, *, bu
     return 0
 
 
-def _run_hook(kind: str, cfg: object, env: Mapping[str, str], budget_s: float,
+def _run_hook(kind: str, cfg: Config, env: Mapping[str, str], budget_s: float,
               gpu_table: Callable[[], dict[int, str]], config_path: str | os.PathLike | None = None,
               log_file: str | os.PathLike | None = None) -> None:
     job = SlurmJob.from_environ(env)
-    agent = cfg.agent  # type: ignore[attr-defined]
+    agent = cfg.agent
     mapping_dir = Path(agent.mapping_dir) if agent.mapping_dir else None
     now = time.time()
     spool = EventSpool(Path(agent.event_spool_dir), agent.event_spool_max)
@@ -123,11 +125,13 @@ def _run_hook(kind: str, cfg: object, env: Mapping[str, str], budget_s: float,
         files = spool.pending() if exclusive else [own]
         if own not in files:
             files.append(own)
-        prefix = cfg.mqtt.topic_prefix  # type: ignore[attr-defined]
+        prefix = cfg.mqtt.topic_prefix
         from greenwatch.transport.mqtt import event_topic
 
         client_id = f"greenwatch-{kind}-{event.node}-{os.getpid()}"
-        delivered = asyncio.run(publish_spooled(cfg.mqtt, files, client_id, max(0.05, budget_s),  # type: ignore[attr-defined]
+        # An unsafe password file raises ConfigError here, after the event is safely queued.
+        password = mqtt_password(cfg)
+        delivered = asyncio.run(publish_spooled(cfg.mqtt, password, files, client_id, max(0.05, budget_s),
                                                 lambda ev: event_topic(prefix, ev.cluster, ev.node)))
     if delivered:
         log.info("published %d job event(s)", delivered)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 from typing import Callable
 
+from greenwatch.config import MqttConfig
 from greenwatch.transport.events import EventError, JobEvent, decode_event
 
 __all__ = ["publish_spooled"]
@@ -15,8 +15,8 @@ __all__ = ["publish_spooled"]
 log = logging.getLogger("greenwatch.slurm")
 
 
-async def publish_spooled(mqtt_cfg: object, files: list[Path], client_id: str, budget_s: float,
-                          topic_for: Callable[[JobEvent], str]) -> int:
+async def publish_spooled(mqtt_cfg: MqttConfig, password: str | None, files: list[Path], client_id: str,
+                          budget_s: float, topic_for: Callable[[JobEvent], str]) -> int:
     """Publish queued events in order with QoS 1, deleting each after the broker's PUBACK.
 
     Stops quietly when ``budget_s`` runs out or the broker is unreachable; what
@@ -32,11 +32,8 @@ async def publish_spooled(mqtt_cfg: object, files: list[Path], client_id: str, b
 
     async def session() -> None:
         nonlocal delivered
-        client = make_client(mqtt_cfg, client_id)
-        paho = getattr(client, "_client", None)
-        if paho is not None:  # bound the blocking TCP connect, which runs in a worker thread
-            with contextlib.suppress(Exception):
-                paho.connect_timeout = max(0.05, budget_s)
+        # The blocking TCP connect runs in a worker thread that the budget's timeout cannot stop.
+        client = make_client(mqtt_cfg, client_id, password=password, connect_timeout_s=max(0.05, budget_s))
         async with client:
             for path in files:
                 try:

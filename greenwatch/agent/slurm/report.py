@@ -10,6 +10,7 @@ import sys
 from dataclasses import dataclass
 from typing import Mapping
 
+from greenwatch.config import Config
 from greenwatch.agent.slurm.environment import SlurmJob, first_host, this_node
 from greenwatch.agent.slurm.spool import EventSpool, forget_files_older_than
 
@@ -29,7 +30,7 @@ class ReportPlan:
     gid: int
 
 
-def plan_epilog_report(cfg: object, job: SlurmJob, env: Mapping[str, str],
+def plan_epilog_report(cfg: Config, job: SlurmJob, env: Mapping[str, str],
                        config_path: str | os.PathLike | None) -> tuple[ReportPlan | None, str]:
     """Decide whether this epilog starts the job's report; returns (plan or None, why).
 
@@ -39,8 +40,8 @@ def plan_epilog_report(cfg: object, job: SlurmJob, env: Mapping[str, str],
     {workdir}).  Nothing here touches the file system: a hung network file system must
     not hold the epilog.
     """
-    agent = cfg.agent  # type: ignore[attr-defined]
-    if not getattr(agent, "epilog_report", False):
+    agent = cfg.agent
+    if not agent.epilog_report:
         return None, "agent.epilog_report is off"
     if not config_path:
         return None, "no --config file to hand to the report (it reads [influxdb] and [carbon] from it)"
@@ -116,12 +117,12 @@ def release_report(spool: EventSpool, job_id: str) -> None:
         (spool.directory / "reports" / job_id).unlink()
 
 
-def start_epilog_report(cfg: object, job: SlurmJob, env: Mapping[str, str], spool: EventSpool,
+def start_epilog_report(cfg: Config, job: SlurmJob, env: Mapping[str, str], spool: EventSpool,
                          config_path: str | os.PathLike | None, log_file: str | os.PathLike | None) -> None:
     try:
         plan, why = plan_epilog_report(cfg, job, env, config_path)
         if plan is None:
-            if getattr(cfg.agent, "epilog_report", False):  # type: ignore[attr-defined]
+            if cfg.agent.epilog_report:
                 log.info("job %s: no report from this epilog: %s", job.job_id, why)
             return
         if not claim_report(spool, job.job_id):
