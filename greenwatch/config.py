@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-__all__ = ["ConfigError", "Config", "Key", "SCHEMA", "load_config", "config_from_mapping", "render_docs"]
+__all__ = ["ConfigError", "Config", "Key", "SCHEMA", "SECTIONS", "NodeConfig", "AgentConfig", "MqttConfig",
+           "CollectorConfig", "InfluxdbConfig", "CarbonConfig", "AttributionConfig", "key", "load_config",
+           "config_from_mapping", "render_docs"]
 
 
 class ConfigError(ValueError):

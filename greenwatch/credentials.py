@@ -10,7 +10,7 @@ from __future__ import annotations
 import ssl
 
 from greenwatch.config import Config, ConfigError
-from greenwatch.secrets import SecretFileError, check_owner_only, read_secret
+from greenwatch.secretfiles import SecretFileError, check_owner_only, read_secret
 
 __all__ = ["mqtt_password", "check_mqtt_tls", "influx_token"]
 

@@ -127,7 +127,7 @@ class KubeletPods:
         req = urllib.request.Request(self.url, headers={"Accept": "application/json"})
         if self.token_file:
             # Read on every fetch: projected service-account tokens are rotated (hourly).
-            # Kubernetes mounts them 0644, so greenwatch.secrets' owner-only check does not apply.
+            # Kubernetes mounts them 0644, so greenwatch.secretfiles' owner-only check does not apply.
             with open(self.token_file) as fh:
                 req.add_header("Authorization", f"Bearer {fh.read().strip()}")
         with urllib.request.urlopen(req, timeout=self.timeout_s, context=self._context) as resp:
