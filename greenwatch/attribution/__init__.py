@@ -11,7 +11,9 @@ from greenwatch.attribution.ledger import (
     GpuLine,
     JobLine,
     BLOCK_VALUES,
+    GPU_SUMMARY,
     JOB_VALUES,
+    PAIR_VALUES,
     LedgerInput,
     LedgerTable,
     account_block,
@@ -19,4 +21,4 @@ from greenwatch.attribution.ledger import (
 )
 
 __all__ = ["AttributionSettings", "BlockLedger", "CarbonContext", "GpuLine", "JobLine", "LedgerInput", "LedgerTable",
-           "BLOCK_VALUES", "JOB_VALUES", "account_block", "account_blocks"]
+           "BLOCK_VALUES", "GPU_SUMMARY", "JOB_VALUES", "PAIR_VALUES", "account_block", "account_blocks"]

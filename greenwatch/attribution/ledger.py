@@ -20,7 +20,8 @@ from greenwatch.batch import Block, GpuInfo, JobInfo
 from greenwatch.carbon import emissions_g, market_intensity
 
 __all__ = ["AttributionSettings", "CarbonContext", "JobLine", "JobGpuLine", "GpuLine", "BlockLedger", "LedgerInput",
-           "LedgerTable", "JOB_VALUES", "BLOCK_VALUES", "account_block", "account_blocks"]
+           "LedgerTable", "JOB_VALUES", "BLOCK_VALUES", "GPU_SUMMARY", "PAIR_VALUES", "account_block",
+           "account_blocks"]
 
 _POLICIES = {"equal": kernel.IDLE_EQUAL, "proportional": kernel.IDLE_PROPORTIONAL, "unallocated": kernel.IDLE_UNALLOCATED}
 
@@ -181,7 +182,7 @@ class LedgerTable:
     gpus: list[GpuInfo]
     gpu_energy_j: np.ndarray
     gpu_unallocated_j: np.ndarray
-    gpu_summary: np.ndarray                 # float64[G, 7], see kernel.gpu_summaries
+    gpu_summary: np.ndarray                 # float64[G, 7]: GPU_SUMMARY
     gpu_samples: np.ndarray                 # int64[G]
     gpu_resets: np.ndarray
     gpu_integrated: np.ndarray
@@ -193,7 +194,7 @@ class LedgerTable:
     pair_ptr: np.ndarray
     pair_jobs: list[JobInfo]
     pair_gpus: list[GpuInfo]
-    pair_values: np.ndarray                 # float64[P, 3]: energy J, idle J, GPU-seconds
+    pair_values: np.ndarray                 # float64[P, 3]: PAIR_VALUES
     # per block
     block_values: np.ndarray                # float64[B, 10]: BLOCK_VALUES
     block_resets: np.ndarray                # int64[B]
@@ -237,6 +238,10 @@ class LedgerTable:
 #: Columns of ``LedgerTable.job_values`` (the order of JobLine's numbers).
 JOB_VALUES = ("energy_j", "idle_energy_j", "gpu_seconds", "facility_energy_j", "co2_g", "co2_market_g",
               "host_energy_j")
+#: Columns of ``LedgerTable.gpu_summary`` (kernel.gpu_summaries).
+GPU_SUMMARY = ("power_w", "power_max_w", "util_gpu_pct", "util_mem_pct", "mem_used_mib", "temp_c", "sm_clock_mhz")
+#: Columns of ``LedgerTable.pair_values``.
+PAIR_VALUES = ("energy_j", "idle_energy_j", "gpu_seconds")
 #: Columns of ``LedgerTable.block_values``.
 BLOCK_VALUES = ("gpu_energy_j", "allocated_energy_j", "unallocated_energy_j", "facility_energy_j", "co2_g",
                 "co2_market_g", "intensity_g_per_kwh", "pue", "host_energy_j", "host_unallocated_j")

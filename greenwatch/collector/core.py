@@ -20,6 +20,7 @@ from typing import Callable, NamedTuple, Protocol, Sequence
 from greenwatch.attribution import (AttributionSettings, BlockLedger, CarbonContext, LedgerInput, LedgerTable,
                                     account_block, account_blocks)
 from greenwatch.batch import Batch
+from greenwatch.collector.ratelimit import RateLimitedLog
 from greenwatch.storage.records import BlockSource, LineProtocolError, Record, table_lines, table_records
 from greenwatch.transport.identifiers import is_name
 from greenwatch.transport.wire import WireError, decode
@@ -89,25 +90,6 @@ class _NodeState:
         self.window_start = now
 
 
-class _RateLimitedLog:
-    """At most one line per reason every ``interval_s`` seconds, with the count suppressed meanwhile."""
-
-    def __init__(self, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self._interval, self._clock = interval_s, clock
-        self._last: dict[str, float] = {}
-        self._suppressed: collections.Counter = collections.Counter()
-
-    def warn(self, reason: str, message: str) -> None:
-        now = self._clock()
-        if now - self._last.get(reason, -1e18) >= self._interval:
-            extra = f" ({self._suppressed[reason]} more like it suppressed)" if self._suppressed[reason] else ""
-            log.warning("%s%s", message, extra)
-            self._last[reason] = now
-            self._suppressed[reason] = 0
-        else:
-            self._suppressed[reason] += 1
-
-
 class _Group(NamedTuple):
     """Batches accepted together, and their accounted table."""
 
@@ -136,7 +118,7 @@ class Collector:
         self.limits = limits
         self.stats = CollectorStats()
         self._seen: collections.OrderedDict[tuple[str, str, str], set[int]] = collections.OrderedDict()
-        self._log = _RateLimitedLog()
+        self._log = RateLimitedLog(log)
         self._clock = clock
         self._nodes: dict[tuple[str, str], _NodeState] = {}
         self._new_nodes: collections.deque[float] = collections.deque()   # when each recent new node appeared
@@ -205,11 +187,6 @@ class Collector:
                 self.reject("unrepresentable", str(exc), (batch.cluster, batch.node))
         kept_items = [(b, b.seq > 0 and (b.seq - 1) not in self._history(b)) for b in kept]
         return self._account(kept_items) if kept_items else None
-
-    def account(self, batch: Batch, fill_gap: bool = False) -> list[Record]:
-        """Records for a batch; with ``fill_gap``, also for the previous window carried in the batch."""
-        group = self._account([(batch, fill_gap)])
-        return table_records(group.table, group.sources)
 
     def ledger(self, batch: Batch) -> BlockLedger:
         """The ledger of a batch's own window."""

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
 from greenwatch.carbon import J_PER_KWH, EmbodiedModel, embodied_g, load_embodied, sci_g
-from greenwatch.collector.core import _RateLimitedLog
+from greenwatch.collector.ratelimit import RateLimitedLog
 from greenwatch.collector.jobstate import PendingJobs
 from greenwatch.config import CollectorConfig
 from greenwatch.diskqueue import DiskQueueError
@@ -196,7 +196,7 @@ class JobEvents:
         self.stats = JobEventStats()
         self._clock = clock
         self._jobs: collections.OrderedDict[tuple[str, str], JobSummary] = collections.OrderedDict()
-        self._log = _RateLimitedLog()
+        self._log = RateLimitedLog(log)
         self._wake: asyncio.Event | None = None
         self._writer: WriterState | None = None
         self.max_writer_wait_s = max_writer_wait_s

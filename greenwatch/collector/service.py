@@ -339,7 +339,6 @@ class _Session:
         self.prefix = cfg.mqtt.topic_prefix
         self.topics = [shared_subscription(self.prefix, cfg.collector.share_group, kind) for kind in ("batch", "event")]
         self.ident = cfg.mqtt.client_id or f"greenwatch-collector-{cfg.collector.instance}"
-        self.ignored_events = 0
         self.receipts_sent = 0
         self.started_at: float | None = None   # monotonic time the current session was subscribed
 
@@ -446,8 +445,6 @@ class _Session:
             elif self.events is not None:
                 # Event handlers keep their own state; the event is acknowledged with its group.
                 self.events.handle(payload, parsed[:2])
-            else:
-                self.ignored_events += 1
         if batches:
             stats = self.collector.stats
             retryable_before = sum(stats.rejected[r] for r in RETRYABLE_REJECTIONS)

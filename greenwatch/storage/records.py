@@ -15,7 +15,7 @@ from typing import Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from greenwatch.attribution import JOB_VALUES, LedgerTable
+from greenwatch.attribution import BLOCK_VALUES, GPU_SUMMARY, JOB_VALUES, PAIR_VALUES, LedgerTable
 from greenwatch.batch import GpuInfo, JobInfo
 from greenwatch.recent import RecentCache
 
@@ -136,8 +136,6 @@ _PAIR = _Kind.of("job_gpu", "energy_j idle_energy_j gpu_seconds")
 _NODE = _Kind.of("node_energy", "gpu_energy_j allocated_energy_j unallocated_energy_j facility_energy_j co2_g "
                                 "co2_market_g intensity_g_per_kwh pue gpus:i resets:i host_energy_j host_unallocated_j "
                                 "host_energy_measured:i")
-#: Where each job_energy field sits in LedgerTable.job_values.
-_JOB_COLUMNS = [JOB_VALUES.index(n) for n in _JOB.names]
 
 
 class _Values(NamedTuple):
@@ -158,17 +156,27 @@ class _Values(NamedTuple):
     def of(cls, table: LedgerTable) -> "_Values":
         ends = table.end_us.astype(np.float64)
         gp = table.gpu_ptr
-        gsum = table.gpu_summary
-        limits = np.array([g.power_limit_w for g in table.gpus], dtype=np.float64)
-        counters = np.array([g.has_counter for g in table.gpus], dtype=np.float64)
-        bv = table.block_values
-        return cls(
-            _side_by_side([gsum[:, 0], gsum[:, 1], table.gpu_energy_j, *gsum[:, 2:7].T, limits, table.gpu_samples,
-                           counters, table.gpu_resets, np.repeat(ends, np.diff(gp))]),
-            _side_by_side([*table.job_values[:, _JOB_COLUMNS].T, np.repeat(ends, np.diff(table.job_ptr))]),
-            _side_by_side([*table.pair_values.T, np.repeat(ends, np.diff(table.pair_ptr))]),
-            _side_by_side([*bv[:, :8].T, np.diff(gp), table.block_resets, bv[:, 8], bv[:, 9],
-                           table.host_energy_measured, ends]))
+        gpu = {**dict(zip(GPU_SUMMARY, table.gpu_summary.T)), "energy_j": table.gpu_energy_j,
+               "power_limit_w": np.array([g.power_limit_w for g in table.gpus], dtype=np.float64),
+               "samples": table.gpu_samples, "counter": np.array([g.has_counter for g in table.gpus], dtype=np.float64),
+               "resets": table.gpu_resets}
+        node = {**dict(zip(BLOCK_VALUES, table.block_values.T)), "gpus": np.diff(gp), "resets": table.block_resets,
+                "host_energy_measured": table.host_energy_measured}
+        return cls(_named_columns(_GPU, gpu, np.repeat(ends, np.diff(gp))),
+                   _named_columns(_JOB, dict(zip(JOB_VALUES, table.job_values.T)),
+                                  np.repeat(ends, np.diff(table.job_ptr))),
+                   _named_columns(_PAIR, dict(zip(PAIR_VALUES, table.pair_values.T)),
+                                  np.repeat(ends, np.diff(table.pair_ptr))),
+                   _named_columns(_NODE, node, ends))
+
+
+def _named_columns(kind: _Kind, columns: Mapping[str, np.ndarray], ends: np.ndarray) -> np.ndarray:
+    """A kind's fields, picked by name from the ledger's columns, in the kind's order, then the time.
+
+    Picking by name (a KeyError for a field the ledger lacks) means that reordering the ledger's
+    columns or the data model's fields can never write a value under another field's name.
+    """
+    return _side_by_side([columns[name] for name in kind.names] + [ends])
 
 
 def _side_by_side(columns: Sequence[np.ndarray]) -> np.ndarray:
