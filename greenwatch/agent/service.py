@@ -35,8 +35,9 @@ from greenwatch.agent.gpu import GpuDevice, open_nvml_gpus
 from greenwatch.agent.host import HostSampler, JobCpuMeter
 from greenwatch.agent.jobs import JobResolver
 from greenwatch.agent.sampler import Sampler
+from greenwatch.agent.schedule import run_sampling_loop
 from greenwatch.agent.state import StateFile
-from greenwatch.batch import JobInfo
+from greenwatch.batch import Batch, JobInfo
 from greenwatch.config import Config, ConfigError
 from greenwatch.diskqueue import DiskQueue, DiskQueueError, Entry
 from greenwatch.transport.mqtt import (
@@ -101,9 +102,7 @@ class SamplingThread(threading.Thread):
                  checkpoint: Callable[[], object] | None = None) -> None:
         super().__init__(name="greenwatch-sampler", daemon=True)
         self.sampler = sampler
-        self.fast_dt = 1.0 / sample_hz
-        self.slow_dt = 1.0 / process_hz
-        self.window = publish_interval_s
+        self.sample_hz, self.process_hz, self.window = sample_hz, process_hz, publish_interval_s
         self.deliver = deliver
         self.checkpoint = checkpoint
         self.stop_event = stop
@@ -113,37 +112,16 @@ class SamplingThread(threading.Thread):
 
     def run(self) -> None:
         try:
-            self._loop()
+            run_sampling_loop(self.sampler, sample_hz=self.sample_hz, process_hz=self.process_hz,
+                              window_s=self.window, on_batch=self._send, stop=self.stop_event, on_tick=self._tick)
         except Exception:
             self.failed = True  # run_agent then exits non-zero, and systemd restarts the agent
             log.exception("the sampling thread failed")
 
-    def _loop(self) -> None:
-        s = self.sampler
-        now = time.time()
-        s.sample_processes()
-        next_fast, next_slow = now, now + self.slow_dt
-        next_cut = (now // self.window + 1) * self.window
-        while not self.stop_event.is_set():
-            self.last_tick = time.monotonic()
-            now = time.time()
-            if now >= next_slow:
-                s.sample_processes()
-                next_slow += self.slow_dt * max(1, int((now - next_slow) / self.slow_dt) + 1)
-            if now >= next_fast:
-                s.sample_gpus()
-                # Skip missed ticks rather than bursting to catch up.
-                next_fast += self.fast_dt * max(1, int((now - next_fast) / self.fast_dt) + 1)
-            if now >= next_cut:
-                self._cut()
-                next_cut += self.window * max(1, int((now - next_cut) / self.window) + 1)
-            wake = min(next_fast, next_slow, next_cut)
-            self.stop_event.wait(max(0.0, wake - time.time()))
-        s.sample_gpus()
-        self._cut()  # flush what was sampled before the stop
+    def _tick(self) -> None:
+        self.last_tick = time.monotonic()
 
-    def _cut(self) -> None:
-        batch = self.sampler.cut(sent_us=int(time.time() * 1e6))
+    def _send(self, batch: Batch) -> None:
         self.batches += 1
         payload = encode(batch)
         if self.checkpoint is not None:
