@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 #: Benchmark modules, in the order they run.  Add yours here (``benchmarks/<name>.py`` with ``run``).
-MODULES: list[str] = ["attribution", "agent_overhead", "write_path", "collector_throughput", "soak"]
+MODULES: list[str] = ["attribution", "agent_overhead", "write_path", "collector_throughput", "read_scale", "soak"]
 
 
 def main(argv: list[str] | None = None) -> int:
