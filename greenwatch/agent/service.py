@@ -31,6 +31,7 @@ from typing import AsyncIterator, Callable, Sequence
 import aiomqtt
 
 from greenwatch import sdnotify
+from greenwatch.tasks import first_to_finish
 from greenwatch.agent.gpu import GpuDevice, open_nvml_gpus
 from greenwatch.agent.host import HostSampler, JobCpuMeter
 from greenwatch.agent.jobs import JobResolver
@@ -289,19 +290,9 @@ class Publisher:
 
     async def _drain_with_receipts(self, client: MqttClient) -> None:
         """Publish and take receipts side by side; whichever fails ends the connection, so it is retried."""
-        draining = asyncio.create_task(self._drain(client))
-        receiving = asyncio.create_task(self._receive(client))
-        try:
-            done, _ = await asyncio.wait({draining, receiving}, return_when=asyncio.FIRST_COMPLETED)
-            if draining in done:
-                draining.result()
-            else:
-                receiving.result()   # raises MqttError when the connection dropped
-                raise aiomqtt.MqttError("the broker ended the receipt stream")
-        finally:
-            for task in (draining, receiving):
-                task.cancel()
-            await asyncio.gather(draining, receiving, return_exceptions=True)
+        # _receive raises MqttError when the connection drops, and ends only if the broker ends the stream.
+        if await first_to_finish(self._drain(client), self._receive(client)) == 1:
+            raise aiomqtt.MqttError("the broker ended the receipt stream")
 
     async def _receive(self, client: MqttClient) -> None:
         expect = (self.cfg.node.cluster, self.cfg.node.name)

@@ -29,7 +29,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .timeseries import StepSeries, as_times, iso_utc, read_timeseries_csv, resolution_name
+from .timeseries import with_fallback, StepSeries, as_times, iso_utc, read_timeseries_csv, resolution_name
 
 __all__ = ["IntensityProvider", "AnnualIntensity", "SeriesIntensity", "annual_table", "known_zones",
            "mean_intensity"]
@@ -186,11 +186,7 @@ class SeriesIntensity:
         """Series value at each time; the fallback's value outside the series range."""
         t = as_times(t_s)
         values, inside = self.steps.lookup(t)
-        out = np.array(values, dtype=np.float64, copy=True)
-        if not inside.all():
-            outside = ~inside
-            out[outside] = self.fallback.intensity_at(t[outside])
-        return out
+        return with_fallback(values, inside, t, self.fallback)
 
     def coverage(self, t_from: float, t_to: float) -> float:
         """Fraction (0..1) of ``[t_from, t_to]`` answered by the series rather than the fallback."""

@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .intensity import AnnualIntensity, IntensityProvider, SeriesIntensity
-from .timeseries import StepSeries, as_times, iso_utc, parse_timestamp, read_timeseries_csv, resolution_name
+from .timeseries import with_fallback, StepSeries, as_times, iso_utc, parse_timestamp, read_timeseries_csv, resolution_name
 
 __all__ = ["CachedLiveIntensity", "default_cache_dir"]
 
@@ -307,11 +307,7 @@ class CachedLiveIntensity:
                         values, inside = self.steps.lookup(t)
                 except Exception:  # noqa: BLE001 - the contract is: never raise out of here
                     log.exception("live intensity refresh failed")
-        out = np.array(values, dtype=np.float64, copy=True)
-        if not inside.all():
-            outside = ~inside
-            out[outside] = self.fallback.intensity_at(t[outside])
-        return out
+        return with_fallback(values, inside, t, self.fallback)
 
     def coverage(self, t_from: float, t_to: float) -> float:
         """Fraction (0..1) of ``[t_from, t_to]`` covered by cached live values (no fetching)."""

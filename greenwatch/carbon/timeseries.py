@@ -9,11 +9,11 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["as_times", "parse_timestamp", "iso_utc", "resolution_name", "StepSeries", "CsvRow",
+__all__ = ["as_times", "with_fallback", "parse_timestamp", "iso_utc", "resolution_name", "StepSeries", "CsvRow",
            "read_timeseries_csv", "coverage_of"]
 
 log = logging.getLogger(__name__)
@@ -227,3 +227,12 @@ def coverage_of(provider: object, t_from: float, t_to: float) -> float:
     """
     fn = getattr(provider, "coverage", None)
     return 1.0 if fn is None else float(fn(t_from, t_to))
+
+
+def with_fallback(values: np.ndarray, inside: np.ndarray, t: np.ndarray, fallback: Any) -> np.ndarray:
+    """``values`` where ``inside``, the ``fallback`` provider's values elsewhere (a new array)."""
+    out = np.array(values, dtype=np.float64, copy=True)
+    if not inside.all():
+        outside = ~inside
+        out[outside] = fallback.intensity_at(t[outside])
+    return out

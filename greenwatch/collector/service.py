@@ -38,6 +38,7 @@ import aiomqtt
 import numpy as np
 
 from greenwatch import sdnotify
+from greenwatch.tasks import first_to_finish
 from greenwatch.batch import HOLDER_COLUMNS, SAMPLE_COLUMNS, SEGMENT_COLUMNS, Batch, Block, GpuInfo, JobInfo
 from greenwatch.collector.core import Collector, NodeLimits
 from greenwatch.collector.deadletter import DeadLetters
@@ -358,17 +359,9 @@ class _Session:
                  self.cfg.mqtt.host, self.cfg.mqtt.port, self.ident, self.cfg.collector.session_expiry_s)
         # One task receives for the whole session; stopping cancels it, and a group it holds
         # at that moment is still handled (see _receive).
-        receiving = asyncio.create_task(self._receive(client))
-        stopper = asyncio.create_task(stop.wait())
-        try:
-            done, _ = await asyncio.wait({receiving, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if receiving in done:
-                receiving.result()   # raises MqttError when the connection dropped
-                raise aiomqtt.MqttError("the broker ended the message stream")
-        finally:
-            for task in (receiving, stopper):
-                task.cancel()
-            await asyncio.gather(receiving, stopper, return_exceptions=True)
+        # _receive raises MqttError when the connection drops, and ends only if the broker ends the stream.
+        if await first_to_finish(self._receive(client), stop.wait()) == 0:
+            raise aiomqtt.MqttError("the broker ended the message stream")
 
     async def _check_rights(self, client: MqttClient) -> None:
         """Subscribe, and make sure the broker lets this user do a collector's work; else raise CredentialsRefused.
