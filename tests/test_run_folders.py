@@ -6,6 +6,7 @@ read-only bind mount (EROFS, as on a read-only home or a container's image layer
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -52,7 +53,7 @@ def test_four_runs_started_together_each_get_their_own_folder_and_report(tmp_pat
     for p, (stdout, stderr) in zip(procs, outputs):
         assert p.returncode == 0, stderr
         assert "trained" in stdout  # every training ran
-    folders = sorted((tmp_path / "greenwatch-runs").iterdir())
+    folders = sorted(p for p in (tmp_path / "greenwatch-runs").iterdir() if p.is_dir())
     assert len(folders) == 4, [f.name for f in folders]
     commands = set()
     for folder in folders:
@@ -61,6 +62,14 @@ def test_four_runs_started_together_each_get_their_own_folder_and_report(tmp_pat
         assert doc["job_id"] == "train"
         commands.add(doc["run"]["command"].split("--lr ")[1])
     assert commands == {"1", "2", "3", "4"}  # one report per run, none overwritten
+    with open(tmp_path / "greenwatch-runs" / "runs.csv", newline="") as f:
+        table = list(csv.DictReader(f))  # one header, then one whole row per run, appended in parallel
+    assert sorted(row["folder"] for row in table) == [str(f) for f in folders]
+    for row in table:
+        doc = report_of(Path(row["folder"]))
+        assert float(row["total_kwh"]) == doc["energy_kwh"]["total"]
+        assert float(row["co2_location_kg"]) == doc["co2_kg"]["location_based"]
+        assert row["zone"] == "DE" and row["exit_status"] == "0" and row["command"] == doc["run"]["command"]
 
 
 def test_read_only_working_directory_runs_the_command_and_says_where_the_report_went(tmp_path, lib_dir,
@@ -71,7 +80,7 @@ def test_read_only_working_directory_runs_the_command_and_says_where_the_report_
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     assert "trained" in stdout
-    runs = list((tmp_path / "cache" / "greenwatch" / "runs").iterdir())
+    runs = [p for p in (tmp_path / "cache" / "greenwatch" / "runs").iterdir() if p.is_dir()]
     assert len(runs) == 1
     assert f"cannot write the report under {read_only_dir}/greenwatch-runs (Read-only file system)" in stderr
     assert f"writing it to {runs[0]} instead" in stderr

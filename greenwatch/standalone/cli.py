@@ -43,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="TOML configuration for the [carbon] (grid zone or intensity series, PUE, market factor) "
                         "and [attribution] sections (every key: docs/configuration.md); omitted: defaults "
                         "(zone DE, PUE 1.56)")
+    p.add_argument("--table", type=Path, metavar="CSV",
+                   help="append the run's row (time, energy, emissions, settings) to this CSV table, shared safely "
+                        "by parallel runs (default: runs.csv next to the run folders; none with --out)")
     p.add_argument("--zone", metavar="ZONE",
                    help="grid zone for the intensity (e.g. FR, US-CAL-CISO), overriding carbon.zone")
     p.add_argument("--pue", type=float, metavar="PUE",
@@ -82,6 +85,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = choose_out_dir(args.out, name, time.time())
     opts = SessionOptions(name=name, carbon=carbon_context(cfg), settings=attribution_settings(cfg), out=out.path,
                           sample_hz=args.sample_hz, what_if_window_s=args.what_if_window_h * 3600,
-                          watts_per_core=float(cfg.as_dict()["agent"]["cpu_watts_per_core"]), carbon_config=carbon_settings(cfg))
+                          watts_per_core=float(cfg.as_dict()["agent"]["cpu_watts_per_core"]),
+                          carbon_config=carbon_settings(cfg), table=args.table if args.table is not None else out.table)
     status, _ = run_command(cmd, opts, out=out)
     return status

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from greenwatch.standalone.table import TABLE_NAME
+
 __all__ = ["OutDir", "choose_out_dir", "create_run_dir", "fallback_bases", "safe_name"]
 
 #: Numbered suffixes tried when ``<name>-<timestamp>`` exists already (runs started in the same second).
@@ -28,6 +30,7 @@ class OutDir:
     path: Path | None
     message: str | None = None   # for the user when the folder is not the one asked for
     created: bool = False        # made for this run (so it may be removed if the run never started)
+    table: Path | None = None    # the table of runs next to the run folders (none for an explicit folder)
 
 
 def safe_name(name: str) -> str:
@@ -88,7 +91,8 @@ def choose_out_dir(requested: Path | None, name: str, now: float | None = None,
             problem = f"cannot write the report to {requested} ({_reason(exc)})"
     else:
         try:
-            return OutDir(create_run_dir(default_base, name, now), created=True)
+            path = create_run_dir(default_base, name, now)
+            return OutDir(path, created=True, table=path.parent / TABLE_NAME)
         except OSError as exc:
             problem = f"cannot write the report under {default_base.absolute()} ({_reason(exc)})"
     for base in fallback_bases():
@@ -97,6 +101,7 @@ def choose_out_dir(requested: Path | None, name: str, now: float | None = None,
             _writable_dir(path)
         except OSError:
             continue
-        return OutDir(path, f"{problem}; writing it to {path} instead", created=True)
+        return OutDir(path, f"{problem}; writing it to {path} instead", created=True,
+                      table=path.parent / TABLE_NAME if requested is None else None)
     return OutDir(None, f"{problem}, nor to {' or '.join(str(b) for b in fallback_bases())}; "
                         "the report is only printed as a summary")

@@ -36,6 +36,7 @@ from greenwatch.collector import Collector
 from greenwatch.reports import EmbeddedSource, RunReport, build_report, write_all_formats
 from greenwatch.standalone.gpus import RunJobs, WatchedGpu, parse_visible_devices, strip_run
 from greenwatch.standalone.phases import PhaseBook, phase_figures
+from greenwatch.standalone.table import append_run, row_of
 from greenwatch.standalone.tree import ProcessTree, RunCpuMeter
 from greenwatch.storage.embedded import EmbeddedStore
 from greenwatch.storage.records import Record
@@ -68,6 +69,7 @@ class SessionOptions:
     # Without CUDA_VISIBLE_DEVICES: a GPU the run's processes appear on within this many seconds of
     # the start is charged from the start (CUDA initialises before its process shows up in NVML).
     first_use_grace_s: float = 120.0
+    table: Path | None = None             # the CSV table of runs this run appends its row to
     open_gpus: Callable[[], Sequence[GpuDevice]] = open_nvml_gpus
 
 
@@ -232,7 +234,7 @@ class Session:
         if self._sampling.error is not None:
             log.error("sampling failed during the run (%s): the report covers what was sampled before",
                       self._sampling.error)
-        return RunResult(
+        result = RunResult(
             name=self.opts.name, duration_s=report.duration_s, gpu_hours=report.gpu_hours,
             energy_kwh={"gpu": report.gpu_energy_j / J_PER_KWH,
                         "host": None if report.host_energy_j is None else report.host_energy_j / J_PER_KWH,
@@ -243,6 +245,13 @@ class Session:
             sci_g={"run": report.sci_run_g, **report.sci_per_unit_g},
             gpus=[f"{g.model} ({g.uuid})" for g in report.gpus], no_gpu_reason=self.no_gpu_reason,
             files=files, report=report, messages=list(self.messages), phases=list(self.phase_results))
+        if write_files and self.opts.table is not None:
+            try:
+                append_run(self.opts.table, row_of(result, self.opts.out))
+                result.files["table"] = self.opts.table
+            except OSError as exc:  # the report itself is written: say so and go on
+                result.messages.append(f"cannot add the run to {self.opts.table}: {exc.strerror or exc}")
+        return result
 
     # -- internals -------------------------------------------------------------------------
 

@@ -52,10 +52,12 @@ class TrackedRun:
     ``result`` is set when the run ends.
     """
 
-    def __init__(self, opts: SessionOptions, write_files: bool, out: Path | None = None) -> None:
+    def __init__(self, opts: SessionOptions, write_files: bool, out: Path | None = None,
+                 table: Path | None = None) -> None:
         self._opts = opts
         self._write = write_files
         self._out = out
+        self._table = table
         self._session: Session | None = None
         self._previous: dict[int, Any] = {}
         self._lock = threading.RLock()
@@ -102,6 +104,7 @@ class TrackedRun:
                 if chosen.message:
                     log.warning("greenwatch.track(%r): %s", self.name, chosen.message)
                 opts.out = chosen.path
+                opts.table = self._table if self._table is not None else chosen.table
             session = Session(opts)
             try:
                 session.start(os.getpid())  # the tree is known before the first process scan
@@ -185,6 +188,7 @@ class TrackedRun:
 
 def track(name: str, *, out: str | Path | None = None, write_reports: bool = True, config: str | Path | None = None,
           zone: str | None = None, pue: float | None = None, market_factor_g_per_kwh: float | None = None,
+          table: str | Path | None = None,
           sample_hz: float = 10.0, window_s: float = 5.0, what_if_window_h: float = 24.0) -> TrackedRun:
     """Meter a run named ``name``; ``run.result`` holds energy and emissions afterwards.
 
@@ -193,6 +197,8 @@ def track(name: str, *, out: str | Path | None = None, write_reports: bool = Tru
     temporary directory, with a warning); ``write_reports=False`` keeps everything in memory.
     ``config``: a greenwatch TOML file for grid zone, PUE and market factor (defaults without);
     ``zone``, ``pue`` and ``market_factor_g_per_kwh`` override its ``[carbon]`` keys.
+    ``table``: the CSV table of runs to append this run's row to (default ``runs.csv`` next to
+    the run folders when ``out`` is not given; none when it is).
     """
     from greenwatch.standalone.settings import carbon_settings, run_config
     from greenwatch.wiring import attribution_settings, carbon_context
@@ -202,4 +208,5 @@ def track(name: str, *, out: str | Path | None = None, write_reports: bool = Tru
                           visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
                           sample_hz=sample_hz, window_s=window_s, what_if_window_s=what_if_window_h * 3600,
                           watts_per_core=float(cfg.as_dict()["agent"]["cpu_watts_per_core"]), carbon_config=carbon_settings(cfg))
-    return TrackedRun(opts, write_reports, Path(out) if out is not None else None)
+    return TrackedRun(opts, write_reports, Path(out) if out is not None else None,
+                      Path(table) if table is not None else None)
