@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 from greenwatch.reports.model import RunReport
 
-__all__ = ["power_png", "intensity_png"]
+__all__ = ["power_png", "intensity_png", "format_time_axis"]
 
 _SIZE = (9.0, 3.4)
 _DPI = 100
@@ -33,11 +33,27 @@ def _times(ts: list[float]) -> list[datetime]:
     return [datetime.fromtimestamp(t, tz=timezone.utc) for t in ts]
 
 
-def _png(fig) -> bytes:
+def format_time_axis(ax) -> None:  # ax: matplotlib Axes
+    """UTC tick labels that each read as a time: ``06:59:50``, never a bare ``50`` next to ``06:59``.
+
+    matplotlib's concise formatter labels seconds-level ticks with the seconds alone and the
+    minute they roll over with ``HH:MM``; on a short run that reads as "50, 55, 06:59, 05".
+    The date of the first tick goes in the offset text when the axis spans less than a day.
+    """
     import matplotlib.dates as mdates
 
+    # Per tick level (years, months, days, hours, minutes, seconds): the label, and the label of
+    # a tick where the next larger unit rolls over (midnight shows its date).
+    formats = ["%Y", "%b %Y", "%b %d", "%H:%M", "%H:%M", "%H:%M:%S"]
+    zero_formats = ["", "%Y", "%b %Y", "%b %d", "%H:%M", "%H:%M:%S"]
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(
+        ax.xaxis.get_major_locator(), tz=timezone.utc, formats=formats, zero_formats=zero_formats,
+        offset_formats=["", "%Y", "%Y-%m", "%Y-%m-%d", "%Y-%m-%d", "%Y-%m-%d"]))
+
+
+def _png(fig) -> bytes:
     for ax in fig.axes:
-        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(ax.xaxis.get_major_locator(), tz=timezone.utc))
+        format_time_axis(ax)
     # Fixed margins instead of tight_layout: that would draw every figure twice (half the plotting time).
     fig.subplots_adjust(left=0.075, right=0.985, top=0.9, bottom=0.2)
     buf = io.BytesIO()
