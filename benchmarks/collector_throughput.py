@@ -618,237 +618,303 @@ def _point_values(rig: Rig, bucket: str, cluster: str, until_ns: int) -> dict[tu
     return out
 
 
+@dataclass
+class _Sizes:
+    """Phase A's backlog (base nodes x clones x windows), phase B's measured windows, and the parts
+    of the backlog the discard collector (A3) and the pair (C) drain."""
+
+    base: int
+    clones: int
+    windows: int
+    b_windows: int
+    disc_sel: dict[str, int]
+    two_sel: dict[str, int]
+
+    @classmethod
+    def of(cls, quick: bool) -> "_Sizes":
+        if quick:
+            return cls(400, 3, 3, 1, {"windows": 3}, {"windows": 2, "nodes": 251})
+        return cls(1000, 2, 4, 2, {"windows": 4}, {"windows": 3, "nodes": 1001})
+
+
+@dataclass
+class _Bench:
+    """The processes of one benchmark run and what the phases hand on to each other."""
+
+    quick: bool
+    sizes: _Sizes
+    rig: Rig
+    lg: LoadGen
+    coll: Child
+    disc: Child
+    pair: list[Child]
+    bare: BareSubscriber
+    gen_a: dict[str, Any]
+    gen_b: dict[str, Any]
+    pre: dict[str, Any]
+    b_warm: int
+    bare_bps: float = 0.0
+    sps: float = 0.0
+    first_s: float = 0.0
+
+    @property
+    def m(self) -> int:
+        """Batches in phase A's backlog."""
+        return int(self.gen_a["batches"])
+
+
+def _start(quick: bool, rig: Rig) -> _Bench:
+    """Generate phase A's backlog and phase B's fleet, start the collectors and the bare
+    subscriber, and publish the backlog to all of them while they are frozen."""
+    sz = _Sizes.of(quick)
+    lg = rig.loadgen()
+    now_us = int(time.time() * 1e6)
+    lg.send(cmd="generate", name="A", nodes=sz.base, clones=sz.clones, windows=sz.windows,
+            t0_us=now_us - (sz.windows + 1) * 5_000_000, cluster="bench-a", prefix="gw/a", seed=11)
+    # Phase B's fleet, generated now for the largest load it may need (the target), dated to start
+    # soon: published later, each batch is shifted by the lag (see loadgen's "realtime").
+    # Full mode: a first window that creates the fleet's series in InfluxDB (published ahead, not
+    # measured), then b_windows measured windows at 80 % of the steady-state capacity.  --quick
+    # has no time for that: its one window is the fleet's first, at 80 % of the first-window
+    # capacity, and the fleet is generated for at most QUICK_B_MAX_SAMPLES_PER_S (generating
+    # costs about 0.35 CPU s per 1,000 nodes and window).
+    b_warm = 0 if quick else 1
+    b_max = QUICK_B_MAX_SAMPLES_PER_S if quick else TARGET_SAMPLES_PER_S
+    nodes_b = int(round(b_max * 5.0 / SAMPLES_PER_BATCH))
+    clones_b = 5 if quick else 2
+    lg.send(cmd="generate", name="B", nodes=math.ceil(nodes_b / clones_b), clones=clones_b,
+            windows=b_warm + sz.b_windows,
+            t0_us=now_us + 5_000_000 - 4_900_000, cluster="bench-b", prefix="gw/a", seed=12, spread=True)
+    coll = rig.collector(CollectorSpec("one", "one", "gw/a", "one", rig.bridge_url))
+    # The discard collector starts with an empty numba cache: its start-up is the first-start compile.
+    cold_cache = rig.tmp / "numba-cold"
+    cold_cache.mkdir()
+    disc = rig.collector(CollectorSpec("discard", "discard", "gw/d", "discard", rig.discard_url),
+                         extra_env={"NUMBA_CACHE_DIR": str(cold_cache)})
+    pair = [rig.collector(CollectorSpec(f"two-{k}", "two", "gw/b", "two", rig.bridge_url)) for k in (1, 2)]
+    _mark("started")
+    gen_a = lg.answer()
+    gen_b = lg.answer()
+    bare = rig.bare("gw/a", gen_a["batches"])
+    consumers = [coll, disc, *pair]
+    for c in consumers:
+        c.wait_log("subscribed to", 120)
+        if not c.ready.wait(120):
+            raise RuntimeError(f"{c.name} never became ready:\n{c.log()[-2000:]}")
+    _mark("generated+collectors")
+    bare.wait_for("ready", 60)
+    time.sleep(0.3)
+    for c in [*consumers, bare]:
+        c.freeze()
+    pre = lg.call(cmd="prefill", name="A", prefix="gw/a", extra={"gw/d": sz.disc_sel, "gw/b": sz.two_sel})
+    lg.call(cmd="drop", name="A")
+    _mark('prefilled')
+    return _Bench(quick, sz, rig, lg, coll, disc, pair, bare, gen_a, gen_b, pre, b_warm)
+
+
+def _phase_bare(b: _Bench) -> Iterator[dict[str, Any]]:
+    """A1: the bare subscriber drains its copy alone: the byte rate a subscriber can take at all."""
+    t = time.time()
+    b.bare.thaw()
+    done = b.bare.wait_for("done", 300)
+    bare_s = done["t_last"] - t
+    b.bare.freeze()
+    b.bare_bps = done["bytes"] / bare_s
+    yield _line("collector.bare_bytes_per_s", round(b.bare_bps), "bytes/s", messages=b.m, seconds=round(bare_s, 3),
+                samples_per_s=round(b.gen_a["samples"] / bare_s))
+    _mark('A1')
+
+
+def _phase_influx(b: _Bench) -> Iterator[dict[str, Any]]:
+    """A2: the collector drains its copy into InfluxDB."""
+    rig, coll, m, windows = b.rig, b.coll, b.m, b.sizes.windows
+    samples_a, bytes_a = b.gen_a["samples"], b.gen_a["bytes"]
+    others = rig.pids()
+    cpu0 = cpu_seconds(coll.pid)
+    others0 = {k: cpu_seconds(p) for k, p in others.items()}
+    coll.thaw()
+    spy = _profiler(coll.pid)
+    # The measured span is ~1 s in --quick: poll often enough to resolve it.  A count costs
+    # influxd 20-40 ms of CPU here (it visits every node's series), on the cores it shares
+    # with the collector: the full run's ~5 s span is polled less often.
+    all_s, steady_s, b.first_s = _drain(lambda: rig.count("one", "bench-a"), m, m // windows,
+                                        interval=0.03 if b.quick else 0.1)
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(30)
+    coll_cpu = cpu_seconds(coll.pid) - cpu0
+    cpu_others = {k: round(cpu_seconds(p) - others0[k], 2) for k, p in others.items()}
+    coll.freeze()
+    steady_samples = samples_a * (windows - 1) / windows
+    b.sps = sps = steady_samples / steady_s
+    coll_bps = bytes_a * (windows - 1) / windows / steady_s
+    yield _line("collector.samples_per_s", round(sps), "GPU-samples/s", target=TARGET_SAMPLES_PER_S,
+                ok=sps >= TARGET_SAMPLES_PER_S, sink="influxd 1.6 via the v2-write bridge",
+                batches=m, seconds=round(steady_s, 3), first_window_s=round(b.first_s, 3),
+                including_series_creation=round(samples_a / all_s), collector_cpu_s=round(coll_cpu, 2),
+                other_cpu_s=cpu_others,
+                # What each needed per batch of the backlog (series creation included): on these
+                # shared cores the larger one sets the end-to-end rate.  influxd's includes the
+                # counts that poll the drain (every 0.1 s; 30 ms in --quick).
+                cpu_ms_per_batch={"collector": round(coll_cpu / m * 1e3, 3),
+                                  "influxd": round(cpu_others.get("influxd", 0.0) / m * 1e3, 3)},
+                note="GPU-samples of windows 2.. of the backlog / seconds from window 1 visible to all visible")
+    yield _line("collector.byte_rate_fraction", round(coll_bps / b.bare_bps, 4), "fraction",
+                value_bytes_per_s=round(coll_bps), baseline=round(b.bare_bps), ratio=round(coll_bps / b.bare_bps, 4),
+                target=TARGET_BYTE_FRACTION, ok=coll_bps / b.bare_bps >= TARGET_BYTE_FRACTION)
+    yield _line("collector.rss_mib", round(rss_mib(coll.pid, peak=True), 1), "MiB",
+                note="peak RSS of the collector after phase A")
+    _mark('A2')
+
+
+def _phase_discard(b: _Bench) -> Iterator[dict[str, Any]]:
+    """A3: a collector whose writer posts to a discarding HTTP endpoint (influxd out of the picture)."""
+    sz, disc = b.sizes, b.disc
+    w_d = min(sz.windows, sz.disc_sel.get("windows", sz.windows))
+    m_d = min(sz.disc_sel.get("nodes", 1 << 30), sz.base * sz.clones) * w_d
+    cpu0 = cpu_seconds(disc.pid)
+    disc.thaw()
+    spy = _profiler(disc.pid, "GW_BENCH_PYSPY_DISCARD")
+    all_d, steady_d, _ = _drain(b.rig.discard_count, m_d, m_d // w_d)
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(30)
+    disc_cpu = cpu_seconds(disc.pid) - cpu0
+    disc.freeze()
+    # As for InfluxDB: from the first window written to the last (steady state, after the start-up of the drain).
+    sps_d = m_d * (w_d - 1) / w_d * SAMPLES_PER_BATCH / steady_d if steady_d > 0.3 else m_d * SAMPLES_PER_BATCH / all_d
+    yield _line("collector.samples_per_s_discard", round(sps_d), "GPU-samples/s", baseline=round(b.sps),
+                ratio=round(sps_d / b.sps, 3), target=TARGET_SAMPLES_PER_S, batches=m_d, seconds=round(steady_d, 3),
+                seconds_all=round(all_d, 3),
+                collector_cpu_s=round(disc_cpu, 2), cpu_per_batch_ms=round(disc_cpu / m_d * 1e3, 3),
+                byte_rate_fraction=round(sps_d / SAMPLES_PER_BATCH * (b.gen_a["bytes"] / b.m) / b.bare_bps, 4),
+                note="same collector, its writer posting to an HTTP endpoint that discards the body")
+    _mark('A3')
+
+
+def _phase_latency(b: _Bench) -> Iterator[dict[str, Any]]:
+    """B: latency at load, into InfluxDB."""
+    rig, lg, b_warm, b_windows = b.rig, b.lg, b.b_warm, b.sizes.b_windows
+    b.coll.thaw()
+    first_window_sps = b.gen_a["samples"] / b.sizes.windows / b.first_s if b.first_s > 0 else b.sps
+    capacity = first_window_sps if b_warm == 0 else b.sps
+    load = min(TARGET_SAMPLES_PER_S, 0.8 * capacity)
+    fleet_b_sps = b.gen_b["samples"] / ((b_warm + b_windows) * 5.0)   # all nodes, per second
+    load_capped = load > fleet_b_sps
+    fraction = min(1.0, load / fleet_b_sps)
+    warm_s = 0.0
+    warm_main = 0
+    if b_warm:
+        t = time.time()
+        warm_main = lg.call(cmd="prefill", name="B", prefix="gw/a", windows=b_warm, fraction=fraction)["main"]
+        if _wait_until(lambda: rig.count("one", "bench-b") >= warm_main, 300, 0.2) is None:
+            raise RuntimeError("phase B's first window never became visible")
+        warm_s = time.time() - t
+    # Window w of the fleet closes 5 s after window w - 1: the measured windows' points come after.
+    start_ns = (b.gen_b["end_us"][0] + (b_warm * 5_000_000 if b_warm else -5_000_000)) * 1000
+    # Latency is sampled on the nodes whose number ends in 3 or 7 (a fifth, spread evenly over
+    # the window); every node is published and written.
+    poller = _LatencyPoller(rig, "one", "bench-b", start_ns, node_regex=LATENCY_SAMPLE_REGEX)
+    poller.start()
+    rt = lg.call(cmd="realtime", name="B", prefix="gw/a", fraction=fraction, from_window=b_warm)
+    lg.call(cmd="drop", name="B")
+    visible_b = lambda: rig.count("one", "bench-b") - warm_main   # noqa: E731
+    complete = _wait_until(lambda: visible_b() >= rt["published"], 60, 0.5) is not None
+    time.sleep(2 * poller.interval_s)     # the poller's next round sees the last of them
+    poller.stop_event.set()
+    poller.join()
+    sampled = rig.query(f'SELECT count("gpu_energy_j") AS n FROM "node_energy" WHERE {poller.where} '
+                        f'AND time >= {start_ns}', "one")
+    _mark("B done")
+    lag_s = rt["lag_s"] + rt["delay_s"]
+    lat = [(t_seen - (k * 0.01 + 0.005) - lag_s, n) for k, n, t_seen in poller.first_seen]
+    p50, p99 = _percentile(lat, 0.50), _percentile(lat, 0.99)
+    offered = rt["samples"] / (b_windows * 5.0)
+    yield _line("collector.latency_p50_s", round(p50, 3), "s", load_samples_per_s=round(offered))
+    # Batches not visible within 60 s have no latency to count: the figure is then not met.
+    yield _line("collector.latency_p99_s", round(p99, 3), "s", target=TARGET_P99_S,
+                ok=complete and p99 <= TARGET_P99_S, complete=complete,
+                load_samples_per_s=round(offered), batches=rt["published"], visible=visible_b(),
+                sampled=poller.total, sampled_visible=int(sampled[0]["n"]) if sampled else 0,
+                max_s=round(max((v for v, _ in lat), default=float("nan")), 3), polls=poller.polls,
+                load_capped=load_capped, load_basis="first window (series creation)" if b_warm == 0
+                else "steady state", capacity_samples_per_s=round(capacity),
+                first_window_samples_per_s=round(first_window_sps), warmup_window_s=round(warm_s, 2),
+                note="window end (newest sample of a batch, its records' time) to visible in InfluxDB, "
+                     "sampled on a fifth of the nodes; load = min(1e6, 0.8 x the measured samples_per_s), "
+                     "nodes spread over the 5 s window")
+
+
+def _phase_two_instances(b: _Bench) -> Iterator[dict[str, Any]]:
+    """C: two collectors on one shared subscription, the same batches as the single one."""
+    rig, pair, sz = b.rig, b.pair, b.sizes
+    b.coll.freeze()
+    m2 = min(sz.two_sel.get("nodes", 1 << 30), sz.base * sz.clones) * sz.two_sel["windows"]
+    cpu0 = [cpu_seconds(c.pid) for c in pair]
+    t = time.time()
+    for c in pair:
+        c.thaw()
+    t_end = _wait_until(lambda: rig.count("two", "bench-a") >= m2, 300, 0.1)
+    two_s = (t_end or time.time()) - t
+    time.sleep(0.5)  # gap-fill rewrites of the last batches
+    last = rig.query('SELECT last("gpu_energy_j") AS x FROM "node_energy" WHERE "cluster" = \'bench-a\'', "two")
+    until_ns = int(last[0]["time"]) if last else 0
+    two_pts = _point_values(rig, "two", "bench-a", until_ns)
+    nodes_two = {k[1] for k in two_pts}
+    one_pts = {k: v for k, v in _point_values(rig, "one", "bench-a", until_ns).items() if k[1] in nodes_two}
+    same_keys = set(one_pts) == set(two_pts)
+    energy_diff = [k for k in one_pts if k in two_pts and one_pts[k][:3] != two_pts[k][:3]]
+    energy_equal = same_keys and not energy_diff
+    max_diff = max((abs((x or 0.0) - (y or 0.0)) for k in energy_diff
+                    for x, y in zip(one_pts[k][:3], two_pts[k][:3])), default=0.0)
+    host_diff = sum(1 for k in one_pts if k in two_pts and one_pts[k][3:5] != two_pts[k][3:5])
+    gaps_diff = sum(1 for k in one_pts if k in two_pts and one_pts[k][5] != two_pts[k][5])
+    time.sleep(0.5)
+    health = rig.query('SELECT last("gaps_filled") AS gaps, last("batches") AS batches FROM "collector" '
+                       'GROUP BY "instance"', "two")
+    gaps_filled = {r["instance"]: [int(r["batches"]), int(r["gaps"])] for r in health}
+    tot = lambda pts, kind, i: math.fsum(v[i] or 0.0 for k, v in pts.items() if k[0] == kind)  # noqa: E731
+    yield _line("collector.two_instances_totals_equal", 1 if energy_equal and t_end is not None else 0, "bool",
+                batches=m2, points=len(two_pts), same_points=same_keys,
+                node_gpu_energy_j=[tot(one_pts, "node", 0), tot(two_pts, "node", 0)],
+                job_energy_j=[tot(one_pts, "job", 0), tot(two_pts, "job", 0)],
+                host_energy_j=[tot(one_pts, "node", 3) + tot(one_pts, "job", 3),
+                               tot(two_pts, "node", 3) + tot(two_pts, "job", 3)],
+                points_host_or_co2_differ=host_diff, points_gaps_differ=gaps_diff,
+                points_energy_differ=len(energy_diff), energy_max_abs_diff_j=max_diff,
+                energy_differ_example=[str(x) for x in energy_diff[:1]] + [
+                    str(one_pts[k][:3]) + " vs " + str(two_pts[k][:3]) for k in energy_diff[:1]],
+                batches_and_gaps_filled=gaps_filled,
+                note="every node_energy/job_energy point's energy fields compared bit for bit, one collector vs two")
+    yield _line("collector.two_instances_samples_per_s", round(m2 * SAMPLES_PER_BATCH / two_s), "GPU-samples/s",
+                seconds=round(two_s, 3), collector_cpu_s=[round(cpu_seconds(c.pid) - c0, 2) for c, c0 in zip(pair, cpu0)],
+                note="two collectors sharing the 2 cores; each also re-accounts the carry of batches the other got")
+    _mark('C')
+
+
+def _start_up_lines(b: _Bench) -> Iterator[dict[str, Any]]:
+    """The collectors' start-up (kernels compiled vs loaded from the cache) and the load generator's cost."""
+    disc, coll = b.disc, b.coll
+    yield _line("collector.compile_s", round(disc.ready_cpu_s, 3), "CPU s", baseline=round(coll.ready_cpu_s, 3),
+                ratio=round(disc.ready_cpu_s / coll.ready_cpu_s, 2),
+                compile_cpu_s=round(disc.ready_cpu_s - coll.ready_cpu_s, 3),
+                wall_s=[round(disc.ready_wall_s, 3), round(coll.ready_wall_s, 3)],
+                note="CPU seconds from exec to READY=1 (imports + kernels compiled or loaded) of a collector "
+                     "with an empty NUMBA_CACHE_DIR vs one with the cache filled; started side by side")
+    yield _line("collector.loadgen_s", round(b.gen_a["gen_s"], 3), "s", note="generating the phase-A backlog",
+                prefill_s=round(b.pre["wall_s"], 3), batches=b.m, published=b.pre["sent"], bytes=b.gen_a["bytes"],
+                phase_b_gen_s=round(b.gen_b["gen_s"], 3), phase_b_nodes=b.gen_b["nodes"])
+
+
 def run(quick: bool) -> Iterator[dict[str, Any]]:
-    """The collector benchmark; yields JSON-line dicts."""
-    # Phase A backlog: base nodes x clones x windows; B: seconds of real time; subsets for D and C.
-    if quick:
-        base, clones, windows, b_windows = 400, 3, 3, 1
-        disc_sel, two_sel = {"windows": 3}, {"windows": 2, "nodes": 251}
-    else:
-        base, clones, windows, b_windows = 1000, 2, 4, 2
-        disc_sel, two_sel = {"windows": 4}, {"windows": 3, "nodes": 1001}
+    """The collector benchmark; yields JSON-line dicts, phase by phase (see the module docstring)."""
     _T0[0] = time.perf_counter()
     with Rig(quick, discard=True, keep=bool(os.environ.get("GW_BENCH_KEEP"))) as rig:
         _mark("daemons up")
-        lg = rig.loadgen()
-        now_us = int(time.time() * 1e6)
-        lg.send(cmd="generate", name="A", nodes=base, clones=clones, windows=windows,
-                t0_us=now_us - (windows + 1) * 5_000_000, cluster="bench-a", prefix="gw/a", seed=11)
-        # Phase B's fleet, generated now for the largest load it may need (the target), dated to start
-        # soon: published later, each batch is shifted by the lag (see loadgen's "realtime").
-        # Full mode: a first window that creates the fleet's series in InfluxDB (published ahead, not
-        # measured), then b_windows measured windows at 80 % of the steady-state capacity.  --quick
-        # has no time for that: its one window is the fleet's first, at 80 % of the first-window
-        # capacity, and the fleet is generated for at most QUICK_B_MAX_SAMPLES_PER_S (generating
-        # costs about 0.35 CPU s per 1,000 nodes and window).
-        b_warm = 0 if quick else 1
-        b_max = QUICK_B_MAX_SAMPLES_PER_S if quick else TARGET_SAMPLES_PER_S
-        nodes_b = int(round(b_max * 5.0 / SAMPLES_PER_BATCH))
-        clones_b = 5 if quick else 2
-        lg.send(cmd="generate", name="B", nodes=math.ceil(nodes_b / clones_b), clones=clones_b,
-                windows=b_warm + b_windows,
-                t0_us=now_us + 5_000_000 - 4_900_000, cluster="bench-b", prefix="gw/a", seed=12, spread=True)
-        coll = rig.collector(CollectorSpec("one", "one", "gw/a", "one", rig.bridge_url))
-        # The discard collector starts with an empty numba cache: its start-up is the first-start compile.
-        cold_cache = rig.tmp / "numba-cold"
-        cold_cache.mkdir()
-        disc = rig.collector(CollectorSpec("discard", "discard", "gw/d", "discard", rig.discard_url),
-                             extra_env={"NUMBA_CACHE_DIR": str(cold_cache)})
-        pair = [rig.collector(CollectorSpec(f"two-{k}", "two", "gw/b", "two", rig.bridge_url)) for k in (1, 2)]
-        _mark("started")
-        gen_a = lg.answer()
-        gen_b = lg.answer()
-        m = gen_a["batches"]
-        per_window = m // windows
-        bare = rig.bare("gw/a", m)
-        consumers = [coll, disc, *pair]
-        for c in consumers:
-            c.wait_log("subscribed to", 120)
-            if not c.ready.wait(120):
-                raise RuntimeError(f"{c.name} never became ready:\n{c.log()[-2000:]}")
-        _mark("generated+collectors")
-        bare.wait_for("ready", 60)
-        time.sleep(0.3)
-        for c in [*consumers, bare]:
-            c.freeze()
-        pre = lg.call(cmd="prefill", name="A", prefix="gw/a", extra={"gw/d": disc_sel, "gw/b": two_sel})
-        lg.call(cmd="drop", name="A")
-        samples_a, bytes_a = gen_a["samples"], gen_a["bytes"]
-
-        _mark('prefilled')
-        # A1: the bare subscriber drains its copy alone.
-        t = time.time()
-        bare.thaw()
-        done = bare.wait_for("done", 300)
-        bare_s = done["t_last"] - t
-        bare.freeze()
-        bare_bps = done["bytes"] / bare_s
-
-        _mark('A1')
-        # A2: the collector drains its copy into InfluxDB.
-        others = rig.pids()
-        cpu0 = cpu_seconds(coll.pid)
-        others0 = {k: cpu_seconds(p) for k, p in others.items()}
-        coll.thaw()
-        spy = _profiler(coll.pid)
-        # The measured span is ~1 s in --quick: poll often enough to resolve it.  A count costs
-        # influxd 20-40 ms of CPU here (it visits every node's series), on the cores it shares
-        # with the collector: the full run's ~5 s span is polled less often.
-        all_s, steady_s, first_s = _drain(lambda: rig.count("one", "bench-a"), m, per_window,
-                                          interval=0.03 if quick else 0.1)
-        if spy is not None:
-            spy.send_signal(signal.SIGINT)
-            spy.wait(30)
-        coll_cpu = cpu_seconds(coll.pid) - cpu0
-        cpu_others = {k: round(cpu_seconds(p) - others0[k], 2) for k, p in others.items()}
-        coll.freeze()
-        steady_samples = samples_a * (windows - 1) / windows
-        sps = steady_samples / steady_s
-        coll_bps = bytes_a * (windows - 1) / windows / steady_s
-        yield _line("collector.samples_per_s", round(sps), "GPU-samples/s", target=TARGET_SAMPLES_PER_S,
-                    ok=sps >= TARGET_SAMPLES_PER_S, sink="influxd 1.6 via the v2-write bridge",
-                    batches=m, seconds=round(steady_s, 3), first_window_s=round(first_s, 3),
-                    including_series_creation=round(samples_a / all_s), collector_cpu_s=round(coll_cpu, 2),
-                    other_cpu_s=cpu_others,
-                    # What each needed per batch of the backlog (series creation included): on these
-                    # shared cores the larger one sets the end-to-end rate.  influxd's includes the
-                    # counts that poll the drain (every 0.1 s; 30 ms in --quick).
-                    cpu_ms_per_batch={"collector": round(coll_cpu / m * 1e3, 3),
-                                      "influxd": round(cpu_others.get("influxd", 0.0) / m * 1e3, 3)},
-                    note="GPU-samples of windows 2.. of the backlog / seconds from window 1 visible to all visible")
-        yield _line("collector.byte_rate_fraction", round(coll_bps / bare_bps, 4), "fraction",
-                    value_bytes_per_s=round(coll_bps), baseline=round(bare_bps), ratio=round(coll_bps / bare_bps, 4),
-                    target=TARGET_BYTE_FRACTION, ok=coll_bps / bare_bps >= TARGET_BYTE_FRACTION)
-        yield _line("collector.bare_bytes_per_s", round(bare_bps), "bytes/s", messages=m, seconds=round(bare_s, 3),
-                    samples_per_s=round(samples_a / bare_s))
-        yield _line("collector.rss_mib", round(rss_mib(coll.pid, peak=True), 1), "MiB",
-                    note="peak RSS of the collector after phase A")
-
-        _mark('A2')
-        # A3: a collector whose writer posts to a discarding HTTP endpoint (influxd out of the picture).
-        w_d = min(windows, disc_sel.get("windows", windows))
-        m_d = min(disc_sel.get("nodes", 1 << 30), base * clones) * w_d
-        cpu0 = cpu_seconds(disc.pid)
-        disc.thaw()
-        spy = _profiler(disc.pid, "GW_BENCH_PYSPY_DISCARD")
-        all_d, steady_d, _ = _drain(rig.discard_count, m_d, m_d // w_d)
-        if spy is not None:
-            spy.send_signal(signal.SIGINT)
-            spy.wait(30)
-        disc_cpu = cpu_seconds(disc.pid) - cpu0
-        disc.freeze()
-        # As for InfluxDB: from the first window written to the last (steady state, after the start-up of the drain).
-        sps_d = m_d * (w_d - 1) / w_d * SAMPLES_PER_BATCH / steady_d if steady_d > 0.3 else m_d * SAMPLES_PER_BATCH / all_d
-        yield _line("collector.samples_per_s_discard", round(sps_d), "GPU-samples/s", baseline=round(sps),
-                    ratio=round(sps_d / sps, 3), target=TARGET_SAMPLES_PER_S, batches=m_d, seconds=round(steady_d, 3),
-                    seconds_all=round(all_d, 3),
-                    collector_cpu_s=round(disc_cpu, 2), cpu_per_batch_ms=round(disc_cpu / m_d * 1e3, 3),
-                    byte_rate_fraction=round(sps_d / SAMPLES_PER_BATCH * (bytes_a / m) / bare_bps, 4),
-                    note="same collector, its writer posting to an HTTP endpoint that discards the body")
-
-        _mark('A3')
-        # B: latency at load, into InfluxDB.
-        coll.thaw()
-        first_window_sps = samples_a / windows / first_s if first_s > 0 else sps
-        capacity = first_window_sps if b_warm == 0 else sps
-        load = min(TARGET_SAMPLES_PER_S, 0.8 * capacity)
-        fleet_b_sps = gen_b["samples"] / ((b_warm + b_windows) * 5.0)   # all nodes, per second
-        load_capped = load > fleet_b_sps
-        fraction = min(1.0, load / fleet_b_sps)
-        warm_s = 0.0
-        if b_warm:
-            t = time.time()
-            warm = lg.call(cmd="prefill", name="B", prefix="gw/a", windows=b_warm, fraction=fraction)
-            if _wait_until(lambda: rig.count("one", "bench-b") >= warm["main"], 300, 0.2) is None:
-                raise RuntimeError("phase B's first window never became visible")
-            warm_s = time.time() - t
-        # Window w of the fleet closes 5 s after window w - 1: the measured windows' points come after.
-        start_ns = (gen_b["end_us"][0] + (b_warm * 5_000_000 if b_warm else -5_000_000)) * 1000
-        # Latency is sampled on the nodes whose number ends in 3 or 7 (a fifth, spread evenly over
-        # the window); every node is published and written.
-        poller = _LatencyPoller(rig, "one", "bench-b", start_ns, node_regex=LATENCY_SAMPLE_REGEX)
-        poller.start()
-        rt = lg.call(cmd="realtime", name="B", prefix="gw/a", fraction=fraction, from_window=b_warm)
-        lg.call(cmd="drop", name="B")
-        visible_b = lambda: rig.count("one", "bench-b") - (warm["main"] if b_warm else 0)   # noqa: E731
-        complete = _wait_until(lambda: visible_b() >= rt["published"], 60, 0.5) is not None
-        time.sleep(2 * poller.interval_s)     # the poller's next round sees the last of them
-        poller.stop_event.set()
-        poller.join()
-        sampled = rig.query(f'SELECT count("gpu_energy_j") AS n FROM "node_energy" WHERE {poller.where} '
-                            f'AND time >= {start_ns}', "one")
-        _mark("B done")
-        lag_s = rt["lag_s"] + rt["delay_s"]
-        lat = [(t_seen - (b * 0.01 + 0.005) - lag_s, n) for b, n, t_seen in poller.first_seen]
-        p50, p99 = _percentile(lat, 0.50), _percentile(lat, 0.99)
-        offered = rt["samples"] / (b_windows * 5.0)
-        yield _line("collector.latency_p50_s", round(p50, 3), "s", load_samples_per_s=round(offered))
-        # Batches not visible within 60 s have no latency to count: the figure is then not met.
-        yield _line("collector.latency_p99_s", round(p99, 3), "s", target=TARGET_P99_S,
-                    ok=complete and p99 <= TARGET_P99_S, complete=complete,
-                    load_samples_per_s=round(offered), batches=rt["published"], visible=visible_b(),
-                    sampled=poller.total, sampled_visible=int(sampled[0]["n"]) if sampled else 0,
-                    max_s=round(max((v for v, _ in lat), default=float("nan")), 3), polls=poller.polls,
-                    load_capped=load_capped, load_basis="first window (series creation)" if b_warm == 0
-                    else "steady state", capacity_samples_per_s=round(capacity),
-                    first_window_samples_per_s=round(first_window_sps), warmup_window_s=round(warm_s, 2),
-                    note="window end (newest sample of a batch, its records' time) to visible in InfluxDB, "
-                         "sampled on a fifth of the nodes; load = min(1e6, 0.8 x the measured samples_per_s), "
-                         "nodes spread over the 5 s window")
-
-        # C: two collectors on one shared subscription, the same batches as the single one.
-        coll.freeze()
-        m2 = min(two_sel.get("nodes", 1 << 30), base * clones) * two_sel["windows"]
-        cpu0 = [cpu_seconds(c.pid) for c in pair]
-        t = time.time()
-        for c in pair:
-            c.thaw()
-        t_end = _wait_until(lambda: rig.count("two", "bench-a") >= m2, 300, 0.1)
-        two_s = (t_end or time.time()) - t
-        time.sleep(0.5)  # gap-fill rewrites of the last batches
-        last = rig.query('SELECT last("gpu_energy_j") AS x FROM "node_energy" WHERE "cluster" = \'bench-a\'', "two")
-        until_ns = int(last[0]["time"]) if last else 0
-        two_pts = _point_values(rig, "two", "bench-a", until_ns)
-        nodes_two = {k[1] for k in two_pts}
-        one_pts = {k: v for k, v in _point_values(rig, "one", "bench-a", until_ns).items() if k[1] in nodes_two}
-        same_keys = set(one_pts) == set(two_pts)
-        energy_diff = [k for k in one_pts if k in two_pts and one_pts[k][:3] != two_pts[k][:3]]
-        energy_equal = same_keys and not energy_diff
-        max_diff = max((abs((a or 0.0) - (b or 0.0)) for k in energy_diff
-                        for a, b in zip(one_pts[k][:3], two_pts[k][:3])), default=0.0)
-        host_diff = sum(1 for k in one_pts if k in two_pts and one_pts[k][3:5] != two_pts[k][3:5])
-        gaps_diff = sum(1 for k in one_pts if k in two_pts and one_pts[k][5] != two_pts[k][5])
-        time.sleep(0.5)
-        health = rig.query('SELECT last("gaps_filled") AS gaps, last("batches") AS batches FROM "collector" '
-                           'GROUP BY "instance"', "two")
-        gaps_filled = {r["instance"]: [int(r["batches"]), int(r["gaps"])] for r in health}
-        tot = lambda pts, kind, i: math.fsum(v[i] or 0.0 for k, v in pts.items() if k[0] == kind)  # noqa: E731
-        yield _line("collector.two_instances_totals_equal", 1 if energy_equal and t_end is not None else 0, "bool",
-                    batches=m2, points=len(two_pts), same_points=same_keys,
-                    node_gpu_energy_j=[tot(one_pts, "node", 0), tot(two_pts, "node", 0)],
-                    job_energy_j=[tot(one_pts, "job", 0), tot(two_pts, "job", 0)],
-                    host_energy_j=[tot(one_pts, "node", 3) + tot(one_pts, "job", 3),
-                                   tot(two_pts, "node", 3) + tot(two_pts, "job", 3)],
-                    points_host_or_co2_differ=host_diff, points_gaps_differ=gaps_diff,
-                    points_energy_differ=len(energy_diff), energy_max_abs_diff_j=max_diff,
-                    energy_differ_example=[str(x) for x in energy_diff[:1]] + [
-                        str(one_pts[k][:3]) + " vs " + str(two_pts[k][:3]) for k in energy_diff[:1]],
-                    batches_and_gaps_filled=gaps_filled,
-                    note="every node_energy/job_energy point's energy fields compared bit for bit, one collector vs two")
-        yield _line("collector.two_instances_samples_per_s", round(m2 * SAMPLES_PER_BATCH / two_s), "GPU-samples/s",
-                    seconds=round(two_s, 3), collector_cpu_s=[round(cpu_seconds(c.pid) - c0, 2) for c, c0 in zip(pair, cpu0)],
-                    note="two collectors sharing the 2 cores; each also re-accounts the carry of batches the other got")
-
-        _mark('C')
-        yield _line("collector.compile_s", round(disc.ready_cpu_s, 3), "CPU s", baseline=round(coll.ready_cpu_s, 3),
-                    ratio=round(disc.ready_cpu_s / coll.ready_cpu_s, 2),
-                    compile_cpu_s=round(disc.ready_cpu_s - coll.ready_cpu_s, 3),
-                    wall_s=[round(disc.ready_wall_s, 3), round(coll.ready_wall_s, 3)],
-                    note="CPU seconds from exec to READY=1 (imports + kernels compiled or loaded) of a collector "
-                         "with an empty NUMBA_CACHE_DIR vs one with the cache filled; started side by side")
-        yield _line("collector.loadgen_s", round(gen_a["gen_s"], 3), "s", note="generating the phase-A backlog",
-                    prefill_s=round(pre["wall_s"], 3), batches=m, published=pre["sent"], bytes=bytes_a,
-                    phase_b_gen_s=round(gen_b["gen_s"], 3), phase_b_nodes=gen_b["nodes"])
+        bench = _start(quick, rig)
+        for phase in (_phase_bare, _phase_influx, _phase_discard, _phase_latency, _phase_two_instances,
+                      _start_up_lines):
+            yield from phase(bench)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
