@@ -141,3 +141,36 @@ def test_named_phases_get_their_own_energy(tmp_path, lib_dir):
     md = (out / "report.md").read_text()
     assert "| train | 2 |" in md
     assert "phase,train/gpu_kwh," in (out / "report.csv").read_text()
+
+
+def test_a_gpu_shared_with_another_process_is_noted_in_the_report(tmp_path, lib_dir):
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # not part of the run
+    try:
+        out = tmp_path / "run"
+        proc = _python(f"""
+            sc.processes.append(ProcSpec({other.pid}, 0, sm_util=80))   # someone else's job on GPU 0
+            sc.write({str(tmp_path / "node.scn")!r})
+            with greenwatch.track("shared", out={str(out)!r}) as run:
+                time.sleep(2.0)
+        """, tmp_path, lib_dir)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+    finally:
+        other.kill()
+        other.wait()
+    doc = report_of(out)
+    assert "GPU 0 also ran processes outside this run" in doc["run"]["gpu_note"]
+    assert "GPUs: GPU 0 also ran processes outside this run" in (out / "report.md").read_text()
+    seconds = doc["run"]["sampled_to_s"] - doc["run"]["sampled_from_s"]
+    assert doc["energy_kwh"]["gpu"] == pytest.approx(250.0 * seconds / 2 / 3.6e6, rel=0.02)  # equal SM shares: half
+
+
+def test_a_gpu_of_the_run_alone_has_no_sharing_note(tmp_path, lib_dir):
+    out = tmp_path / "run"
+    proc = _python(f"""
+        with greenwatch.track("alone", out={str(out)!r}):
+            time.sleep(1.0)
+    """, tmp_path, lib_dir)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "gpu_note" not in report_of(out)["run"]

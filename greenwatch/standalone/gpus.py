@@ -92,8 +92,11 @@ class WatchedGpu(GpuDevice):
 
     def processes(self) -> list[GpuProcess]:
         procs = self._inner.processes()
-        if any(self._jobs.tree.contains(p.pid) for p in procs):
+        ours = sum(1 for p in procs if self._jobs.tree.contains(p.pid))
+        if ours:
             self._jobs.hold(self.uuid)
+        if ours < len(procs):
+            self._jobs.seen_others(self.uuid)
         return procs
 
 
@@ -110,6 +113,7 @@ class RunJobs:
         self._held: set[str] = set(held)
         self._provisional: set[str] = set(provisional) - self._held
         self._released: dict[str, float] = {}
+        self._others: set[str] = set()
         self._decide_by = decide_by
         self._clock = clock
         self._lock = threading.Lock()
@@ -121,6 +125,17 @@ class RunJobs:
             if uuid not in self._held:
                 log.debug("run %s uses GPU %s", self.job.job_id, uuid)
                 self._held.add(uuid)
+
+    def seen_others(self, uuid: str) -> None:
+        """Processes outside the run were seen on this GPU."""
+        with self._lock:
+            self._others.add(uuid)
+
+    @property
+    def shared(self) -> set[str]:
+        """The run's GPUs on which processes outside the run were seen (they share its energy)."""
+        with self._lock:
+            return self._others & self._held
 
     def release_undecided(self, at: float | None = None) -> None:
         """Hand back every provisional GPU the run has not appeared on, as of ``at`` (default now)."""

@@ -385,6 +385,11 @@ class Session:
             fields["exit_status"] = int(exit_status)
         if self.no_gpu_reason:
             fields["gpu_note"] = self.no_gpu_reason
+        elif self.jobs.shared:
+            indices = sorted(d.index for d in self.devices if d.uuid in self.jobs.shared)
+            fields["gpu_note"] = (f"GPU {', '.join(map(str, indices))} also ran processes outside this run; the run is "
+                                  "charged its share of that GPU's energy (by SM utilisation; the idle part split "
+                                  "equally: docs/methodology.md, section 3), not all of it")
         if self.opts.carbon_config is not None:
             fields["carbon_config"] = json.dumps(dict(self.opts.carbon_config), sort_keys=True)
         fields.update({f"unit_{k}": v for k, v in units.items()})
