@@ -1,0 +1,41 @@
+"""The report's "For your paper" paragraph: plain prose a researcher can paste, consistent with itself."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mocknvml import build_mock_nvml
+from run_helpers import greenwatch_proc, nvml_free_env, report_of
+
+
+@pytest.fixture(scope="module")
+def lib_dir() -> Path:
+    return build_mock_nvml()
+
+
+def test_paper_paragraph_of_a_run_without_gpu(tmp_path, lib_dir):
+    env = nvml_free_env(tmp_path, lib_dir)
+    out = tmp_path / "run"
+    proc = greenwatch_proc(["run", "--out", str(out), "--", sys.executable, "-c", "sum(range(5_000_000))"], env,
+                           cwd=tmp_path)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    report_of(out)
+    md = subprocess.run([sys.executable, "-m", "greenwatch", "report", "--job", "python", "--db",
+                         str(out / "greenwatch.sqlite"), "--unit", "tokens=2e9"], env=env, cwd=tmp_path,
+                        capture_output=True, text=True, timeout=120)
+    assert md.returncode == 0, md.stderr
+    paragraph = md.stdout.split("## For your paper\n\n", 1)[1].split("\n\n", 1)[0]
+    assert "No GPU energy was counted (no NVIDIA GPU found" in paragraph
+    assert "?." not in paragraph and "GPU energy was no NVIDIA" not in paragraph
+    assert "by the host CPU (estimated from its CPU time; memory not included)" in paragraph
+    assert "CPU and memory" not in paragraph            # it never claimed memory and then denied it
+    assert "agent." not in paragraph and "cpu_watts_per_core" not in paragraph   # no configuration keys
+    assert not re.search(r"\d[eE][-+]?\d", paragraph), paragraph                 # no scientific notation
+    assert re.search(r"SCI\) is [\d,.]+ gCO2e per run; [\d.]+ gCO2e per (thousand |million |billion )?tokens?\.",
+                     paragraph), paragraph
