@@ -202,17 +202,47 @@ def summary_line(r: RunReport) -> str:
             f"{num(r.co2_location_g / 1000)} kgCO2e (location-based) plus {num(r.embodied_g / 1000)} kgCO2e embodied.")
 
 
+def plain(x: float) -> str:
+    """Like :func:`num`, but tiny values in decimal notation (``0.000000230``), never ``2.3e-07``."""
+    a = abs(x)
+    if a >= 1e-3 or a == 0 or not math.isfinite(x):
+        return num(x)
+    return f"{x:.{2 - math.floor(math.log10(a))}f}"
+
+
+def per_unit(grams: float, unit: str) -> str:
+    """Grams per functional unit without scientific notation: ``2.58 gCO2e per million tokens``,
+    ``0.41 gCO2e per sample`` (``unit`` as the run named it, e.g. ``tokens``)."""
+    one = unit[:-1] if unit.endswith("s") and len(unit) > 1 else unit
+    for factor, words in ((1e3, "thousand "), (1e6, "million "), (1e9, "billion ")):
+        if 0 < abs(grams) < 0.1 and abs(grams) * factor >= 0.1:
+            return f"{num(grams * factor)} gCO2e per {words}{unit if unit != one else unit + 's'}"
+    return f"{plain(grams)} gCO2e per {one}"
+
+
 def paper_paragraph(r: RunReport, version: str) -> str:
-    """A paragraph a researcher can paste into a paper's environmental-impact section."""
-    gpus = " and ".join(f"{n} {m}" for m, n in r.gpus_by_model.items()) or "no GPUs"
-    host = ("" if r.host_energy_j is None else
-            f", of which {num(r.host_energy_j / J_PER_KWH)} kWh by the host CPU and memory ({r.host_energy_method})")
+    """A paragraph a researcher can paste into a paper's environmental-impact section.
+
+    Plain prose: no configuration keys, no scientific notation, and what was not measured said
+    once (host memory, a machine without GPU).
+    """
+    gpus = " and ".join(f"{n} {m}" for m, n in r.gpus_by_model.items()) or "no GPU"
+    host = ""
+    if r.host_energy_j is not None:
+        how = "measured with RAPL" if r.host_energy_method.startswith("measured") else "estimated from its CPU time"
+        host = f", of which {plain(r.host_energy_j / J_PER_KWH)} kWh by the host CPU ({how}; memory not included)"
+    if r.gpus_by_model:
+        gpu_sentence = f"GPU energy was {r.gpu_energy_method}. "
+    else:
+        gpu_sentence = f"No GPU energy was counted ({r.gpu_energy_method.rstrip('.')}). "
+    units = "".join(f"; {per_unit(g, unit)}" for unit, g in sorted(r.sci_per_unit_g.items()))
     text = (f"The run took {duration(r.duration_s)} of wall time on {gpus} ({num(r.gpu_hours)} GPU-hours) and "
-            f"used {num(r.it_energy_j / J_PER_KWH)} kWh of IT energy{host}, "
-            f"{num(r.total_energy_j / J_PER_KWH)} kWh including facility overhead (PUE {r.pue_effective:.2f}). "
-            f"GPU energy was {r.gpu_energy_method}. With the grid intensity of {r.intensity_source} "
+            f"used {plain(r.it_energy_j / J_PER_KWH)} kWh of IT energy{host}, "
+            f"{plain(r.total_energy_j / J_PER_KWH)} kWh including facility overhead (PUE {r.pue_effective:.2f}). "
+            f"{gpu_sentence}With the grid intensity of {r.intensity_source} "
             f"({r.intensity_resolution} resolution, energy-weighted mean {num(r.intensity_mean_g_per_kwh)} gCO2e/kWh), "
-            f"this corresponds to {num(r.co2_location_g / 1000)} kgCO2e location-based and "
-            f"{num(r.co2_market_g / 1000)} kgCO2e market-based emissions; embodied hardware emissions add an "
-            f"estimated {num(r.embodied_g / 1000)} kgCO2e. Measured with greenwatch {version}.")
+            f"this corresponds to {plain(r.co2_location_g / 1000)} kgCO2e location-based and "
+            f"{plain(r.co2_market_g / 1000)} kgCO2e market-based emissions; embodied hardware emissions add an "
+            f"estimated {plain(r.embodied_g / 1000)} kgCO2e. The Software Carbon Intensity (SCI) is "
+            f"{plain(r.sci_run_g)} gCO2e per run{units}. Measured with greenwatch {version}.")
     return text
