@@ -39,3 +39,23 @@ def test_paper_paragraph_of_a_run_without_gpu(tmp_path, lib_dir):
     assert not re.search(r"\d[eE][-+]?\d", paragraph), paragraph                 # no scientific notation
     assert re.search(r"SCI\) is [\d,.]+ gCO2e per run; [\d.]+ gCO2e per (thousand |million |billion )?tokens?\.",
                      paragraph), paragraph
+
+
+def test_embodied_sources_are_those_of_the_gpus_used(tmp_path, lib_dir):
+    import time
+
+    from mocknvml import Constant, GpuSpec, Scenario, mock_env
+
+    sc = Scenario(t0=time.time(), gpus=[GpuSpec(0, power=[Constant(-60.0, 600.0, 300.0)])])  # an H100
+    sc.write(tmp_path / "node.scn")
+    env = mock_env(lib_dir, tmp_path / "node.scn")
+    env["CUDA_VISIBLE_DEVICES"] = "0"
+    out = tmp_path / "run"
+    proc = greenwatch_proc(["run", "--out", str(out), "--", sys.executable, "-c", "import time; time.sleep(1)"], env,
+                           cwd=tmp_path)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    doc = report_of(out)
+    assert [g["model"] for g in doc["gpus"]] == ["NVIDIA H100 80GB HBM3"]
+    assert set(doc["embodied"]["sources"]) == {"gpu:default", "server"}
+    assert "A100" not in (out / "report.md").read_text()

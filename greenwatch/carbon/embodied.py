@@ -77,12 +77,15 @@ class EmbodiedModel:
         if not (float(self.lifespan_years) > 0):
             raise ValueError(f"lifespan_years must be > 0, got {self.lifespan_years!r}")
 
-    def gpu_kg_for(self, gpu_model_name: str) -> float:
-        """kgCO2e of one GPU card: longest ``gpu_kg`` key contained in the name, else ``default``."""
+    def gpu_key_for(self, gpu_model_name: str) -> str:
+        """The ``gpu_kg`` entry that prices a GPU card: the longest key contained in the name, else ``default``."""
         name = gpu_model_name.lower()
         hits = [k for k in self.gpu_kg if k != "default" and k.lower() in name]
-        key = max(hits, key=len) if hits else "default"
-        return float(self.gpu_kg[key])
+        return max(hits, key=len) if hits else "default"
+
+    def gpu_kg_for(self, gpu_model_name: str) -> float:
+        """kgCO2e of one GPU card (the entry :meth:`gpu_key_for` picks)."""
+        return float(self.gpu_kg[self.gpu_key_for(gpu_model_name)])
 
     def per_gpu_kg(self, gpu_model_name: str) -> float:
         """Total embodied kgCO2e attributed to one GPU: card plus its share of the server."""

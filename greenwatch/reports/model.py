@@ -250,7 +250,9 @@ def build_report(source: ReportSource, job_id: str, *, carbon: CarbonContext,
         intensity_mean_g_per_kwh=mean_i,
         intensity_coverage=coverage_of(intensity, start, end) if end > start else 1.0,
         embodied=lines, embodied_g=emb_g, embodied_lifespan_years=float(embodied.lifespan_years),
-        embodied_sources=dict(embodied.sources),
+        # Only the sources of the figures this job used (an H100 priced by the default must not cite the A100's).
+        embodied_sources={k: v for k, v in embodied.sources.items()
+                          if not k.startswith("gpu:") or k[4:] in {embodied.gpu_key_for(m) for m in seconds_by_model}},
         functional_units=units, sci_run_g=sci_run, sci_per_unit_g=sci_units,
         gpus=gpus, equivalences=equivalences(co2_loc / 1000.0), what_if=wi,
         data_source=source.description, notes=notes,
