@@ -59,3 +59,18 @@ def test_embodied_sources_are_those_of_the_gpus_used(tmp_path, lib_dir):
     assert [g["model"] for g in doc["gpus"]] == ["NVIDIA H100 80GB HBM3"]
     assert set(doc["embodied"]["sources"]) == {"gpu:default", "server"}
     assert "A100" not in (out / "report.md").read_text()
+
+
+def test_csv_marks_every_missing_value_the_same_way(tmp_path, lib_dir):
+    import csv
+
+    out = tmp_path / "run"
+    proc = greenwatch_proc(["run", "--out", str(out), "--", sys.executable, "-c", "pass"],
+                           nvml_free_env(tmp_path, lib_dir), cwd=tmp_path)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    with open(out / "report.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert all(row["value"] != "-" for row in table)
+    best = next(row for row in table if row["key"] == "best_start")   # annual intensity: no better start
+    assert best["value"] == "" and "annual" in best["method"]

@@ -29,7 +29,8 @@ _PHASE_UNITS = {"times": "", "duration_s": "s", "gpu_kwh": "kWh", "host_kwh": "k
 
 
 def _value(v: object) -> str:
-    if v is None:
+    # "-" is how the text forms show a missing figure; in the CSV every missing value is an empty cell.
+    if v is None or v == "-":
         return ""
     if isinstance(v, numbers.Real) and not isinstance(v, bool):
         f = float(v)
