@@ -66,3 +66,14 @@ def test_run_facts_have_readable_labels(tmp_path, lib_dir):
     assert "- Exit status: 0" in md and "- Command: " in md
     assert "Sampled from s" not in md and "Gpu note" not in md
     assert "- GPUs: no NVIDIA GPU found" in md
+
+
+def test_a_marginal_zone_is_refused_for_location_based_figures(tmp_path, lib_dir):
+    marker = tmp_path / "ran"
+    (tmp_path / "marginal.toml").write_text('[carbon]\nzone = "DE-MARGINAL"\n')
+    proc = greenwatch_proc(["run", "--config", "marginal.toml", "--", sys.executable, "-c",
+                            f"open({str(marker)!r}, 'w').write('x')"], nvml_free_env(tmp_path, lib_dir), cwd=tmp_path)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2, stderr
+    assert "carbon.zone: DE-MARGINAL is not a location-based average (operating margin (marginal)); use DE" in stderr
+    assert not marker.exists()

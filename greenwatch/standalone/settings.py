@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from greenwatch.config import Config, config_from_mapping, load_config
+from greenwatch.carbon.intensity import annual_table
+from greenwatch.config import Config, ConfigError, config_from_mapping, load_config
 
 __all__ = ["carbon_settings", "default_run_name", "run_config"]
 
@@ -36,12 +37,25 @@ def run_config(path: str | Path | None, *, zone: str | None = None, pue: float |
     data: dict[str, dict[str, Any]] = base.as_dict()
     overrides = {"zone": zone, "pue": pue, "market_factor_g_per_kwh": market_factor_g_per_kwh}
     changed = {k: v for k, v in overrides.items() if v is not None}
-    if not changed:
-        return base
-    if "pue" in changed:
-        data["carbon"]["facility_csv"] = ""  # an explicit PUE wins over the file's facility series
-    data["carbon"].update(changed)
-    return config_from_mapping(data, base.path)
+    cfg = base
+    if changed:
+        if "pue" in changed:
+            data["carbon"]["facility_csv"] = ""  # an explicit PUE wins over the file's facility series
+        data["carbon"].update(changed)
+        cfg = config_from_mapping(data, base.path)
+    _check_location_based(str(cfg.as_dict()["carbon"]["zone"]))
+    return cfg
+
+
+def _check_location_based(zone: str) -> None:
+    """Refuse a zone whose shipped figure is not a location-based average (an operating margin):
+    the report calls its emissions location-based, and a marginal factor would make that false."""
+    for row in annual_table():
+        if row.zone.upper() == zone.strip().upper() and "not for location-based" in row.basis:
+            averages = sorted({r.zone for r in annual_table() if "not for location-based" not in r.basis
+                               and r.zone.split("-")[0] == row.zone.split("-")[0]})
+            raise ConfigError("carbon.zone", f"{row.zone} is not a location-based average ({row.basis.split(';')[0]}); "
+                                             f"use {' or '.join(averages) or 'an average zone'}")
 
 
 def carbon_settings(cfg: Config) -> dict[str, Any]:
