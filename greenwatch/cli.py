@@ -91,10 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     from greenwatch.agent.slurm_cli import register as register_slurm
     from greenwatch.reports.cli import register as register_report
     from greenwatch.standalone.cli import register as register_run
+    from greenwatch.storage.cli import register as register_influxdb
 
     register_report(sub)
     register_run(sub)
     register_slurm(sub)
+    register_influxdb(sub)
     return parser
 
 

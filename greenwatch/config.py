@@ -55,6 +55,14 @@ def _positive(value: Any) -> str | None:
     return None if value > 0 and math.isfinite(value) else "must be a positive number"
 
 
+def _influx_duration(value: Any) -> str | None:
+    import re
+
+    if not isinstance(value, str) or not re.fullmatch(r"INF|(\d+(ns|u|ms|s|m|h|d|w))+", value):
+        return "must be an InfluxQL duration such as '90d', '52w' or 'INF'"
+    return None
+
+
 def _non_negative(value: Any) -> str | None:
     return None if value >= 0 and math.isfinite(value) else "must be zero or a positive number"
 
@@ -215,6 +223,11 @@ class InfluxdbConfig:
     token_file: str = key("", "File holding the API token (1.8+: 'user:password'); empty for none.")
     timeout_s: float = key(10.0, "HTTP timeout for one write.", _positive)
     gzip_level: int = key(1, "gzip level of write bodies, 1 (fastest) to 9 (smallest); 0 sends them uncompressed. Level 1 shrinks line protocol about 5.7x at an eighth of level 9's CPU (7.6x); 0 suits an InfluxDB on the same host.", _gzip_level)
+    raw_retention: str = key("90d", "How long `greenwatch influxdb setup` keeps the raw 5 s points (InfluxQL duration, e.g. 90d, 52w, INF).", _influx_duration)
+    rollup_1m_retention: str = key("400d", "How long `greenwatch influxdb setup` keeps the 1-minute rollups.", _influx_duration)
+    rollup_1h_retention: str = key("INF", "How long `greenwatch influxdb setup` keeps the 1-hour rollups (INF: for ever).", _influx_duration)
+    rollup_late_s: int = key(3600, "Points up to this many seconds late (a spooled batch, a drained spill) still reach the rollups by themselves; each rollup run re-reads this much raw data. Later data: re-run setup with --backfill-hours. See docs/influxdb.md.", _positive)
+    rollup_every_s: int = key(300, "How often the rollup continuous queries run (s).", _positive)
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,12 @@ import numpy as np
 
 from greenwatch.reports.jobdata import TOTAL_FIELDS, GpuStats, JobData, ReportError, energy_method, sort_gpus
 from greenwatch.storage.influxql import string_literal
+from greenwatch.storage.rollups import RESOLUTIONS
 
 if TYPE_CHECKING:
     from greenwatch.reports.source import InfluxSource
 
-__all__ = ["aggregate_job_data", "ENERGY_POINTS", "POWER_POINTS", "PLOTTED_GPUS", "bucket_ns"]
+__all__ = ["aggregate_job_data", "summed", "ENERGY_POINTS", "POWER_POINTS", "PLOTTED_GPUS", "bucket_ns"]
 
 #: Time buckets of the job's energy series (pricing of the host share and the "what if").
 ENERGY_POINTS = 600
@@ -46,15 +47,16 @@ def bucket_ns(first_ns: int, last_ns: int, points: int) -> int:
     return int(max(1, math.ceil(span_s / points))) * 1_000_000_000
 
 
-def aggregate_job_data(source: InfluxSource, job_id: str, where: str) -> JobData:
-    """Reduce the job whose points ``where`` selects (see :meth:`InfluxSource.job_where`)."""
+def aggregate_job_data(source: InfluxSource, job_id: str, where: str,
+                       job_span: tuple[int | None, int | None] = (None, None)) -> JobData:
+    """Reduce the job whose points ``where`` selects, within ``job_span`` (see :meth:`InfluxSource.job_where`)."""
     metas = sorted(source.rows(f'SELECT * FROM "job" WHERE {where}'), key=lambda p: p["time_ns"])
-    sums = ", ".join(f'SUM("{f}") AS "{f}"' for f in TOTAL_FIELDS)
+    totals_row = summed(source, "job_energy", [(f, f'SUM("{f}")', f'SUM("{f}")') for f in TOTAL_FIELDS]
+                        + [("host_points", 'COUNT("host_energy_j")', 'SUM("host_points")')],
+                        where, job_span, ()).get((), {})
     rows = source.rows(
-        f'SELECT {sums}, COUNT("host_energy_j") AS "host_points" FROM "job_energy" WHERE {where}; '
         f'SELECT FIRST("gpu_seconds") AS "first" FROM "job_energy" WHERE {where} GROUP BY "cluster", "node", "user"; '
         f'SELECT LAST("gpu_seconds") AS "last" FROM "job_energy" WHERE {where} GROUP BY "cluster", "node"')
-    totals_row = next((r for r in rows if "host_points" in r), {})
     firsts = [r for r in rows if "first" in r]
     lasts = [r for r in rows if "last" in r]
     if not firsts and not metas:
@@ -75,7 +77,7 @@ def aggregate_job_data(source: InfluxSource, job_id: str, where: str) -> JobData
     users = sorted((r["time_ns"], str(r.get("node", "")), str(r.get("user", ""))) for r in firsts if r.get("user"))
 
     t_s, e_gpu, e_host = _energy_series(source, where, first_ns, last_ns)
-    gpus, gpu_first_held, uneven = _gpus(source, cluster, where, first_ns)
+    gpus, gpu_first_held, uneven = _gpus(source, cluster, where, job_span, first_ns)
     has_host = int(totals_row.get("host_points") or 0) > 0
     node_host, measured, flagged = _node_host(source, cluster, node_span) if has_host else (0.0, 0, 0)
     notes = ["This job is large: the report was computed inside InfluxDB. The host share of the emissions and "
@@ -106,31 +108,38 @@ def _energy_series(source: InfluxSource, where: str, first_ns: int | None,
     if first_ns is None or last_ns is None:
         return np.zeros(0), np.zeros(0), np.zeros(0)
     step = bucket_ns(first_ns, last_ns, ENERGY_POINTS)
-    rows = source.rows(
-        f'SELECT SUM("energy_j") AS "e", SUM("host_energy_j") AS "h" FROM "job_energy" WHERE {where} '
-        f'AND time >= {first_ns} AND time <= {last_ns} GROUP BY time({step}ns) fill(none)')
-    rows.sort(key=lambda r: r["time_ns"])
+    if source.rolled_range(first_ns, last_ns) is not None:
+        # Whole minutes, so that each 1-minute rollup falls into one bucket: the series reads the
+        # same from the rollups as from raw points (still at most ENERGY_POINTS buckets).
+        minute = 60 * 10**9
+        step = -(-step // minute) * minute
+    series = summed(source, "job_energy", [("e", 'SUM("energy_j")', 'SUM("energy_j")'),
+                                           ("h", 'SUM("host_energy_j")', 'SUM("host_energy_j")')],
+                    f"{where} AND time >= {first_ns} AND time <= {last_ns}", (first_ns, last_ns), (),
+                    time_step_ns=step)
+    rows = [dict(v, time_ns=k[0]) for k, v in sorted(series.items())]
     # The middle of a bucket stands for its points; buckets hold whole batches, never a part of one.
     t = np.array([(r["time_ns"] + step / 2) * 1e-9 for r in rows])
     return (t, np.array([float(r.get("e") or 0.0) for r in rows]),
             np.array([float(r.get("h") or 0.0) for r in rows]))
 
 
-def _gpus(source: InfluxSource, cluster: str, where: str,
+def _gpus(source: InfluxSource, cluster: str, where: str, span: tuple[int | None, int | None],
           job_first_ns: int | None) -> tuple[list[GpuStats], float | None, int]:
     """Per-GPU shares and readings, the longest time a GPU was held in the job's first batch, and
     how many GPUs had batches with different numbers of samples."""
+    shares: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
+    for key, total in summed(source, "job_gpu", [(f, f'SUM("{n}")', f'SUM("{n}")') for f, n in
+                                             (("e", "energy_j"), ("i", "idle_energy_j"), ("s", "gpu_seconds"))],
+                         where, span, ("node", "gpu")).items():
+        shares[(str(key[0]), str(key[1]))].update(
+            e=float(total.get("e") or 0.0), i=float(total.get("i") or 0.0), s=float(total.get("s") or 0.0))
     rows = source.rows(
-        f'SELECT SUM("energy_j") AS "e", SUM("idle_energy_j") AS "i", SUM("gpu_seconds") AS "s" '
-        f'FROM "job_gpu" WHERE {where} GROUP BY "node", "gpu"; '
         f'SELECT FIRST("gpu_seconds") AS "first" FROM "job_gpu" WHERE {where} GROUP BY "node", "gpu"; '
         f'SELECT LAST("gpu_seconds") AS "last" FROM "job_gpu" WHERE {where} GROUP BY "node", "gpu"')
-    shares: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
     for r in rows:
         key = (str(r.get("node", "")), str(r.get("gpu", "")))
-        if "e" in r or "s" in r:
-            shares[key].update(e=float(r.get("e") or 0.0), i=float(r.get("i") or 0.0), s=float(r.get("s") or 0.0))
-        elif "first" in r:
+        if "first" in r:
             shares[key].update(t0=r["time_ns"], held0=float(r.get("first") or 0.0))
         elif "last" in r:
             shares[key]["t1"] = r["time_ns"]
@@ -206,17 +215,57 @@ def _power_series(source: InfluxSource, cluster: str, gpus: list[GpuStats],
 
 def _node_host(source: InfluxSource, cluster: str, node_span: dict[str, list[int]]) -> tuple[float, int, int]:
     """The nodes' host energy and RAPL flags over the span in which each node reported the job."""
-    statements = [
-        f'SELECT SUM("host_energy_j") AS "h", SUM("host_energy_measured") AS "m", COUNT("host_energy_measured") '
-        f'AS "n" FROM "node_energy" WHERE "cluster" = {string_literal(cluster)} AND "node" = {string_literal(node)} '
-        f'AND time >= {t0} AND time <= {t1} GROUP BY "node"'
-        for node, (t0, t1) in sorted(node_span.items())]
     host, measured, flagged = 0.0, 0, 0
-    for r in _run(source, statements):
-        host += float(r.get("h") or 0.0)
-        measured += int(r.get("m") or 0)
-        flagged += int(r.get("n") or 0)
+    for node, (t0, t1) in sorted(node_span.items()):
+        where = (f'"cluster" = {string_literal(cluster)} AND "node" = {string_literal(node)} '
+                 f'AND time >= {t0} AND time <= {t1}')
+        for v in summed(source, "node_energy", [
+                ("h", 'SUM("host_energy_j")', 'SUM("host_energy_j")'),
+                ("m", 'SUM("host_energy_measured")', 'SUM("host_energy_measured")'),
+                ("n", 'COUNT("host_energy_measured")', 'SUM("host_flag_points")')], where, (t0, t1), ()).values():
+            host += float(v.get("h") or 0.0)
+            measured += int(v.get("m") or 0)
+            flagged += int(v.get("n") or 0)
     return host, measured, flagged
+
+
+def summed(source: InfluxSource, measurement: str, columns: list[tuple[str, str, str]], where: str,
+           span: tuple[int | None, int | None], group_tags: tuple[str, ...],
+           time_step_ns: int | None = None) -> dict[tuple[Any, ...], dict[str, float]]:
+    """Sums over the points ``where`` selects within ``span``, from the rollups where they are complete.
+
+    ``columns``: ``(alias, over raw points, over 1-minute rollups)``, e.g. ``("n",
+    'COUNT("x")', 'SUM("x_points")')``.  Rows are keyed by the ``group_tags`` values (and the
+    bucket time first, with ``time_step_ns``, a whole number of minutes).  The rollups' whole
+    minutes (:meth:`InfluxSource.rolled_range`) are read from ``rollup_1m``, the edges raw; the
+    parts add up to exactly the raw sums, as a 1-minute rollup holds the sums of its minute.
+    """
+    lo, hi = span
+    rolled = source.rolled_range(lo, hi)
+    group = ", ".join(f'"{t}"' for t in group_tags)
+    if time_step_ns is not None:
+        group = f"time({time_step_ns}ns)" + (f", {group}" if group else "")
+    tail = (f" GROUP BY {group}" if group else "") + (" fill(none)" if time_step_ns is not None else "")
+
+    def statement(rollup: bool, cond: str) -> str:
+        select = ", ".join(f'{r if rollup else raw} AS "{alias}"' for alias, raw, r in columns)
+        src = f'"{RESOLUTIONS[0][0]}"."{measurement}"' if rollup else f'"{measurement}"'
+        return f"SELECT {select} FROM {src} WHERE {where}{cond}{tail}"
+
+    if rolled is None:
+        statements = [statement(False, "")]
+    else:
+        a, b = rolled
+        statements = [statement(False, f" AND time < {a}"), statement(True, f" AND time >= {a} AND time < {b}"),
+                      statement(False, f" AND time >= {b}")]
+    out: dict[tuple[Any, ...], dict[str, float]] = {}
+    for r in _run(source, statements):
+        key = ((r["time_ns"],) if time_step_ns is not None else ()) + tuple(r.get(t, "") for t in group_tags)
+        acc = out.setdefault(key, {})
+        for alias, _, _ in columns:
+            if r.get(alias) is not None:
+                acc[alias] = acc.get(alias, 0.0) + r[alias]
+    return out
 
 
 def _run(source: InfluxSource, statements: list[str]) -> list[dict[str, Any]]:

@@ -13,10 +13,13 @@ of rows bounded by what the report shows, whatever the job's length.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Protocol
 
 from greenwatch.reports.jobdata import JobData, ReportError, job_data_from_points
 from greenwatch.storage.embedded import EmbeddedStore
+from greenwatch.storage.influx_setup import read_rollup_state
+from greenwatch.storage.rollups import RollupState, rolled_range
 from greenwatch.storage.influxql import string_literal
 
 __all__ = ["ReportSource", "EmbeddedSource", "InfluxSource", "JOB_MEASUREMENTS", "SPAN_MARGIN_S"]
@@ -93,9 +96,12 @@ class InfluxSource:
     RAW_LIMIT = 10_000
 
     def __init__(self, store: Any, description: str | None = None, cluster: str | None = None,
-                 raw_limit: int | None = None) -> None:
+                 raw_limit: int | None = None, rollups: bool = True) -> None:
         self.store = store
         self.cluster = cluster
+        #: Whether a large job's sums may be read from the rollups (where they are complete).
+        self.rollups = rollups
+        self._rollup_state: list[RollupState | None] = []
         self.raw_limit = self.RAW_LIMIT if raw_limit is None else int(raw_limit)
         self.rows_read = 0
         self.description = description or (
@@ -150,6 +156,24 @@ class InfluxSource:
         lo = summaries[-1]["time_ns"] + margin + 1 if summaries else None
         return lo, t_last
 
+    def rolled_range(self, lo_ns: int | None, hi_ns: int | None) -> tuple[int, int] | None:
+        """The whole 1-minute buckets within ``[lo_ns, hi_ns]`` whose sums the rollups hold completely.
+
+        None when rollups are off, were never set up (``greenwatch influxdb setup``), or cover too
+        little of the range to be worth it; the range is then read from the raw points.
+        """
+        if not self.rollups or lo_ns is None or hi_ns is None:
+            return None
+        if not self._rollup_state:
+            self._rollup_state.append(read_rollup_state(self))
+        return rolled_range(self._rollup_state[0], lo_ns, hi_ns, time.time())
+
+    def query(self, influxql: str) -> list[dict[str, Any]]:
+        """Run InfluxQL on the store, rows as the store returns them, counted in :attr:`rows_read`."""
+        rows = self.store.query(influxql)
+        self.rows_read += len(rows)
+        return list(rows)
+
     def _check_one_cluster(self, job_id: str, points: list[dict[str, Any]]) -> None:
         clusters = sorted({str(p.get("cluster", "")) for p in points})
         if self.cluster is None and len(clusters) > 1:
@@ -182,7 +206,7 @@ class InfluxSource:
                            f'SELECT COUNT("energy_j") AS n FROM "job_energy" WHERE {where}')
         if max((int(p.get("n", 0)) for p in counts), default=0) <= self.raw_limit:
             return job_data_from_points(self, job_id)
-        return aggregate_job_data(self, job_id, where)
+        return aggregate_job_data(self, job_id, where, span)
 
     def rows(self, query: str) -> list[dict[str, Any]]:
         """Run InfluxQL (one or more statements); rows as points (``time_ns``, tags, fields), counted."""

@@ -129,18 +129,24 @@ class InfluxStore:
     def query(self, influxql: str, db: str | None = None) -> list[dict[str, Any]]:
         """Run InfluxQL; rows as dicts (``name`` and tag values included) across all series."""
         params = urllib.parse.urlencode({"db": db or self.bucket.split("/")[0], "q": influxql, "epoch": "ns"})
-        req = urllib.request.Request(f"{self.query_url}/query?{params}", method="GET")
+        return self._rows(influxql, urllib.request.Request(f"{self.query_url}/query?{params}", method="GET"))
+
+    def _rows(self, influxql: str, req: urllib.request.Request, expect_json: bool = True,
+              columns_first: bool = False) -> list[dict[str, Any]]:
         if self.token:
             req.add_header("Authorization", f"Token {self.token}")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                doc = json.load(resp)
+                raw = resp.read()
         except urllib.error.HTTPError as exc:
             text = error_text(exc.code, exc.read(), exc.headers, exc.reason)
             raise InfluxError(f"query to {self.query_url} failed: ({exc.code}) {text}", exc.code, text) from exc
         except Exception as exc:
             text = _one_line(f"{type(exc).__name__}: {exc}")
             raise InfluxError(f"query to {self.query_url} failed: {text}", None, text) from exc
+        if not expect_json:
+            return []
+        doc = json.loads(raw or b"{}")
         rows: list[dict[str, Any]] = []
         for result in doc.get("results", []):
             if "error" in result:
@@ -148,10 +154,32 @@ class InfluxStore:
             for series in result.get("series", []):
                 for values in series.get("values", []):
                     row = dict(zip(series["columns"], values))
-                    row["name"] = series.get("name")
+                    if not (columns_first and "name" in row):
+                        row["name"] = series.get("name")
                     row.update(series.get("tags") or {})
                     rows.append(row)
         return rows
+
+    def command(self, influxql: str, db: str | None = None) -> list[dict[str, Any]]:
+        """Run InfluxQL that changes the server (CREATE, ALTER, DROP, SELECT INTO) by POST, as 1.x requires.
+
+        ``db`` defaults to the bucket's database; ``""`` names none (``CREATE DATABASE``).
+        Rows as :meth:`query` returns them, except that a ``name`` column (``SHOW`` statements)
+        is kept rather than replaced by the series name; raises :class:`InfluxError` like it.
+        """
+        params = {"q": influxql, "epoch": "ns"}
+        database = self.bucket.split("/")[0] if db is None else db
+        if database:
+            params["db"] = database
+        return self._rows(influxql, urllib.request.Request(
+            f"{self.query_url}/query", data=urllib.parse.urlencode(params).encode(), method="POST",
+            headers={"Content-Type": "application/x-www-form-urlencoded"}), columns_first=True)
+
+    def write_v1(self, body: str, db: str, rp: str) -> None:
+        """Write line protocol (second precision) to one retention policy through 1.x's ``/write``."""
+        params = urllib.parse.urlencode({"db": db, "rp": rp, "precision": "s"})
+        req = urllib.request.Request(f"{self.query_url}/write?{params}", data=body.encode(), method="POST")
+        self._rows("write", req, expect_json=False)
 
     def close(self) -> None:
         """Release the HTTP connections."""

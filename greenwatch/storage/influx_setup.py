@@ -1,0 +1,147 @@
+"""``greenwatch influxdb setup``: database, retention policies and rollup continuous queries (InfluxDB 1.x).
+
+Idempotent: every step first looks at what exists and only creates or changes what differs, so
+the command can be re-run at any time, e.g. after an upgrade that changes a rollup.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from greenwatch.storage.rollups import (MARKER, RESOLUTIONS, ROLLUPS, RollupState, backfill_statement,
+                                        continuous_query, cq_name, quote)
+
+__all__ = ["SetupPlan", "setup_influxdb", "read_rollup_state", "duration_s", "DURATION_RE"]
+
+#: An InfluxQL retention duration: ``INF`` or whole units, e.g. ``90d``, ``52w``, ``12h``.
+DURATION_RE = re.compile(r"^(INF|(\d+(ns|u|µ|ms|s|m|h|d|w))+)$")
+_UNIT_S = {"ns": 1e-9, "u": 1e-6, "µ": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0,
+           "w": 604800.0}
+
+
+def duration_s(text: str) -> float:
+    """Seconds of an InfluxQL duration (``INF``: infinity; InfluxDB prints ``0s`` for it too)."""
+    if text.upper() == "INF":
+        return float("inf")
+    total = sum(float(n) * _UNIT_S[u] for n, u in re.findall(r"(\d+)(ns|u|µ|ms|s|m|h|d|w)", text))
+    return total if total > 0 else float("inf")
+
+
+class Server(Protocol):
+    """What setup needs from :class:`greenwatch.storage.influx.InfluxStore`."""
+
+    def command(self, influxql: str, db: str | None = None) -> list[dict[str, Any]]: ...
+
+    def write_v1(self, body: str, db: str, rp: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class SetupPlan:
+    """What to set up: the database, the raw policy and each resolution's retention, the late bound."""
+
+    db: str
+    raw_rp: str
+    raw_retention: str
+    rollup_retentions: tuple[str, ...]
+    late_s: int
+    every_s: int
+
+
+def setup_influxdb(server: Server, plan: SetupPlan, backfill_s: float = 0.0,
+                   now_s: float | None = None) -> list[str]:
+    """Bring the server to ``plan``; what was done, one line per step.
+
+    ``backfill_s``: also roll up the last that many seconds of raw data (data written before the
+    rollups existed, or later than the late bound), then count the rollups complete from there.
+    """
+    now = time.time() if now_s is None else now_s
+    done: list[str] = []
+    server.command(f"CREATE DATABASE {quote(plan.db)}", db="")
+    policies = {str(r["name"]): r for r in server.command(f"SHOW RETENTION POLICIES ON {quote(plan.db)}", db="")}
+    wanted = [(plan.raw_rp, plan.raw_retention, True)] + [
+        (rp, keep, False) for (rp, _), keep in zip(RESOLUTIONS, plan.rollup_retentions)]
+    for rp, keep, default in wanted:
+        have = policies.get(rp)
+        if have is None:
+            server.command(f"CREATE RETENTION POLICY {quote(rp)} ON {quote(plan.db)} DURATION {keep} REPLICATION 1"
+                           + (" DEFAULT" if default else ""), db="")
+            done.append(f"created retention policy {rp} ({keep})")
+        elif duration_s(str(have.get("duration", ""))) != duration_s(keep) or (default and not have.get("default")):
+            server.command(f"ALTER RETENTION POLICY {quote(rp)} ON {quote(plan.db)} DURATION {keep}"
+                           + (" DEFAULT" if default else ""), db="")
+            done.append(f"changed retention policy {rp} to {keep}")
+        else:
+            done.append(f"retention policy {rp} ({keep}) as wanted")
+    existing = {str(r["name"]): str(r.get("query", "")) for r in server.command("SHOW CONTINUOUS QUERIES", db="")
+                if r.get("name") and r.get("query")}
+    for level in range(len(RESOLUTIONS)):
+        for rollup in ROLLUPS:
+            name = cq_name(rollup, level)
+            text = continuous_query(plan.db, plan.raw_rp, rollup, level, plan.late_s, plan.every_s)
+            if name in existing and _same_query(existing[name], text):
+                done.append(f"continuous query {name} as wanted")
+                continue
+            if name in existing:
+                # 1.x cannot alter a continuous query: a changed one is dropped and created again.
+                # Nothing is lost: the new one recomputes its whole reach on its first run.
+                server.command(f"DROP CONTINUOUS QUERY {quote(name)} ON {quote(plan.db)}", db="")
+            server.command(text, db="")
+            done.append(f"{'replaced' if name in existing else 'created'} continuous query {name}")
+    state = read_rollup_state(server, plan.db)
+    from_s = float(int(now) // 60 * 60)
+    if backfill_s > 0:
+        start = int(now - backfill_s) // 3600 * 3600
+        _backfill(server, plan, start, int(now) // 60 * 60 + 60)
+        from_s = float(start)
+        done.append(f"rolled up the raw data since {time.strftime('%Y-%m-%d %H:%M', time.gmtime(start))} UTC")
+    if state is not None:
+        from_s = min(from_s, state.from_s)
+    keep_1m = duration_s(plan.rollup_retentions[0])
+    server.write_v1(f"{MARKER} from_s={from_s},late_s={plan.late_s},every_s={plan.every_s},"
+                    f"retention_s={keep_1m if keep_1m != float('inf') else 0.0} {int(now)}",
+                    plan.db, RESOLUTIONS[-1][0])
+    done.append(f"rollups complete from {time.strftime('%Y-%m-%d %H:%M', time.gmtime(from_s))} UTC "
+                f"for data up to {plan.late_s} s late")
+    return done
+
+
+def _backfill(server: Server, plan: SetupPlan, t_from_s: int, t_to_s: int) -> None:
+    """The continuous queries' work over ``[t_from_s, t_to_s)``, a day per statement (bounded memory)."""
+    day = 86_400
+    for t in range(t_from_s, t_to_s, day):
+        lo, hi = t * 10**9, min(t + day, t_to_s) * 10**9
+        for level in range(len(RESOLUTIONS)):
+            for rollup in ROLLUPS:
+                server.command(backfill_statement(plan.db, plan.raw_rp, rollup, level, lo, hi))
+
+
+def read_rollup_state(server: Any, db: str | None = None) -> RollupState | None:
+    """The latest :data:`MARKER` written by setup; None without rollups (or without their policy)."""
+    from greenwatch.storage.influx import InfluxError
+
+    query = (f'SELECT LAST("from_s") AS "from_s", LAST("late_s") AS "late_s", LAST("every_s") AS "every_s", '
+             f'LAST("retention_s") AS "retention_s" FROM {quote(RESOLUTIONS[-1][0])}.{quote(MARKER)}')
+    try:
+        rows = server.query(query) if db is None else server.command(query, db=db)
+    except InfluxError:
+        return None  # no such retention policy: setup never ran
+    if not rows or rows[0].get("from_s") is None:
+        return None
+    row = rows[0]
+    from_s = float(row["from_s"])
+    keep = float(row.get("retention_s") or 0.0)
+    if keep > 0:
+        # The 1-minute rollups older than their retention are gone: only the rest is complete.
+        from_s = max(from_s, time.time() - keep + 86_400)
+    return RollupState(from_s=from_s, late_s=float(row.get("late_s") or 0.0), every_s=float(row.get("every_s") or 0.0))
+
+
+def _same_query(stored: str, wanted: str) -> bool:
+    # InfluxDB stores a continuous query as it prints it back, with its own spacing and quoting.
+    def norm(text: str) -> str:
+        return re.sub(r"[\s\"]+", "", text).lower()
+
+    return norm(stored) == norm(wanted)

@@ -1,0 +1,143 @@
+"""Rollups of the energy and carbon records: what they hold and the InfluxQL that computes them.
+
+Two resolutions, each in a retention policy of its own in the same database:
+
+* ``rollup_1m``: 1-minute sums of ``job_energy``, ``node_energy`` and ``job_gpu``, computed from
+  the raw points by a continuous query that re-reads the last ``late_s`` seconds every
+  ``every_s`` seconds, so a batch that arrives up to ``late_s`` after its time is summed in;
+* ``rollup_1h``: 1-hour sums computed from the 1-minute rollups the same way.
+
+A rollup point has the raw measurement's name and tags, the sum of each summed field under the
+field's own name, and ``points`` (and for some fields a count of the points that carried it), so
+that sums over rollups equal sums over the raw points.  The bucket's start is the point's time.
+
+:data:`MARKER` (in ``rollup_1h``) records from when the rollups are complete (``from_s``) and the
+bound on late data, so a reader knows which part of a time range it may take from the rollups
+without any configuration of its own (:func:`rolled_range`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["Rollup", "ROLLUPS", "RESOLUTIONS", "MARKER", "RollupState", "rolled_range", "select_list",
+           "continuous_query", "backfill_statement", "cq_name", "quote"]
+
+
+@dataclass(frozen=True)
+class Rollup:
+    """One rolled-up measurement: the fields summed, and the fields whose points are counted."""
+
+    measurement: str
+    sums: tuple[str, ...]
+    #: ``(name, field)``: the number of raw points that carry ``field``, stored as ``name``.
+    counts: tuple[tuple[str, str], ...]
+
+
+ROLLUPS = (
+    Rollup("job_energy", ("energy_j", "idle_energy_j", "host_energy_j", "facility_energy_j", "co2_g",
+                          "co2_market_g", "gpu_seconds"),
+           (("points", "energy_j"), ("host_points", "host_energy_j"))),
+    Rollup("node_energy", ("gpu_energy_j", "allocated_energy_j", "unallocated_energy_j", "facility_energy_j",
+                           "co2_g", "co2_market_g", "host_energy_j", "host_unallocated_j", "host_energy_measured"),
+           (("points", "gpu_energy_j"), ("host_flag_points", "host_energy_measured"))),
+    Rollup("job_gpu", ("energy_j", "idle_energy_j", "gpu_seconds"), (("points", "energy_j"),)),
+)
+
+#: Retention policy of each resolution and its bucket (s), finest first.
+RESOLUTIONS = (("rollup_1m", 60), ("rollup_1h", 3600))
+#: Each bucket as InfluxDB prints it back (so a stored continuous query compares equal to ours).
+_BUCKET_TEXT = {60: "1m", 3600: "1h"}
+
+#: The measurement (in the coarsest resolution's policy) that says since when rollups are complete.
+MARKER = "greenwatch_rollups"
+
+
+def quote(name: str) -> str:
+    """An InfluxQL identifier in double quotes."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def select_list(rollup: Rollup, from_rollup: bool) -> str:
+    """The SELECT list of one rollup: sums of the raw fields, or (re-rolling a rollup) sums of the sums."""
+    parts = [f"SUM({quote(f)}) AS {quote(f)}" for f in rollup.sums]
+    for name, field in rollup.counts:
+        parts.append(f"SUM({quote(name)}) AS {quote(name)}" if from_rollup
+                     else f"COUNT({quote(field)}) AS {quote(name)}")
+    return ", ".join(parts)
+
+
+def _source(db: str, level: int, raw_rp: str, measurement: str) -> tuple[str, str]:
+    """FROM and INTO of resolution ``level``: the raw points for the finest, the next finer rollup else."""
+    rp, _ = RESOLUTIONS[level]
+    src_rp = raw_rp if level == 0 else RESOLUTIONS[level - 1][0]
+    return (f"{quote(db)}.{quote(src_rp)}.{quote(measurement)}", f"{quote(db)}.{quote(rp)}.{quote(measurement)}")
+
+
+def cq_name(rollup: Rollup, level: int) -> str:
+    """The continuous query's name, e.g. ``gw_job_energy_rollup_1m``."""
+    return f"gw_{rollup.measurement}_{RESOLUTIONS[level][0]}"
+
+
+def resample_for_s(level: int, late_s: int, every_s: int) -> int:
+    """How far back each run of the level's continuous query recomputes.
+
+    A point up to ``late_s`` late is in the raw data by its bucket's end + ``late_s``, and the
+    next run (within ``every_s``) must still reach the bucket's start: the 1-minute query reaches
+    ``late_s + every_s`` + one bucket.  A coarser bucket is final once every finer bucket in it
+    is: its query reaches one bucket of its own and one run of its own further than that.
+    """
+    reach = int(late_s) + int(every_s) + RESOLUTIONS[0][1]
+    for k in range(1, level + 1):
+        reach += RESOLUTIONS[k][1] + int(every_s)
+    return reach
+
+
+def continuous_query(db: str, raw_rp: str, rollup: Rollup, level: int, late_s: int, every_s: int) -> str:
+    """``CREATE CONTINUOUS QUERY`` of one measurement at one resolution (InfluxDB 1.x)."""
+    src, dst = _source(db, level, raw_rp, rollup.measurement)
+    bucket = RESOLUTIONS[level][1]
+    return (f"CREATE CONTINUOUS QUERY {quote(cq_name(rollup, level))} ON {quote(db)} "
+            f"RESAMPLE EVERY {int(every_s)}s FOR {resample_for_s(level, late_s, every_s)}s BEGIN "
+            f"SELECT {select_list(rollup, level > 0)} INTO {dst} FROM {src} GROUP BY time({_BUCKET_TEXT[bucket]}), * END")
+
+
+def backfill_statement(db: str, raw_rp: str, rollup: Rollup, level: int, t_from_ns: int, t_to_ns: int) -> str:
+    """The continuous query's SELECT INTO over ``[t_from_ns, t_to_ns)``: rolls up data older than its reach."""
+    src, dst = _source(db, level, raw_rp, rollup.measurement)
+    bucket = RESOLUTIONS[level][1]
+    return (f"SELECT {select_list(rollup, level > 0)} INTO {dst} FROM {src} "
+            f"WHERE time >= {int(t_from_ns)} AND time < {int(t_to_ns)} GROUP BY time({_BUCKET_TEXT[bucket]}), *")
+
+
+@dataclass(frozen=True)
+class RollupState:
+    """What :data:`MARKER` says: rollups are complete from ``from_s`` on, for data at most ``late_s`` late."""
+
+    from_s: float
+    late_s: float
+    every_s: float
+
+    def complete_until_s(self, now_s: float) -> float:
+        """The 1-minute rollups hold every raw point before this time (data within the late bound)."""
+        return now_s - self.late_s - self.every_s - RESOLUTIONS[0][1]
+
+
+def rolled_range(state: RollupState | None, lo_ns: int, hi_ns: int, now_s: float,
+                 min_span_s: float = 3600.0) -> tuple[int, int] | None:
+    """The whole 1-minute buckets ``[a, b)`` within ``[lo_ns, hi_ns]`` that the rollups hold completely.
+
+    None when there are no rollups or they would cover less than ``min_span_s`` (reading the raw
+    points is then as cheap).  Points in ``[lo_ns, a)`` and ``[b, hi_ns]`` are read raw.
+    """
+    if state is None:
+        return None
+    step = RESOLUTIONS[0][1] * 10**9
+    start = max(lo_ns, int(math.ceil(state.from_s)) * 10**9)
+    end = min(hi_ns + 1, int(state.complete_until_s(now_s) * 1e9))
+    a = -(-start // step) * step
+    b = end // step * step
+    if b - a < min_span_s * 1e9:
+        return None
+    return a, b
