@@ -71,6 +71,15 @@ def _port(value: Any) -> str | None:
     return None if 1 <= value <= 65535 else "must be a TCP port between 1 and 65535"
 
 
+def _listen_address(value: Any) -> str | None:
+    if value == "":
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return "must be empty (off) or host:port, e.g. '127.0.0.1:9464'"
+    return None
+
+
 def _one_of(*choices: str) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         return None if value in choices else f"must be one of {', '.join(repr(c) for c in choices)}"
@@ -169,6 +178,7 @@ class AgentConfig:
     resume_max_age_s: float = key(600.0, "A restarted agent continues the previous run (its first batch anchored, the energy while it was down counted from the counter) if the state file is at most this old; otherwise it begins a new run.", _non_negative)
     receipts: bool = key(True, "Keep a published batch in the spool until a collector's receipt says it is stored (in InfluxDB or its fsynced spill) or rejected for good, so batches the broker drops (full queues, hostile subscribers, a discarded session) are published again. false: delete a batch once the broker accepted it, for collectors too old to send receipts (an agent that gets no receipts keeps at most spool_max_bytes and logs an error).")
     receipt_timeout_s: float = key(60.0, "Published batches without a receipt after this long are published again (duplicates cost the collector nothing); while no receipt arrives at all the wait doubles, up to 16 times this.", _positive)
+    metrics_listen: str = key("", "host:port where the agent serves Prometheus metrics (/metrics: per-GPU energy, power, utilisation, its jobs, spool, publishing) and readiness (/readyz, /healthz), e.g. '127.0.0.1:9465'. Empty: off. See docs/operations.md.", _listen_address)
 
 
 @dataclass(frozen=True)
@@ -211,6 +221,7 @@ class CollectorConfig:
     dead_letter_file: str = key("", "JSON-lines file for lines InfluxDB refuses (cannot parse, field type conflict): each with the time, InfluxDB's reason and the line, fsynced before the messages are acknowledged; the rest of the write is stored. Empty: `dead-letter.jsonl` beside `spill_dir` (/var/lib/greenwatch-collector/dead-letter.jsonl by default). See docs/influxdb.md.")
     dead_letter_max_bytes: int = key(256 << 20, "Size the dead-letter file may reach; further refused lines are only counted (health field `dead_letter_dropped`) and logged until it is moved away or truncated. 0 keeps none.", _non_negative)
     finalize_delay_s: float = key(30.0, "Grace period after a job's end event before its summary (`job` record) is computed, so that the last batches of every node have arrived.", _non_negative)
+    metrics_listen: str = key("", "host:port where the collector serves Prometheus metrics (/metrics: messages, rejections by reason, spill, unacknowledged messages, write errors, receipts) and readiness (/readyz, /healthz), e.g. '127.0.0.1:9464'. Empty: off. See docs/operations.md.", _listen_address)
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Debian packages needed by the test suite.  Extend this list as needed.
-TEST_DEB_PACKAGES="mosquitto influxdb gcc slurm-wlm munge chromium python3-venv"
+TEST_DEB_PACKAGES="mosquitto influxdb gcc slurm-wlm munge chromium python3-venv prometheus"
 # System services those packages may auto-start; the tests never use them.
-STOP_SERVICES="mosquitto influxdb slurmctld slurmd"
+STOP_SERVICES="mosquitto influxdb slurmctld slurmd prometheus"
 
 # A package also counts as present if its key binary is (hand-installed builds).
 declare -A PKG_BINARY=(
@@ -26,6 +26,7 @@ declare -A PKG_BINARY=(
     [slurm-wlm]=slurmctld
     [munge]=munged
     [chromium]=chromium
+    [prometheus]=/usr/bin/prometheus
 )
 
 log() { echo "setup-tests: $*"; }

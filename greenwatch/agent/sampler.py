@@ -71,6 +71,9 @@ class Sampler:
         self._job_cpu = job_cpu
         self._errors = _OnceLog()
         self.samples = 0
+        #: Each GPU's latest reading (a SAMPLE_COLUMNS row) and holders, for the metrics endpoint; None before the first.
+        self.latest: list[tuple[int, ...] | None] = [None] * len(self.devices)
+        self.holders: list[tuple[JobInfo, ...]] = [()] * len(self.devices)
 
     @property
     def error_counts(self) -> dict[str, int]:
@@ -91,8 +94,10 @@ class Sampler:
                 self._errors.failed(dev, "status read", err)
                 continue
             self._errors.ok(dev, "status read")
-            self.builder.add_sample(k, (fast.t_us, fast.energy_mj, fast.power_mw, st.util_gpu, st.util_mem,
-                                        st.mem_used_mib, st.temp_c, st.sm_clock_mhz))
+            row = (fast.t_us, fast.energy_mj, fast.power_mw, st.util_gpu, st.util_mem, st.mem_used_mib, st.temp_c,
+                   st.sm_clock_mhz)
+            self.builder.add_sample(k, row)
+            self.latest[k] = row
             self.samples += 1
 
     def sample_processes(self) -> None:
@@ -127,6 +132,7 @@ class Sampler:
                 # Allocated by the scheduler but running nothing here: the job holds it idle.
                 shares[allocated.job_id] = (allocated, 0.0)
             self.builder.set_holders(k, [Holder(job, sm) for job, sm in shares.values()])
+            self.holders[k] = tuple(job for job, _ in shares.values())
 
     def cut(self, sent_us: int = 0):  # -> Batch
         """Close the current window."""

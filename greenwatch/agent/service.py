@@ -41,6 +41,8 @@ from greenwatch.agent.state import StateFile
 from greenwatch.batch import Batch, JobInfo
 from greenwatch.config import Config, ConfigError
 from greenwatch.diskqueue import DiskQueue, DiskQueueError, Entry
+from greenwatch.metrics.agent import AgentMetrics, agent_registry
+from greenwatch.metrics.server import MetricsServer
 from greenwatch.transport.mqtt import (
     PUBACK_NO_MATCHING_SUBSCRIBERS,
     PUBACK_NOT_AUTHORIZED,
@@ -228,6 +230,7 @@ class Publisher:
         self.refused = 0
         self.bad_receipts = 0
         self.connected = False
+        self.connect_failures = 0         # connections that failed or dropped
         self._holding: str | None = None  # why the head of the spool is being held, for logging once
         self._cursor = 0                  # spool key of the last batch published in this pass over the spool
         self._due: dict[int, float] = {}              # spool key -> when to publish it again without a receipt
@@ -264,6 +267,7 @@ class Publisher:
                     return
             except Exception as exc:  # MqttError, and anything unforeseen: publishing must never just stop
                 self.connected = False
+                self.connect_failures += 1
                 if not isinstance(exc, aiomqtt.MqttError):
                     log.exception("publishing failed unexpectedly; reconnecting")
                 self._dropped_in_flight()
@@ -562,6 +566,12 @@ async def _run(cfg: Config, devices: Sequence[GpuDevice] | None, spool: DiskQueu
             watchdog_stop)),
         asyncio.create_task(_status_loop(publisher, thread, watchdog_stop)),
     ]
+    metrics = None
+    if cfg.agent.metrics_listen:
+        gauges = AgentMetrics(cfg.node.cluster, cfg.node.name, sampler, publisher, spool, thread, stale_s)
+        metrics = MetricsServer(cfg.agent.metrics_listen, agent_registry(gauges), gauges.not_ready, gauges.not_alive)
+        if not metrics.start():
+            metrics = None
     sdnotify.notify("READY=1", f"STATUS=sampling {len(devices)} GPU(s)")
 
     await loop.run_in_executor(None, thread.join)
@@ -573,6 +583,8 @@ async def _run(cfg: Config, devices: Sequence[GpuDevice] | None, spool: DiskQueu
         publisher.log_left(f"gave up publishing after {_STOP_FLUSH_S:g} s")
     watchdog_stop.set()
     await asyncio.gather(*side_tasks, return_exceptions=True)
+    if metrics is not None:
+        metrics.close()
     log.info("agent stopped after %d batches (%d published, %d spooled); %d receipted, %d set aside", thread.batches,
              publisher.published, len(spool), publisher.receipted, publisher.refused)
     if thread.failed or not stopped_by_signal:

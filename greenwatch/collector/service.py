@@ -45,6 +45,8 @@ from greenwatch.collector.deadletter import DeadLetters
 from greenwatch.collector.writer import BufferedWriter
 from greenwatch.config import Config, ConfigError
 from greenwatch.diskqueue import DiskQueue, DiskQueueError
+from greenwatch.metrics.collector import CollectorMetrics, collector_registry
+from greenwatch.metrics.server import MetricsServer
 from greenwatch.storage.records import Record
 from greenwatch.transport.mqtt import (SESSION_TAKEN_OVER, MqttClient, disconnect_reason, make_client,
                                        parse_node_topic, shared_subscription)
@@ -235,6 +237,7 @@ async def _serve(cfg: Config, events: EventHandler | None, store, spill: DiskQue
         tasks.append(asyncio.create_task(events.run(stop)))
     tasks.append(asyncio.create_task(_ready_after(warm)))
     session = _Session(cfg, collector, writer, events, password)
+    metrics = _start_metrics(cfg, collector, writer, session, writing)
     backoff = 0.5
     refused: CredentialsRefused | None = None
     short_sessions = 0
@@ -252,6 +255,7 @@ async def _serve(cfg: Config, events: EventHandler | None, store, spill: DiskQue
             refused = exc
             break
         except Exception as exc:  # MqttError, and anything unforeseen: the session is simply started again
+            session.connected = False
             if stop.is_set():
                 break
             if not isinstance(exc, aiomqtt.MqttError):
@@ -276,9 +280,12 @@ async def _serve(cfg: Config, events: EventHandler | None, store, spill: DiskQue
                 pass
             backoff = min(backoff * 2, 5.0)
     stop.set()
+    session.connected = False
     flushed.set()
     await _wait(writing, _STOP_FLUSH_S)
     await asyncio.gather(*tasks, return_exceptions=True)
+    if metrics is not None:
+        metrics.close()
     s = collector.stats
     log.info("collector stopped: %d messages, %d batches, %d rejected, %d duplicates, %d write errors, "
              "%d chunks left in the spill, %d receipts", s.messages, s.batches, s.rejected_total, s.duplicates,
@@ -312,6 +319,23 @@ def log_sighup() -> None:
                 "collector (systemctl restart greenwatch-collector) to apply a new one")
 
 
+def _start_metrics(cfg: Config, collector: Collector, writer: BufferedWriter, session: "_Session",
+                   writing: asyncio.Task) -> MetricsServer | None:
+    """Serve /metrics and /readyz on collector.metrics_listen (None when it is empty or cannot be bound)."""
+    if not cfg.collector.metrics_listen:
+        return None
+    metrics = CollectorMetrics(cfg.collector.instance, collector.stats, writer, session)
+
+    def not_alive() -> str | None:
+        return "the writer has stopped" if writing.done() else None
+
+    def not_ready() -> str | None:
+        return not_alive() or metrics.not_ready()
+
+    server = MetricsServer(cfg.collector.metrics_listen, collector_registry(metrics), not_ready, not_alive)
+    return server if server.start() else None
+
+
 async def _ready_after(warm: asyncio.Future) -> None:
     try:
         await warm
@@ -342,6 +366,7 @@ class _Session:
         self.ident = cfg.mqtt.client_id or f"greenwatch-collector-{cfg.collector.instance}"
         self.receipts_sent = 0
         self.started_at: float | None = None   # monotonic time the current session was subscribed
+        self.connected = False                 # subscribed and receiving, for readiness
 
     def client(self) -> MqttClient:
         c = self.cfg.collector
@@ -355,6 +380,7 @@ class _Session:
         """Process messages until ``stop``; raises :class:`aiomqtt.MqttError` if the connection drops."""
         await self._check_rights(client)
         self.started_at = time.monotonic()
+        self.connected = True
         log.info("subscribed to %s on %s:%d (session %s, kept %d s by the broker)", " and ".join(self.topics),
                  self.cfg.mqtt.host, self.cfg.mqtt.port, self.ident, self.cfg.collector.session_expiry_s)
         # One task receives for the whole session; stopping cancels it, and a group it holds

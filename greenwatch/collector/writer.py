@@ -166,6 +166,11 @@ class BufferedWriter:
         return len(self.spill) if self.spill is not None else 0
 
     @property
+    def failing(self) -> bool:
+        """True from a failed InfluxDB write until the next one succeeds."""
+        return self._failing
+
+    @property
     def dead_letter_lines(self) -> int:
         """Refused lines kept in the dead-letter file."""
         return self.dead_letters.kept

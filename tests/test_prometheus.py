@@ -1,0 +1,201 @@
+"""Prometheus scrapes the agent and the collector; PromQL answers match the truth.
+
+A real Prometheus (Debian's package), real Mosquitto, InfluxDB, agent and collector processes;
+only the GPUs are simulated.  The GPUs draw power only inside a known window, so the mock's
+analytic integral is the truth that the GPU energy counters, the per-job energy joined in PromQL
+and the per-job energy the collector wrote to InfluxDB must all equal.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from fixtures_e2e import GreenwatchProcess, agent_env
+from greenwatch.config import ConfigError, load_config
+from harness.ports import LOOPBACK, free_port
+from harness.prometheus import prometheus_factory  # noqa: F401  (a fixture)
+from service_helpers import (agent_config, collector_config, health, job_energy, job_truth, spawn_job,
+                             three_gpu_node, wait_until, write_token)
+
+pytestmark = pytest.mark.prometheus
+
+ON_FROM, ON_LEN = 12.0, 6.0       # s after t0: the power window (the agent is scraped before it opens)
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _scrape(listen: str) -> dict[str, float]:
+    """One scrape of an endpoint: 'name{label=value,...}' -> value."""
+    status, text = _get(f"http://{listen}/metrics")
+    assert status == 200, text
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
+
+
+def _one(prom, promql: str, at: float | None = None) -> float:
+    rows = prom.query(promql, at)
+    assert len(rows) == 1, (promql, rows)
+    return rows[0]["value"]
+
+
+def test_prometheus_scrapes_both_services_and_promql_matches_the_truth(
+        tmp_path, mosquitto_factory, influx_v2, mock_nvml_lib, greenwatch_procs, prometheus_factory):
+    broker = mosquitto_factory()
+    mqtt = {"host": broker.host, "port": broker.port}
+    agent_listen, collector_listen = f"{LOOPBACK}:{free_port()}", f"{LOOPBACK}:{free_port()}"
+    prom = prometheus_factory({"greenwatch-collector": [collector_listen], "greenwatch-agent": [agent_listen]})
+    bucket = influx_v2.new_bucket(f"prom{time.monotonic_ns()}")
+    jobs = [spawn_job("pm-a", "alice"), spawn_job("pm-b", "bob")]
+    try:
+        t0 = time.time()
+        scen = three_gpu_node(t0, "node-p", (ON_FROM, ON_FROM + ON_LEN), jobs[0].pid, jobs[1].pid)
+        scen.write(tmp_path / "node-p.scenario")
+        truth = job_truth(scen, "pm-a", "pm-b")
+        ccfg = collector_config(tmp_path / "collector.toml", mqtt=mqtt, influx_url=influx_v2.url, bucket=bucket,
+                                token_file=write_token(tmp_path / "token", influx_v2.token), instance="pc",
+                                collector={"metrics_listen": collector_listen})
+        collector = GreenwatchProcess("collector", ccfg, tmp_path / "collector.log").start()
+        greenwatch_procs.append(collector)
+        collector.wait_for_log("subscribed to", timeout=60)
+        acfg = agent_config(tmp_path / "agent.toml", mqtt=mqtt, cluster="prom", node="node-p",
+                            agent={"metrics_listen": agent_listen})
+        agent = GreenwatchProcess("agent", acfg, tmp_path / "agent.log",
+                                  env=agent_env(mock_nvml_lib, tmp_path / "node-p.scenario")).start()
+        greenwatch_procs.append(agent)
+        agent.wait_for_log("sampling 3 GPU(s)", timeout=60)
+
+        # Prometheus holds a reading of every GPU from before the window opens.
+        wait_until(lambda: len(prom.query("greenwatch_gpu_energy_joules_total")) == 3, 30,
+                   "Prometheus to scrape the agent's three GPU counters")
+        before = time.time()
+        assert before < t0 + ON_FROM - 0.5, "the first scrape came after the power window opened"
+        # ...and one from after it closed.
+        end = t0 + ON_FROM + ON_LEN
+        wait_until(lambda: min((r["value"] for r in prom.query("greenwatch_gpu_last_sample_timestamp_seconds")),
+                               default=0) > end + 0.5, 60, "a scrape of readings taken after the power window")
+        after = time.time()
+
+        # The counters: each equals the mock's counter at the reading's own time.
+        at = after
+        energy = {r["metric"]["gpu_index"]: r for r in prom.query("greenwatch_gpu_energy_joules_total", at)}
+        stamps = {r["metric"]["gpu_index"]: r["value"]
+                  for r in prom.query("greenwatch_gpu_last_sample_timestamp_seconds", at)}
+        assert sorted(energy) == ["0", "1", "2"]
+        for index, row in energy.items():
+            expected_mj = scen.counter_mj(int(index), stamps[index])
+            assert expected_mj is not None
+            assert row["value"] == pytest.approx(expected_mj / 1000.0, abs=0.002), (index, row)
+            assert row["metric"]["gpu_uuid"] == scen.gpus[int(index)].uuid
+            assert row["metric"]["node"] == "node-p" and row["metric"]["gpu_model"]
+
+        # Per-job energy over the window, joined in PromQL as docs/operations.md shows, equals the truth.
+        span = f"{int((after - before) * 1000)}ms"    # back to `before`, when the first scrape was in
+        per_job = prom.query(f"sum by (job_id) ((greenwatch_gpu_energy_joules_total - greenwatch_gpu_energy_joules_total "
+                             f"offset {span}) * on (gpu_uuid) group_right greenwatch_gpu_job_info)", after)
+        assert {r["metric"]["job_id"]: r["value"] for r in per_job} == pytest.approx(truth, rel=1e-3), \
+            prom.query("greenwatch_gpu_job_info", after)
+
+        # The collector wrote the same per-job energy to InfluxDB.
+        wait_until(lambda: job_energy(influx_v2.query, bucket) == pytest.approx(truth, rel=1e-3), 90,
+                   "the window's energy in InfluxDB")
+
+        # Every batch the agent published reached the collector, was receipted, none rejected; the
+        # collector's message counter is the one its health record in InfluxDB carries.
+        def settled() -> bool:
+            published = _one(prom, "sum(greenwatch_agent_published_batches_total)")
+            return (published > 0 and _one(prom, "sum(greenwatch_agent_spool_batches)") == 0
+                    and _one(prom, "sum(greenwatch_collector_messages_total)") == published
+                    and _one(prom, "sum(greenwatch_collector_batches_total)") == published
+                    and health(influx_v2.query, bucket).get("messages") == published)
+
+        wait_until(settled, 60, "Prometheus to see every published batch received and stored")
+        assert prom.query("sum(greenwatch_collector_rejected_messages_total) > 0") == []
+        assert _one(prom, "greenwatch_collector_ready") == 1 and _one(prom, "greenwatch_agent_ready") == 1
+        assert _one(prom, "greenwatch_collector_receipts_sent_total") > 0
+        assert prom.targets_up() == {f"http://{agent_listen}/metrics": "up",
+                                     f"http://{collector_listen}/metrics": "up"}
+        for listen in (agent_listen, collector_listen):
+            assert _get(f"http://{listen}/readyz") == (200, "ok\n")
+            assert _get(f"http://{listen}/healthz") == (200, "ok\n")
+        assert agent.stop() == 0, agent.log()[-3000:]
+        assert collector.stop() == 0, collector.log()[-3000:]
+    finally:
+        for j in jobs:
+            j.kill()
+
+
+def test_readiness_names_what_is_missing(tmp_path, mosquitto_factory, mock_nvml_lib, greenwatch_procs):
+    """A collector whose InfluxDB is down, and an agent whose broker is down, are alive but not ready."""
+    broker = mosquitto_factory()
+    nothing = f"http://{LOOPBACK}:{free_port()}"     # no InfluxDB listens here
+    collector_listen, agent_listen = f"{LOOPBACK}:{free_port()}", f"{LOOPBACK}:{free_port()}"
+    ccfg = collector_config(tmp_path / "collector.toml", mqtt={"host": broker.host, "port": broker.port},
+                            influx_url=nothing, bucket="b", token_file=write_token(tmp_path / "token", "t"),
+                            instance="nr", collector={"metrics_listen": collector_listen})
+    collector = GreenwatchProcess("collector", ccfg, tmp_path / "collector.log").start()
+    greenwatch_procs.append(collector)
+    t0 = time.time()
+    scen = three_gpu_node(t0, "node-q", (1e6, 1e6 + 1), 1, 1)
+    scen.write(tmp_path / "node-q.scenario")
+    acfg = agent_config(tmp_path / "agent.toml", mqtt={"host": LOOPBACK, "port": free_port()}, cluster="prom",
+                        node="node-q", agent={"metrics_listen": agent_listen})
+    agent = GreenwatchProcess("agent", acfg, tmp_path / "agent.log",
+                              env=agent_env(mock_nvml_lib, tmp_path / "node-q.scenario")).start()
+    greenwatch_procs.append(agent)
+
+    def answered(listen: str, path: str) -> tuple[int, str] | None:
+        try:
+            return _get(f"http://{listen}{path}")
+        except OSError:    # not listening yet
+            return None
+
+    # The collector's health record is its first write: it fails, the writer spills it.
+    wait_until(lambda: (answered(collector_listen, "/readyz") or (0, ""))[1].startswith(
+        "not ready: InfluxDB writes are failing"), 60, "the collector to report InfluxDB failing")
+    status, text = _get(f"http://{collector_listen}/readyz")
+    assert status == 503 and "spilled to disk" in text, text
+    assert _get(f"http://{collector_listen}/healthz") == (200, "ok\n")
+    scraped = _scrape(collector_listen)
+    assert scraped["greenwatch_collector_ready"] == 0 and scraped["greenwatch_collector_influxdb_failing"] == 1
+    assert scraped["greenwatch_collector_broker_connected"] == 1
+    assert scraped["greenwatch_collector_write_errors_total"] >= 1
+
+    wait_until(lambda: answered(agent_listen, "/readyz") is not None, 60, "the agent's endpoint")
+    status, text = _get(f"http://{agent_listen}/readyz")
+    assert status == 503 and text.startswith("not ready: not connected to the MQTT broker"), text
+    assert _get(f"http://{agent_listen}/healthz") == (200, "ok\n")
+    wait_until(lambda: _scrape(agent_listen).get("greenwatch_agent_publish_failures_total", 0) >= 1, 30,
+               "a failed connection counted")
+    scraped = _scrape(agent_listen)
+    assert scraped["greenwatch_agent_ready"] == 0 and scraped["greenwatch_agent_broker_connected"] == 0
+    assert _get(f"http://{agent_listen}/nothing-here")[0] == 404
+    assert agent.stop() == 0 and collector.stop() == 0
+
+
+@pytest.mark.parametrize("value", ["9464", "localhost", ":9464", "host:0", "host:70000", "host:port"])
+def test_a_bad_metrics_address_is_a_clear_config_error(tmp_path, value):
+    for section in ("agent", "collector"):
+        path = tmp_path / f"{section}.toml"
+        path.write_text(f'[{section}]\nmetrics_listen = "{value}"\n')
+        with pytest.raises(ConfigError, match=f"{section}.metrics_listen.*host:port"):
+            load_config(path)
+    ok = tmp_path / "ok.toml"
+    ok.write_text('[agent]\nmetrics_listen = "127.0.0.1:9465"\n[collector]\nmetrics_listen = "[::1]:9464"\n')
+    cfg = load_config(ok)
+    assert (cfg.agent.metrics_listen, cfg.collector.metrics_listen) == ("127.0.0.1:9465", "[::1]:9464")
