@@ -199,3 +199,66 @@ def test_a_bad_metrics_address_is_a_clear_config_error(tmp_path, value):
     ok.write_text('[agent]\nmetrics_listen = "127.0.0.1:9465"\n[collector]\nmetrics_listen = "[::1]:9464"\n')
     cfg = load_config(ok)
     assert (cfg.agent.metrics_listen, cfg.collector.metrics_listen) == ("127.0.0.1:9465", "[::1]:9464")
+
+
+# -- alert rules -----------------------------------------------------------------------------------------
+
+def _promtool() -> str:
+    from harness.daemon import find_binary
+    return find_binary("GREENWATCH_PROMTOOL", "/usr/bin/promtool", "promtool", "prometheus")
+
+
+def test_the_alert_rules_pass_promtool_check_and_fire_when_they_should(tmp_path):
+    import json
+    import subprocess
+
+    from greenwatch.metrics.alerts import default_alerts, prometheus_rules
+
+    rules = tmp_path / "greenwatch.rules.yml"
+    rules.write_text(prometheus_rules(default_alerts()))
+    check = subprocess.run([_promtool(), "check", "rules", str(rules)], capture_output=True, text=True)
+    assert check.returncode == 0 and f"SUCCESS: {len(default_alerts())} rules found" in check.stdout, (
+        check.stdout + check.stderr)
+
+    gpu = 'node="n1",gpu_uuid="GPU-0",gpu_index="0",gpu_model="H100",instance="a:9465",job="greenwatch-agent"'
+    collector = 'instance="c:9464",job="greenwatch-collector"'
+    tests = {"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [
+            # Readings every minute until minute 4, then none: the timestamp stays at 240 s.
+            {"series": f"greenwatch_gpu_last_sample_timestamp_seconds{{{gpu}}}", "values": "0+60x4 240x20"},
+            # The spill grows from minute 2 on.
+            {"series": f"greenwatch_collector_spill_files{{{collector}}}", "values": "0 0 1+1x30"},
+            {"series": f"greenwatch_collector_spill_bytes{{{collector}}}", "values": "0 0 1000+1000x30"},
+            # Five messages rejected at minute 3.
+            {"series": f'greenwatch_collector_rejected_messages_total{{{collector},reason="decode-error"}}',
+             "values": "0 0 0 5x20"},
+            {"series": f"greenwatch_gpu_energy_counter_present{{{gpu}}}", "values": "1x90"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "9m", "alertname": "GreenwatchGpuNoSample", "exp_alerts": []},
+            {"eval_time": "12m", "alertname": "GreenwatchGpuNoSample", "exp_alerts": [{
+                "exp_labels": {"severity": "critical", "node": "n1", "gpu_uuid": "GPU-0", "gpu_index": "0",
+                               "gpu_model": "H100", "instance": "a:9465", "job": "greenwatch-agent"},
+                "exp_annotations": {"summary": "GPU 0 on n1 has given no reading for more than 300 s",
+                                    "action": default_alerts()[0].action}}]},
+            {"eval_time": "5m", "alertname": "GreenwatchCollectorSpillGrowing", "exp_alerts": []},
+            {"eval_time": "20m", "alertname": "GreenwatchCollectorSpillGrowing", "exp_alerts": [{
+                "exp_labels": {"severity": "warning", "instance": "c:9464", "job": "greenwatch-collector"},
+                "exp_annotations": {"summary": "Collector c:9464 spills to disk and the spill grows",
+                                    "action": next(a.action for a in default_alerts()
+                                                   if a.name == "GreenwatchCollectorSpillGrowing")}}]},
+            {"eval_time": "2m", "alertname": "GreenwatchRejectedMessages", "exp_alerts": []},
+            {"eval_time": "4m", "alertname": "GreenwatchRejectedMessages", "exp_alerts": [{
+                "exp_labels": {"severity": "warning", "instance": "c:9464", "reason": "decode-error"},
+                "exp_annotations": {"summary": "Collector c:9464 rejected messages (decode-error)",
+                                    "action": next(a.action for a in default_alerts()
+                                                   if a.name == "GreenwatchRejectedMessages")}}]},
+            {"eval_time": "80m", "alertname": "GreenwatchGpuWithoutEnergyCounter", "exp_alerts": []},
+        ],
+    }]}
+    spec = tmp_path / "greenwatch.rules.test.yml"
+    spec.write_text(json.dumps(tests, indent=1))     # YAML is a superset of JSON
+    run = subprocess.run([_promtool(), "test", "rules", str(spec)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "SUCCESS" in run.stdout, run.stdout
