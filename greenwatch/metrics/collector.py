@@ -12,15 +12,27 @@ large site runs millions of jobs a year), so it stays in InfluxDB and the report
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol
+from typing import Iterator, Mapping, Protocol
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector as PromCollector
 
-from greenwatch.collector.core import CollectorStats
+__all__ = ["BrokerSession", "CollectorMetrics", "StatsView", "WriterState", "collector_registry"]
 
-__all__ = ["BrokerSession", "CollectorMetrics", "WriterState", "collector_registry"]
+
+class StatsView(Protocol):
+    """What the metrics read from :class:`~greenwatch.collector.core.CollectorStats` (this package
+    imports nothing from the services it serves)."""
+
+    messages: int
+    batches: int
+    samples: int
+    duplicates: int
+    gaps_filled: int
+
+    @property
+    def rejected(self) -> Mapping[str, int]: ...
 
 
 class BrokerSession(Protocol):
@@ -64,7 +76,7 @@ class WriterState(Protocol):
 class CollectorMetrics(PromCollector):
     """A prometheus_client collector over one collector process's state."""
 
-    def __init__(self, instance: str, stats: CollectorStats, writer: WriterState, session: BrokerSession) -> None:
+    def __init__(self, instance: str, stats: StatsView, writer: WriterState, session: BrokerSession) -> None:
         self.instance, self.stats, self.writer, self.session = instance, stats, writer, session
 
     def not_ready(self) -> str | None:
