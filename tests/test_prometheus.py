@@ -262,3 +262,32 @@ def test_the_alert_rules_pass_promtool_check_and_fire_when_they_should(tmp_path)
     run = subprocess.run([_promtool(), "test", "rules", str(spec)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "SUCCESS" in run.stdout, run.stdout
+
+
+def test_a_taken_metrics_address_is_logged_and_the_service_goes_on(caplog):
+    import logging
+    import socket
+
+    from prometheus_client import CollectorRegistry
+
+    from greenwatch.metrics.server import MetricsServer
+
+    with socket.socket() as taken:
+        taken.bind((LOOPBACK, 0))
+        taken.listen()
+        listen = f"{LOOPBACK}:{taken.getsockname()[1]}"
+        with caplog.at_level(logging.ERROR, logger="greenwatch.metrics.server"):
+            assert MetricsServer(listen, CollectorRegistry(), lambda: None, lambda: None).start() is False
+        assert f"cannot serve metrics on {listen}" in caplog.text and "running without" in caplog.text
+
+    def broken() -> str | None:
+        raise RuntimeError("boom")
+
+    server = MetricsServer(f"{LOOPBACK}:{free_port()}", CollectorRegistry(), broken, lambda: None)
+    assert server.start()
+    try:
+        status, text = _get(f"http://{server.host}:{server.port}/readyz")
+        assert status == 503 and "the check failed" in text and "boom" in text
+        assert _get(f"http://{server.host}:{server.port}/healthz") == (200, "ok\n")
+    finally:
+        server.close()
