@@ -20,6 +20,10 @@ lengths (the same GPUs, the short job a quarter of the long one):
 * ``report.rows_read``: rows the report received from InfluxDB for the long job, with the short
   job's as baseline: it must not grow with the job's length.
 
+Before the reports, ``greenwatch influxdb setup --backfill-hours`` sets up retention and the
+rollups as docs/influxdb.md tells operators, rolling up the data written before it
+(``rollup_setup_s``); the reports take their sums from the 1-minute rollups.
+
 ``--quick``: 8 GPUs over 12 h against 3 h.
 """
 
@@ -133,6 +137,22 @@ def _report(config: Path, job: str, out: Path) -> dict[str, float]:
             "rows": float((out / "rows").read_text())}
 
 
+def _storage(influx: Any, db: str) -> dict[str, dict[str, float]]:
+    """Points and bytes on disk (TSM files and WAL) of each retention policy of ``db``."""
+    out: dict[str, dict[str, float]] = {}
+    for rp in ("autogen", "rollup_1m", "rollup_1h"):
+        points = 0
+        for m in ("gpu", "job_gpu", "job_energy", "node_energy", "host", "job"):
+            field = {"gpu": "energy_j", "job_gpu": "energy_j", "job_energy": "energy_j", "node_energy": "gpu_energy_j",
+                     "host": "cpu_pct", "job": "duration_s"}[m]
+            rows = influx.query(f'SELECT COUNT("{field}") FROM "{rp}"."{m}"', db=db)
+            points += sum(int(r.get("count") or 0) for r in rows)
+        size = sum(f.stat().st_size for d in ("data", "wal") for f in (influx.workdir / d / db / rp).rglob("*")
+                   if f.is_file())
+        out[rp] = {"points": points, "bytes": size}
+    return out
+
+
 def run(quick: bool) -> Iterator[dict[str, Any]]:
     from harness.influx import InfluxDB
 
@@ -154,15 +174,23 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
             config = tmp / "report.toml"
             config.write_text(f'[influxdb]\nurl = "{influx.url}"\nbucket = "scale"\ntoken_file = "{token}"\n'
                               '[carbon]\nzone = "DE"\n')
+            # Rollups as docs/influxdb.md tells operators: `greenwatch influxdb setup`, whose backfill
+            # rolls up what was written before it (the continuous queries take over from there).
+            started = time.perf_counter()
+            hours = (time.time() - t0) / 3600 + 1
+            subprocess.run([sys.executable, "-m", "greenwatch", "influxdb", "setup", "--config", str(config),
+                            "--backfill-hours", f"{hours:.0f}"], check=True, stdout=subprocess.DEVNULL)
+            setup_s = time.perf_counter() - started
             for job in ("short", "long"):  # the first report of each also warms influxd's caches
                 _report(config, job, tmp)
             short = _report(config, "short", tmp)
             long = _report(config, "long", tmp)
+            sizes = _storage(influx, "scale")
         finally:
             influx.stop()
     gpus = 8 * nodes
     shape = {"gpus": gpus, "hours": long_h, "points": written["long"], "short_hours": short_h,
-             "short_points": written["short"], "write_s": round(write_s, 1)}
+             "short_points": written["short"], "write_s": round(write_s, 1), "rollup_setup_s": round(setup_s, 1)}
     yield {"name": "report.seconds", "value": round(long["seconds"], 2), "unit": "s",
            "target": TARGET_S if not quick else None, "ok": long["seconds"] <= TARGET_S, **shape,
            "note": "python -m greenwatch report --format all (md, html, json, csv, 2 plots), separate process, "
@@ -176,3 +204,7 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
     yield {"name": "report.rows_read", "value": int(long["rows"]), "unit": "rows", "baseline": int(short["rows"]),
            "ratio": round(long["rows"] / short["rows"], 3), **shape,
            "note": f"rows received from InfluxDB for the {long_h:g} h job; baseline: the {short_h:g} h job"}
+    for rp, size in sizes.items():
+        yield {"name": f"storage.{rp}.bytes_per_point", "value": round(size["bytes"] / max(1, size["points"]), 1),
+               "unit": "B", "points": size["points"], "bytes": size["bytes"], **shape,
+               "note": "TSM files and WAL of the retention policy after writing, setup and reports (not compacted cold)"}

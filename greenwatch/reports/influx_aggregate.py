@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from greenwatch.storage.rollups import RESOLUTIONS
 if TYPE_CHECKING:
     from greenwatch.reports.source import InfluxSource
 
-__all__ = ["aggregate_job_data", "summed", "ENERGY_POINTS", "POWER_POINTS", "PLOTTED_GPUS", "bucket_ns"]
+__all__ = ["aggregate_job_data", "summed", "split_statements", "merged", "Column", "ENERGY_POINTS", "POWER_POINTS", "PLOTTED_GPUS", "bucket_ns"]
 
 #: Time buckets of the job's energy series (pricing of the host share and the "what if").
 ENERGY_POINTS = 600
@@ -111,8 +111,7 @@ def _energy_series(source: InfluxSource, where: str, first_ns: int | None,
     if source.rolled_range(first_ns, last_ns) is not None:
         # Whole minutes, so that each 1-minute rollup falls into one bucket: the series reads the
         # same from the rollups as from raw points (still at most ENERGY_POINTS buckets).
-        minute = 60 * 10**9
-        step = -(-step // minute) * minute
+        step = -(-step // _MINUTE_NS) * _MINUTE_NS
     series = summed(source, "job_energy", [("e", 'SUM("energy_j")', 'SUM("energy_j")'),
                                            ("h", 'SUM("host_energy_j")', 'SUM("host_energy_j")')],
                     f"{where} AND time >= {first_ns} AND time <= {last_ns}", (first_ns, last_ns), (),
@@ -149,19 +148,18 @@ def _gpus(source: InfluxSource, cluster: str, where: str, span: tuple[int | None
     for (node, gpu), v in shares.items():
         if "t0" in v and "t1" in v:
             groups[(node, v["t0"], v["t1"])].append(gpu)
-    readings: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
     statements = []
     for (node, t0, t1), uuids in sorted(groups.items()):
         cond = (f'"cluster" = {string_literal(cluster)} AND "node" = {string_literal(node)} AND ('
                 + " OR ".join(f'"gpu" = {string_literal(u)}' for u in sorted(uuids))
                 + f") AND time >= {t0} AND time <= {t1}")
-        statements.append(
-            f'SELECT MEAN("power_w") AS "mp", MEAN("util_gpu_pct") AS "mu", MEAN("util_mem_pct") AS "mm", '
-            f'MAX("power_max_w") AS "pp", MAX("util_gpu_pct") AS "pu", SUM("samples") AS "samples", '
-            f'MIN("samples") AS "s_min", MAX("samples") AS "s_max", SUM("counter") AS "counters", '
-            f'COUNT("counter") AS "batches" FROM "gpu" WHERE {cond} GROUP BY "node", "gpu", "gpu_index", "model"')
-    for r in _run(source, statements):
-        readings[(str(r.get("node", "")), str(r.get("gpu", "")))].update(r)
+        statements += split_statements(source, "gpu", _READINGS, cond, (t0, t1), '"node", "gpu", "gpu_index", "model"')
+    readings: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
+    for key, reading in merged(_run(source, statements), _READINGS, ("node", "gpu", "gpu_index", "model")).items():
+        for name, sum_name, count in (("mp", "sp", "np"), ("mu", "su", "nu"), ("mm", "sm", "nm")):
+            reading[name] = (reading[sum_name] / reading[count]
+                             if reading.get(count) and reading.get(sum_name) is not None else None)
+        readings[(str(key[0]), str(key[1]))].update(reading, gpu_index=key[2], model=key[3])
     out = []
     uneven = 0
     for (node, uuid), v in shares.items():
@@ -194,19 +192,23 @@ def _power_series(source: InfluxSource, cluster: str, gpus: list[GpuStats],
     known = [(a, b) for a, b in spans if a is not None and b is not None]
     if not known:
         return
-    step = bucket_ns(min(a for a, _ in known), max(b for _, b in known), POWER_POINTS)
+    lo, hi = min(a for a, _ in known), max(b for _, b in known)
+    step = bucket_ns(lo, hi, POWER_POINTS)
+    if source.rolled_range(lo, hi) is not None:
+        step = -(-step // _MINUTE_NS) * _MINUTE_NS  # whole minutes: each rollup in one bucket
+    columns = [("s", 'SUM("power_w")', 'SUM("power_w")', "sum"),
+               ("n", 'COUNT("power_w")', 'SUM("power_points")', "sum")]
     statements = []
     for g, (t0, t1) in zip(gpus, spans):
         if t0 is None or t1 is None:
             continue
-        statements.append(
-            f'SELECT MEAN("power_w") AS "p" FROM "gpu" WHERE "cluster" = {string_literal(cluster)} AND '
-            f'"node" = {string_literal(g.node)} AND "gpu" = {string_literal(g.uuid)} AND time >= {t0} AND '
-            f'time <= {t1} GROUP BY time({step}ns), "node", "gpu" fill(none)')
+        cond = (f'"cluster" = {string_literal(cluster)} AND "node" = {string_literal(g.node)} AND '
+                f'"gpu" = {string_literal(g.uuid)} AND time >= {t0} AND time <= {t1}')
+        statements += split_statements(source, "gpu", columns, cond, (t0, t1), '"node", "gpu"', step)
     series: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
-    for r in _run(source, statements):
-        if r.get("p") is not None:
-            series[(str(r.get("node", "")), str(r.get("gpu", "")))].append((r["time_ns"], float(r["p"])))
+    for (t, node, gpu), r in merged(_run(source, statements), columns, ("node", "gpu"), timed=True).items():
+        if r.get("n"):
+            series[(str(node), str(gpu))].append((int(t), float(r["s"]) / float(r["n"])))
     for g in gpus:
         points = sorted(series.get((g.node, g.uuid), []))
         g.times = [(t + step / 2) * 1e-9 for t, _ in points]
@@ -229,43 +231,75 @@ def _node_host(source: InfluxSource, cluster: str, node_span: dict[str, list[int
     return host, measured, flagged
 
 
-def summed(source: InfluxSource, measurement: str, columns: list[tuple[str, str, str]], where: str,
-           span: tuple[int | None, int | None], group_tags: tuple[str, ...],
-           time_step_ns: int | None = None) -> dict[tuple[Any, ...], dict[str, float]]:
-    """Sums over the points ``where`` selects within ``span``, from the rollups where they are complete.
+#: Per-GPU readings: ``(alias, over raw points, over 1-minute rollups, how parts combine)``.
+_READINGS = [
+    ("sp", 'SUM("power_w")', 'SUM("power_w")', "sum"), ("np", 'COUNT("power_w")', 'SUM("power_points")', "sum"),
+    ("su", 'SUM("util_gpu_pct")', 'SUM("util_gpu_pct")', "sum"),
+    ("nu", 'COUNT("util_gpu_pct")', 'SUM("util_points")', "sum"),
+    ("sm", 'SUM("util_mem_pct")', 'SUM("util_mem_pct")', "sum"),
+    ("nm", 'COUNT("util_mem_pct")', 'SUM("mem_points")', "sum"),
+    ("pp", 'MAX("power_max_w")', 'MAX("power_max_w")', "max"), ("pu", 'MAX("util_gpu_pct")', 'MAX("util_gpu_max")', "max"),
+    ("samples", 'SUM("samples")', 'SUM("samples")', "sum"), ("s_min", 'MIN("samples")', 'MIN("samples_min")', "min"),
+    ("s_max", 'MAX("samples")', 'MAX("samples_max")', "max"), ("counters", 'SUM("counter")', 'SUM("counter")', "sum"),
+    ("batches", 'COUNT("counter")', 'SUM("counter_points")', "sum")]
 
-    ``columns``: ``(alias, over raw points, over 1-minute rollups)``, e.g. ``("n",
-    'COUNT("x")', 'SUM("x_points")')``.  Rows are keyed by the ``group_tags`` values (and the
-    bucket time first, with ``time_step_ns``, a whole number of minutes).  The rollups' whole
-    minutes (:meth:`InfluxSource.rolled_range`) are read from ``rollup_1m``, the edges raw; the
-    parts add up to exactly the raw sums, as a 1-minute rollup holds the sums of its minute.
+_MINUTE_NS = RESOLUTIONS[0][1] * 10**9
+_COMBINE: dict[str, Callable[[Any, Any], Any]] = {"sum": lambda a, b: a + b, "max": max, "min": min}
+
+#: ``(alias, InfluxQL over raw points, over 1-minute rollups, "sum" | "max" | "min")``.
+Column = tuple[str, str, str, str]
+
+
+def split_statements(source: InfluxSource, measurement: str, columns: list[Column], where: str,
+                     span: tuple[int | None, int | None], group_by: str = "",
+                     time_step_ns: int | None = None) -> list[str]:
+    """Statements computing ``columns`` over the points ``where`` selects within ``span``.
+
+    The whole minutes the rollups hold (:meth:`InfluxSource.rolled_range`) are read from
+    ``rollup_1m``, the edges from the raw points; without rollups, one statement over the raw
+    points.  ``time_step_ns``: grouped by time too (a whole number of minutes when rolled up, so
+    that each rollup falls into one bucket).  Combine the rows with :func:`merged`.
     """
-    lo, hi = span
-    rolled = source.rolled_range(lo, hi)
-    group = ", ".join(f'"{t}"' for t in group_tags)
-    if time_step_ns is not None:
-        group = f"time({time_step_ns}ns)" + (f", {group}" if group else "")
-    tail = (f" GROUP BY {group}" if group else "") + (" fill(none)" if time_step_ns is not None else "")
+    group = ", ".join(p for p in ((f"time({time_step_ns}ns)" if time_step_ns else ""), group_by) if p)
+    tail = (f" GROUP BY {group}" if group else "") + (" fill(none)" if time_step_ns else "")
 
     def statement(rollup: bool, cond: str) -> str:
-        select = ", ".join(f'{r if rollup else raw} AS "{alias}"' for alias, raw, r in columns)
+        select = ", ".join(f'{r if rollup else raw} AS "{alias}"' for alias, raw, r, _ in columns)
         src = f'"{RESOLUTIONS[0][0]}"."{measurement}"' if rollup else f'"{measurement}"'
         return f"SELECT {select} FROM {src} WHERE {where}{cond}{tail}"
 
+    rolled = source.rolled_range(*span)
     if rolled is None:
-        statements = [statement(False, "")]
-    else:
-        a, b = rolled
-        statements = [statement(False, f" AND time < {a}"), statement(True, f" AND time >= {a} AND time < {b}"),
-                      statement(False, f" AND time >= {b}")]
-    out: dict[tuple[Any, ...], dict[str, float]] = {}
-    for r in _run(source, statements):
-        key = ((r["time_ns"],) if time_step_ns is not None else ()) + tuple(r.get(t, "") for t in group_tags)
+        return [statement(False, "")]
+    a, b = rolled
+    return [statement(False, f" AND time < {a}"), statement(True, f" AND time >= {a} AND time < {b}"),
+            statement(False, f" AND time >= {b}")]
+
+
+def merged(rows: list[dict[str, Any]], columns: list[Column], group_tags: tuple[str, ...],
+           timed: bool = False) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """Rows of :func:`split_statements` combined per group (the bucket time first when ``timed``)."""
+    out: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in rows:
+        key = ((r["time_ns"],) if timed else ()) + tuple(r.get(t, "") for t in group_tags)
         acc = out.setdefault(key, {})
-        for alias, _, _ in columns:
+        for alias, _, _, how in columns:
             if r.get(alias) is not None:
-                acc[alias] = acc.get(alias, 0.0) + r[alias]
+                acc[alias] = _COMBINE[how](acc[alias], r[alias]) if alias in acc else r[alias]
     return out
+
+
+def summed(source: InfluxSource, measurement: str, columns: list[tuple[str, str, str]], where: str,
+           span: tuple[int | None, int | None], group_tags: tuple[str, ...],
+           time_step_ns: int | None = None) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """Sums ``(alias, over raw points, over rollups)`` per ``group_tags``, from rollups where complete.
+
+    The parts add up to exactly the raw sums, as a 1-minute rollup holds the sums of its minute.
+    """
+    cols = [(alias, raw, rolled, "sum") for alias, raw, rolled in columns]
+    statements = split_statements(source, measurement, cols, where, span,
+                                  ", ".join(f'"{t}"' for t in group_tags), time_step_ns)
+    return merged(_run(source, statements), cols, group_tags, timed=time_step_ns is not None)
 
 
 def _run(source: InfluxSource, statements: list[str]) -> list[dict[str, Any]]:

@@ -7,7 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register"]
+__all__ = ["register", "SETUP_TIMEOUT_S"]
+
+#: HTTP timeout of each statement setup sends (s).
+SETUP_TIMEOUT_S = 600.0
 
 _DESCRIPTION = (
     "Create (or bring up to date) the InfluxDB 1.x database named by influxdb.bucket, its retention "
@@ -21,7 +24,8 @@ def register(subparsers: Any) -> None:
     """Add ``greenwatch influxdb setup`` to the main parser's subcommands."""
     p = subparsers.add_parser("influxdb", help="set up InfluxDB: database, retention and rollups",
                               description=_DESCRIPTION)
-    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True,
+                               help="setup: create or update the database, retention policies and rollups")
     s = actions.add_parser("setup", help="create or update the database, retention policies and rollups",
                            description=_DESCRIPTION)
     s.add_argument("--config", "-c", metavar="FILE", type=Path,
@@ -45,6 +49,8 @@ def _cmd_setup(args: argparse.Namespace) -> int:
                      rollup_retentions=(c.rollup_1m_retention, c.rollup_1h_retention),
                      late_s=int(c.rollup_late_s), every_s=int(c.rollup_every_s))
     store = influx_store(cfg)
+    # A backfill statement rolls up hours of raw points: far longer than a write may take.
+    store.timeout_s = max(store.timeout_s, SETUP_TIMEOUT_S)
     try:
         for line in setup_influxdb(store, plan, backfill_s=args.backfill_hours * 3600.0):
             print(line)

@@ -2,14 +2,15 @@
 
 Two resolutions, each in a retention policy of its own in the same database:
 
-* ``rollup_1m``: 1-minute sums of ``job_energy``, ``node_energy`` and ``job_gpu``, computed from
+* ``rollup_1m``: 1-minute sums of ``job_energy``, ``node_energy``, ``job_gpu`` and ``gpu``, computed from
   the raw points by a continuous query that re-reads the last ``late_s`` seconds every
   ``every_s`` seconds, so a batch that arrives up to ``late_s`` after its time is summed in;
 * ``rollup_1h``: 1-hour sums computed from the 1-minute rollups the same way.
 
 A rollup point has the raw measurement's name and tags, the sum of each summed field under the
-field's own name, and ``points`` (and for some fields a count of the points that carried it), so
-that sums over rollups equal sums over the raw points.  The bucket's start is the point's time.
+field's own name, and ``points`` (and for some fields a count of the points that carried it, or
+their largest and smallest value), so that sums, means and extremes over rollups equal those over
+the raw points.  The bucket's start is the point's time.
 
 :data:`MARKER` (in ``rollup_1h``) records from when the rollups are complete (``from_s``) and the
 bound on late data, so a reader knows which part of a time range it may take from the rollups
@@ -33,6 +34,9 @@ class Rollup:
     sums: tuple[str, ...]
     #: ``(name, field)``: the number of raw points that carry ``field``, stored as ``name``.
     counts: tuple[tuple[str, str], ...]
+    #: ``(name, field)``: the largest and the smallest value of ``field``, stored as ``name``.
+    maxes: tuple[tuple[str, str], ...] = ()
+    mins: tuple[tuple[str, str], ...] = ()
 
 
 ROLLUPS = (
@@ -43,6 +47,13 @@ ROLLUPS = (
                            "co2_g", "co2_market_g", "host_energy_j", "host_unallocated_j", "host_energy_measured"),
            (("points", "gpu_energy_j"), ("host_flag_points", "host_energy_measured"))),
     Rollup("job_gpu", ("energy_j", "idle_energy_j", "gpu_seconds"), (("points", "energy_j"),)),
+    # Per-GPU readings: a mean over the points is the sum over the count (``power_w`` holds the
+    # sum of the batch means, ``power_points`` how many there were).
+    Rollup("gpu", ("energy_j", "power_w", "util_gpu_pct", "util_mem_pct", "samples", "counter"),
+           (("points", "energy_j"), ("power_points", "power_w"), ("util_points", "util_gpu_pct"),
+            ("mem_points", "util_mem_pct"), ("counter_points", "counter")),
+           maxes=(("power_max_w", "power_max_w"), ("util_gpu_max", "util_gpu_pct"), ("samples_max", "samples")),
+           mins=(("samples_min", "samples"),)),
 )
 
 #: Retention policy of each resolution and its bucket (s), finest first.
@@ -62,9 +73,11 @@ def quote(name: str) -> str:
 def select_list(rollup: Rollup, from_rollup: bool) -> str:
     """The SELECT list of one rollup: sums of the raw fields, or (re-rolling a rollup) sums of the sums."""
     parts = [f"SUM({quote(f)}) AS {quote(f)}" for f in rollup.sums]
-    for name, field in rollup.counts:
-        parts.append(f"SUM({quote(name)}) AS {quote(name)}" if from_rollup
-                     else f"COUNT({quote(field)}) AS {quote(name)}")
+    for fn, columns in (("COUNT", rollup.counts), ("MAX", rollup.maxes), ("MIN", rollup.mins)):
+        for name, field in columns:
+            again = "SUM" if fn == "COUNT" else fn
+            parts.append(f"{again}({quote(name)}) AS {quote(name)}" if from_rollup
+                         else f"{fn}({quote(field)}) AS {quote(name)}")
     return ", ".join(parts)
 
 
