@@ -206,5 +206,5 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
            "note": f"rows received from InfluxDB for the {long_h:g} h job; baseline: the {short_h:g} h job"}
     for rp, size in sizes.items():
         yield {"name": f"storage.{rp}.bytes_per_point", "value": round(size["bytes"] / max(1, size["points"]), 1),
-               "unit": "B", "points": size["points"], "bytes": size["bytes"], **shape,
+               "unit": "B", **shape, "rp_points": size["points"], "rp_bytes": size["bytes"],
                "note": "TSM files and WAL of the retention policy after writing, setup and reports (not compacted cold)"}

@@ -178,7 +178,7 @@ def test_a_report_reads_the_rollups_with_the_same_figures(influxdb_factory, tmp_
 
     from_raw, _ = report(False)
     from_rollups, queries = report(True)
-    assert any('"rollup_1m"' in q for q in queries)
+    assert any('"rollup_1m"' in q for q in queries) and any('"rollup_1h"' in q for q in queries)
     assert not any('"rollup_1m"' in q for q in report(False)[1])
     _close(_without_notes(from_rollups), _without_notes(from_raw))
     assert from_rollups["co2_kg"]["location_based"] > 0

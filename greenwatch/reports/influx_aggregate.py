@@ -28,7 +28,7 @@ from greenwatch.storage.rollups import RESOLUTIONS
 if TYPE_CHECKING:
     from greenwatch.reports.source import InfluxSource
 
-__all__ = ["aggregate_job_data", "summed", "split_statements", "merged", "Column", "ENERGY_POINTS", "POWER_POINTS", "PLOTTED_GPUS", "bucket_ns"]
+__all__ = ["aggregate_job_data", "summed", "split_statements", "rollup_step", "merged", "Column", "ENERGY_POINTS", "POWER_POINTS", "PLOTTED_GPUS", "bucket_ns"]
 
 #: Time buckets of the job's energy series (pricing of the host share and the "what if").
 ENERGY_POINTS = 600
@@ -108,10 +108,7 @@ def _energy_series(source: InfluxSource, where: str, first_ns: int | None,
     if first_ns is None or last_ns is None:
         return np.zeros(0), np.zeros(0), np.zeros(0)
     step = bucket_ns(first_ns, last_ns, ENERGY_POINTS)
-    if source.rolled_range(first_ns, last_ns) is not None:
-        # Whole minutes, so that each 1-minute rollup falls into one bucket: the series reads the
-        # same from the rollups as from raw points (still at most ENERGY_POINTS buckets).
-        step = -(-step // _MINUTE_NS) * _MINUTE_NS
+    step = rollup_step(source, first_ns, last_ns, step)
     series = summed(source, "job_energy", [("e", 'SUM("energy_j")', 'SUM("energy_j")'),
                                            ("h", 'SUM("host_energy_j")', 'SUM("host_energy_j")')],
                     f"{where} AND time >= {first_ns} AND time <= {last_ns}", (first_ns, last_ns), (),
@@ -194,8 +191,7 @@ def _power_series(source: InfluxSource, cluster: str, gpus: list[GpuStats],
         return
     lo, hi = min(a for a, _ in known), max(b for _, b in known)
     step = bucket_ns(lo, hi, POWER_POINTS)
-    if source.rolled_range(lo, hi) is not None:
-        step = -(-step // _MINUTE_NS) * _MINUTE_NS  # whole minutes: each rollup in one bucket
+    step = rollup_step(source, lo, hi, step)
     columns = [("s", 'SUM("power_w")', 'SUM("power_w")', "sum"),
                ("n", 'COUNT("power_w")', 'SUM("power_points")', "sum")]
     statements = []
@@ -250,30 +246,47 @@ _COMBINE: dict[str, Callable[[Any, Any], Any]] = {"sum": lambda a, b: a + b, "ma
 Column = tuple[str, str, str, str]
 
 
+def rollup_step(source: InfluxSource, lo_ns: int, hi_ns: int, step_ns: int) -> int:
+    """``step_ns`` rounded up so that rollups serve a series grouped by it (fewer buckets, never more).
+
+    Whole minutes where rollups cover the range, whole hours once a step is an hour or longer:
+    each rollup then falls into one bucket, and the series reads the same from the rollups as
+    from raw points.
+    """
+    if source.rolled_range(lo_ns, hi_ns) is None:
+        return step_ns
+    unit = RESOLUTIONS[1][1] * 10**9 if step_ns >= RESOLUTIONS[1][1] * 10**9 else _MINUTE_NS
+    return -(-step_ns // unit) * unit
+
+
 def split_statements(source: InfluxSource, measurement: str, columns: list[Column], where: str,
                      span: tuple[int | None, int | None], group_by: str = "",
                      time_step_ns: int | None = None) -> list[str]:
     """Statements computing ``columns`` over the points ``where`` selects within ``span``.
 
-    The whole minutes the rollups hold (:meth:`InfluxSource.rolled_range`) are read from
-    ``rollup_1m``, the edges from the raw points; without rollups, one statement over the raw
-    points.  ``time_step_ns``: grouped by time too (a whole number of minutes when rolled up, so
-    that each rollup falls into one bucket).  Combine the rows with :func:`merged`.
+    The whole hours and minutes the rollups hold (:meth:`InfluxSource.rolled_parts`) are read
+    from ``rollup_1h`` and ``rollup_1m``, the edges from the raw points; without rollups, one
+    statement over the raw points.  ``time_step_ns``: grouped by time too; a resolution is used
+    only where each of its buckets falls into one group (a step of whole minutes or hours).
+    Combine the rows with :func:`merged`.
     """
     group = ", ".join(p for p in ((f"time({time_step_ns}ns)" if time_step_ns else ""), group_by) if p)
     tail = (f" GROUP BY {group}" if group else "") + (" fill(none)" if time_step_ns else "")
 
-    def statement(rollup: bool, cond: str) -> str:
-        select = ", ".join(f'{r if rollup else raw} AS "{alias}"' for alias, raw, r, _ in columns)
-        src = f'"{RESOLUTIONS[0][0]}"."{measurement}"' if rollup else f'"{measurement}"'
+    def statement(level: int | None, cond: str) -> str:
+        select = ", ".join(f'{raw if level is None else r} AS "{alias}"' for alias, raw, r, _ in columns)
+        src = f'"{measurement}"' if level is None else f'"{RESOLUTIONS[level][0]}"."{measurement}"'
         return f"SELECT {select} FROM {src} WHERE {where}{cond}{tail}"
 
-    rolled = source.rolled_range(*span)
-    if rolled is None:
-        return [statement(False, "")]
-    a, b = rolled
-    return [statement(False, f" AND time < {a}"), statement(True, f" AND time >= {a} AND time < {b}"),
-            statement(False, f" AND time >= {b}")]
+    # A resolution serves a time-grouped query only if each of its buckets falls into one group.
+    levels = tuple(k for k, (_, bucket_s) in enumerate(RESOLUTIONS)
+                   if time_step_ns is None or time_step_ns % (bucket_s * 10**9) == 0)
+    parts = source.rolled_parts(*span, levels=levels)
+    if not parts:
+        return [statement(None, "")]
+    return ([statement(None, f" AND time < {parts[0][1]}")]
+            + [statement(level, f" AND time >= {a} AND time < {b}") for level, a, b in parts]
+            + [statement(None, f" AND time >= {parts[-1][2]}")])
 
 
 def merged(rows: list[dict[str, Any]], columns: list[Column], group_tags: tuple[str, ...],

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from greenwatch.reports.jobdata import JobData, ReportError, job_data_from_points
 from greenwatch.storage.embedded import EmbeddedStore
 from greenwatch.storage.influx_setup import read_rollup_state
-from greenwatch.storage.rollups import RollupState, rolled_range
+from greenwatch.storage.rollups import RollupState, rolled_parts, rolled_range
 from greenwatch.storage.influxql import string_literal
 
 __all__ = ["ReportSource", "EmbeddedSource", "InfluxSource", "JOB_MEASUREMENTS", "SPAN_MARGIN_S"]
@@ -167,6 +167,17 @@ class InfluxSource:
         if not self._rollup_state:
             self._rollup_state.append(read_rollup_state(self))
         return rolled_range(self._rollup_state[0], lo_ns, hi_ns, time.time())
+
+    def rolled_parts(self, lo_ns: int | None, hi_ns: int | None,
+                     levels: tuple[int, ...] = (0, 1)) -> list[tuple[int, int, int]]:
+        """``(level, a, b)``: the parts of ``[lo_ns, hi_ns]`` to read from the rollups of each resolution.
+
+        The 1-hour rollups for whole hours, the 1-minute ones for the minutes around them (see
+        :meth:`rolled_range`); empty when the whole range is read raw.
+        """
+        if self.rolled_range(lo_ns, hi_ns) is None or lo_ns is None or hi_ns is None:
+            return []
+        return rolled_parts(self._rollup_state[0], lo_ns, hi_ns, time.time(), levels)
 
     def query(self, influxql: str) -> list[dict[str, Any]]:
         """Run InfluxQL on the store, rows as the store returns them, counted in :attr:`rows_read`."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Rollup", "ROLLUPS", "RESOLUTIONS", "MARKER", "RollupState", "rolled_range", "select_list",
+__all__ = ["Rollup", "ROLLUPS", "RESOLUTIONS", "MARKER", "RollupState", "rolled_range", "rolled_parts", "select_list",
            "continuous_query", "backfill_statement", "cq_name", "quote"]
 
 
@@ -132,9 +132,13 @@ class RollupState:
     late_s: float
     every_s: float
 
-    def complete_until_s(self, now_s: float) -> float:
-        """The 1-minute rollups hold every raw point before this time (data within the late bound)."""
-        return now_s - self.late_s - self.every_s - RESOLUTIONS[0][1]
+    def complete_until_s(self, now_s: float, level: int = 0) -> float:
+        """The rollups of ``level`` hold every raw point (within the late bound) of buckets ending before this.
+
+        A 1-minute bucket is final one run of its query after the late bound; a coarser one a run
+        of its own query after its last finer bucket is.
+        """
+        return now_s - self.late_s - (level + 1) * self.every_s - RESOLUTIONS[0][1]
 
 
 def rolled_range(state: RollupState | None, lo_ns: int, hi_ns: int, now_s: float,
@@ -154,3 +158,26 @@ def rolled_range(state: RollupState | None, lo_ns: int, hi_ns: int, now_s: float
     if b - a < min_span_s * 1e9:
         return None
     return a, b
+
+
+def rolled_parts(state: RollupState | None, lo_ns: int, hi_ns: int, now_s: float,
+                 levels: tuple[int, ...] = (0, 1)) -> list[tuple[int, int, int]]:
+    """``(level, a, b)``: contiguous ranges within ``[lo_ns, hi_ns]`` to read from each resolution.
+
+    The whole hours inside :func:`rolled_range` come from the 1-hour rollups (when ``1`` is in
+    ``levels`` and they hold them completely), the minutes on either side from the 1-minute
+    ones; empty when :func:`rolled_range` is None.  Points outside the parts are read raw.
+    """
+    rolled = rolled_range(state, lo_ns, hi_ns, now_s)
+    if rolled is None or state is None:
+        return []
+    a, b = rolled
+    if 1 not in levels:
+        return [(0, a, b)]
+    hour = RESOLUTIONS[1][1] * 10**9
+    start = -(-a // hour) * hour
+    end = min(b, int(state.complete_until_s(now_s, 1) * 1e9)) // hour * hour
+    if end - start < hour:
+        return [(0, a, b)]
+    parts = [(0, a, start), (1, start, end), (0, end, b)]
+    return [(level, x, y) for level, x, y in parts if y > x]
