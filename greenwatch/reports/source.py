@@ -209,13 +209,14 @@ class InfluxSource:
 
     def job_data(self, job_id: str) -> JobData:
         """The job reduced for the report: point by point when small, in the database when large."""
-        from greenwatch.reports.influx_aggregate import aggregate_job_data
+        from greenwatch.reports.influx_aggregate import aggregate_job_data, summed
 
         span = self.job_span(job_id)
         where = self.job_where(job_id, span)
-        counts = self.rows(f'SELECT COUNT("energy_j") AS n FROM "job_gpu" WHERE {where}; '
-                           f'SELECT COUNT("energy_j") AS n FROM "job_energy" WHERE {where}')
-        if max((int(p.get("n", 0)) for p in counts), default=0) <= self.raw_limit:
+        # Counted from the rollups where they exist: counting raw points scans every one of them.
+        counts = [summed(self, m, [("n", 'COUNT("energy_j")', 'SUM("points")')], where, span, ()).get((), {})
+                  for m in ("job_gpu", "job_energy")]
+        if max(int(c.get("n") or 0) for c in counts) <= self.raw_limit:
             return job_data_from_points(self, job_id)
         return aggregate_job_data(self, job_id, where, span)
 
