@@ -126,3 +126,15 @@ class ListSink:
     def write(self, records: list) -> None:
         self.calls += 1
         self.records.extend(records)
+
+
+class RecordingStore:
+    """A real store that also keeps every InfluxQL query sent to it, to check what a report asks for."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+        self.queries: list[str] = []
+
+    def query(self, q: str) -> list[dict]:
+        self.queries.append(q)
+        return self.store.query(q)

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Callable
+
+import paho.mqtt.client as paho
 
 from fixtures_e2e import write_config
 from mocknvml.scenario import Constant, GpuSpec, ProcSpec, Ramp, Scenario, Square, make_uuid
 
 __all__ = ["agent_config", "collector_config", "spawn_job", "three_gpu_node", "job_truth", "job_energy",
-           "wait_until", "health", "write_token"]
+           "wait_until", "health", "write_token", "BatchPublisher"]
 
 
 def write_token(path: Path, token: str) -> Path:
@@ -94,3 +97,33 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interva
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+class BatchPublisher:
+    """Publishes payloads on node topics with QoS 1 as fast as the broker takes them, and waits for every PUBACK."""
+
+    def __init__(self, host: str, port: int, topic: Callable[[str], str], client_id: str) -> None:
+        self.topic = topic
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+        self.client.max_inflight_messages_set(200)
+        self.client.max_queued_messages_set(0)
+        self.acked = 0
+        self._lock = threading.Lock()
+        self.client.on_publish = self._on_publish
+        self.client.connect(host, port)
+        self.client.loop_start()
+
+    def _on_publish(self, client, userdata, mid, rc, props) -> None:
+        with self._lock:
+            self.acked += 1
+
+    def send(self, items: list[tuple[str, bytes]]) -> None:
+        """Publish (node, payload) pairs and wait until the broker acknowledged them all."""
+        target = self.acked + len(items)
+        for node, payload in items:
+            self.client.publish(self.topic(node), payload, qos=1)
+        wait_until(lambda: self.acked >= target, timeout=120, what="PUBACKs", interval=0.1)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -18,17 +18,15 @@ from __future__ import annotations
 import json
 import re
 import struct
-import threading
 import time
 
-import paho.mqtt.client as paho
 import pytest
 
 from fixtures_e2e import GreenwatchProcess
 from greenwatch.agent.builder import BatchBuilder, Holder
 from greenwatch.batch import GpuInfo, JobInfo
 from greenwatch.transport.wire import encode
-from service_helpers import collector_config, health, job_energy, wait_until, write_token
+from service_helpers import BatchPublisher, collector_config, health, job_energy, wait_until, write_token
 
 pytestmark = pytest.mark.security
 
@@ -127,34 +125,6 @@ def invented_nodes(now_us: int, n: int) -> list[tuple[str, bytes]]:
     return out
 
 
-class Publisher:
-    """Publishes with QoS 1 and waits for every PUBACK."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="edge-attacker", protocol=paho.MQTTv5)
-        self.client.max_inflight_messages_set(200)
-        self.client.max_queued_messages_set(0)
-        self.acked = 0
-        self._lock = threading.Lock()
-        self.client.on_publish = self._on_publish
-        self.client.connect(host, port)
-        self.client.loop_start()
-
-    def _on_publish(self, client, userdata, mid, rc, props) -> None:
-        with self._lock:
-            self.acked += 1
-
-    def send(self, items: list[tuple[str, bytes]]) -> None:
-        target = self.acked + len(items)
-        for node, payload in items:
-            self.client.publish(topic(node), payload, qos=1)
-        wait_until(lambda: self.acked >= target, timeout=120, what="PUBACKs", interval=0.1)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 def rejections(query, bucket: str) -> dict[tuple[str, str], int]:
     """The latest rejection count per (node, reason) in the collector's health measurement."""
     rows = query('SELECT last("count") AS n FROM "collector_rejections" GROUP BY "node", "reason"', bucket)
@@ -178,7 +148,7 @@ def test_edge_attacks_are_rejected_counted_and_stall_nothing(tmp_path, mosquitto
     collector = GreenwatchProcess("collector", cfg, tmp_path / "collector.log").start()
     greenwatch_procs.append(collector)
     collector.wait_for_log("subscribed to", timeout=60)
-    pub = Publisher(mosquitto.host, mosquitto.port)
+    pub = BatchPublisher(mosquitto.host, mosquitto.port, topic, "edge-attacker")
     sent = 0
     try:
         # The clean node's batches before, between and after the attacks.

@@ -16,19 +16,17 @@ from __future__ import annotations
 import json
 import random
 import struct
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import paho.mqtt.client as paho
 import pytest
 
 from fixtures_e2e import GreenwatchProcess
 from greenwatch.agent.builder import BatchBuilder, Holder
 from greenwatch.batch import Batch, Block, GpuInfo, JobInfo
 from greenwatch.transport.wire import WireError, decode, encode
-from service_helpers import collector_config, health, job_energy, wait_until, write_token
+from service_helpers import BatchPublisher, collector_config, health, job_energy, wait_until, write_token
 
 pytestmark = pytest.mark.faults
 
@@ -169,34 +167,6 @@ def hostile_payloads(rng: random.Random, samples: list[bytes]) -> list[tuple[str
 
 # -- the run -----------------------------------------------------------------------------------------------
 
-class Publisher:
-    """Publishes with QoS 1 as fast as the broker takes it and waits for every PUBACK."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="fuzzer", protocol=paho.MQTTv5)
-        self.client.max_inflight_messages_set(200)
-        self.client.max_queued_messages_set(0)
-        self.acked = 0
-        self._lock = threading.Lock()
-        self.client.on_publish = self._on_publish
-        self.client.connect(host, port)
-        self.client.loop_start()
-
-    def _on_publish(self, client, userdata, mid, rc, props) -> None:
-        with self._lock:
-            self.acked += 1
-
-    def send(self, items: list[tuple[str, bytes]]) -> None:
-        target = self.acked + len(items)
-        for node, payload in items:
-            self.client.publish(topic(node), payload, qos=1)
-        wait_until(lambda: self.acked >= target, timeout=120, what="PUBACKs for the fuzz traffic", interval=0.1)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -232,7 +202,7 @@ def test_ten_thousand_hostile_payloads_through_broker_and_collector(tmp_path, mo
     collector = GreenwatchProcess("collector", cfg, tmp_path / "collector.log").start()
     greenwatch_procs.append(collector)
     collector.wait_for_log("subscribed to", timeout=60)
-    pub = Publisher(mosquitto.host, mosquitto.port)
+    pub = BatchPublisher(mosquitto.host, mosquitto.port, topic, "fuzzer")
     half = len(stream) // 2
 
     def processed(n: int) -> bool:
@@ -332,7 +302,6 @@ def test_every_accepted_message_round_trips_through_line_protocol():
     fields of its records; every other message is rejected and counted."""
     from greenwatch.attribution import AttributionSettings
     from greenwatch.collector.core import Collector, NodeLimits
-    from greenwatch.storage.records import table_records
 
     from helpers import ListSink, carbon_ctx
     from lineprotocol import parse

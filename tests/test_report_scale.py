@@ -22,6 +22,7 @@ from greenwatch.reports.influx_aggregate import ENERGY_POINTS, POWER_POINTS
 from greenwatch.reports.render_json import to_dict
 from greenwatch.storage.influx import InfluxStore
 from greenwatch.storage.records import Record
+from helpers import RecordingStore
 
 H100 = "NVIDIA H100 80GB HBM3"
 DAY_NS = 86_400 * 10**9
@@ -117,15 +118,7 @@ def test_a_job_id_on_another_cluster_or_at_another_time_is_another_job(store, su
 def test_every_query_is_bounded_to_the_jobs_span(store):
     write(store, job_records("north", "77", T0, 10))
 
-    class Recording:
-        def __init__(self) -> None:
-            self.queries: list[str] = []
-
-        def query(self, q: str) -> list[dict]:
-            self.queries.append(q)
-            return store.query(q)
-
-    rec = Recording()
+    rec = RecordingStore(store)
     build_report(InfluxSource(rec, cluster="north"), "77", carbon=CARBON, now=0.0)
     job_queries = [q for q in rec.queries if '"job" = ' in q]
     # The look-ups of the summary and of the job's last point find the span; every later query uses it.

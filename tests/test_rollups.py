@@ -23,6 +23,7 @@ from greenwatch.reports.render_json import to_dict
 from greenwatch.storage.influx import InfluxStore
 from greenwatch.storage.influx_setup import read_rollup_state
 from greenwatch.storage.records import line_protocol
+from helpers import RecordingStore
 from test_report_scale import CARBON, _close, _without_notes, job_records
 
 DB = "gw"
@@ -163,16 +164,8 @@ def test_a_report_reads_the_rollups_with_the_same_figures(influxdb_factory, tmp_
     setup(config(tmp_path, influx), capsys, "--backfill-hours", "5")
     store = InfluxStore(influx.url, "", "-", DB)
 
-    class Recording:
-        def __init__(self) -> None:
-            self.queries: list[str] = []
-
-        def query(self, q: str) -> list[dict]:
-            self.queries.append(q)
-            return store.query(q)
-
     def report(rollups: bool) -> tuple[dict, list[str]]:
-        rec = Recording()
+        rec = RecordingStore(store)
         source = InfluxSource(rec, cluster="big", raw_limit=0, rollups=rollups)
         return to_dict(build_report(source, "7", carbon=CARBON, now=0.0)), rec.queries
 

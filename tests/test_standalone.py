@@ -8,9 +8,7 @@ entering the block, which exercises the other rule: a GPU the run's processes ap
 
 from __future__ import annotations
 
-import ctypes.util
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,6 +21,7 @@ import pytest
 from greenwatch.agent.gpu import FastReading, GpuDevice, GpuProcess, StatusReading
 from greenwatch.standalone.gpus import parse_visible_devices
 from mocknvml import Constant, GpuSpec, Scenario, build_mock_nvml, mock_env
+from run_helpers import nvml_free_env
 
 REPO = Path(__file__).resolve().parents[1]
 POWER_W = (200.0, 300.0)
@@ -74,23 +73,9 @@ def test_run_measures_the_visible_gpu_and_passes_the_exit_status(tmp_path, lib_d
     assert doc["duration_s"] == pytest.approx(b - a, abs=0.5)
 
 
-def _nvml_free_env(tmp_path: Path, lib_dir: Path) -> dict[str, str]:
-    """An environment in which pynvml cannot initialise NVML."""
-    if ctypes.util.find_library("nvidia-ml") is None:
-        empty = tmp_path / "no-nvml"
-        empty.mkdir()
-        env = dict(os.environ, LD_LIBRARY_PATH=str(empty))  # nothing to load: NVML_ERROR_LIBRARY_NOT_FOUND
-        env.pop("GREENWATCH_MOCK_NVML_SCENARIO", None)
-        return env
-    # A machine with a real driver: the mock answers nvmlInit with LIBRARY_NOT_FOUND (12) instead.
-    sc = Scenario(t0=time.time(), init_error=12)
-    sc.write(tmp_path / "none.scn")
-    return mock_env(lib_dir, tmp_path / "none.scn")
-
-
 def test_run_without_nvml_reports_host_energy_and_says_no_gpu(tmp_path, lib_dir):
     out = tmp_path / "run"
-    env = _nvml_free_env(tmp_path, lib_dir)
+    env = nvml_free_env(tmp_path, lib_dir)
     proc = _greenwatch(["run", "--out", str(out), "--", sys.executable, "-c", "sum(range(20_000_000))"], env)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
@@ -105,7 +90,7 @@ def test_run_without_nvml_reports_host_energy_and_says_no_gpu(tmp_path, lib_dir)
 
 def test_run_forwards_sigterm_and_reports_the_signal(tmp_path, lib_dir):
     out = tmp_path / "run"
-    env = _nvml_free_env(tmp_path, lib_dir)
+    env = nvml_free_env(tmp_path, lib_dir)
     child = "import sys, time; print('ready', flush=True); time.sleep(60)"
     proc = _greenwatch(["run", "--name", "sig", "--out", str(out), "--", sys.executable, "-c", child], env)
     assert proc.stdout.readline().strip() == "ready"  # the child's own output passes through
