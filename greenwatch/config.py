@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 __all__ = ["ConfigError", "Config", "Key", "SCHEMA", "SECTIONS", "NodeConfig", "AgentConfig", "MqttConfig",
-           "CollectorConfig", "InfluxdbConfig", "CarbonConfig", "AttributionConfig", "key", "load_config",
+           "CollectorConfig", "InfluxdbConfig", "CarbonConfig", "AttributionConfig", "FacilityConfig", "key", "load_config",
            "config_from_mapping", "render_docs"]
 
 
@@ -262,6 +262,44 @@ class AttributionConfig:
     idle_power_w: float = key(60.0, "A GPU's idle baseline in watts; energy above it is 'active' and split by SM share on shared GPUs.", _non_negative)
 
 
+def _meter_source(value: Any) -> str | None:
+    # Checked again when a report reads it: the file must exist and hold a valid series.
+    if value == "" or value.endswith(".csv"):
+        return None
+    kind, _, rest = value.partition(":")
+    measurement, dot, fld = rest.partition(".")
+    if kind == "influxdb" and measurement and dot and fld:
+        return None
+    return "must be empty, a CSV file path ending in .csv, or influxdb:MEASUREMENT.FIELD"
+
+
+def _iso_date_or_empty(value: Any) -> str | None:
+    import datetime
+
+    if value == "":
+        return None
+    try:
+        datetime.date.fromisoformat(value)
+    except ValueError:
+        return "must be empty or a date YYYY-MM-DD"
+    return None
+
+
+@dataclass(frozen=True)
+class FacilityConfig:
+    """The ``[facility]`` section: the site's meters and facts for `greenwatch statement` and `site-report`."""
+
+    name: str = key("", "The data centre's name in the site report.")
+    start_of_operation: str = key("", "Date (YYYY-MM-DD) the data centre started operation: selects the EnEfG §11 PUE and energy-reuse limits that apply. Empty: the limits are listed but not judged.", _iso_date_or_empty)
+    installed_it_power_kw: float = key(0.0, "Installed IT power demand in kW (EU reporting applies from 500 kW); 0: not stated.", _non_negative)
+    customer_unit: str = key("account", "Who a customer statement is for: 'account' (the scheduler account of each job's summary) or 'user'.", _one_of("account", "user"))
+    total_energy: str = key("", "Meter of the total data-centre energy (E_DC): a CSV file (timestamp,kwh: the energy of the interval starting at each row) or influxdb:MEASUREMENT.FIELD (kWh per point). Empty: not metered.", _meter_source)
+    it_energy: str = key("", "Meter of the IT equipment energy at the UPS/PDU outputs (E_IT), same forms as total_energy.", _meter_source)
+    renewable_energy: str = key("", "Renewable energy consumed (E_RES, EN 50600-4-3: owned or contracted with retired certificates), same forms as total_energy.", _meter_source)
+    reused_heat: str = key("", "Waste heat delivered for reuse outside the data centre (E_REUSE, EN 50600-4-6), same forms as total_energy.", _meter_source)
+    water: str = key("", "Total water input (W_IN) in m3: a CSV file (timestamp,m3) or influxdb:MEASUREMENT.FIELD (m3 per point). Empty: not metered.", _meter_source)
+
+
 @dataclass(frozen=True)
 class Config:
     """Validated configuration: one typed section per ``[section]`` of the file, plus the file's path."""
@@ -273,6 +311,7 @@ class Config:
     influxdb: InfluxdbConfig = field(default_factory=InfluxdbConfig)
     carbon: CarbonConfig = field(default_factory=CarbonConfig)
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    facility: FacilityConfig = field(default_factory=FacilityConfig)
     path: Path | None = None
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
@@ -281,7 +320,7 @@ class Config:
 
 
 #: section name -> its dataclass, in the order of the generated docs.
-SECTIONS: dict[str, type] = {"node": NodeConfig, "agent": AgentConfig, "mqtt": MqttConfig, "collector": CollectorConfig, "influxdb": InfluxdbConfig, "carbon": CarbonConfig, "attribution": AttributionConfig}
+SECTIONS: dict[str, type] = {"node": NodeConfig, "agent": AgentConfig, "mqtt": MqttConfig, "collector": CollectorConfig, "influxdb": InfluxdbConfig, "carbon": CarbonConfig, "attribution": AttributionConfig, "facility": FacilityConfig}
 
 
 def _declarations(cls: type) -> dict[str, Key]:
