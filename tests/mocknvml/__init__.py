@@ -31,11 +31,13 @@ from .scenario import (
     Constant,
     ErrorSpec,
     GpuSpec,
+    MigSpec,
     ProcSpec,
     Ramp,
     Scenario,
     Square,
     UtilPiece,
+    make_mig_uuid,
     make_uuid,
 )
 
@@ -45,6 +47,7 @@ __all__ = [
     "Constant",
     "ErrorSpec",
     "GpuSpec",
+    "MigSpec",
     "ProcSpec",
     "Ramp",
     "Scenario",
@@ -52,6 +55,7 @@ __all__ = [
     "UtilPiece",
     "build_mock_nvml",
     "load_in_process",
+    "make_mig_uuid",
     "make_uuid",
     "mock_env",
 ]

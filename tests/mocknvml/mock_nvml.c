@@ -195,6 +195,9 @@ typedef struct mock_gpu {
     double granularity_s;
     double driver_load_s;
     int proc_util_supported;
+    int mig_mode;       /* MIG mode, current and pending */
+    int gpm_supported;  /* GPU performance monitoring (Hopper and newer) */
+    unsigned int mig_slots; /* nvmlDeviceGetMaxMigDeviceCount: compute slices of the board */
     double *resets;
     int n_resets;
     piece_t *pieces;
@@ -211,7 +214,17 @@ typedef struct {
     unsigned int sm, mem;
     unsigned long long used; /* NVML_VALUE_NOT_AVAILABLE_ULL = unavailable */
     double from, to;
+    int gi, ci; /* MIG GPU / compute instance the process runs on; -1: none */
 } proc_t;
+
+/* One MIG device (GPU instance gi, compute instance ci) of board `gpu`, existing over [from, to):
+ * several lines with other times describe a re-partitioning.  Handles point into S.migs. */
+typedef struct mock_mig {
+    unsigned int gpu, gi, ci, slices;
+    char uuid[96];
+    double from, to;
+} mock_mig_t;
+#define MAX_MIGS 256
 
 typedef struct {
     int gpu; /* -1 = every GPU */
@@ -233,6 +246,8 @@ typedef struct {
     int n_procs;
     err_t *errs;
     int n_errs;
+    mock_mig_t migs[MAX_MIGS];
+    int n_migs;
 } scenario_t;
 
 static scenario_t S;       /* handles point into S.gpus, stable across reloads */
@@ -503,6 +518,8 @@ static void set_gpu_defaults(mock_gpu_t *g, unsigned int index) {
     g->power_limit_w = 700.0;
     g->energy_supported = 1;
     g->proc_util_supported = 1;
+    g->gpm_supported = -1; /* resolved after parsing: Hopper (9) and newer */
+    g->mig_slots = 7;
 }
 
 static nvmlReturn_t load_scenario(const char *path, scenario_t *s) {
@@ -596,10 +613,29 @@ static nvmlReturn_t load_scenario(const char *path, scenario_t *s) {
             proc_t p;
             if (!parse_uint(&cur, &p.pid) || !parse_uint(&cur, &p.gpu) || !parse_uint(&cur, &p.sm) ||
                 !parse_uint(&cur, &p.mem) || !parse_ull(&cur, &p.used) ||
-                !parse_double(&cur, &p.from) || !parse_double(&cur, &p.to) || !at_end(cur))
+                !parse_double(&cur, &p.from) || !parse_double(&cur, &p.to))
                 goto bad;
+            p.gi = p.ci = -1;
+            if (!at_end(cur)) { /* optional: the MIG GPU and compute instance it runs on */
+                unsigned int gi, ci;
+                if (!parse_uint(&cur, &gi) || !parse_uint(&cur, &ci) || !at_end(cur)) goto bad;
+                p.gi = (int)gi;
+                p.ci = (int)ci;
+            }
             GROW(s->procs, s->n_procs);
             s->procs[s->n_procs++] = p;
+            continue;
+        }
+        if (strcmp(key, "mig") == 0) {
+            mock_mig_t m;
+            memset(&m, 0, sizeof m);
+            if (s->n_migs >= MAX_MIGS || !parse_uint(&cur, &m.gpu) || !parse_uint(&cur, &m.gi) ||
+                !parse_uint(&cur, &m.ci) || !parse_uint(&cur, &m.slices) || !parse_double(&cur, &m.from) ||
+                !parse_double(&cur, &m.to) || m.slices == 0 || !(m.to > m.from))
+                goto bad;
+            while (*cur == ' ' || *cur == '\t') cur++;
+            if (!copy_rest(cur, m.uuid, sizeof m.uuid) || strncmp(m.uuid, "MIG-", 4) != 0) goto bad;
+            s->migs[s->n_migs++] = m;
             continue;
         }
         if (strcmp(key, "error") == 0) {
@@ -665,6 +701,15 @@ static nvmlReturn_t load_scenario(const char *path, scenario_t *s) {
             if (strcmp(w, "on") == 0) g->proc_util_supported = 1;
             else if (strcmp(w, "off") == 0) g->proc_util_supported = 0;
             else goto bad;
+        } else if (strcmp(key, "mig_mode") == 0 || strcmp(key, "gpm") == 0) {
+            char w[16];
+            int *flag = key[0] == 'm' ? &g->mig_mode : &g->gpm_supported;
+            if (!parse_word(&cur, w, sizeof w) || !at_end(cur)) goto bad;
+            if (strcmp(w, "on") == 0) *flag = 1;
+            else if (strcmp(w, "off") == 0) *flag = 0;
+            else goto bad;
+        } else if (strcmp(key, "mig_slots") == 0) {
+            if (!parse_uint(&cur, &g->mig_slots) || !at_end(cur) || g->mig_slots == 0) goto bad;
         } else if (strcmp(key, "counter_offset_mj") == 0) {
             if (!parse_double(&cur, &g->counter_offset_mj) || !at_end(cur)) goto bad;
         } else if (strcmp(key, "counter_granularity_s") == 0) {
@@ -724,7 +769,13 @@ static nvmlReturn_t load_scenario(const char *path, scenario_t *s) {
     for (int i = 0; i < s->n_gpus; i++) {
         mock_gpu_t *d = &s->gpus[i];
         snprintf(d->bus_id, sizeof d->bus_id, "00000000:%02X:00.0", d->pci_bus);
+        if (d->gpm_supported < 0) d->gpm_supported = d->arch >= 9;
     }
+    for (int i = 0; i < s->n_migs; i++)
+        if (s->migs[i].gpu >= (unsigned)s->n_gpus) {
+            fprintf(stderr, "mock-nvml: %s: MIG device on GPU %u, which does not exist\n", path, s->migs[i].gpu);
+            return NVML_ERROR_UNKNOWN;
+        }
     return NVML_SUCCESS;
 
 bad:
@@ -784,6 +835,11 @@ static void maybe_reload(void) {
         pthread_mutex_unlock(&g_mu);                    \
         return _r;                                      \
     } while (0)
+
+/* MIG device handles point into S.migs (never into S.gpus); see the MIG section at the end. */
+static int is_mig_handle(const void *d) { return d >= (const void *)&S.migs[0] && d < (const void *)&S.migs[MAX_MIGS]; }
+static nvmlReturn_t mig_get_uuid(nvmlDevice_t dev, char *uuid, unsigned int length);
+static nvmlReturn_t mig_running_processes(nvmlDevice_t dev, unsigned int *count, void *infos, int version);
 
 static int valid_device(nvmlDevice_t d) {
     return d != NULL && d >= &S.gpus[0] && d < &S.gpus[S.n_gpus] && d->present;
@@ -984,6 +1040,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t dev, unsigned int *index) {
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t dev, char *uuid, unsigned int length) {
+    if (is_mig_handle(dev)) return mig_get_uuid(dev, uuid, length);
     DEV_BEGIN(dev, "nvmlDeviceGetUUID");
     RET(copy_str(uuid, length, dev->uuid));
 }
@@ -1173,6 +1230,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t dev, int valuesCount, 
 EXPORT nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t dev, nvmlUtilization_t *util) {
     DEV_BEGIN(dev, "nvmlDeviceGetUtilizationRates");
     if (!util) RET(NVML_ERROR_INVALID_ARGUMENT);
+    if (dev->mig_mode) RET(NVML_ERROR_NOT_SUPPORTED); /* a board in MIG mode has no board-wide utilisation */
     *util = utilization(dev, t);
     RET(NVML_SUCCESS);
 }
@@ -1237,8 +1295,9 @@ static nvmlReturn_t running_processes(const mock_gpu_t *g, double t, unsigned in
             nvmlProcessInfo_v2_t *o = &((nvmlProcessInfo_v2_t *)infos)[k++];
             o->pid = p->pid;
             o->usedGpuMemory = p->used;
-            o->gpuInstanceId = NVML_VALUE_NOT_AVAILABLE_UINT;
-            o->computeInstanceId = NVML_VALUE_NOT_AVAILABLE_UINT;
+            int mig = g->mig_mode && p->gi >= 0;
+            o->gpuInstanceId = mig ? (unsigned)p->gi : NVML_VALUE_NOT_AVAILABLE_UINT;
+            o->computeInstanceId = mig ? (unsigned)p->ci : NVML_VALUE_NOT_AVAILABLE_UINT;
         }
     }
     *count = n;
@@ -1247,18 +1306,21 @@ static nvmlReturn_t running_processes(const mock_gpu_t *g, double t, unsigned in
 
 EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t dev, unsigned int *count,
                                                             nvmlProcessInfo_v2_t *infos) {
+    if (is_mig_handle(dev)) return mig_running_processes(dev, count, infos, 3);
     DEV_BEGIN(dev, "nvmlDeviceGetComputeRunningProcesses_v3");
     RET(running_processes(dev, t, count, infos, 3));
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v2(nvmlDevice_t dev, unsigned int *count,
                                                             nvmlProcessInfo_v2_t *infos) {
+    if (is_mig_handle(dev)) return mig_running_processes(dev, count, infos, 2);
     DEV_BEGIN(dev, "nvmlDeviceGetComputeRunningProcesses_v2");
     RET(running_processes(dev, t, count, infos, 2));
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses(nvmlDevice_t dev, unsigned int *count,
                                                          nvmlProcessInfo_v1_t *infos) {
+    if (is_mig_handle(dev)) return mig_running_processes(dev, count, infos, 1);
     DEV_BEGIN(dev, "nvmlDeviceGetComputeRunningProcesses");
     RET(running_processes(dev, t, count, infos, 1));
 }
@@ -1290,7 +1352,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t dev,
                                                     unsigned long long lastSeenTimeStamp) {
     DEV_BEGIN(dev, "nvmlDeviceGetProcessUtilization");
     if (!count) RET(NVML_ERROR_INVALID_ARGUMENT);
-    if (!dev->proc_util_supported) RET(NVML_ERROR_NOT_SUPPORTED);
+    if (!dev->proc_util_supported || dev->mig_mode) RET(NVML_ERROR_NOT_SUPPORTED); /* not in MIG mode */
     unsigned int n = 0;
     if ((unsigned long long)t_us > lastSeenTimeStamp) n = count_active(dev, t);
     if (n == 0) {
@@ -1314,5 +1376,345 @@ EXPORT nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t dev,
         o->decUtil = 0;
     }
     *count = n;
+    RET(NVML_SUCCESS);
+}
+
+/* ------------------------------------------------------------------ */
+/* MIG devices and GPM (GPU performance monitoring)                     */
+/* ------------------------------------------------------------------ */
+/* Semantics follow nvml.h: energy and power exist for the board only; a MIG device has its own
+ * UUID ("MIG-..."), GPU and compute instance ids, slice counts (nvmlDeviceGetAttributes) and
+ * processes; on Hopper and newer GPM samples one GPU instance (nvmlGpmMigSampleGet), and
+ * nvmlGpmMetricsGet turns two samples into NVML_GPM_METRIC_SM_UTIL, the percentage of the
+ * instance's SMs that were busy between them.  The mock's SM activity of an instance is
+ * min(100, sum of its active processes' sm%), integrated exactly between the two samples. */
+
+#define NVML_DEVICE_MIG_DISABLE 0
+#define NVML_DEVICE_MIG_ENABLE 1
+#define NVML_GPM_METRIC_SM_UTIL 2
+#define NVML_GPM_METRICS_GET_VERSION 1
+#define NVML_GPM_SUPPORT_VERSION 1
+#define GPM_SAMPLE_MAGIC 0x47504d53u
+#define GPM_MAX_METRICS 1024
+
+typedef struct {
+    unsigned int version;
+    unsigned int isSupportedDevice;
+} nvmlGpmSupport_t;
+
+typedef struct {
+    unsigned int magic;
+    const mock_gpu_t *dev;
+    int gi; /* -1: the whole board */
+    long long t_us;
+} gpm_sample_t;
+
+typedef struct {
+    char *shortName;
+    char *longName;
+    char *unit;
+} gpm_metric_info_t;
+
+typedef struct {
+    unsigned int metricId;
+    nvmlReturn_t nvmlReturn;
+    double value;
+    gpm_metric_info_t metricInfo;
+} gpm_metric_t;
+
+typedef struct {
+    unsigned int version;
+    unsigned int numMetrics;
+    gpm_sample_t *sample1;
+    gpm_sample_t *sample2;
+    gpm_metric_t metrics[]; /* numMetrics entries (nvml.h sizes it NVML_GPM_METRIC_MAX) */
+} gpm_metrics_get_t;
+
+typedef struct {
+    unsigned int multiprocessorCount;
+    unsigned int sharedCopyEngineCount;
+    unsigned int sharedDecoderCount;
+    unsigned int sharedEncoderCount;
+    unsigned int sharedJpegCount;
+    unsigned int sharedOfaCount;
+    unsigned int gpuInstanceSliceCount;
+    unsigned int computeInstanceSliceCount;
+    unsigned long long memorySizeMB;
+} nvmlDeviceAttributes_t;
+
+_Static_assert(sizeof(gpm_metric_t) == 40, "nvmlGpmMetric_t layout");
+_Static_assert(sizeof(nvmlDeviceAttributes_t) == 40, "nvmlDeviceAttributes_t layout");
+
+static int mig_exists(const mock_mig_t *m, double t) {
+    return S.gpus[m->gpu].mig_mode && t >= m->from && t < m->to;
+}
+
+static int proc_on_mig(const proc_t *p, const mock_mig_t *m, double t) {
+    return p->gpu == m->gpu && p->gi == (int)m->gi && p->ci == (int)m->ci && t >= p->from && t < p->to;
+}
+
+/* SM activity (%) of GPU instance gi of board g at t (gi = -1: every process of the board). */
+static double instance_activity(const mock_gpu_t *g, int gi, double t) {
+    unsigned long long sm = 0;
+    for (int i = 0; i < S.n_procs; i++) {
+        const proc_t *p = &S.procs[i];
+        if (proc_active(p, g, t) && (gi < 0 || p->gi == gi)) sm += p->sm;
+    }
+    return sm > 100 ? 100.0 : (double)sm;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Exact integral of instance_activity over [a, b] (percent-seconds): it is piecewise constant
+ * between the processes' start and end times. */
+static double activity_integral(const mock_gpu_t *g, int gi, double a, double b) {
+    if (b <= a) return 0.0;
+    double *cuts = malloc(sizeof(double) * (size_t)(2 * S.n_procs + 2));
+    if (!cuts) return 0.0;
+    int n = 0;
+    cuts[n++] = a;
+    cuts[n++] = b;
+    for (int i = 0; i < S.n_procs; i++) {
+        const proc_t *p = &S.procs[i];
+        if (p->from > a && p->from < b) cuts[n++] = p->from;
+        if (p->to > a && p->to < b) cuts[n++] = p->to;
+    }
+    qsort(cuts, (size_t)n, sizeof(double), cmp_double);
+    double total = 0.0;
+    for (int i = 0; i + 1 < n; i++)
+        if (cuts[i + 1] > cuts[i])
+            total += instance_activity(g, gi, cuts[i]) * (cuts[i + 1] - cuts[i]);
+    free(cuts);
+    return total;
+}
+
+/* Prologue for calls on a MIG device handle: lock, handle check, injection under the parent's index. */
+#define MIG_BEGIN(h, fname)                                                  \
+    LOCKED_BEGIN();                                                          \
+    if (!is_mig_handle(h)) RET(NVML_ERROR_INVALID_ARGUMENT);                 \
+    const mock_mig_t *m = (const mock_mig_t *)(const void *)(h);             \
+    if (m >= &S.migs[S.n_migs]) RET(NVML_ERROR_INVALID_ARGUMENT);            \
+    long long t_us = now_us();                                               \
+    double t = rel_s(t_us);                                                  \
+    (void)t_us;                                                              \
+    {                                                                        \
+        nvmlReturn_t _e = injected(&S.gpus[m->gpu], (fname), t);             \
+        if (_e != NVML_SUCCESS) RET(_e);                                     \
+    }                                                                        \
+    if (!mig_exists(m, t)) RET(NVML_ERROR_NOT_FOUND); /* re-partitioned away */
+
+static nvmlReturn_t mig_get_uuid(nvmlDevice_t dev, char *uuid, unsigned int length) {
+    MIG_BEGIN(dev, "nvmlDeviceGetUUID");
+    RET(copy_str(uuid, length, m->uuid));
+}
+
+static nvmlReturn_t mig_running_processes(nvmlDevice_t dev, unsigned int *count, void *infos, int version) {
+    MIG_BEGIN(dev, "nvmlDeviceGetComputeRunningProcesses");
+    if (!count) RET(NVML_ERROR_INVALID_ARGUMENT);
+    unsigned int n = 0;
+    for (int i = 0; i < S.n_procs; i++) n += proc_on_mig(&S.procs[i], m, t);
+    if (n == 0) {
+        *count = 0;
+        RET(NVML_SUCCESS);
+    }
+    if (!infos || *count < n) {
+        *count = n;
+        RET(NVML_ERROR_INSUFFICIENT_SIZE);
+    }
+    unsigned int k = 0;
+    for (int i = 0; i < S.n_procs; i++) {
+        const proc_t *p = &S.procs[i];
+        if (!proc_on_mig(p, m, t)) continue;
+        if (version == 1) {
+            nvmlProcessInfo_v1_t *o = &((nvmlProcessInfo_v1_t *)infos)[k++];
+            o->pid = p->pid;
+            o->usedGpuMemory = p->used;
+        } else {
+            nvmlProcessInfo_v2_t *o = &((nvmlProcessInfo_v2_t *)infos)[k++];
+            o->pid = p->pid;
+            o->usedGpuMemory = p->used;
+            o->gpuInstanceId = m->gi;
+            o->computeInstanceId = m->ci;
+        }
+    }
+    *count = n;
+    RET(NVML_SUCCESS);
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t dev, unsigned int *current, unsigned int *pending) {
+    DEV_BEGIN(dev, "nvmlDeviceGetMigMode");
+    if (!current || !pending) RET(NVML_ERROR_INVALID_ARGUMENT);
+    *current = *pending = dev->mig_mode ? NVML_DEVICE_MIG_ENABLE : NVML_DEVICE_MIG_DISABLE;
+    RET(NVML_SUCCESS);
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetMaxMigDeviceCount(nvmlDevice_t dev, unsigned int *count) {
+    DEV_BEGIN(dev, "nvmlDeviceGetMaxMigDeviceCount");
+    if (!count) RET(NVML_ERROR_INVALID_ARGUMENT);
+    *count = dev->mig_mode ? dev->mig_slots : 0;
+    RET(NVML_SUCCESS);
+}
+
+/* The index-th MIG device that exists now, in scenario order. */
+EXPORT nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t dev, unsigned int index, nvmlDevice_t *mig) {
+    DEV_BEGIN(dev, "nvmlDeviceGetMigDeviceHandleByIndex");
+    if (!mig) RET(NVML_ERROR_INVALID_ARGUMENT);
+    if (!dev->mig_mode) RET(NVML_ERROR_NOT_SUPPORTED);
+    if (index >= dev->mig_slots) RET(NVML_ERROR_INVALID_ARGUMENT);
+    unsigned int k = 0;
+    for (int i = 0; i < S.n_migs; i++) {
+        const mock_mig_t *m = &S.migs[i];
+        if (m->gpu != dev->index || !mig_exists(m, t)) continue;
+        if (k++ == index) {
+            *mig = (nvmlDevice_t)(void *)&S.migs[i];
+            RET(NVML_SUCCESS);
+        }
+    }
+    RET(NVML_ERROR_NOT_FOUND);
+}
+
+EXPORT nvmlReturn_t nvmlDeviceIsMigDeviceHandle(nvmlDevice_t dev, unsigned int *is_mig) {
+    LOCKED_BEGIN();
+    if (!is_mig) RET(NVML_ERROR_INVALID_ARGUMENT);
+    if (is_mig_handle(dev)) {
+        *is_mig = 1;
+        RET(NVML_SUCCESS);
+    }
+    if (!valid_device(dev)) RET(NVML_ERROR_INVALID_ARGUMENT);
+    *is_mig = 0;
+    RET(NVML_SUCCESS);
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetDeviceHandleFromMigDeviceHandle(nvmlDevice_t dev, nvmlDevice_t *parent) {
+    MIG_BEGIN(dev, "nvmlDeviceGetDeviceHandleFromMigDeviceHandle");
+    if (!parent) RET(NVML_ERROR_INVALID_ARGUMENT);
+    *parent = &S.gpus[m->gpu];
+    RET(NVML_SUCCESS);
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetGpuInstanceId(nvmlDevice_t dev, unsigned int *id) {
+    if (!is_mig_handle(dev)) { /* a board handle is not a MIG device */
+        LOCKED_BEGIN();
+        RET(valid_device(dev) ? NVML_ERROR_NOT_SUPPORTED : NVML_ERROR_INVALID_ARGUMENT);
+    }
+    MIG_BEGIN(dev, "nvmlDeviceGetGpuInstanceId");
+    if (!id) RET(NVML_ERROR_INVALID_ARGUMENT);
+    *id = m->gi;
+    RET(NVML_SUCCESS);
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetComputeInstanceId(nvmlDevice_t dev, unsigned int *id) {
+    if (!is_mig_handle(dev)) {
+        LOCKED_BEGIN();
+        RET(valid_device(dev) ? NVML_ERROR_NOT_SUPPORTED : NVML_ERROR_INVALID_ARGUMENT);
+    }
+    MIG_BEGIN(dev, "nvmlDeviceGetComputeInstanceId");
+    if (!id) RET(NVML_ERROR_INVALID_ARGUMENT);
+    *id = m->ci;
+    RET(NVML_SUCCESS);
+}
+
+/* Slice counts: a MIG device reports its own; the board reports all its slices. */
+EXPORT nvmlReturn_t nvmlDeviceGetAttributes_v2(nvmlDevice_t dev, nvmlDeviceAttributes_t *attr) {
+    if (is_mig_handle(dev)) {
+        MIG_BEGIN(dev, "nvmlDeviceGetAttributes");
+        if (!attr) RET(NVML_ERROR_INVALID_ARGUMENT);
+        const mock_gpu_t *g = &S.gpus[m->gpu];
+        memset(attr, 0, sizeof *attr);
+        attr->multiprocessorCount = 16 * m->slices;
+        attr->gpuInstanceSliceCount = m->slices;
+        attr->computeInstanceSliceCount = m->slices;
+        attr->memorySizeMB = (g->mem_total >> 20) * m->slices / (g->mig_slots + 1);
+        RET(NVML_SUCCESS);
+    }
+    DEV_BEGIN(dev, "nvmlDeviceGetAttributes");
+    if (!attr) RET(NVML_ERROR_INVALID_ARGUMENT);
+    memset(attr, 0, sizeof *attr);
+    attr->multiprocessorCount = 132;
+    attr->gpuInstanceSliceCount = dev->mig_slots;
+    attr->computeInstanceSliceCount = dev->mig_slots;
+    attr->memorySizeMB = dev->mem_total >> 20;
+    RET(NVML_SUCCESS);
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetAttributes(nvmlDevice_t dev, nvmlDeviceAttributes_t *attr) {
+    return nvmlDeviceGetAttributes_v2(dev, attr);
+}
+
+EXPORT nvmlReturn_t nvmlGpmQueryDeviceSupport(nvmlDevice_t dev, nvmlGpmSupport_t *support) {
+    DEV_BEGIN(dev, "nvmlGpmQueryDeviceSupport");
+    if (!support) RET(NVML_ERROR_INVALID_ARGUMENT);
+    if (support->version != NVML_GPM_SUPPORT_VERSION) RET(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+    support->isSupportedDevice = dev->gpm_supported ? 1 : 0;
+    RET(NVML_SUCCESS);
+}
+
+EXPORT nvmlReturn_t nvmlGpmSampleAlloc(gpm_sample_t **sample) {
+    if (!sample) return NVML_ERROR_INVALID_ARGUMENT;
+    gpm_sample_t *s = calloc(1, sizeof *s);
+    if (!s) return NVML_ERROR_UNKNOWN;
+    s->magic = GPM_SAMPLE_MAGIC;
+    *sample = s;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlGpmSampleFree(gpm_sample_t *sample) {
+    if (!sample || sample->magic != GPM_SAMPLE_MAGIC) return NVML_ERROR_INVALID_ARGUMENT;
+    sample->magic = 0;
+    free(sample);
+    return NVML_SUCCESS;
+}
+
+static nvmlReturn_t gpm_take(const mock_gpu_t *dev, int gi, long long t_us, gpm_sample_t *sample) {
+    if (!sample || sample->magic != GPM_SAMPLE_MAGIC) return NVML_ERROR_INVALID_ARGUMENT;
+    if (!dev->gpm_supported) return NVML_ERROR_NOT_SUPPORTED;
+    sample->dev = dev;
+    sample->gi = gi;
+    sample->t_us = t_us;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlGpmSampleGet(nvmlDevice_t dev, gpm_sample_t *sample) {
+    DEV_BEGIN(dev, "nvmlGpmSampleGet");
+    RET(gpm_take(dev, -1, t_us, sample));
+}
+
+EXPORT nvmlReturn_t nvmlGpmMigSampleGet(nvmlDevice_t dev, unsigned int gpuInstanceId, gpm_sample_t *sample) {
+    DEV_BEGIN(dev, "nvmlGpmMigSampleGet");
+    if (!dev->mig_mode) RET(NVML_ERROR_NOT_SUPPORTED);
+    int found = 0;
+    for (int i = 0; i < S.n_migs; i++)
+        found |= S.migs[i].gpu == dev->index && S.migs[i].gi == gpuInstanceId && mig_exists(&S.migs[i], t);
+    if (!found) RET(NVML_ERROR_NOT_FOUND);
+    RET(gpm_take(dev, (int)gpuInstanceId, t_us, sample));
+}
+
+EXPORT nvmlReturn_t nvmlGpmMetricsGet(gpm_metrics_get_t *mg) {
+    static char sm_short[] = "sm_util", sm_long[] = "SM utilization", pct[] = "%";
+    LOCKED_BEGIN();
+    if (!mg) RET(NVML_ERROR_INVALID_ARGUMENT);
+    if (mg->version != NVML_GPM_METRICS_GET_VERSION) RET(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+    const gpm_sample_t *a = mg->sample1, *b = mg->sample2;
+    if (!a || !b || a->magic != GPM_SAMPLE_MAGIC || b->magic != GPM_SAMPLE_MAGIC || a->dev != b->dev ||
+        a->gi != b->gi || !a->dev || b->t_us <= a->t_us || mg->numMetrics > GPM_MAX_METRICS)
+        RET(NVML_ERROR_INVALID_ARGUMENT);
+    double ta = rel_s(a->t_us), tb = rel_s(b->t_us);
+    for (unsigned int i = 0; i < mg->numMetrics; i++) {
+        gpm_metric_t *o = &mg->metrics[i];
+        memset(&o->metricInfo, 0, sizeof o->metricInfo);
+        o->value = 0.0;
+        if (o->metricId != NVML_GPM_METRIC_SM_UTIL) {
+            o->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
+            continue;
+        }
+        o->nvmlReturn = NVML_SUCCESS;
+        o->value = activity_integral(a->dev, a->gi, ta, tb) / (tb - ta);
+        o->metricInfo.shortName = sm_short;
+        o->metricInfo.longName = sm_long;
+        o->metricInfo.unit = pct;
+    }
     RET(NVML_SUCCESS);
 }

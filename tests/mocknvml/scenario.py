@@ -186,6 +186,9 @@ class GpuSpec:
     power_usage: str = "instant"  # nvmlDeviceGetPowerUsage: "instant" | "average"
     util: list[UtilPiece] = field(default_factory=list)
     process_utilization: bool = True  # False: GetProcessUtilization -> NOT_SUPPORTED
+    mig: bool = False  # MIG mode (current and pending); its instances are Scenario.migs
+    mig_slots: int = 7  # compute slices of the board (nvmlDeviceGetMaxMigDeviceCount in MIG mode)
+    gpm: bool | None = None  # GPM support; None: Hopper and newer
 
     @property
     def resolved_uuid(self) -> str:
@@ -199,6 +202,26 @@ class ProcSpec:
     sm_util: int = 0
     mem_util: int = 0
     used_memory: int | None = None  # bytes; None = NVML_VALUE_NOT_AVAILABLE
+    from_s: float = -INF
+    to_s: float = INF
+    gi: int | None = None  # MIG GPU instance the process runs on (with ci); None: the whole board
+    ci: int | None = None
+
+
+@dataclass
+class MigSpec:
+    """A MIG device (GPU instance ``gi``, compute instance ``ci``) of board ``gpu`` over [from_s, to_s).
+
+    ``slices`` is its compute slice count (``nvmlDeviceGetAttributes``); several specs of one board
+    with other times describe a re-partitioning.  The mock lists the devices that exist at the
+    time of a call, in the order given here.
+    """
+
+    gpu: int
+    gi: int
+    ci: int = 0
+    slices: int = 1
+    uuid: str | None = None  # default: make_mig_uuid(board uuid, gi, ci)
     from_s: float = -INF
     to_s: float = INF
 
@@ -230,6 +253,7 @@ class Scenario:
     gpus: list[GpuSpec] = field(default_factory=list)
     processes: list[ProcSpec] = field(default_factory=list)
     errors: list[ErrorSpec] = field(default_factory=list)
+    migs: list[MigSpec] = field(default_factory=list)
     driver_version: str = "550.54.15"
     nvml_version: str = "12.550.54.15"
     cuda_version: int = 12040
@@ -288,6 +312,21 @@ class Scenario:
         for e in self.errors:
             _require(e.gpu is None or 0 <= e.gpu < len(self.gpus), f"{e}: no such GPU")
             _require(e.function and not any(c.isspace() for c in e.function), f"{e}: bad function")
+        for p in self.processes:
+            _require((p.gi is None) == (p.ci is None), f"{p}: gi and ci go together")
+        for m in self.migs:
+            _require(0 <= m.gpu < len(self.gpus), f"{m}: no such GPU")
+            _require(1 <= m.slices <= self.gpu(m.gpu).mig_slots, f"{m}: bad slice count")
+            _require(m.gi >= 0 and m.ci >= 0 and m.to_s > m.from_s, f"{m}: bad ids or times")
+            _check_str(self.mig_uuid(m), 95)
+            _require(self.mig_uuid(m).startswith("MIG-"), f"{m}: a MIG UUID starts with MIG-")
+        for g in self.gpus:
+            live = [m for m in self.migs if m.gpu == g.index]
+            for a in live:
+                for b in live:
+                    # Two devices with the same ids at the same time would be one device.
+                    _require(a is b or (a.gi, a.ci) != (b.gi, b.ci) or a.to_s <= b.from_s or b.to_s <= a.from_s,
+                             f"GPU {g.index}: MIG devices {a} and {b} overlap")
 
     def to_text(self) -> str:
         self.validate()
@@ -318,6 +357,9 @@ class Scenario:
                 f"  driver_load_s {_f(g.driver_load_s)}",
                 f"  process_utilization {'on' if g.process_utilization else 'off'}",
             ]
+            if g.mig or g.gpm is not None or g.mig_slots != 7:
+                out += [f"  mig_mode {'on' if g.mig else 'off'}", f"  mig_slots {g.mig_slots}",
+                        f"  gpm {'on' if self.has_gpm(g.index) else 'off'}"]
             if g.serial is not None:
                 out.append(f"  serial {g.serial}")
             if g.minor is not None:
@@ -332,7 +374,10 @@ class Scenario:
             used = -1 if p.used_memory is None else p.used_memory
             out.append(
                 f"proc {p.pid} {p.gpu} {p.sm_util} {p.mem_util} {used} {_f(p.from_s)} {_f(p.to_s)}"
+                + (f" {p.gi} {p.ci}" if p.gi is not None else "")
             )
+        for m in self.migs:
+            out.append(f"mig {m.gpu} {m.gi} {m.ci} {m.slices} {_f(m.from_s)} {_f(m.to_s)} {self.mig_uuid(m)}")
         for e in self.errors:
             gpu = "*" if e.gpu is None else str(e.gpu)
             out.append(f"error {gpu} {e.function} {e.code} {_f(e.from_s)} {_f(e.to_s)}")
@@ -421,6 +466,37 @@ class Scenario:
         procs = self.active_processes(gpu_index, t_abs)
         return min(100, sum(p.sm_util for p in procs)), min(100, sum(p.mem_util for p in procs))
 
+    # ---- MIG ground truth -------------------------------------------------
+
+    def has_gpm(self, gpu_index: int) -> bool:
+        """Whether the board answers GPM (per-instance SM activity)."""
+        g = self.gpu(gpu_index)
+        return g.gpm if g.gpm is not None else g.arch >= NVML_DEVICE_ARCH_HOPPER
+
+    def mig_uuid(self, m: MigSpec) -> str:
+        """The UUID the mock reports for a MIG device."""
+        return m.uuid if m.uuid is not None else make_mig_uuid(self.gpu(m.gpu).resolved_uuid, m.gi, m.ci)
+
+    def mig_devices(self, gpu_index: int, t_abs: float) -> list[MigSpec]:
+        """The MIG devices of a board at t_abs, in the order the mock enumerates them."""
+        if not self.gpu(gpu_index).mig:
+            return []
+        t = self.rel(t_abs)
+        return [m for m in self.migs if m.gpu == gpu_index and m.from_s <= t < m.to_s]
+
+    def instance_activity(self, gpu_index: int, gi: int, t_abs: float) -> float:
+        """SM activity (%) of a GPU instance: min(100, sum of its active processes' sm%)."""
+        procs = self.active_processes(gpu_index, t_abs)
+        return float(min(100, sum(p.sm_util for p in procs if p.gi == gi)))
+
+    def mean_instance_activity(self, gpu_index: int, gi: int, t_from_abs: float, t_to_abs: float) -> float:
+        """What NVML_GPM_METRIC_SM_UTIL reports for two GPM samples of the instance at these times."""
+        a, b = self.rel(t_from_abs), self.rel(t_to_abs)
+        cuts = sorted({a, b, *(x for p in self.processes for x in (p.from_s, p.to_s) if a < x < b)})
+        busy = sum(self.instance_activity(gpu_index, gi, self.abs((lo + hi) / 2)) * (hi - lo)
+                   for lo, hi in zip(cuts, cuts[1:]))
+        return busy / (b - a)
+
     def error_code(self, gpu_index: int, function: str, t_abs: float) -> int:
         """Injected return code for ``function`` on that GPU at t_abs (0 = none)."""
         t = self.rel(t_abs)
@@ -440,6 +516,12 @@ def make_uuid(node: str, index: int) -> str:
     """Deterministic NVML-style UUID ``GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx``."""
     h = hashlib.sha1(f"{node}/{index}".encode()).hexdigest()
     return f"GPU-{h[0:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+def make_mig_uuid(board_uuid: str, gi: int, ci: int) -> str:
+    """Deterministic MIG device UUID ``MIG-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`` (the R470+ form)."""
+    h = hashlib.sha1(f"{board_uuid}/{gi}/{ci}".encode()).hexdigest()
+    return f"MIG-{h[0:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
 
 def _strip_version(name: str) -> str:
