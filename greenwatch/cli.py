@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Subcommands owned by their packages: each registers its own parser.
     from greenwatch.agent.slurm_cli import register as register_slurm
+    from greenwatch.campaigns.cli import register as register_campaign
     from greenwatch.reports.cli import register as register_report
     from greenwatch.standalone.cli import register as register_run
     from greenwatch.storage.cli import register as register_influxdb
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_run(sub)
     register_slurm(sub)
     register_influxdb(sub)
+    register_campaign(sub)
     return parser
 
 

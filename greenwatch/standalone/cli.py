@@ -46,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--table", type=Path, metavar="CSV",
                    help="append the run's row (time, energy, emissions, settings) to this CSV table, shared safely "
                         "by parallel runs (default: runs.csv next to the run folders; none with --out)")
+    p.add_argument("--campaign", metavar="NAME",
+                   help="tag the run as part of this campaign: `greenwatch campaign report NAME --db ...` sums it "
+                        "with the campaign's other runs (docs/campaigns.md)")
     p.add_argument("--zone", metavar="ZONE",
                    help="grid zone for the intensity (e.g. FR, US-CAL-CISO), overriding carbon.zone")
     p.add_argument("--pue", type=float, metavar="PUE",
@@ -80,12 +83,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         args.run_parser.error("--sample-hz must be in (0, 100]")
     if not args.what_if_window_h >= 0:
         args.run_parser.error("--what-if-window-h must be >= 0")
+    if args.campaign:
+        from greenwatch.campaigns.registry import CampaignError, check_name
+
+        try:
+            check_name(args.campaign)
+        except CampaignError as exc:
+            args.run_parser.error(str(exc))
     cfg = run_config(args.config, zone=args.zone, pue=args.pue, market_factor_g_per_kwh=args.market_factor)
     name = args.name or default_run_name(cmd)
     out = choose_out_dir(args.out, name, time.time())
     opts = SessionOptions(name=name, carbon=carbon_context(cfg), settings=attribution_settings(cfg), out=out.path,
                           sample_hz=args.sample_hz, what_if_window_s=args.what_if_window_h * 3600,
                           watts_per_core=float(cfg.as_dict()["agent"]["cpu_watts_per_core"]),
-                          carbon_config=carbon_settings(cfg), table=args.table if args.table is not None else out.table)
+                          carbon_config=carbon_settings(cfg), table=args.table if args.table is not None else out.table,
+                          campaign=args.campaign or "")
     status, _ = run_command(cmd, opts, out=out)
     return status

@@ -70,6 +70,7 @@ class SessionOptions:
     # the start is charged from the start (CUDA initialises before its process shows up in NVML).
     first_use_grace_s: float = 120.0
     table: Path | None = None             # the CSV table of runs this run appends its row to
+    campaign: str = ""                    # the campaign (greenwatch.campaigns) the run is tagged with
     open_gpus: Callable[[], Sequence[GpuDevice]] = open_nvml_gpus
 
 
@@ -393,6 +394,8 @@ class Session:
         if self.opts.carbon_config is not None:
             fields["carbon_config"] = json.dumps(dict(self.opts.carbon_config), sort_keys=True)
         fields.update({f"unit_{k}": v for k, v in units.items()})
+        if self.opts.campaign:
+            fields["campaign"] = self.opts.campaign
         return fields
 
     def _host_method(self) -> str:

@@ -1,0 +1,238 @@
+"""The campaign report as data: totals and breakdowns over the member job runs.
+
+Every figure is a sum of the member runs' ``job`` summaries (docs/data-model.md), so the
+campaign's totals are exactly the sum of its jobs' own figures; the formulas for what is
+derived (facility overhead, mean intensity, SCI) are those of the per-job report
+(greenwatch.reports.model) and greenwatch.carbon.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from greenwatch.campaigns.membership import Member
+from greenwatch.campaigns.registry import NOT_COMPLETED, PHASES, Campaign
+from greenwatch.carbon import sci_g
+from greenwatch.carbon.units import J_PER_KWH
+
+__all__ = ["Figures", "JobLine", "CampaignReport", "build_campaign_report", "SCHEMA_VERSION",
+           "NOT_COMPLETED_GROUP"]
+
+#: Version of the campaign report's JSON form (docs/campaigns.md).
+SCHEMA_VERSION = 1
+#: The phase group of work that did not complete, whatever phase it was meant for.
+NOT_COMPLETED_GROUP = "failed or restarted"
+
+#: The summary fields summed over runs (docs/data-model.md, measurement ``job``).
+_SUMMED = ("energy_j", "idle_energy_j", "host_energy_j", "facility_energy_j", "co2_g", "co2_market_g", "embodied_g",
+           "gpu_seconds", "duration_s")
+
+
+@dataclass
+class Figures:
+    """Sums over a group of runs, in J, g and s."""
+
+    runs: int = 0
+    gpu_seconds: float = 0.0
+    wall_s: float = 0.0
+    gpu_energy_j: float = 0.0
+    idle_energy_j: float = 0.0
+    host_energy_j: float = 0.0
+    facility_energy_j: float = 0.0
+    co2_location_g: float = 0.0
+    co2_market_g: float = 0.0
+    embodied_g: float = 0.0
+
+    def add(self, s: dict[str, Any]) -> None:
+        v = {k: _num(s.get(k)) for k in _SUMMED}
+        self.runs += 1
+        self.gpu_seconds += v["gpu_seconds"]
+        self.wall_s += v["duration_s"]
+        self.gpu_energy_j += v["energy_j"]
+        self.idle_energy_j += v["idle_energy_j"]
+        self.host_energy_j += v["host_energy_j"]
+        self.facility_energy_j += v["facility_energy_j"]
+        self.co2_location_g += v["co2_g"]
+        self.co2_market_g += v["co2_market_g"]
+        self.embodied_g += v["embodied_g"]
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.gpu_seconds / 3600.0
+
+    @property
+    def it_energy_j(self) -> float:
+        return self.gpu_energy_j + self.host_energy_j
+
+    @property
+    def facility_overhead_j(self) -> float:
+        """Facility energy beyond the IT energy (cooling, power distribution): as in the per-job report."""
+        return self.facility_energy_j - self.it_energy_j
+
+    @property
+    def mean_intensity_g_per_kwh(self) -> float:
+        kwh = self.facility_energy_j / J_PER_KWH
+        return self.co2_location_g / kwh if kwh > 0 else 0.0
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"runs": self.runs, "gpu_hours": self.gpu_hours, "wall_hours": self.wall_s / 3600.0,
+                "gpu_energy_kwh": self.gpu_energy_j / J_PER_KWH, "idle_energy_kwh": self.idle_energy_j / J_PER_KWH,
+                "host_energy_kwh": self.host_energy_j / J_PER_KWH,
+                "facility_overhead_kwh": self.facility_overhead_j / J_PER_KWH,
+                "facility_energy_kwh": self.facility_energy_j / J_PER_KWH,
+                "co2_location_kg": self.co2_location_g / 1000, "co2_market_kg": self.co2_market_g / 1000,
+                "embodied_kg": self.embodied_g / 1000}
+
+
+@dataclass
+class JobLine:
+    """One member run as the report lists it."""
+
+    cluster: str
+    job: str
+    name: str
+    user: str
+    account: str
+    start: float
+    end: float
+    phase: str
+    state: str
+    state_reason: str
+    how: str
+    figures: Figures
+    units: dict[str, float]
+
+
+@dataclass
+class CampaignReport:
+    """Everything a campaign report and its documentation outputs show."""
+
+    campaign: str
+    description: str
+    location: str
+    hardware: str
+    training_type: str
+    jobs: list[JobLine]
+    total: Figures
+    by_phase: dict[str, Figures]
+    by_month: dict[str, Figures]
+    not_completed: Figures
+    units: dict[str, float]
+    sci_per_unit_g: dict[str, float]
+    sci_units_note: str
+    intensity_sources: list[str]
+    market_note: str
+    data_source: str
+    gpu_models: list[str]
+    host_measured: bool
+    notes: list[str]
+    start: float
+    end: float
+    generated_at: float
+    schema_version: int = SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def not_completed_share(self) -> float:
+        """Share of the campaign's facility energy spent in runs that failed, were cancelled or restarted."""
+        total = self.total.facility_energy_j
+        return self.not_completed.facility_energy_j / total if total > 0 else 0.0
+
+
+def build_campaign_report(campaign: Campaign, members: Iterable[Member], *, data_source: str,
+                          intensity_source: str = "", market_note: str = "", gpu_models: Iterable[str] = (),
+                          now: float | None = None) -> CampaignReport:
+    """Sum the member runs' summaries into the campaign's figures.
+
+    ``intensity_source`` names the grid intensity the collector priced the jobs with (from the
+    ``[carbon]`` settings); runs of ``greenwatch run`` name their own, kept with each run.
+    """
+    lines: list[JobLine] = []
+    total, not_completed = Figures(), Figures()
+    by_phase: dict[str, Figures] = {}
+    by_month: dict[str, Figures] = defaultdict(Figures)
+    units: dict[str, float] = defaultdict(float)
+    unit_runs: dict[str, int] = defaultdict(int)
+    sources: set[str] = {intensity_source} if intensity_source else set()
+    host_measured = False
+    for m in members:
+        s = m.summary
+        f = Figures()
+        f.add(s)
+        total.add(s)
+        group = NOT_COMPLETED_GROUP if m.state in NOT_COMPLETED else m.phase
+        by_phase.setdefault(group, Figures()).add(s)
+        if m.state in NOT_COMPLETED:
+            not_completed.add(s)
+        end = int(s["time_ns"]) * 1e-9
+        # A run counts in the month it ended: its summary is written then, with all its energy.
+        by_month[time.strftime("%Y-%m", time.gmtime(end))].add(s)
+        run_units = {k[len("unit_"):]: _num(v) for k, v in s.items() if k.startswith("unit_")}
+        for k, v in run_units.items():
+            units[k] += v
+            unit_runs[k] += 1
+        if _num(s.get("host_energy_j")) > 0:   # a collector writes the field (0) without host metering
+            host_measured = True
+        stored = s.get("carbon_config")
+        if stored:
+            sources.add(_stored_source(stored))
+        start = float(s["start_s"]) if "start_s" in s else end - _num(s.get("duration_s"))
+        lines.append(JobLine(m.cluster, m.job, m.name or (m.job if "command" in s else ""), str(s.get("user", "")),
+                             str(s.get("account", "")), start, end, m.phase, m.state, m.state_reason, m.how, f,
+                             run_units))
+    order = {p: i for i, p in enumerate(PHASES + (NOT_COMPLETED_GROUP,))}
+    by_phase = dict(sorted(by_phase.items(), key=lambda kv: order.get(kv[0], 99)))
+    facility_kwh = total.facility_energy_j / J_PER_KWH
+    mean_i = total.mean_intensity_g_per_kwh
+    # SCI of the whole campaign per unit: (E x I + M) / R with the campaign's sums (greenwatch.carbon.sci_g).
+    sci_units = {k: sci_g(facility_kwh, mean_i, total.embodied_g, v) for k, v in sorted(units.items())
+                 if v > 0 and math.isfinite(v)}
+    partial = [k for k in sci_units if unit_runs[k] < total.runs]
+    note = ""
+    if partial:
+        note = (f"{', '.join(partial)}: counted by {min(unit_runs[k] for k in partial)} of {total.runs} runs; SCI "
+                "divides the whole campaign's emissions by the units counted, as every run served the model")
+    notes = []
+    if not host_measured and lines:
+        notes.append("Host (CPU) energy was not measured for these jobs: the energy is GPU energy and the facility "
+                     "overhead on it.")
+    ended = sum(1 for j in lines if j.state == "ended")
+    if ended:
+        notes.append(f"{ended} run(s) ended without an exit state known to greenwatch (Slurm does not send one): "
+                     "they count as completed unless marked failed, cancelled or restarted "
+                     "(`greenwatch campaign add NAME JOB --state failed`).")
+    return CampaignReport(
+        campaign=campaign.name, description=campaign.description, location=campaign.location,
+        hardware=campaign.hardware, training_type=campaign.training_type, jobs=lines, total=total,
+        by_phase=by_phase, by_month=dict(sorted(by_month.items())), not_completed=not_completed,
+        units=dict(sorted(units.items())), sci_per_unit_g=sci_units, sci_units_note=note,
+        intensity_sources=sorted(sources), market_note=market_note, data_source=data_source,
+        gpu_models=sorted(set(gpu_models)), host_measured=host_measured, notes=notes,
+        start=min((j.start for j in lines), default=0.0), end=max((j.end for j in lines), default=0.0),
+        generated_at=time.time() if now is None else now)
+
+
+def _stored_source(text: Any) -> str:
+    """The intensity a ``greenwatch run`` was priced with, from the ``[carbon]`` settings it stored."""
+    try:
+        c = json.loads(text)
+    except (TypeError, ValueError):
+        return "settings stored with the run (unreadable)"
+    if c.get("intensity_csv"):
+        return f"hourly series {c['intensity_csv']} (greenwatch run)"
+    if c.get("zone"):
+        return f"annual mean of zone {c['zone']} (greenwatch run)"
+    return "greenwatch run defaults"
+
+
+def _num(v: Any) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return 0.0
+    return x if math.isfinite(x) else 0.0

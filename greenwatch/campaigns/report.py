@@ -1,0 +1,107 @@
+"""A campaign's report from a store, and its outputs written to files."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Iterable
+
+from greenwatch.campaigns.documents import ai_act_section, model_card
+from greenwatch.campaigns.membership import members
+from greenwatch.campaigns.model import CampaignReport, build_campaign_report
+from greenwatch.campaigns.registry import Campaign
+from greenwatch.campaigns.render import FORMATS, render_campaign
+from greenwatch.campaigns.source import EmbeddedSummaries, InfluxSummaries, SummarySource
+
+__all__ = ["campaign_report", "report_from_source", "render_output", "write_outputs", "OUTPUT_NAMES"]
+
+OUTPUT_NAMES = {"md": "campaign.md", "html": "campaign.html", "json": "campaign.json", "csv": "campaign.csv",
+                "ai-act": "ai-act-energy.md", "model-card": "model-card.md"}
+
+
+def report_from_source(campaign: Campaign, source: SummarySource, *, intensity_source: str = "",
+                       market_note: str = "") -> CampaignReport:
+    """Read the summaries, pick the campaign's runs, sum them."""
+    chosen = members(campaign, source.summaries())
+    models = source.gpu_models({m.cluster for m in chosen}) if chosen else []
+    return build_campaign_report(campaign, chosen, data_source=source.description, intensity_source=intensity_source,
+                                 market_note=market_note, gpu_models=models)
+
+
+def campaign_report(campaign: Campaign, *, config: Path | None = None, dbs: Iterable[Path] = (),
+                    cluster: str | None = None) -> CampaignReport:
+    """The report from embedded stores (``dbs``) or from InfluxDB (the ``[influxdb]`` of ``config``)."""
+    from greenwatch.carbon import market_basis_note
+    from greenwatch.config import load_config
+    from greenwatch.storage.embedded import EmbeddedStore
+    from greenwatch.wiring import carbon_context, influx_store
+
+    dbs = list(dbs)
+    cfg = load_config(config)
+    # Runs of `greenwatch run` name the intensity they were priced with; a collector's jobs were
+    # priced with the [carbon] settings of the configuration.
+    intensity = ""
+    market = ""
+    if config is not None or not dbs:
+        carbon = carbon_context(cfg)
+        intensity = str(getattr(carbon.intensity, "source", type(carbon.intensity).__name__))
+        market = market_basis_note(carbon.market_factor_g_per_kwh)
+    if dbs:
+        stores = [EmbeddedStore(p) for p in dbs]
+        try:
+            source: SummarySource = EmbeddedSummaries(stores)
+            if cluster:
+                source = _OneCluster(source, cluster)
+            return report_from_source(campaign, source, intensity_source=intensity, market_note=market)
+        finally:
+            for s in stores:
+                s.close()
+    store = influx_store(cfg)
+    try:
+        return report_from_source(campaign, InfluxSummaries(store, cluster=cluster), intensity_source=intensity,
+                                  market_note=market)
+    finally:
+        store.close()
+
+
+class _OneCluster:
+    """Only one cluster's summaries of another source."""
+
+    def __init__(self, inner: SummarySource, cluster: str) -> None:
+        self.inner, self.cluster = inner, cluster
+        self.description = f"{inner.description} cluster {cluster}"
+
+    def summaries(self) -> list[dict]:
+        return [s for s in self.inner.summaries() if s.get("cluster") == self.cluster]
+
+    def gpu_models(self, clusters: Iterable[str]) -> list[str]:
+        return self.inner.gpu_models(clusters)
+
+
+def render_output(report: CampaignReport, fmt: str) -> str:
+    """One output as text: a report format, ``ai-act`` or ``model-card``."""
+    if fmt == "ai-act":
+        return ai_act_section(report)
+    if fmt == "model-card":
+        return model_card(report)
+    return render_campaign(report, fmt)
+
+
+def write_outputs(report: CampaignReport, fmt: str, out: Path | None) -> list[Path]:
+    """Write ``fmt`` to ``out`` (every output into the directory ``out`` for ``all``); to stdout without ``out``."""
+    if fmt == "all":
+        assert out is not None
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for name in FORMATS + ("ai-act", "model-card"):
+            path = out / OUTPUT_NAMES[name]
+            path.write_text(render_output(report, name), encoding="utf-8")
+            paths.append(path)
+        return paths
+    text = render_output(report, fmt)
+    if out is None:
+        sys.stdout.write(text)
+        return []
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    return [out]

@@ -1,0 +1,104 @@
+"""Where a campaign report reads its job summaries: embedded stores or InfluxDB.
+
+A campaign report is built from the ``job`` summary records only (one point per job run,
+written by the collector when the job ends, or by ``greenwatch run``/``track()``), never from
+the per-batch series: a campaign of thousands of jobs over months is thousands of points.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Protocol
+
+from greenwatch.storage.embedded import EmbeddedStore
+from greenwatch.storage.influxql import string_literal
+
+__all__ = ["SummarySource", "EmbeddedSummaries", "InfluxSummaries"]
+
+#: InfluxDB 1.x may cap the rows of one answer: summaries are read this many days at a time.
+WINDOW_DAYS = 30
+
+
+class SummarySource(Protocol):
+    """Job summaries and the GPU models they ran on."""
+
+    description: str
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """Every ``job`` summary as a flat point (``time_ns``, tags, fields)."""
+        ...
+
+    def gpu_models(self, clusters: Iterable[str]) -> list[str]:
+        """The GPU models of the ``gpu`` series of these clusters."""
+        ...
+
+
+class EmbeddedSummaries:
+    """The summaries of one or more embedded stores (a demo's, or one per ``greenwatch run``)."""
+
+    def __init__(self, stores: list[EmbeddedStore]) -> None:
+        self.stores = stores
+        self.description = "embedded store" + ("s " if len(stores) > 1 else " ") + ", ".join(s.path for s in stores)
+
+    def summaries(self) -> list[dict[str, Any]]:
+        return [p for s in self.stores for p in s.points("job")]
+
+    def gpu_models(self, clusters: Iterable[str]) -> list[str]:
+        wanted = set(clusters)
+        models: set[str] = set()
+        for s in self.stores:
+            for p in s.points("gpu"):
+                if p.get("cluster") in wanted and p.get("model"):
+                    models.add(str(p["model"]))
+        return sorted(models)
+
+
+class InfluxSummaries:
+    """The summaries in InfluxDB (InfluxQL: 1.x, 2.x with a DBRP mapping, 3.x).
+
+    ``store``: anything with ``query(influxql) -> list[dict]`` like
+    :class:`greenwatch.storage.influx.InfluxStore`.  ``cluster``: only that cluster's jobs.
+    """
+
+    def __init__(self, store: Any, cluster: str | None = None, description: str | None = None) -> None:
+        self.store = store
+        self.cluster = cluster
+        self.rows_read = 0
+        self.description = description or (f"InfluxDB {getattr(store, 'query_url', '?')} bucket "
+                                            f"{getattr(store, 'bucket', '?')}" + (f" cluster {cluster}" if cluster else ""))
+
+    def _where(self) -> str:
+        return f'"cluster" = {string_literal(self.cluster)}' if self.cluster else ""
+
+    def _rows(self, q: str) -> list[dict[str, Any]]:
+        rows = self.store.query(q)
+        self.rows_read += len(rows)
+        out = []
+        for r in rows:
+            p: dict[str, Any] = {"time_ns": int(r["time"])}
+            p.update({k: v for k, v in r.items() if k not in ("time", "name") and v is not None})
+            out.append(p)
+        return out
+
+    def summaries(self) -> list[dict[str, Any]]:
+        where = self._where()
+        cond = f" WHERE {where}" if where else ""
+        first = self._rows(f'SELECT FIRST("duration_s") FROM "job"{cond}')
+        last = self._rows(f'SELECT LAST("duration_s") FROM "job"{cond}')
+        if not first or not last:
+            return []
+        lo, hi = first[0]["time_ns"], last[0]["time_ns"]
+        step = WINDOW_DAYS * 86400 * 10**9
+        out: list[dict[str, Any]] = []
+        t = lo
+        while t <= hi:
+            window = f"time >= {t} AND time < {t + step}" + (f" AND {where}" if where else "")
+            out.extend(self._rows(f'SELECT * FROM "job" WHERE {window}'))
+            t += step
+        return out
+
+    def gpu_models(self, clusters: Iterable[str]) -> list[str]:
+        models: set[str] = set()
+        for c in sorted(set(clusters)):
+            rows = self.store.query(f'SHOW TAG VALUES FROM "gpu" WITH KEY = "model" WHERE "cluster" = {string_literal(c)}')
+            models.update(str(r["value"]) for r in rows if r.get("value"))
+        return sorted(models)
