@@ -218,14 +218,14 @@ def test_counter_values_of_a_gpu_without_counter_are_ignored():
 
 
 def test_power_mean_covers_the_batchs_own_rows():
-    """gpu.power_w is the mean over the batch's own rows: the anchor row (previous batch) is excluded, and
-    a first, unanchored batch's row 0 is its own sample and must count."""
+    """gpu.power_sampled_w is the mean reading over the batch's own rows: the anchor row (previous batch) is
+    excluded, and a first, unanchored batch's row 0 is its own sample and must count."""
     tr = GpuTrace(_ts(5), [100_000, 200_000, 300_000, 400_000, 500_000], [0, 1, 2, 3, 4], holders={0: []})
     b0, b1 = build_batches([tr], [T0 + 2 * DT + 1])      # b0: 100,200,300 W   b1: anchor 300 | 400,500 W
-    assert ledger_of(b1).gpus[0].power_w == pytest.approx(450.0)
+    assert ledger_of(b1).gpus[0].power_sampled_w == pytest.approx(450.0)
     assert ledger_of(b1).gpus[0].samples == 2
     assert ledger_of(b0).gpus[0].samples == 3
-    assert ledger_of(b0).gpus[0].power_w == pytest.approx(200.0)
+    assert ledger_of(b0).gpus[0].power_sampled_w == pytest.approx(200.0)
     assert ledger_of(b0).gpus[0].power_max_w == pytest.approx(300.0)
 
 

@@ -54,5 +54,5 @@ def test_each_record_field_equals_the_ledger_value_of_its_name():
             assert math.isclose(float(value), float(expected), rel_tol=1e-12, abs_tol=1e-12), \
                 (r.measurement, name, value, expected)
             compared[r.measurement] = compared.get(r.measurement, 0) + 1
-    # Every measurement was checked, field by field (2 GPUs x 12, 3 jobs x 7, 4 pairs x 3, 12 node fields).
-    assert compared == {"gpu": 24, "job_energy": 21, "job_gpu": 12, "node_energy": 12}, compared
+    # Every measurement was checked, field by field (2 GPUs x 13, 3 jobs x 7, 4 pairs x 3, 12 node fields).
+    assert compared == {"gpu": 26, "job_energy": 21, "job_gpu": 12, "node_energy": 12}, compared

@@ -93,7 +93,10 @@ class GpuLine:
     name: str
     energy_j: float
     unallocated_j: float
+    #: Mean board power over the block: its energy over the time its intervals cover (so power x
+    #: time = energy; from the counter where there is one); NaN when the block covers no time.
     power_w: float
+    #: Highest polled power reading.
     power_max_w: float
     util_gpu_pct: float
     util_mem_pct: float
@@ -105,6 +108,9 @@ class GpuLine:
     has_counter: bool
     resets: int
     integrated_intervals: int
+    #: Mean of the polled power readings (instant power, or the board's 1 s mean without a
+    #: counter): aliases with periodic loads, so it is kept apart from ``power_w``.
+    power_sampled_w: float = math.nan
 
 
 @dataclass
@@ -186,6 +192,7 @@ class LedgerTable:
     gpu_samples: np.ndarray                 # int64[G]
     gpu_resets: np.ndarray
     gpu_integrated: np.ndarray
+    gpu_power_w: np.ndarray                 # float64[G]: energy / time covered (NaN: no time covered)
     # per job with a share
     job_ptr: np.ndarray
     jobs: list[JobInfo]
@@ -218,12 +225,13 @@ class LedgerTable:
         ge, gun = self.gpu_energy_j[g0:g1].tolist(), self.gpu_unallocated_j[g0:g1].tolist()
         summ, samples = self.gpu_summary[g0:g1].tolist(), self.gpu_samples[g0:g1].tolist()
         res, integ = self.gpu_resets[g0:g1].tolist(), self.gpu_integrated[g0:g1].tolist()
+        power = self.gpu_power_w[g0:g1].tolist()
         gpus = []
         for i, g in enumerate(self.gpus[g0:g1]):
-            power, power_max, util_gpu, util_mem, mem_used, temp, sm_clock = summ[i]
-            gpus.append(GpuLine(g.uuid, g.index, g.name, ge[i], gun[i], power, power_max, util_gpu, util_mem,
+            sampled, power_max, util_gpu, util_mem, mem_used, temp, sm_clock = summ[i]
+            gpus.append(GpuLine(g.uuid, g.index, g.name, ge[i], gun[i], power[i], power_max, util_gpu, util_mem,
                                 mem_used, temp, sm_clock, g.power_limit_w, samples[i], g.has_counter, res[i],
-                                integ[i]))
+                                integ[i], power_sampled_w=sampled))
         jobs = [JobLine(j.job_id, j.user, *v) for j, v in zip(self.jobs[j0:j1], self.job_values[j0:j1].tolist())]
         pairs = [JobGpuLine(j.job_id, j.user, g.uuid, *v)
                  for j, g, v in zip(self.pair_jobs[p0:p1], self.pair_gpus[p0:p1], self.pair_values[p0:p1].tolist())]
@@ -239,7 +247,8 @@ class LedgerTable:
 JOB_VALUES = ("energy_j", "idle_energy_j", "gpu_seconds", "facility_energy_j", "co2_g", "co2_market_g",
               "host_energy_j")
 #: Columns of ``LedgerTable.gpu_summary`` (kernel.gpu_summaries).
-GPU_SUMMARY = ("power_w", "power_max_w", "util_gpu_pct", "util_mem_pct", "mem_used_mib", "temp_c", "sm_clock_mhz")
+GPU_SUMMARY = ("power_sampled_w", "power_max_w",
+               "util_gpu_pct", "util_mem_pct", "mem_used_mib", "temp_c", "sm_clock_mhz")
 #: Columns of ``LedgerTable.pair_values``.
 PAIR_VALUES = ("energy_j", "idle_energy_j", "gpu_seconds")
 #: Columns of ``LedgerTable.block_values``.
@@ -361,6 +370,13 @@ def account_blocks(inputs: Sequence[LedgerInput], settings: AttributionSettings,
     summary = kernel.gpu_summaries(power_mw, cols("util_gpu"), cols("util_mem"), cols("mem_used_mib"),
                                    cols("temp_c"), cols("sm_clock_mhz"), offsets, anchored)
     samples = np.maximum(np.diff(offsets) - anchored, 0)
+    # Mean power is the energy over the time it covers, never the mean of polled readings: those
+    # alias with loads that change faster than the sampling (a GPU alternating 100/700 W reads as
+    # ~300 W while drawing 400 W), and power x time must give the energy the report shows.
+    gpu_energy = np.bincount(seg_gpu, weights=seg_energy, minlength=n_gpu_all)
+    gpu_span = np.bincount(seg_gpu, weights=seg_s, minlength=n_gpu_all)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gpu_power = np.where(gpu_span > 0, gpu_energy / gpu_span, np.nan)
 
     total = _per_block(seg_block, seg_energy, n_b)
     seg_count = np.bincount(seg_block, minlength=n_b)
@@ -383,9 +399,10 @@ def account_blocks(inputs: Sequence[LedgerInput], settings: AttributionSettings,
     return LedgerTable(
         end_us=np.array([b.end_us for b in blocks], dtype=np.int64),
         gpu_ptr=gpu_base, gpus=gpus,
-        gpu_energy_j=np.bincount(seg_gpu, weights=seg_energy, minlength=n_gpu_all),
+        gpu_energy_j=gpu_energy,
         gpu_unallocated_j=np.bincount(seg_gpu, weights=seg_unalloc, minlength=n_gpu_all),
         gpu_summary=summary, gpu_samples=samples, gpu_resets=resets, gpu_integrated=integrated,
+        gpu_power_w=gpu_power,
         job_ptr=np.searchsorted(present, job_base), jobs=[jobs[i] for i in present.tolist()],
         job_values=job_values[present],
         pair_ptr=np.searchsorted(pair_job, job_base), pair_jobs=[jobs[i] for i in pair_job.tolist()],

@@ -131,9 +131,12 @@ def blocks(r: RunReport, version: str = "", images: tuple[str, ...] | None = ("p
             out += _gpu_summary(r, head)
         else:
             out.append(Block("table", header=head, rows=[_gpu_cells(g) for g in gr]))
-        out.append(Block("p", "Energy is the job's share of each GPU. Mean power and utilisation are sample-weighted "
-                              "means of the board readings in the batches in which the job held the GPU; peaks are "
-                              "the highest power reading and the highest batch-mean utilisation."))
+        out.append(Block("p", "Energy is the job's share of each GPU. Mean power is the board's energy over the "
+                              "time it covers (from the NVML energy counter where there is one), in the batches in "
+                              "which the job held the GPU, so mean power x time gives the board's energy; polled "
+                              "power readings would alias with loads that change faster than the sampling. Mean "
+                              "utilisation is the sample-weighted mean of the readings; peaks are the highest power "
+                              "reading and the highest batch-mean utilisation."))
     else:
         out.append(Block("p", "No GPU was used by this job, or no GPU was found on the machine."))
 

@@ -63,7 +63,10 @@ def _png(fig) -> bytes:
 
 
 def power_png(report: RunReport) -> bytes | None:
-    """Mean board power of each GPU per stored batch while the job held it; None without GPU series."""
+    """Mean board power of each GPU per stored batch (its energy over its time) while the job held it.
+
+    None without GPU series.
+    """
     series = [g for g in report.gpus if g.times]
     if not series:
         return None
@@ -73,7 +76,7 @@ def power_png(report: RunReport) -> bytes | None:
         ax.plot(_times(g.times), g.power_w, lw=1.2, label=label)
     ax.set_ylabel("board power (W)")
     ax.set_xlabel("time (UTC)")
-    ax.set_title(f"Job {report.job_id}: GPU power (batch means, {report.gpu_energy_method})", fontsize=9)
+    ax.set_title(f"Job {report.job_id}: GPU power (energy / time per batch, {report.gpu_energy_method})", fontsize=9)
     ax.set_ylim(bottom=0)
     if len(series) <= 12:
         ax.legend(fontsize=7, loc="lower right", ncol=min(4, len(series)))
