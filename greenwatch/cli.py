@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Subcommands owned by their packages: each registers its own parser.
     from greenwatch.agent.slurm_cli import register as register_slurm
     from greenwatch.campaigns.cli import register as register_campaign
+    from greenwatch.legal.cli import register as register_legal
     from greenwatch.reports.cli import register as register_report
     from greenwatch.standalone.cli import register as register_run
     from greenwatch.storage.cli import register as register_influxdb
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_slurm(sub)
     register_influxdb(sub)
     register_campaign(sub)
+    register_legal(sub)
     return parser
 
 

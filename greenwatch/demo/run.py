@@ -99,6 +99,11 @@ def run_demo(opts: DemoOptions, progress: TextIO = sys.stderr) -> dict:
                   file=progress, flush=True)
 
     summary = _summarise(store, cluster, jobs, collector, opts, first_t, last_t, intensity)
+    # -- facility side for `greenwatch statement` / `site-report` (docs/eu-reporting.md) --
+    from greenwatch.demo.facility import write_facility, write_job_summaries
+
+    write_job_summaries(store, jobs, t0, last_t)
+    summary["facility_config"] = str(write_facility(store, opts.out, opts.pue))
     summary["wall_seconds"] = round(time.monotonic() - wall0, 2)
 
     # -- per-job carbon reports: every format for every job, in <out>/reports/<job_id>/ --

@@ -1,0 +1,145 @@
+"""The site KPI report: PUE, REF, ERF, WUE from the facility meters, greenwatch's view of the IT
+energy next to the IT meter, the EnEfG §11 limits, and the EU data set (Delegated Regulation
+(EU) 2024/1364, Annex II field names)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from greenwatch.carbon.units import J_PER_KWH
+from greenwatch.config import FacilityConfig
+from greenwatch.legal import enefg, kpi
+from greenwatch.legal.meters import METERS, MeterReading, MeterSeries, QueryFn, load_meter
+from greenwatch.legal.period import Period
+from greenwatch.legal.sitedata import SiteData
+
+__all__ = ["build_site_report", "EU_FIELDS"]
+
+#: Annex II of Delegated Regulation (EU) 2024/1364 -> (our key, the meter, unit); see docs/eu-reporting.md.
+EU_FIELDS = (
+    ("total_energy_consumption", "EDC", "total_energy", "kWh"),
+    ("total_energy_consumption_of_information_technology_equipment", "EIT", "it_energy", "kWh"),
+    ("total_water_input", "WIN", "water", "m3"),
+    ("waste_heat_reused", "EREUSE", "reused_heat", "kWh"),
+    ("total_renewable_energy_consumption", "ERES-TOT", "renewable_energy", "kWh"),
+)
+
+
+def _iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _meter_dict(series: MeterSeries, r: MeterReading) -> dict[str, Any]:
+    return {"what": METERS[r.key][0], "unit": r.unit, "source": series.source, "total": r.total,
+            "coverage": r.coverage, "complete": r.complete,
+            "gaps": [{"from": _iso(a), "to": _iso(b), "hours": (b - a) / 3600.0} for a, b in r.gaps]}
+
+
+def _ratio_totals(series: dict[str, MeterSeries], num: str, den: str,
+                  period: Period) -> tuple[float | None, float | None]:
+    """Both meters summed over the time both have readings in ``period`` (None: not metered or no overlap)."""
+    if num not in series or den not in series:
+        return None, None
+    a = series[num].within(series[den]).reading(period)
+    b = series[den].within(series[num]).reading(period)
+    if a.covered_s <= 0 or b.covered_s <= 0:
+        return None, None
+    return a.total, b.total
+
+
+def _kpis(series: dict[str, MeterSeries], readings: dict[str, MeterReading], period: Period) -> dict[str, Any]:
+    def complete(*keys: str) -> bool:
+        return all(k in readings and readings[k].complete for k in keys)
+
+    return {
+        "PUE": kpi.pue(*_ratio_totals(series, "total_energy", "it_energy", period)),
+        "REF": kpi.ref(*_ratio_totals(series, "renewable_energy", "total_energy", period)),
+        "ERF": kpi.erf(*_ratio_totals(series, "reused_heat", "total_energy", period)),
+        "WUE_l_per_kwh": kpi.wue_l_per_kwh(*_ratio_totals(series, "water", "it_energy", period)),
+        "complete": {"PUE": complete("total_energy", "it_energy"), "REF": complete("renewable_energy", "total_energy"),
+                     "ERF": complete("reused_heat", "total_energy"), "WUE_l_per_kwh": complete("water", "it_energy")},
+    }
+
+
+def build_site_report(facility: FacilityConfig, period: Period, data: SiteData,
+                      query: QueryFn | None = None) -> dict[str, Any]:
+    """The report over ``period``; meters from ``facility`` (``query``: InfluxQL for ``influxdb:`` meters)."""
+    series = {key: s for key in METERS
+              if (s := load_meter(key, getattr(facility, key), period, query)) is not None}
+    annual = {k: s.reading(period) for k, s in series.items()}
+    months = period.months()
+    monthly = []
+    gw_total = {"gpu": 0.0, "host": 0.0, "allocated": 0.0, "host_unallocated": 0.0, "unallocated": 0.0}
+    for m in months:
+        readings = {k: s.reading(m) for k, s in series.items()}
+        node = data.node_sums(m)
+        gw = {"gpu": node["gpu_energy_j"], "host": node["host_energy_j"], "allocated": node["allocated_energy_j"],
+              "host_unallocated": node["host_unallocated_j"], "unallocated": node["unallocated_energy_j"]}
+        for k in gw_total:
+            gw_total[k] += gw[k]
+        monthly.append({"month": m.label, **_kpis(series, readings, m),
+                        "measured_it_energy_kwh": (gw["gpu"] + gw["host"]) / J_PER_KWH,
+                        "it_meter_kwh": readings["it_energy"].total if "it_energy" in readings else None})
+    measured = (gw_total["gpu"] + gw_total["host"]) / J_PER_KWH
+    attributed = (gw_total["allocated"] + gw_total["host"] - gw_total["host_unallocated"]) / J_PER_KWH
+    it_meter = annual["it_energy"].total if "it_energy" in annual else None
+    kpis = _kpis(series, annual, period)
+    start = dt.date.fromisoformat(facility.start_of_operation) if facility.start_of_operation else None
+    year_end = dt.datetime.fromtimestamp(period.end_s - 1, dt.timezone.utc).date()
+    limits = []
+    for lim in enefg.applicable_limits(start, year_end):
+        key = {"PUE": "PUE", "ERF": "ERF", "renewable_share": "REF"}[lim.kpi]
+        value = kpis[key]
+        limits.append({"kpi": lim.kpi, "bound": lim.bound, "limit": lim.value, "applies_from": lim.applies_from.isoformat(),
+                       "basis": lim.basis, "value": value,
+                       "verdict": enefg.judge(lim, value, kpis["complete"][key])})
+    notes = []
+    missing = [k for k in METERS if k not in series]
+    if missing:
+        notes.append("Not metered (set in [facility]): " + ", ".join(f"facility.{k}" for k in missing) + ".")
+    gappy = [k for k, r in annual.items() if not r.complete]
+    if gappy:
+        notes.append("Meter data with gaps (listed per meter, never filled): " + ", ".join(gappy)
+                     + ". A KPI is the ratio of its two meters over the time both have readings, and is marked incomplete "
+                     "where they do not cover the whole period.")
+    if start is None:
+        notes.append("facility.start_of_operation is not set: the EnEfG §11 PUE and energy-reuse limits depend on it "
+                     "and are not judged.")
+    if not period.label.isdigit():
+        notes.append("The legal KPIs are annual (a calendar year); this report covers " + period.label + ".")
+    start_iso, end_iso = period.iso()
+    return {
+        "kind": "site-report",
+        "site": facility.name,
+        "period": {"label": period.label, "from": start_iso, "to": end_iso},
+        "start_of_operation": facility.start_of_operation or None,
+        "installed_it_power_kw": facility.installed_it_power_kw or None,
+        "meters": {k: _meter_dict(series[k], r) for k, r in annual.items()},
+        "kpis": {"annual": kpis, "monthly": monthly},
+        "greenwatch": {
+            "measured_it_energy_kwh": measured,
+            "measured_gpu_energy_kwh": gw_total["gpu"] / J_PER_KWH,
+            "measured_host_energy_kwh": gw_total["host"] / J_PER_KWH,
+            "attributed_to_jobs_kwh": attributed,
+            "unallocated_kwh": measured - attributed,
+            "it_meter_kwh": it_meter,
+            "coverage_of_it_meter": measured / it_meter if it_meter else None,
+            "attributed_share_of_it_meter": attributed / it_meter if it_meter else None,
+            "not_seen_kwh": (it_meter - measured) if it_meter is not None else None,
+            "source": data.description,
+        },
+        "enefg_section_11": limits,
+        "eu_dataset": {
+            "regulation": "Commission Delegated Regulation (EU) 2024/1364, Annex II (energy and sustainability KPIs)",
+            "reporting_period": period.label,
+            **{name: {"symbol": sym, "value": annual[key].total if key in annual else None, "unit": unit,
+                      "complete": annual[key].complete if key in annual else False}
+               for name, sym, key, unit in EU_FIELDS},
+            "power_usage_effectiveness": kpis["PUE"],
+            "water_usage_effectiveness": kpis["WUE_l_per_kwh"],
+            "energy_reuse_factor": kpis["ERF"],
+            "renewable_energy_factor": kpis["REF"],
+        },
+        "notes": notes,
+    }
