@@ -181,11 +181,24 @@ class SeriesIntensity:
             f"operator series {self.path.name} ({self.resolution}, {self.steps.size} rows, "
             f"{iso_utc(self.t_first)} to {iso_utc(self.t_end)}); outside it: {fallback.source}"
         )
+        self.warned_outside = False
+
+    def _warn_outside(self, t: np.ndarray, inside: np.ndarray) -> None:
+        """Log once that times outside the series were priced by the fallback (an outdated file)."""
+        if self.warned_outside:
+            return
+        self.warned_outside = True
+        outside = t[~inside]
+        log.warning("grid intensity series %s (%s to %s) does not cover %s to %s: priced with its fallback, %s",
+                    self.path, iso_utc(self.t_first), iso_utc(self.t_end), iso_utc(float(outside.min())),
+                    iso_utc(float(outside.max())), self.fallback.source)
 
     def intensity_at(self, t_s: np.ndarray) -> np.ndarray:
         """Series value at each time; the fallback's value outside the series range."""
         t = as_times(t_s)
         values, inside = self.steps.lookup(t)
+        if not inside.all():
+            self._warn_outside(t, inside)
         return with_fallback(values, inside, t, self.fallback)
 
     def coverage(self, t_from: float, t_to: float) -> float:

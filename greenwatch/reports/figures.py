@@ -111,7 +111,8 @@ def rows(r: RunReport) -> list[Row]:
         Row("emissions", "market_kg", "Market-based", r.co2_market_g / 1000, "kgCO2e", r.market_note),
         Row("emissions", "embodied_kg", "Embodied (hardware manufacturing)", r.embodied_g / 1000, "kgCO2e",
             f"estimate: embodied emissions amortised over {r.embodied_lifespan_years:g} years of GPU time"),
-        Row("emissions", "intensity_mean", "Mean grid intensity (energy-weighted)", r.intensity_mean_g_per_kwh,
+        Row("emissions", "intensity_mean", f"Mean grid intensity ({r.intensity_mean_method})",
+            r.intensity_mean_g_per_kwh,
             "gCO2e/kWh", f"{r.intensity_source} ({r.intensity_resolution})" + (
                 f"; {100 * r.intensity_coverage:.0f}% of the run covered by it" if r.intensity_coverage < 1 else "")),
         Row("emissions", "idle_kg", "Emissions of idle-allocated GPUs", r.idle_co2_g / 1000, "kgCO2e",
@@ -240,7 +241,8 @@ def paper_paragraph(r: RunReport, version: str) -> str:
             f"used {plain(r.it_energy_j / J_PER_KWH)} kWh of IT energy{host}, "
             f"{plain(r.total_energy_j / J_PER_KWH)} kWh including facility overhead (PUE {r.pue_effective:.2f}). "
             f"{gpu_sentence}With the grid intensity of {r.intensity_source} "
-            f"({r.intensity_resolution} resolution, energy-weighted mean {num(r.intensity_mean_g_per_kwh)} gCO2e/kWh), "
+            f"({r.intensity_resolution} resolution, {r.intensity_mean_method} mean {num(r.intensity_mean_g_per_kwh)} "
+            "gCO2e/kWh), "
             f"this corresponds to {plain(r.co2_location_g / 1000)} kgCO2e location-based and "
             f"{plain(r.co2_market_g / 1000)} kgCO2e market-based emissions; embodied hardware emissions add an "
             f"estimated {plain(r.embodied_g / 1000)} kgCO2e. The Software Carbon Intensity (SCI) is "

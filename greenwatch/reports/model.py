@@ -25,8 +25,10 @@ from greenwatch.carbon import (
     equivalences,
     load_embodied,
     market_basis_note,
+    mean_intensity,
     sci_g,
 )
+from greenwatch.carbon.timeseries import iso_utc
 from greenwatch.carbon.units import J_PER_KWH
 from greenwatch.reports.jobdata import GpuStats, JobData, ReportError, job_data_from_points
 from greenwatch.reports.source import ReportSource
@@ -114,6 +116,9 @@ class RunReport:
     intensity_values: list[float] = field(default_factory=list, repr=False)
     #: Extra facts for a standalone run (sampling window, host meter details...).
     extra: dict[str, Any] = field(default_factory=dict)
+    #: How ``intensity_mean_g_per_kwh`` was taken: weighted by the run's energy, or over its time
+    #: when it used no energy (a zero-energy run still shows the grid it ran on, never 0).
+    intensity_mean_method: str = "energy-weighted"
 
     # -- derived figures, so renderers never re-derive them --------------------------------
 
@@ -193,7 +198,6 @@ def build_report(source: ReportSource, job_id: str, *, carbon: CarbonContext,
     co2_gpu = co2_loc - co2_host
 
     # -- which GPUs, when ----------------------------------------------------------------------
-    start, end, time_method = _time_range(data)
     gpus = data.gpus
     gpu_method = _combined_method(gpus)
     if not gpus and gpu_j == 0:
@@ -212,7 +216,15 @@ def build_report(source: ReportSource, job_id: str, *, carbon: CarbonContext,
     units = {str(k[len("unit_"):]): float(v) for k, v in meta.items() if k.startswith("unit_")}
     units.update({str(k): float(v) for k, v in (functional_units or {}).items()})
     facility_kwh = fac_j / J_PER_KWH
-    mean_i = co2_loc / facility_kwh if facility_kwh > 0 else 0.0
+    start, end, time_method = _time_range(data)
+    mean_method = "energy-weighted"
+    if facility_kwh > 0:
+        mean_i = co2_loc / facility_kwh
+    else:
+        # No energy to weight by: the grid's own mean over the run's time, so that a run that used
+        # nothing reports the intensity of where it ran and 0 g, not 0 gCO2e/kWh.
+        mean_i = mean_intensity(carbon.intensity, start, max(start, end))
+        mean_method = "time-weighted over the run (it used no energy)"
     sci_run = sci_g(facility_kwh, mean_i, emb_g, 1.0)
     sci_units = {k: sci_g(facility_kwh, mean_i, emb_g, v) for k, v in units.items() if v > 0 and math.isfinite(v)}
 
@@ -227,6 +239,15 @@ def build_report(source: ReportSource, job_id: str, *, carbon: CarbonContext,
     source_name = str(getattr(intensity, "source", type(intensity).__name__))
     resolution = str(getattr(intensity, "resolution", "unknown"))
     wi = what_if(intensity, carbon.pue, start, end, co2_loc, t_pts, e_gpu + e_host, what_if_window_s)
+    coverage = coverage_of(intensity, start, max(start, end))
+    fallback = getattr(intensity, "fallback", None)
+    if coverage < 1.0 and fallback is not None:
+        # The series named as the source did not price all of the run: say which figure did.
+        span = ""
+        if getattr(intensity, "t_first", None) is not None and getattr(intensity, "t_end", None) is not None:
+            span = f" (its data spans {iso_utc(float(intensity.t_first))} to {iso_utc(float(intensity.t_end))})"
+        notes.append(f"The grid intensity series covers {100 * coverage:.0f}% of the run{span}; the rest of the "
+                     f"run was priced with its fallback: {getattr(fallback, 'source', type(fallback).__name__)}.")
     if time_method.startswith("from the stored batches"):
         notes.append("Start and end are inferred from the stored batches (accurate to one batch).")
 
@@ -248,7 +269,7 @@ def build_report(source: ReportSource, job_id: str, *, carbon: CarbonContext,
         intensity_source=source_name, intensity_resolution=resolution,
         intensity_zone=str(getattr(intensity, "zone", "")),
         intensity_mean_g_per_kwh=mean_i,
-        intensity_coverage=coverage_of(intensity, start, end) if end > start else 1.0,
+        intensity_coverage=coverage, intensity_mean_method=mean_method,
         embodied=lines, embodied_g=emb_g, embodied_lifespan_years=float(embodied.lifespan_years),
         # Only the sources of the figures this job used (an H100 priced by the default must not cite the A100's).
         embodied_sources={k: v for k, v in embodied.sources.items()

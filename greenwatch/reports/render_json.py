@@ -73,6 +73,7 @@ def to_dict(r: RunReport, version: str = "", images: dict[str, str] | None = Non
             "resolution": r.intensity_resolution,
             "zone": r.intensity_zone,
             "mean_g_per_kwh": r.intensity_mean_g_per_kwh,
+            "mean_method": r.intensity_mean_method,
             "coverage": r.intensity_coverage,
         },
         "market_based": {"factor_g_per_kwh": r.market_factor_g_per_kwh, "note": r.market_note},

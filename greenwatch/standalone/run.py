@@ -151,7 +151,7 @@ def format_summary(r: RunResult, status: int) -> str:
     lines.append(f"  host:      {r.report.host_energy_method}")
     # The carbon settings are named every time: defaults (zone DE) must never apply unnoticed.
     rep = r.report
-    mean = f"mean {rep.intensity_mean_g_per_kwh:.4g} gCO2e/kWh, " if rep.total_energy_j > 0 else ""
+    mean = f"mean {rep.intensity_mean_g_per_kwh:.4g} gCO2e/kWh {rep.intensity_mean_method}, "
     lines.append(f"  carbon:    zone {rep.intensity_zone or '-'} ({mean}{rep.intensity_source}); "
                  f"PUE {rep.pue_effective:.3g} ({rep.pue_source})")
     if r.files:
