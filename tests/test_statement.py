@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import calendar
 import json
+import time
 
 import pytest
 
 from fixtures_e2e import write_config
 from greenwatch.cli import main
+from greenwatch.storage.influx import InfluxStore
+from greenwatch.storage.rollups import MARKER
 
 J = 3.6e6  # joules per kWh
 H = 3600
@@ -83,11 +86,8 @@ def year_db(influxdb):
     influxdb.drop_database(db)
 
 
-def test_a_year_of_statements_from_influxdb_adds_up_to_the_measured_it_energy(tmp_path, influxdb, year_db, capsys):
-    cfg = write_config(tmp_path / "gw.toml", {"influxdb": {"url": influxdb.url, "bucket": year_db}})
-    out = tmp_path / "s.json"
-    assert main(["statement", "--config", str(cfg), "--year", "2025", "--format", "json", "--out", str(out)]) == 0
-    doc = json.loads(out.read_text())
+def check_the_year(doc: dict) -> None:
+    """The figures of the module docstring."""
     by = {c["customer"]: c for c in doc["customers"]}
     assert sorted(by) == ["proj-a", "proj-b"]
     a, b = by["proj-a"], by["proj-b"]
@@ -111,6 +111,14 @@ def test_a_year_of_statements_from_influxdb_adds_up_to_the_measured_it_energy(tm
     assert t["unallocated_it_energy_kwh"] == pytest.approx(4344 * 0.3 + 4415 * 0.575 + 1.1)
     assert t["customers_it_energy_kwh"] + t["unallocated_it_energy_kwh"] == pytest.approx(t["measured_it_energy_kwh"])
 
+
+
+def test_a_year_of_statements_from_influxdb_adds_up_to_the_measured_it_energy(tmp_path, influxdb, year_db, capsys):
+    cfg = write_config(tmp_path / "gw.toml", {"influxdb": {"url": influxdb.url, "bucket": year_db}})
+    out = tmp_path / "s.json"
+    assert main(["statement", "--config", str(cfg), "--year", "2025", "--format", "json", "--out", str(out)]) == 0
+    check_the_year(json.loads(out.read_text()))
+
     # One customer, by user, as CSV: the same figures.
     capsys.readouterr()
     assert main(["statement", "--config", str(cfg), "--year", "2025", "--user", "bob", "--format", "csv"]) == 0
@@ -120,3 +128,31 @@ def test_a_year_of_statements_from_influxdb_adds_up_to_the_measured_it_energy(tm
     assert main(["statement", "--config", str(cfg), "--month", "2025-03", "--account", "proj-a", "--format", "json"]) == 0
     (only,) = json.loads(capsys.readouterr().out)["customers"]
     assert only["it_energy_kwh"] == pytest.approx(744 * 0.8 + 743)
+
+
+def test_a_year_is_read_from_the_hourly_rollups(tmp_path, influxdb, capsys):
+    """Where `greenwatch influxdb setup` keeps 1-hour rollups the statement reads them: here the
+    year's energy records are only in ``rollup_1h`` (as after the raw points expired), and the
+    figures are the same.  The job summaries stay in the raw policy, kept for ever here."""
+    db = "statement_rollups"
+    cfg = write_config(tmp_path / "gw.toml", {"influxdb": {"url": influxdb.url, "bucket": db, "raw_retention": "INF"}})
+    assert main(["influxdb", "setup", "--config", str(cfg)]) == 0
+    try:
+        store = InfluxStore(influxdb.url, "", "", db, query_url=influxdb.url)
+        rolled, raw = [], []
+        for line in synthetic_year_lines():
+            head, fields, t_ns = line.split(" ")
+            if head.startswith("job,"):
+                raw.append(line)
+            else:  # one point per hour: the hour's rollup is the point itself, at its hour's start
+                rolled.append(f"{head} {fields},points=1i {int(t_ns) // 10**9}")
+        for k in range(0, len(rolled), 20_000):
+            store.write_v1("\n".join(rolled[k:k + 20_000]), db, "rollup_1h")
+        influxdb.write_lines(db, raw)
+        store.write_v1(f"{MARKER} from_s={T0},late_s=3600,every_s=300,retention_s=0 {int(time.time()) + 5}",
+                       db, "rollup_1h")
+        capsys.readouterr()
+        assert main(["statement", "--config", str(cfg), "--year", "2025", "--format", "json"]) == 0
+        check_the_year(json.loads(capsys.readouterr().out))
+    finally:
+        influxdb.drop_database(db)
