@@ -257,3 +257,40 @@ def test_every_format_carries_the_same_totals(registry):
     rows = render_campaign(report, "csv").splitlines()
     assert sum(1 for r in rows if r.startswith("job,")) == 5 and rows[-1].startswith("total,")
     assert "<table>" in render_campaign(report, "html") and "| failed or restarted |" in render_campaign(report, "md")
+
+
+# -- the Slurm tag and exit state, from the prolog/epilog environment to the job event --------------
+
+@pytest.mark.parametrize("comment,campaign", [
+    ("campaign=llm-7b", "llm-7b"), ("ckpt=3, campaign=llm-7b; retry", "llm-7b"), ("resume campaign=a.b_c", "a.b_c"),
+    ("", None), ("mycampaign=x", None), ("campaign=", None), ("campaign=bad/name", None),
+])
+def test_the_prolog_reads_the_campaign_from_the_job_comment(comment, campaign):
+    from greenwatch.agent.slurm.environment import SlurmJob
+
+    job = SlurmJob.from_environ({"SLURM_JOB_ID": "5", "SLURM_JOB_COMMENT": comment})
+    assert job.campaign == campaign
+
+
+def test_the_epilog_reads_how_the_job_ended_and_the_event_carries_it():
+    from greenwatch.agent.slurm.environment import SlurmJob
+    from greenwatch.agent.slurm.hooks import build_event
+    from greenwatch.config import config_from_mapping
+    from greenwatch.transport.events import EventError, decode_event, encode_event
+
+    cfg = config_from_mapping({"node": {"cluster": "c", "name": "n1"}})
+    env = {"SLURM_JOB_ID": "5", "SLURM_JOB_COMMENT": "campaign=llm", "SLURM_JOB_EXIT_CODE2": "0:9"}
+    job = SlurmJob.from_environ(env)
+    assert (job.exit_code, job.exit_signal) == (0, 9)
+    end = decode_event(encode_event(build_event("epilog", cfg, job, [], T0, T0 + 10)))
+    assert (end.campaign, end.exit_code, end.exit_signal) == ("llm", 0, 9)
+    start = decode_event(encode_event(build_event("prolog", cfg, job, [], T0, None)))
+    assert (start.campaign, start.exit_code) == ("llm", None)    # a prolog knows no exit state
+    for bad in ("", "1", "a:b", "1:2:3", "300:0"):
+        assert SlurmJob.from_environ({"SLURM_JOB_ID": "5", "SLURM_JOB_EXIT_CODE2": bad}).exit_code is None
+    raw = json.loads(encode_event(build_event("epilog", cfg, job, [], T0, T0 + 10)))
+    for key, value in (("campaign", "bad name"), ("exit_code", 256), ("exit_signal", -1), ("exit_code", True)):
+        with pytest.raises(EventError, match=key):
+            decode_event(json.dumps({**raw, key: value}).encode())
+    old = {k: v for k, v in raw.items() if k not in ("campaign", "exit_code", "exit_signal")}   # an older agent
+    assert decode_event(json.dumps(old).encode()).campaign is None

@@ -19,11 +19,12 @@ import getpass
 import json
 import logging
 import os
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
+
+from greenwatch.transport import identifiers
 
 __all__ = ["check_name", "CampaignError", "Rule", "JobRef", "Campaign", "Change", "CampaignRegistry", "PHASES", "STATES",
            "REGISTRY_VERSION"]
@@ -39,7 +40,6 @@ PHASES = ("pre-training", "fine-tuning", "evaluation", "other", "unassigned")
 STATES = ("completed", "ended", "failed", "cancelled", "restarted")
 NOT_COMPLETED = ("failed", "cancelled", "restarted")
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class CampaignError(ValueError):
@@ -47,10 +47,10 @@ class CampaignError(ValueError):
 
 
 def check_name(name: str) -> str:
-    """``name`` if it can name a campaign (letters, digits, '.', '_', '-'), else :class:`CampaignError`."""
-    if not _NAME_RE.match(name):
-        raise CampaignError(f"campaign name {name!r}: use letters, digits, '.', '_' and '-' (at most 128, "
-                            "starting with a letter or digit)")
+    """``name`` if it can name a campaign (the name kind ``campaign``), else :class:`CampaignError`."""
+    why = identifiers.check_name("campaign", name)
+    if why is not None:
+        raise CampaignError(f"campaign name: {why}")
     return name
 
 

@@ -44,6 +44,7 @@ import collections
 import logging
 import os
 import re
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,10 +125,13 @@ class JobSummary:
     attempts: int = 0
     waiting_since: float | None = None  # when it fell due while the writer still held records
     flushed: bool = False               # everything written before it fell due has become durable
+    campaign: str | None = None         # the campaign tag of the job's events
+    exit_code: int | None = None        # from the end events: how the job ended
+    exit_signal: int | None = None
 
     #: What is saved of a pending job, so that a restarted collector can finalise it.
     SAVED = ("cluster", "job_id", "sluid", "user", "account", "partition", "name", "nodes_expr", "start_hostlist",
-             "start_s", "end_s", "time_ns")
+             "start_s", "end_s", "time_ns", "campaign", "exit_code", "exit_signal")
 
     def to_doc(self) -> dict[str, Any]:
         """The JSON object :class:`PendingJobs` keeps."""
@@ -161,10 +165,12 @@ class JobSummary:
 
     def merge(self, ev: JobEvent) -> None:
         """Fold one event in: newest non-empty metadata, earliest start, latest end, union of GPUs."""
-        for attr in ("sluid", "user", "account", "partition", "name"):
+        for attr in ("sluid", "user", "account", "partition", "name", "campaign"):
             value = getattr(ev, attr)
             if value:
                 setattr(self, attr, value)
+        if ev.exit_code is not None:
+            self.exit_code, self.exit_signal = ev.exit_code, ev.exit_signal
         if ev.nodes:
             self.nodes_expr = ev.nodes
         if ev.type == "job_start":
@@ -460,6 +466,12 @@ class JobEvents:
             fields["start_s"] = int(start_s)
         if job.name:
             fields["job_name"] = job.name  # not "name": InfluxQL clients use that key for the measurement
+        if job.campaign:
+            fields["campaign"] = job.campaign
+        if job.exit_code is not None:
+            fields["exit_status"] = job.exit_code
+            if job.exit_signal:
+                fields["ended_by"] = f"signal {_signal_name(job.exit_signal)}"
         tags = (("cluster", job.cluster), ("job", job.job_id), ("user", job.user or (users[0] if users else "unknown")),
                 ("account", job.account or ""), ("partition", job.partition or ""))
         return Record("job", tags, tuple(fields.items()), self._record_time_ns(job))
@@ -526,6 +538,14 @@ def _in_ranges(digits: str, spec: str) -> bool:
         if (len(digits) == len(lo) if padded else str(int(digits)) == digits) and int(lo) <= int(digits) <= int(hi):
             return True
     return False
+
+
+def _signal_name(number: int) -> str:
+    """``SIGTERM`` for 15: the form ``greenwatch run`` writes in ``ended_by``."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
 
 
 def _ns(t_s: float) -> int:

@@ -68,13 +68,18 @@ class JobEvent:
     gpus: tuple[str, ...] = field(default_factory=tuple)
     start_s: float | None = None
     end_s: float | None = None
+    #: The campaign the job is tagged with (docs/campaigns.md); job_end only: how the job ended.
+    campaign: str | None = None
+    exit_code: int | None = None
+    exit_signal: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON object of version 1, every key present (absent values are ``null``)."""
         return {"v": EVENT_VERSION, "type": self.type, "cluster": self.cluster, "node": self.node,
                 "job_id": self.job_id, "sluid": self.sluid, "user": self.user, "account": self.account,
                 "partition": self.partition, "name": self.name, "nodes": self.nodes, "gpus": list(self.gpus),
-                "start_s": self.start_s, "end_s": self.end_s}
+                "start_s": self.start_s, "end_s": self.end_s, "campaign": self.campaign,
+                "exit_code": self.exit_code, "exit_signal": self.exit_signal}
 
 
 def encode_event(event: JobEvent) -> bytes:
@@ -136,7 +141,8 @@ def decode_event(payload: bytes, expect_node: tuple[str, str] | None = None,
                     account=_name(doc, "account", "account"), partition=_name(doc, "partition", "partition"),
                     name=_text(doc, "name"),
                     nodes=_text(doc, "nodes", limit=_MAX_NODES_TEXT), gpus=tuple(dict.fromkeys(gpus)),
-                    start_s=start_s, end_s=end_s)
+                    start_s=start_s, end_s=end_s, campaign=_name(doc, "campaign", "campaign"),
+                    exit_code=_small_int(doc, "exit_code"), exit_signal=_small_int(doc, "exit_signal"))
 
 
 def _name(doc: dict[str, Any], key: str, kind: str, required: bool = False) -> str | None:
@@ -157,6 +163,16 @@ def _required_name(doc: dict[str, Any], key: str, kind: str) -> str:
     value = _name(doc, key, kind, required=True)
     if value is None:   # _name raises for a missing required field; this keeps the type exact
         raise EventError("bad-event", f"{key} is missing")
+    return value
+
+
+def _small_int(doc: dict[str, Any], key: str) -> int | None:
+    """An exit code or signal number (0..255), or None."""
+    value = doc.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+        raise EventError("bad-event", f"{key} must be an integer from 0 to 255, got {value!r}")
     return value
 
 

@@ -65,6 +65,7 @@ KINDS: dict[str, NameKind] = {
     "source": NameKind("[A-Za-z0-9]", "[A-Za-z0-9._:-]", 64, "letters, digits and ._:- starting with a letter or digit"),
     "boot": NameKind("[A-Za-z0-9]", "[A-Za-z0-9._:-]", 64, "letters, digits and ._:- starting with a letter or digit"),
     "metric": NameKind("[A-Za-z_]", "[A-Za-z0-9_]", 64, "letters, digits and _ not starting with a digit"),
+    "campaign": _HOST,
 }
 
 _PATTERNS = {kind: spec.pattern() for kind, spec in KINDS.items()}

@@ -8,7 +8,9 @@ import socket
 from dataclasses import dataclass
 from typing import Mapping
 
-__all__ = ["SlurmJob", "GPU_UUID_RE", "parse_gpu_ids", "first_host", "this_node"]
+from greenwatch.transport.identifiers import check_name
+
+__all__ = ["SlurmJob", "campaign_of_comment", "GPU_UUID_RE", "parse_gpu_ids", "first_host", "this_node"]
 
 log = logging.getLogger("greenwatch.slurm")
 
@@ -31,6 +33,11 @@ class SlurmJob:
     gpu_ids: tuple[str, ...]
     start_s: float | None
     end_s: float | None
+    #: The campaign the job is tagged with (``--comment campaign=NAME``), or None.
+    campaign: str | None = None
+    #: How the job ended (epilog only): its exit code and the signal that ended it (0: none).
+    exit_code: int | None = None
+    exit_signal: int | None = None
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str]) -> "SlurmJob":
@@ -39,7 +46,9 @@ class SlurmJob:
         GPUs come from ``SLURM_JOB_GPUS`` (global ids, set for jobs with GPU GRES),
         else from ``CUDA_VISIBLE_DEVICES`` (which holds the same global ids in the
         prolog/epilog, unlike inside the job).  ``SLURM_JOB_START_TIME`` and
-        ``SLURM_JOB_END_TIME`` are used where this Slurm provides them.
+        ``SLURM_JOB_END_TIME`` are used where this Slurm provides them.  The campaign tag comes
+        from ``SLURM_JOB_COMMENT`` and the exit state from the epilog's ``SLURM_JOB_EXIT_CODE2``
+        (``exit:signal``), where this Slurm passes them to the prolog and epilog.
         """
         job_id = env.get("SLURM_JOB_ID", "").strip() or env.get("SLURM_JOBID", "").strip()
         if not _JOB_ID_RE.match(job_id):
@@ -58,12 +67,43 @@ class SlurmJob:
             gpu_ids=tuple(parse_gpu_ids(gpus)),
             start_s=_opt_time(env, "SLURM_JOB_START_TIME"),
             end_s=_opt_time(env, "SLURM_JOB_END_TIME"),
+            campaign=campaign_of_comment(env.get("SLURM_JOB_COMMENT", "")),
+            exit_code=_exit_part(env, 0), exit_signal=_exit_part(env, 1),
         )
 
 
 def _opt(env: Mapping[str, str], key: str) -> str | None:
     value = env.get(key, "").strip()
     return value or None
+
+
+#: ``campaign=NAME`` as a word of the job's comment (words are separated by blanks, commas or semicolons).
+_CAMPAIGN_IN_COMMENT = re.compile(r"(?:^|[\s,;])campaign=([^\s,;]*)")
+
+
+def campaign_of_comment(comment: str) -> str | None:
+    """The campaign named by ``campaign=NAME`` in a Slurm job comment, or None.
+
+    A name that is not a valid campaign name is logged and ignored: the job still runs and is
+    measured, only without its tag.
+    """
+    m = _CAMPAIGN_IN_COMMENT.search(comment)
+    if m is None:
+        return None
+    why = check_name("campaign", m.group(1))
+    if why is not None:
+        log.warning("ignoring the campaign in the job's comment: %s", why)
+        return None
+    return m.group(1)
+
+
+def _exit_part(env: Mapping[str, str], index: int) -> int | None:
+    """Part ``index`` of the epilog's ``SLURM_JOB_EXIT_CODE2`` (``exit:signal``), or None."""
+    parts = env.get("SLURM_JOB_EXIT_CODE2", "").strip().split(":")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        return None
+    value = int(parts[index])
+    return value if value <= 255 else None
 
 
 def _opt_time(env: Mapping[str, str], key: str) -> float | None:

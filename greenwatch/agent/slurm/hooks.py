@@ -59,6 +59,9 @@ def build_event(kind: str, cfg: Config, job: SlurmJob, gpus: list[str], start_s:
         name=job.name, nodes=job.nodes, gpus=tuple(gpus),
         start_s=None if start_s is None else round(start_s, 3),
         end_s=None if end_s is None else round(end_s, 3),
+        campaign=job.campaign,
+        exit_code=job.exit_code if kind == "epilog" else None,
+        exit_signal=job.exit_signal if kind == "epilog" else None,
     )
 
 
