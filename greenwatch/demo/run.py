@@ -104,6 +104,12 @@ def run_demo(opts: DemoOptions, progress: TextIO = sys.stderr) -> dict:
 
     write_job_summaries(store, jobs, t0, last_t)
     summary["facility_config"] = str(write_facility(store, opts.out, opts.pue))
+    # -- a training campaign over several of the jobs, one failed (docs/campaigns.md) --
+    from greenwatch.carbon import market_basis_note
+    from greenwatch.demo.campaign import write_demo_campaign
+
+    summary["campaign"] = write_demo_campaign(store, opts.out, str(getattr(intensity, "source", "")),
+                                              market_basis_note(None))
     summary["wall_seconds"] = round(time.monotonic() - wall0, 2)
 
     # -- per-job carbon reports: every format for every job, in <out>/reports/<job_id>/ --
