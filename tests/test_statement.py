@@ -156,3 +156,11 @@ def test_a_year_is_read_from_the_hourly_rollups(tmp_path, influxdb, capsys):
         check_the_year(json.loads(capsys.readouterr().out))
     finally:
         influxdb.drop_database(db)
+
+
+def test_an_unreachable_influxdb_is_one_line_and_exit_1(tmp_path, capsys):
+    cfg = write_config(tmp_path / "gw.toml", {"influxdb": {"url": "http://127.0.0.1:9", "bucket": "x", "timeout_s": 2}})
+    for command in ("statement", "site-report"):
+        assert main([command, "--config", str(cfg), "--year", "2025"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"greenwatch {command}: ") and "127.0.0.1:9" in err[0]

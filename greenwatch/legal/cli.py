@@ -66,13 +66,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     who.add_argument("--user", metavar="NAME", help="only this user's statement (customers are users)")
     p.add_argument("--per-customer", action="store_true",
                    help="one file per customer in --out (a directory) instead of one document for all")
-    p.set_defaults(func=_cmd_statement)
+    p.set_defaults(func=_guarded(_cmd_statement))
 
     p = subparsers.add_parser("site-report", help="site KPIs (PUE, REF, ERF, WUE), EnEfG §11 limits, EU data set",
                               description=_SITE_DESCRIPTION, epilog=_EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p)
-    p.set_defaults(func=_cmd_site_report)
+    p.set_defaults(func=_guarded(_cmd_site_report))
 
 
 def _period(args: argparse.Namespace) -> Any:
@@ -123,6 +123,22 @@ def _emit(doc: dict[str, Any], fmt: str, out: Path | None, stem: str) -> list[Pa
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(doc, fmt), encoding="utf-8")
     return [out]
+
+
+def _guarded(command: Any) -> Any:
+    """Exit 1 with one line when the database cannot be read or the output cannot be written."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(command(args))
+        except RuntimeError as exc:  # InfluxError: unreachable server, bad credentials, bad query
+            print(f"greenwatch {args.command}: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:
+            print(f"greenwatch {args.command}: cannot write {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+
+    return run
 
 
 def _cmd_statement(args: argparse.Namespace) -> int:
