@@ -72,7 +72,8 @@ def site_report(tmp_path: Path, db: Path, facility: dict[str, object], capsys) -
 
 
 def test_a_year_of_meters_gives_the_hand_computed_kpis(tmp_path, node_db, capsys):
-    doc = site_report(tmp_path, node_db, {"start_of_operation": "2019-05-01", **meter_csvs(tmp_path)}, capsys)
+    doc = site_report(tmp_path, node_db, {"start_of_operation": "2019-05-01", "installed_it_power_kw": 2400,
+                                          **meter_csvs(tmp_path)}, capsys)
     k = doc["kpis"]["annual"]
     assert k["PUE"] == pytest.approx(TOTAL / 876_000)
     assert k["REF"] == pytest.approx(525_600 / TOTAL)
@@ -92,6 +93,7 @@ def test_a_year_of_meters_gives_the_hand_computed_kpis(tmp_path, node_db, capsys
     (limit,) = doc["enefg_section_11"]
     assert (limit["kpi"], limit["limit"], limit["verdict"]) == ("renewable_share", 0.5, "not met")
     eu = doc["eu_dataset"]
+    assert eu["installed_information_technology_power_demand"]["value"] == 2400
     assert eu["total_energy_consumption"] == {"symbol": "EDC", "value": pytest.approx(TOTAL), "unit": "kWh", "complete": True}
     assert eu["total_water_input"]["value"] == pytest.approx(1752)
     assert eu["power_usage_effectiveness"] == pytest.approx(TOTAL / 876_000)
@@ -230,3 +232,17 @@ def test_both_commands_run_on_the_demo(tmp_path, capsys):
     assert site["greenwatch"]["coverage_of_it_meter"] == pytest.approx(IT_SEEN)
     water_gaps = [g for g in site["meters"]["water"]["gaps"] if g["hours"] == 1.0]
     assert water_gaps, site["meters"]["water"]["gaps"]  # the hour the demo leaves out on purpose
+
+
+def test_every_format_of_the_site_report(tmp_path, node_db, capsys):
+    cfg = write_config(tmp_path / "gw.toml", {"facility": {"name": "North", **meter_csvs(tmp_path)}})
+    out = tmp_path / "out"
+    assert main(["site-report", "--config", str(cfg), "--db", str(node_db), "--year", "2025", "--format", "all",
+                 "--out", str(out)]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [f"site-report-2025.{x}" for x in ("csv", "html", "json", "md")]
+    head, year, january = (out / "site-report-2025.csv").read_text().splitlines()[:3]
+    assert head.startswith("period,PUE,REF,ERF,WUE_l_per_kwh") and year.startswith("2025,")
+    assert float(year.split(",")[1]) == pytest.approx(TOTAL / 876_000) and january.startswith("2025-01,1.5,")
+    html = (out / "site-report-2025.html").read_text()
+    assert "<h1>Site KPI report North, 2025</h1>" in html and "EN 50600-4-2" in html

@@ -63,7 +63,7 @@ def _site_sections(doc: dict[str, Any]) -> list[Section]:
     p = doc["period"]
     k = doc["kpis"]["annual"]
     gw = doc["greenwatch"]
-    out: list[Section] = [(f"Site KPI report {doc['site'] or ''}, {p['label']}".replace("  ", " "),
+    out: list[Section] = [(f"Site KPI report{' ' + doc['site'] if doc['site'] else ''}, {p['label']}",
                            [f"Period {p['from']} to {p['to']} (UTC). Start of operation: "
                             f"{doc['start_of_operation'] or 'not set'}."],
                            [(["KPI", "value", "data complete", "definition"], [

@@ -133,6 +133,9 @@ def build_site_report(facility: FacilityConfig, period: Period, data: SiteData,
         "eu_dataset": {
             "regulation": "Commission Delegated Regulation (EU) 2024/1364, Annex II (energy and sustainability KPIs)",
             "reporting_period": period.label,
+            "installed_information_technology_power_demand": {
+                "symbol": "PDIT", "value": facility.installed_it_power_kw or None, "unit": "kW",
+                "complete": bool(facility.installed_it_power_kw)},
             **{name: {"symbol": sym, "value": annual[key].total if key in annual else None, "unit": unit,
                       "complete": annual[key].complete if key in annual else False}
                for name, sym, key, unit in EU_FIELDS},
