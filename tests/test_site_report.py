@@ -92,6 +92,9 @@ def test_a_year_of_meters_gives_the_hand_computed_kpis(tmp_path, node_db, capsys
     # 2025, a site operating since 2019: only the renewable share is in force, and 40 % < 50 %.
     (limit,) = doc["enefg_section_11"]
     assert (limit["kpi"], limit["limit"], limit["verdict"]) == ("renewable_share", 0.5, "not met")
+    register = doc["enefg_section_13"]
+    assert register["total_electricity_consumption_kwh"] == pytest.approx(TOTAL)
+    assert register["heat_reused_kwh"] == pytest.approx(131_400) and register["renewable_share"] == k["REF"]
     eu = doc["eu_dataset"]
     assert eu["installed_information_technology_power_demand"]["value"] == 2400
     assert eu["total_energy_consumption"] == {"symbol": "EDC", "value": pytest.approx(TOTAL), "unit": "kWh", "complete": True}

@@ -130,6 +130,14 @@ def build_site_report(facility: FacilityConfig, period: Period, data: SiteData,
             "source": data.description,
         },
         "enefg_section_11": limits,
+        # EnEfG §13 and its Anlage 3: the register data of the year, as far as meters give them.
+        "enefg_section_13": {
+            "total_electricity_consumption_kwh": annual["total_energy"].total if "total_energy" in annual else None,
+            "renewable_share": kpis["REF"],
+            "heat_reused_kwh": annual["reused_heat"].total if "reused_heat" in annual else None,
+            "power_usage_effectiveness": kpis["PUE"],
+            "not_metered_here": ["temperature of the heat delivered", "floor area", "connected load"],
+        },
         "eu_dataset": {
             "regulation": "Commission Delegated Regulation (EU) 2024/1364, Annex II (energy and sustainability KPIs)",
             "reporting_period": period.label,
