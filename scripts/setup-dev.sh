@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Development set-up: create .venv in the repository root (Python 3.11+) if it
-# is missing and install greenwatch into it in editable mode.
+# is missing and install greenwatch into it in editable mode, with the site
+# services' libraries (the [site] extra: agent, collector, dashboards, metrics).
 #
-#   bash scripts/setup-dev.sh            # pip install -e .
-#   EXTRAS=test bash scripts/setup-dev.sh  # pip install -e '.[test]'
+#   bash scripts/setup-dev.sh                 # pip install -e '.[site]'
+#   EXTRAS=test,site bash scripts/setup-dev.sh  # pip install -e '.[test,site]' (what the tests need)
+#   EXTRAS= bash scripts/setup-dev.sh         # pip install -e . (the researcher's core install)
 #   PYTHON=/usr/bin/python3.12 bash scripts/setup-dev.sh
 #
 # Re-running is cheap: pip is skipped while pyproject.toml and the extras are
@@ -12,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 MIN_PY="3.11"
-EXTRAS="${EXTRAS:-}"
+EXTRAS="${EXTRAS-site}"
 
 py_ok() {  # $1 = interpreter; true if it runs and is >= 3.11
     "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' >/dev/null 2>&1

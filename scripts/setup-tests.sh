@@ -5,7 +5,7 @@
 #  1. installs the Debian packages the tests need (skipped when all present),
 #  2. stops/disables the system services those packages start (the tests run
 #     their own daemons on free loopback ports),
-#  3. creates .venv and installs greenwatch with the [test] extra
+#  3. creates .venv and installs greenwatch with the [test] and [site] extras
 #     (scripts/setup-dev.sh),
 #  4. runs .venv/bin/python -m pytest "$@" and exits with pytest's status.
 #
@@ -112,7 +112,7 @@ if [[ "${SKIP_APT:-0}" != 1 ]]; then
     stop_system_services
 fi
 
-EXTRAS=test bash scripts/setup-dev.sh
+EXTRAS=test,site bash scripts/setup-dev.sh
 
 log "running: .venv/bin/python -m pytest $*"
 exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,157 @@
+"""The built distribution: a researcher's core install without the site stack, and what an operator gets.
+
+The sdist is built from a copy of the source tree, the wheel from the unpacked sdist (what
+``python -m build`` does), and the wheel is installed with pip into a fresh venv.  That venv gets
+greenwatch's core dependencies, as the wheel's own metadata declares them and nothing else: the
+distributions of that closure are linked from this test's environment into one directory on the
+venv's path, so the test needs no network and proves that the declared core dependencies are
+enough (``pip check``) and that the site libraries are neither present nor needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+from mocknvml import Constant, GpuSpec, Scenario, mock_env
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+REPO = Path(__file__).resolve().parents[1]
+VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+
+#: The site services' libraries (pyproject.toml's [site] extra), as modules and as distributions.
+SITE_MODULES = ("aiomqtt", "paho", "influxdb_client", "grafanalib", "prometheus_client")
+SITE_DISTS = {"aiomqtt", "paho-mqtt", "influxdb-client", "grafanalib", "prometheus-client"}
+
+#: What an operator finds under the environment's prefix (pyproject.toml, [tool.setuptools.data-files]).
+OPERATOR_FILES = ["share/greenwatch/systemd/greenwatch-agent.service",
+                  "share/greenwatch/systemd/greenwatch-collector.service",
+                  "share/greenwatch/examples/agent.toml", "share/greenwatch/examples/collector.toml",
+                  "share/greenwatch/examples/mosquitto.conf", "share/greenwatch/examples/mosquitto-acl.conf",
+                  "share/greenwatch/prometheus/greenwatch-alerts.yml",
+                  "share/greenwatch/grafana/dashboards/greenwatch-operator.json",
+                  "share/doc/greenwatch/operations.md", "share/doc/greenwatch/architecture.md"]
+
+
+def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, **kw)
+    assert out.returncode == 0, f"{cmd} exited {out.returncode}:\n{out.stdout}\n{out.stderr}"
+    return out
+
+
+def _source_copy(dest: Path) -> Path:
+    """The files git would see (tracked or not ignored), without build/ leftovers of earlier builds."""
+    listed = _run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO).stdout.split("\0")
+    for rel in filter(None, listed):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest
+
+
+def _build(tmp: Path) -> tuple[Path, Path]:
+    """(sdist, wheel): the sdist from a copy of the tree, the wheel from the unpacked sdist."""
+    src, dist = _source_copy(tmp / "src"), tmp / "dist"
+    dist.mkdir()
+    name = _run([sys.executable, "-c", "import sys, setuptools.build_meta as b; print(b.build_sdist(sys.argv[1]))",
+                 str(dist)], cwd=src).stdout.strip().splitlines()[-1]
+    sdist = dist / name
+    with tarfile.open(sdist) as tar:
+        tar.extractall(tmp / "unpacked", filter="data")
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--disable-pip-version-check",
+          "-q", "-w", str(dist), str(tmp / "unpacked" / sdist.name.removesuffix(".tar.gz"))])
+    return sdist, next(dist.glob("greenwatch-*.whl"))
+
+
+def _core_closure(requires: list[str]) -> set[str]:
+    """Distributions the core requirements pull in, recursively, markers evaluated without extras."""
+    seen: set[str] = set()
+    todo = list(requires)
+    while todo:
+        req = Requirement(todo.pop())
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue
+        name = canonicalize_name(req.name)
+        if name in seen:
+            continue
+        seen.add(name)
+        todo += metadata.distribution(req.name).requires or []
+    return seen
+
+
+def _link_distributions(names: set[str], into: Path) -> None:
+    """Every top-level file and folder of each installed distribution, linked into ``into``."""
+    into.mkdir()
+    for name in names:
+        dist = metadata.distribution(name)
+        for rel in dist.files or []:
+            top = Path(rel).parts[0]
+            if top == ".." or (into / top).exists():
+                continue  # console scripts outside site-packages; shared folders linked once
+            (into / top).symlink_to(Path(str(dist.locate_file(top))).resolve())
+
+
+def test_the_wheel_installs_without_the_site_stack_and_measures(tmp_path, mock_nvml_lib):
+    sdist, wheel = _build(tmp_path)
+    with tarfile.open(sdist) as tar:
+        in_sdist = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    for rel in ("systemd/greenwatch-agent.service", "deploy/config/collector.toml",
+                "deploy/prometheus/greenwatch-alerts.yml", "docs/operations.md"):
+        assert rel in in_sdist, f"the sdist lacks {rel}"
+
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+    py = venv / "bin" / "python"
+    _run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", "-q",
+          "--disable-pip-version-check", str(wheel)])
+    requires = [line.partition(":")[2].strip() for line in
+                metadata.Distribution.at(next((venv / "lib").glob("python3*/site-packages/greenwatch-*.dist-info")))
+                .read_text("METADATA").splitlines() if line.startswith("Requires-Dist:")]
+    closure = _core_closure(requires)
+    assert not closure & SITE_DISTS, f"the core install pulls in site libraries: {sorted(closure & SITE_DISTS)}"
+    _link_distributions(closure, tmp_path / "core-deps")
+    site_packages = next((venv / "lib").glob("python3*/site-packages"))
+    (site_packages / "core-deps.pth").write_text(f"{tmp_path / 'core-deps'}\n")
+
+    check = _run([sys.executable, "-m", "pip", "--python", str(py), "check", "--disable-pip-version-check"])
+    assert "No broken requirements" in check.stdout
+    present = _run([str(py), "-c", "import importlib.util, sys; "
+                    "print([m for m in sys.argv[1:] if importlib.util.find_spec(m)])", *SITE_MODULES]).stdout
+    assert present.strip() == "[]"
+    for rel in OPERATOR_FILES:
+        assert (venv / rel).is_file(), f"{rel} is not installed"
+
+    exe = venv / "bin" / "greenwatch"
+    assert _run([str(exe), "--version"]).stdout.strip() == f"greenwatch {VERSION}"
+
+    # One simulated 250 W GPU; the run and the tracked block each measure it for a moment.
+    sc = Scenario(t0=time.time(), gpus=[GpuSpec(0, power=[Constant(-60.0, 900.0, 250.0)])])
+    sc.write(tmp_path / "gpu.scn")
+    env = dict(mock_env(mock_nvml_lib, tmp_path / "gpu.scn"), CUDA_VISIBLE_DEVICES="0")
+    env.pop("PYTHONPATH", None)
+    work = tmp_path / "work"
+    work.mkdir()
+    _run([str(exe), "--log-level", "WARNING", "run", "--out", str(work / "run"), "--", "sleep", "0.5"],
+         cwd=work, env=env)
+    report = json.loads((work / "run" / "report.json").read_text())
+    assert report["job"]["gpu_count"] == 1 and report["energy_kwh"]["gpu"] > 0, report["energy_kwh"]
+    _run([str(py), "-c", "import sys, time, greenwatch\n"
+          "with greenwatch.track('tracked', out=sys.argv[1]):\n    time.sleep(0.5)", str(work / "tracked")],
+         cwd=work, env=env)
+    assert json.loads((work / "tracked" / "report.json").read_text())["energy_kwh"]["gpu"] > 0
+
+    # A site command from a core install: a clear error naming the extra, no traceback.
+    refused = subprocess.run([str(exe), "collector"], capture_output=True, text=True, timeout=60, cwd=work,
+                             env=env)
+    assert refused.returncode == 3 and "pip install 'greenwatch[site]'" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
