@@ -118,6 +118,14 @@ def test_a_year_of_statements_from_influxdb_adds_up_to_the_measured_it_energy(tm
     out = tmp_path / "s.json"
     assert main(["statement", "--config", str(cfg), "--year", "2025", "--format", "json", "--out", str(out)]) == 0
     check_the_year(json.loads(out.read_text()))
+    # The site is every cluster in the database; --cluster narrows it to one.
+    assert main(["statement", "--config", str(cfg), "--year", "2025", "--cluster", "c1", "--format", "json",
+                 "--out", str(out)]) == 0
+    check_the_year(json.loads(out.read_text()))
+    assert main(["statement", "--config", str(cfg), "--year", "2025", "--cluster", "c2", "--format", "json",
+                 "--out", str(out)]) == 0
+    other = json.loads(out.read_text())
+    assert other["customers"] == [] and other["totals"]["measured_it_energy_kwh"] == 0.0
 
     # One customer, by user, as CSV: the same figures.
     capsys.readouterr()

@@ -45,6 +45,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="TOML configuration ([influxdb], [facility]; every key: docs/configuration.md)")
     p.add_argument("--db", type=Path, metavar="SQLITE_FILE",
                    help="read an embedded store (written by `greenwatch demo`) instead of InfluxDB")
+    p.add_argument("--cluster", metavar="NAME", help="only this cluster's records (default: every cluster in the "
+                   "database, i.e. the whole site)")
     p.add_argument("--year", type=int, help="a calendar year (UTC), e.g. 2025")
     p.add_argument("--month", metavar="YYYY-MM", help="one month (UTC)")
     p.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD", help="first day of a date range (UTC)")
@@ -92,13 +94,13 @@ def _data(args: argparse.Namespace, cfg: Any) -> tuple[Any, Any]:
 
         if not args.db.is_file():
             raise ConfigError("--db", f"{args.db} does not exist")
-        return EmbeddedSiteData(EmbeddedStore(args.db)), None
+        return EmbeddedSiteData(EmbeddedStore(args.db), args.cluster), None
     from greenwatch.legal.sitedata import InfluxSiteData
     from greenwatch.reports import InfluxSource
     from greenwatch.wiring import influx_store
 
     store = influx_store(cfg)
-    return InfluxSiteData(InfluxSource(store)), store.query
+    return InfluxSiteData(InfluxSource(store), args.cluster), store.query
 
 
 def _safe_name(name: str) -> str:

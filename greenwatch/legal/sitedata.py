@@ -49,11 +49,17 @@ def _ns(t: float) -> int:
 
 
 class InfluxSiteData:
-    """Sums computed by InfluxDB (``source``: a :class:`greenwatch.reports.InfluxSource`)."""
+    """Sums computed by InfluxDB (``source``: a :class:`greenwatch.reports.InfluxSource`).
 
-    def __init__(self, source: Any) -> None:
+    ``cluster``: only that cluster's records (None: every cluster in the database).
+    """
+
+    def __init__(self, source: Any, cluster: str | None = None) -> None:
+        from greenwatch.storage.influxql import string_literal
+
         self.source = source
-        self.description = source.description
+        self.cluster_cond = f'"cluster" = {string_literal(cluster)} AND ' if cluster else ""
+        self.description = source.description + (f" cluster {cluster}" if cluster else "")
 
     def _summed(self, measurement: str, fields: tuple[str, ...], month: Period,
                 group: tuple[str, ...]) -> dict[tuple[Any, ...], dict[str, Any]]:
@@ -61,7 +67,8 @@ class InfluxSiteData:
 
         lo, hi = _ns(month.start_s), _ns(month.end_s)
         cols = [(f, f'SUM("{f}")', f'SUM("{f}")') for f in fields]
-        return summed(self.source, measurement, cols, f"time >= {lo} AND time < {hi}", (lo, hi - 1), group)
+        return summed(self.source, measurement, cols, f"{self.cluster_cond}time >= {lo} AND time < {hi}",
+                      (lo, hi - 1), group)
 
     def job_sums(self, month: Period) -> dict[JobKey, dict[str, float]]:
         rows = self._summed("job_energy", JOB_FIELDS, month, ("cluster", "job", "user"))
@@ -75,19 +82,20 @@ class InfluxSiteData:
     def job_summaries(self, start_s: float, end_s: float) -> list[dict[str, Any]]:
         return self.source.rows(
             'SELECT "embodied_g", "start_s", "job_name" FROM "job" '
-            f"WHERE time >= {_ns(start_s)} AND time < {_ns(end_s)} GROUP BY *")
+            f"WHERE {self.cluster_cond}time >= {_ns(start_s)} AND time < {_ns(end_s)} GROUP BY *")
 
 
 class EmbeddedSiteData:
     """Sums over the points of an embedded store (small: the demo or one `greenwatch run`)."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, cluster: str | None = None) -> None:
         self.store = store
-        self.description = f"embedded store {store.path}"
+        self.tags = {"cluster": cluster} if cluster else {}
+        self.description = f"embedded store {store.path}" + (f" cluster {cluster}" if cluster else "")
 
     def _points(self, measurement: str, month: Period) -> list[dict[str, Any]]:
         lo, hi = _ns(month.start_s), _ns(month.end_s)
-        return [p for p in self.store.points(measurement) if lo <= p["time_ns"] < hi]
+        return [p for p in self.store.points(measurement, **self.tags) if lo <= p["time_ns"] < hi]
 
     def job_sums(self, month: Period) -> dict[JobKey, dict[str, float]]:
         out: dict[JobKey, dict[str, float]] = defaultdict(lambda: dict.fromkeys(JOB_FIELDS, 0.0))
