@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["GpuInfo", "JobInfo", "Block", "Batch", "SAMPLE_COLUMNS", "SEGMENT_COLUMNS", "HOLDER_COLUMNS", "MISSING"]
+__all__ = ["GpuInfo", "JobInfo", "MigInfo", "Block", "Batch", "SAMPLE_COLUMNS", "SEGMENT_COLUMNS", "HOLDER_COLUMNS",
+           "MIG_COLUMNS", "MISSING"]
 
 #: Value stored in integer columns when a reading failed or is not supported.
 MISSING = -1
@@ -48,6 +49,16 @@ HOLDER_COLUMNS: dict[str, str] = {
     "holder_sm": "<f4",     # the job's SM utilisation share on that GPU, percent; NaN when unknown
 }
 
+#: MIG columns of a block, present only when its batch lists MIG instances (``Batch.mig``).  A
+#: segment of a board in MIG mode lists the instances that existed during it, with their SM
+#: activity; each holder says which instance it holds.
+MIG_COLUMNS: dict[str, str] = {
+    "holder_inst": "<i4",   # per holder: index into Batch.mig, -1 for the whole board
+    "mig_ptr": "<i4",       # CSR pointer into the entries below; length n_segments + 1
+    "mig_inst": "<i4",      # per entry: index into Batch.mig (an instance of the segment's board)
+    "mig_activity": "<f4",  # per entry: the instance's SM activity over the segment, percent; NaN unknown
+}
+
 
 @dataclass(frozen=True)
 class GpuInfo:
@@ -68,6 +79,18 @@ class JobInfo:
     job_id: str
     user: str = ""
     source: str = ""
+
+
+@dataclass(frozen=True)
+class MigInfo:
+    """One MIG device (GPU instance ``gi``, compute instance ``ci``) of a board in a batch."""
+
+    uuid: str                # "MIG-..." as NVML reports it
+    gpu: int                 # index into Batch.gpus: the board it is part of
+    gi: int
+    ci: int
+    slices: int              # its compute slices
+    board_slices: int        # the board's compute slices (7 on A100/H100)
 
 
 @dataclass
@@ -110,6 +133,8 @@ class Batch:
     #: re-accounting a lost batch from the carry gives the same host energy as the original.
     carry_host: dict[str, float] = field(default_factory=dict)
     carry_job_cpu_s: list[float] = field(default_factory=list)
+    #: MIG devices the blocks' MIG columns refer to (empty: no board in MIG mode).
+    mig: list[MigInfo] = field(default_factory=list)
 
     @property
     def key(self) -> tuple[str, str, str, int]:

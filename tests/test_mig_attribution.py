@@ -30,12 +30,13 @@ def run(seg_e, seg_s, seg_gpu, idle_w, holder_ptr, holder_inst, mig_ptr, mig_ins
 
 def test_two_jobs_and_an_idle_instance_by_hand():
     # 10 s at 300 W = 3000 J on a 7-slice board, idle baseline 60 W -> 600 J idle, 2400 J active.
-    # Instances: 3 slices (60 % busy, job A), 2 slices (20 %, job B), 1 slice (0 %, nobody).
+    # Instances: 3 slices (60 % of its SMs busy, job A), 2 slices (20 %, job B), 1 slice (0 %, nobody).
     h_e, h_idle, h_s, unalloc, entry, fallback = run(
         [3000.0], [10.0], [0], [60.0], [0, 2], [0, 1], [0, 3], [0, 1, 2], [60.0, 20.0, 0.0], [3, 2, 1], [7])
     idle = 600.0
-    assert h_e[0] == pytest.approx(idle * 3 / 7 + 2400 * 60 / 80)
-    assert h_e[1] == pytest.approx(idle * 2 / 7 + 2400 * 20 / 80)
+    # Active part by busy slices: 0.6 * 3 = 1.8 and 0.2 * 2 = 0.4 of 2.2.
+    assert h_e[0] == pytest.approx(idle * 3 / 7 + 2400 * 1.8 / 2.2)
+    assert h_e[1] == pytest.approx(idle * 2 / 7 + 2400 * 0.4 / 2.2)
     # The unheld instance's idle share and the seventh, unpartitioned slice's stay unallocated.
     assert unalloc[0] == pytest.approx(idle * 2 / 7)
     assert entry[2] == pytest.approx(idle * 1 / 7)

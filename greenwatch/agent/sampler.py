@@ -11,8 +11,8 @@ import logging
 import math
 from typing import Callable, Protocol, Sequence
 
-from greenwatch.agent.builder import BatchBuilder, Holder
-from greenwatch.agent.gpu import GpuDevice, GpuError
+from greenwatch.agent.builder import BatchBuilder, Holder, InstanceState
+from greenwatch.agent.gpu import GpuDevice, GpuError, GpuProcess, MigDevice
 from greenwatch.batch import GpuInfo, JobInfo
 
 __all__ = ["Sampler", "JobLookup", "CpuMeter"]
@@ -107,6 +107,16 @@ class Sampler:
         resolved: dict[int, JobInfo] = {}
         for k, dev in enumerate(self.devices):
             try:
+                devices = dev.mig_devices()
+            except GpuError as err:
+                self._errors.failed(dev, "MIG device list", err)
+                devices = []
+            else:
+                self._errors.ok(dev, "MIG device list")
+            if devices:
+                self._sample_mig(k, dev, devices, allocations, resolved)
+                continue
+            try:
                 procs = dev.processes()
             except GpuError as err:
                 self._errors.failed(dev, "process list", err)
@@ -115,15 +125,7 @@ class Sampler:
                 self._errors.ok(dev, "process list")
             shares: dict[str, tuple[JobInfo, float]] = {}
             for p in procs:
-                job = resolved.get(p.pid)
-                if job is None:
-                    job = self.jobs.job_of_pid(p.pid)
-                    if job is None:
-                        user = self.jobs.user_of_pid(p.pid)
-                        job = JobInfo(f"nojob:{user}", user, "none")
-                    resolved[p.pid] = job
-                if self._job_cpu is not None:
-                    self._job_cpu.observe(job.job_id, {p.pid})
+                job = self._job_of(p, resolved)
                 prev = shares.get(job.job_id)
                 sm = p.sm_util if prev is None else prev[1] + p.sm_util  # NaN stays NaN
                 shares[job.job_id] = (prev[0] if prev else job, min(sm, 100.0) if not math.isnan(sm) else sm)
@@ -133,6 +135,46 @@ class Sampler:
                 shares[allocated.job_id] = (allocated, 0.0)
             self.builder.set_holders(k, [Holder(job, sm) for job, sm in shares.values()])
             self.holders[k] = tuple(job for job, _ in shares.values())
+
+    def _job_of(self, p: GpuProcess, resolved: dict[int, JobInfo]) -> JobInfo:
+        """The job of a GPU process (resolved once per scan), noted for the job's CPU time."""
+        job = resolved.get(p.pid)
+        if job is None:
+            job = self.jobs.job_of_pid(p.pid)
+            if job is None:
+                user = self.jobs.user_of_pid(p.pid)
+                job = JobInfo(f"nojob:{user}", user, "none")
+            resolved[p.pid] = job
+        if self._job_cpu is not None:
+            self._job_cpu.observe(job.job_id, {p.pid})
+        return job
+
+    def _sample_mig(self, k: int, dev: GpuDevice, devices: list[MigDevice], allocations: dict[str, JobInfo],
+                    resolved: dict[int, JobInfo]) -> None:
+        """Holders of a board in MIG mode: the jobs on each MIG device (by its processes, or allocated
+        by its MIG UUID), and a job allocated the whole board by the board's UUID."""
+        holders: list[Holder] = []
+        for d in devices:
+            on_device: dict[str, JobInfo] = {}
+            for p in d.processes:
+                job = self._job_of(p, resolved)
+                on_device.setdefault(job.job_id, job)
+            allocated = allocations.get(d.uuid)
+            if allocated is not None:
+                on_device.setdefault(allocated.job_id, allocated)
+            # Per-process utilisation does not exist in MIG mode: the device's activity splits the board.
+            holders += [Holder(job, math.nan, d.uuid) for job in on_device.values()]
+        board = allocations.get(dev.uuid)
+        if board is not None and all(h.job.job_id != board.job_id for h in holders):
+            holders.append(Holder(board, math.nan))
+        # What each device will do until the next scan: what it did since the last one, or nothing
+        # when no process runs on it (SMs are busy only for a CUDA context; an instance whose last
+        # process just ended, or that is about to be re-partitioned away, is idle).
+        instances = tuple(InstanceState(d.uuid, d.gi, d.ci, d.slices, d.board_slices,
+                                        d.activity if d.processes else 0.0) for d in devices)
+        measured = {d.uuid: d.activity for d in devices if not math.isnan(d.activity)}
+        self.builder.set_holders(k, holders, instances, measured)
+        self.holders[k] = tuple(dict.fromkeys(h.job for h in holders))
 
     def cut(self, sent_us: int = 0):  # -> Batch
         """Close the current window."""

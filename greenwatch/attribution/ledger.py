@@ -16,10 +16,12 @@ from typing import Mapping, NamedTuple, Protocol, Sequence
 import numpy as np
 
 from greenwatch.attribution import kernel
-from greenwatch.batch import Block, GpuInfo, JobInfo
+from greenwatch.attribution.mig import MigSplit, resplit_blocks
+from greenwatch.batch import Block, GpuInfo, JobInfo, MigInfo
 from greenwatch.carbon import emissions_g, market_intensity
 
-__all__ = ["AttributionSettings", "CarbonContext", "JobLine", "JobGpuLine", "GpuLine", "BlockLedger", "LedgerInput",
+__all__ = ["AttributionSettings", "CarbonContext", "JobLine", "JobGpuLine", "GpuLine", "MigLine", "BlockLedger",
+           "LedgerInput",
            "LedgerTable", "JOB_VALUES", "BLOCK_VALUES", "GPU_SUMMARY", "PAIR_VALUES", "account_block",
            "account_blocks"]
 
@@ -114,6 +116,21 @@ class GpuLine:
 
 
 @dataclass
+class MigLine:
+    """One MIG instance's share of its board's energy over one block (docs/methodology.md, "MIG")."""
+
+    uuid: str
+    gpu_uuid: str
+    gi: int
+    ci: int
+    slices: int
+    board_slices: int
+    energy_j: float
+    #: False where some of its share followed slices because the board reported no activity.
+    activity_known: bool
+
+
+@dataclass
 class BlockLedger:
     """Everything one block contributes to the books, ready to be stored."""
 
@@ -136,6 +153,8 @@ class BlockLedger:
     segment_start_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
     segment_gpu: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     segment_energy_j: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: The MIG instances of the block's boards in MIG mode, with their shares.
+    mig: list[MigLine] = field(default_factory=list)
 
     @property
     def allocated_energy_j(self) -> float:
@@ -169,6 +188,7 @@ class LedgerInput(NamedTuple):
     jobs: Sequence[JobInfo]
     host: Mapping[str, float] | None = None
     job_cpu_s: Sequence[float] = ()
+    mig: Sequence[MigInfo] = ()
 
 
 @dataclass
@@ -211,6 +231,8 @@ class LedgerTable:
     seg_start_s: np.ndarray
     seg_gpu: np.ndarray                     # index into the block's own GPUs
     seg_energy_j: np.ndarray
+    # per MIG instance (None: no block had one)
+    mig: MigSplit | None = None
 
     @property
     def n_blocks(self) -> int:
@@ -237,7 +259,15 @@ class LedgerTable:
                  for j, g, v in zip(self.pair_jobs[p0:p1], self.pair_gpus[p0:p1], self.pair_values[p0:p1].tolist())]
         b = dict(zip(BLOCK_VALUES, self.block_values[k].tolist()))
         del b["allocated_energy_j"]   # a property of BlockLedger, from its job lines
-        return BlockLedger(end_us=int(self.end_us[k]), jobs=jobs, gpus=gpus, job_gpus=pairs, **b,
+        mig_lines = []
+        if self.mig is not None:
+            i0, i1 = int(self.mig.inst_ptr[k]), int(self.mig.inst_ptr[k + 1])
+            block_gpus = self.gpus[g0:g1]
+            mig_lines = [MigLine(m.uuid, block_gpus[m.gpu].uuid, m.gi, m.ci, m.slices, m.board_slices, float(e),
+                                 bool(known))
+                         for m, e, known in zip(self.mig.instances[i0:i1], self.mig.energy_j[i0:i1].tolist(),
+                                                self.mig.activity_known[i0:i1].tolist())]
+        return BlockLedger(mig=mig_lines, end_us=int(self.end_us[k]), jobs=jobs, gpus=gpus, job_gpus=pairs, **b,
                            host_energy_measured=bool(self.host_energy_measured[k]),
                            segment_start_s=self.seg_start_s[s0:s1], segment_gpu=self.seg_gpu[s0:s1],
                            segment_energy_j=self.seg_energy_j[s0:s1])
@@ -319,6 +349,11 @@ def account_blocks(inputs: Sequence[LedgerInput], settings: AttributionSettings,
     h_e, h_idle, h_s, seg_unalloc = kernel.split_segments(
         seg_energy, seg_s, seg_gpu, holder_ptr, holder_sm, np.full(n_gpu_all, settings.idle_power_w),
         _POLICIES[settings.idle_policy])
+    # Boards in MIG mode: their segments are split by instance (attribution.mig), not by holder SM share.
+    mig_split = None
+    if any(x.mig for x in inputs):
+        mig_split = resplit_blocks(segs, [x.mig for x in inputs], n_gpu, seg_energy, seg_s, seg_gpu, holder_ptr,
+                                   np.full(n_gpu_all, settings.idle_power_w), h_e, h_idle, h_s, seg_unalloc)
 
     # Carbon: every segment is priced at the intensity and PUE of its own start time.
     seg_t = t_us[seg_row].astype(np.float64) * 1e-6
@@ -409,15 +444,17 @@ def account_blocks(inputs: Sequence[LedgerInput], settings: AttributionSettings,
         pair_gpus=[gpus[i] for i in pair_gpu.tolist()], pair_values=pair_values,
         block_values=block_values, block_resets=np.bincount(gpu_block, weights=resets, minlength=n_b).astype(np.int64),
         host_energy_measured=np.array([bool((x.host or {}).get("host_energy_measured", 0.0)) for x in inputs]),
-        seg_ptr=seg_base, seg_start_s=seg_t, seg_gpu=seg_gpu_local, seg_energy_j=seg_energy)
+        seg_ptr=seg_base, seg_start_s=seg_t, seg_gpu=seg_gpu_local, seg_energy_j=seg_energy, mig=mig_split)
 
 
 def account_block(block: Block, gpus: Sequence[GpuInfo], jobs: Sequence[JobInfo],
                   settings: AttributionSettings, carbon: CarbonContext,
-                  host: Mapping[str, float] | None = None, job_cpu_s: Sequence[float] = ()) -> BlockLedger:
+                  host: Mapping[str, float] | None = None, job_cpu_s: Sequence[float] = (),
+                  mig: Sequence[MigInfo] = ()) -> BlockLedger:
     """Attribute one block's energy to jobs and price it in CO2 (:func:`account_blocks` for one block).
 
     With ``host`` (the batch's host metrics) and ``job_cpu_s``, the host's CPU energy is split
-    among jobs by CPU-time share and priced at the block's end time.
+    among jobs by CPU-time share and priced at the block's end time.  ``mig`` lists the MIG
+    instances the block's MIG columns refer to.
     """
-    return account_blocks([LedgerInput(block, gpus, jobs, host, job_cpu_s)], settings, carbon).ledger(0)
+    return account_blocks([LedgerInput(block, gpus, jobs, host, job_cpu_s, mig)], settings, carbon).ledger(0)

@@ -7,9 +7,9 @@ energy ``E`` is split as docs/methodology.md ("MIG") gives:
 
 * idle part ``I = min(E, idle_w * duration)``, by slice share: ``I * slices / board_slices``;
   the share of slices no instance occupies stays unallocated;
-* active part ``A = E - I``, by activity share ``a / sum(a)`` where every instance's activity
-  is known and some is above zero, otherwise by slice share among the instances (labelled as
-  a fallback);
+* active part ``A = E - I``, by busy-slice share ``a * slices / sum(a * slices)`` (``a``: the
+  percentage of the instance's SMs that were busy) where every instance's activity is known and
+  some is above zero, otherwise by slice share among the instances (labelled as a fallback);
 * an instance's share goes to the jobs holding it (equal parts); an instance no job holds
   goes to unallocated, unless a job holds the whole board, which then gets it.
 
@@ -19,10 +19,15 @@ what is left after the shares, so the books add up to the counter's energy up to
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
 import numpy as np
 from numba import njit
 
-__all__ = ["split_mig_segments"]
+from greenwatch.batch import MigInfo
+
+__all__ = ["MigSplit", "split_mig_segments", "resplit_blocks"]
 
 
 @njit(cache=True, nogil=True)
@@ -58,16 +63,17 @@ def split_mig_segments(seg_energy_j, seg_duration_s, seg_gpu, idle_w, holder_ptr
         known = True
         for k in range(m0, m1):
             a = mig_activity[k]
+            sl = inst_slices[mig_inst[k]]
             if np.isnan(a):
                 known = False
             else:
-                act_sum += a
-            slice_sum += inst_slices[mig_inst[k]]
+                act_sum += a * sl   # busy slices: activity is a percentage of the instance's own SMs
+            slice_sum += sl
         use_activity = known and act_sum > 0.0
         fallback[s] = not use_activity
         for k in range(m0, m1):
             sl = inst_slices[mig_inst[k]]
-            w = mig_activity[k] / act_sum if use_activity else sl / slice_sum
+            w = mig_activity[k] * sl / act_sum if use_activity else sl / slice_sum
             entry_e[k] = idle * (sl / total_slices) + active * w
         a = holder_ptr[s]
         b = holder_ptr[s + 1]
@@ -108,3 +114,62 @@ def split_mig_segments(seg_energy_j, seg_duration_s, seg_gpu, idle_w, holder_ptr
         else:
             unalloc[s] = rest
     return entry_e, fallback
+
+
+@dataclass
+class MigSplit:
+    """What the MIG split adds to a ledger table: each instance's energy, per block."""
+
+    inst_ptr: np.ndarray              # int64[B + 1]: block k's instances are inst_ptr[k]:inst_ptr[k + 1]
+    instances: list[MigInfo]
+    energy_j: np.ndarray              # float64[I]: the instance's share of its board's energy
+    activity_known: np.ndarray        # bool[I]: every segment of it split its active part by measured activity
+
+
+def _starts(counts: Sequence[int]) -> np.ndarray:
+    out = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=out[1:])
+    return out
+
+
+def resplit_blocks(segments: Sequence[Mapping[str, np.ndarray]], migs: Sequence[Sequence[MigInfo]],
+                   n_gpus: Sequence[int], seg_energy_j: np.ndarray, seg_duration_s: np.ndarray, seg_gpu: np.ndarray,
+                   holder_ptr: np.ndarray, idle_w: np.ndarray, h_e: np.ndarray, h_idle: np.ndarray, h_s: np.ndarray,
+                   unalloc: np.ndarray) -> MigSplit:
+    """Apply :func:`split_mig_segments` to many blocks whose columns were concatenated.
+
+    ``segments`` are the blocks' segment columns (with :data:`~greenwatch.batch.MIG_COLUMNS` where the
+    block has MIG instances), ``migs`` each block's instance table; ``seg_gpu`` and ``holder_ptr``
+    are already global (shifted by the blocks before).  The holder and segment arrays are changed
+    in place.
+    """
+    n_seg = [int(s["seg_gpu"].shape[0]) for s in segments]
+    n_hold = [int(s["holder_job"].shape[0]) for s in segments]
+    n_ent = [int(s["mig_inst"].shape[0]) if "mig_inst" in s else 0 for s in segments]
+    inst_base, ent_base, gpu_base = _starts([len(m) for m in migs]), _starts(n_ent), _starts(n_gpus)
+    holder_inst, mig_ptr, mig_inst, mig_act = [], [], [], []
+    for k, s in enumerate(segments):
+        if "mig_inst" in s:
+            local = s["holder_inst"].astype(np.int32)
+            holder_inst.append(np.where(local >= 0, local + inst_base[k], -1).astype(np.int32))
+            mig_ptr.append(s["mig_ptr"][:-1].astype(np.int64) + ent_base[k])
+            mig_inst.append(s["mig_inst"].astype(np.int64) + inst_base[k])
+            mig_act.append(s["mig_activity"].astype(np.float64))
+        else:
+            holder_inst.append(np.full(n_hold[k], -1, dtype=np.int32))
+            mig_ptr.append(np.full(n_seg[k], ent_base[k], dtype=np.int64))
+    instances = [m for block in migs for m in block]
+    board_slices = np.ones(int(gpu_base[-1]), dtype=np.int64)
+    for k, block in enumerate(migs):
+        for m in block:
+            board_slices[gpu_base[k] + m.gpu] = m.board_slices
+    ptr = np.append(np.concatenate(mig_ptr) if mig_ptr else np.zeros(0, np.int64), ent_base[-1])
+    inst = np.concatenate(mig_inst) if mig_inst else np.zeros(0, np.int64)
+    act = np.concatenate(mig_act) if mig_act else np.zeros(0)
+    entry_e, fallback = split_mig_segments(
+        seg_energy_j, seg_duration_s, seg_gpu, idle_w, holder_ptr,
+        np.concatenate(holder_inst) if holder_inst else np.zeros(0, np.int32), ptr, inst, act,
+        np.array([m.slices for m in instances], dtype=np.int64), board_slices, h_e, h_idle, h_s, unalloc)
+    entry_seg = np.repeat(np.arange(ptr.shape[0] - 1), np.diff(ptr))
+    guessed = np.bincount(inst, weights=fallback[entry_seg].astype(np.float64), minlength=len(instances))
+    return MigSplit(inst_base, instances, np.bincount(inst, weights=entry_e, minlength=len(instances)), guessed == 0)

@@ -190,7 +190,8 @@ class Collector:
 
     def ledger(self, batch: Batch) -> BlockLedger:
         """The ledger of a batch's own window."""
-        return account_block(batch.block, batch.gpus, batch.jobs, self.settings, self.carbon, batch.host, batch.job_cpu_s)
+        return account_block(batch.block, batch.gpus, batch.jobs, self.settings, self.carbon, batch.host, batch.job_cpu_s,
+                             batch.mig)
 
     # -- internals ------------------------------------------------------------------------------
     def _decode(self, payload: bytes, expect_node: tuple[str, str] | None) -> Batch | None:
@@ -316,14 +317,15 @@ class Collector:
         """One table for the batches' own windows and, where ``fill_gap``, the windows they carry."""
         inputs, sources, filled = [], [], 0
         for batch, fill_gap in items:
-            inputs.append(LedgerInput(batch.block, batch.gpus, batch.jobs, batch.host, batch.job_cpu_s))
+            inputs.append(LedgerInput(batch.block, batch.gpus, batch.jobs, batch.host, batch.job_cpu_s, batch.mig))
             sources.append(BlockSource(batch.cluster, batch.node, batch.host))
             if fill_gap and batch.carry is not None and batch.carry.n_rows:
                 # The previous batch never reached this collector (lost, or taken by another collector of
                 # the shared subscription).  Its boundary rows give its energy from the counter exactly, and
                 # its host metrics its host energy, so the records equal the original's field for field:
                 # writing them under the same keys is harmless if another collector did receive it.
-                inputs.append(LedgerInput(batch.carry, batch.gpus, batch.jobs, batch.carry_host, batch.carry_job_cpu_s))
+                inputs.append(LedgerInput(batch.carry, batch.gpus, batch.jobs, batch.carry_host, batch.carry_job_cpu_s,
+                                          batch.mig))
                 sources.append(BlockSource(batch.cluster, batch.node, None, with_gpu_series=False))
                 filled += 1
         return _Group([b for b, _ in items], account_blocks(inputs, self.settings, self.carbon), sources, filled)

@@ -32,6 +32,7 @@ from greenwatch.batch import (
     JobInfo,
 )
 from greenwatch.recent import RecentCache
+from greenwatch.transport import migwire
 from greenwatch.transport.identifiers import check_name, is_name
 
 __all__ = ["MAGIC", "VERSION", "WireError", "encode", "decode", "MIN_SENT_US"]
@@ -65,19 +66,22 @@ class WireError(ValueError):
 
 
 def _block_header(block: Block) -> dict[str, Any]:
-    return {
+    meta = {
         "rows": np.diff(block.gpu_offsets).astype(int).tolist(),
         "segments": block.n_segments,
         "holders": int(block.segments["holder_job"].shape[0]),
         "end_us": int(block.end_us),
     }
+    if "mig_inst" in block.segments:   # MIG columns follow the holder columns (transport.migwire)
+        meta["mig"] = int(block.segments["mig_inst"].shape[0])
+    return meta
 
 
 def _block_body(block: Block) -> list[bytes]:
     parts = [np.ascontiguousarray(block.columns[n], dtype=dt).tobytes() for n, dt in SAMPLE_COLUMNS.items()]
     parts += [np.ascontiguousarray(block.segments[n], dtype=dt).tobytes() for n, dt in SEGMENT_COLUMNS.items()]
     parts += [np.ascontiguousarray(block.segments[n], dtype=dt).tobytes() for n, dt in HOLDER_COLUMNS.items()]
-    return parts
+    return parts + migwire.block_columns(block)
 
 
 def encode(batch: Batch) -> bytes:
@@ -100,6 +104,8 @@ def encode(batch: Batch) -> bytes:
         "job_cpu_s": [round(float(x), 6) for x in batch.job_cpu_s],
         "blocks": [_block_header(b) for b in blocks],
     }
+    if batch.mig:
+        header["mig"] = migwire.instances_json(batch.mig)
     if batch.carry is not None:
         header["carry_host"] = batch.carry_host
         header["carry_job_cpu_s"] = [round(float(x), 6) for x in batch.carry_job_cpu_s]
@@ -300,7 +306,10 @@ def _read_block(buf: memoryview, pos: int, meta: Any, n_gpus: int) -> tuple[Bloc
     n_seg, n_hold = _int(meta, "segments", 0, 10_000_000), _int(meta, "holders", 0, 10_000_000)
     offsets = np.array([0, *itertools.accumulate(rows)], dtype=np.int64)   # 4x faster than np.cumsum on a list
     n = int(offsets[-1])
+    n_mig = _int(meta, "mig", 0, 10_000_000) if "mig" in meta else -1
     size = n * _ROW_BYTES + n_seg * _SEGMENT_BYTES + _PTR_BYTES + n_hold * _HOLDER_BYTES
+    if n_mig >= 0:
+        size += migwire.column_bytes(n_seg, n_hold, n_mig)
     _require(pos + size <= len(buf), "truncated",
              f"body ends {pos + size - len(buf)} bytes before the end of a block of {n} rows")
     frombuffer = np.frombuffer
@@ -316,6 +325,9 @@ def _read_block(buf: memoryview, pos: int, meta: Any, n_gpus: int) -> tuple[Bloc
     for name, dt, itemsize in _HOLDER_LAYOUT:
         segs[name] = frombuffer(buf, dt, n_hold, pos)
         pos += itemsize * n_hold
+    if n_mig >= 0:
+        mig_cols, pos = migwire.read_columns(buf, pos, n_seg, n_hold, n_mig)
+        segs.update(mig_cols)
     return Block(offsets, cols, segs, _int(meta, "end_us")), pos
 
 
@@ -335,6 +347,10 @@ def _validate_block(block: Block, n_jobs: int, lo_us: int, hi_us: int) -> None:
         from greenwatch.transport.checks import FAILURES
 
         raise WireError(*FAILURES[code])
+
+
+def _bad_mig(detail: str) -> WireError:
+    return WireError("bad-mig", detail)
 
 
 def _window_s(block: Block, sent_us: int) -> float:
@@ -379,6 +395,7 @@ def decode(payload: bytes, *, expect_node: tuple[str, str] | None = None, now_us
              f"(at most {max_skew_s:g} s allowed: check both clocks)")
     lo_us, hi_us = sent_us - int(max_window_s * 1e6), sent_us + SENT_TOLERANCE_US
     gpus, jobs = _parse_gpus(header.get("gpus")), _parse_jobs(header.get("jobs"))
+    mig = migwire.parse_instances(header.get("mig"), len(gpus), _bad_mig)
     host, job_cpu = _host_metrics(header, "host", "job_cpu_s", len(jobs))
     carry_host, carry_cpu = _host_metrics(header, "carry_host", "carry_job_cpu_s", len(jobs))
     metas = header.get("blocks")
@@ -390,6 +407,7 @@ def decode(payload: bytes, *, expect_node: tuple[str, str] | None = None, now_us
         if block.end_us == 0 and block.n_rows == 0:
             block.end_us = sent_us   # a window without samples ends when it was sent
         _validate_block(block, len(jobs), lo_us, hi_us)
+        migwire.check_block_mig(block, mig, _bad_mig)
         blocks.append(block)
     _require(pos == len(buf), "trailing-bytes", f"{len(buf) - pos} bytes after the last column")
     _check_host(host, job_cpu, blocks[0], sent_us, "host")
@@ -397,4 +415,4 @@ def decode(payload: bytes, *, expect_node: tuple[str, str] | None = None, now_us
     _check_host(carry_host, carry_cpu, blocks[-1], sent_us, "carry_host")
     return Batch(cluster, node, _int(header, "seq"), _name(header, "boot", "boot"), gpus, jobs, blocks[0], host,
                  blocks[1] if len(blocks) > 1 else None, sent_us, [float(v) for v in job_cpu],
-                 carry_host, [float(v) for v in carry_cpu])
+                 carry_host, [float(v) for v in carry_cpu], mig)

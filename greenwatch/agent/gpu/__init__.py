@@ -6,8 +6,8 @@ reads a real NVIDIA board; the simulated GPU of ``greenwatch demo`` lives with t
 :class:`GpuError` with a short, stable ``kind``.
 """
 
-from greenwatch.agent.gpu.device import FastReading, GpuDevice, GpuError, GpuProcess, StatusReading
+from greenwatch.agent.gpu.device import FastReading, GpuDevice, GpuError, GpuProcess, MigDevice, StatusReading
 from greenwatch.agent.gpu.nvml import NvmlGpu, NvmlUnavailable, open_nvml_gpus
 
-__all__ = ["GpuError", "FastReading", "StatusReading", "GpuProcess", "GpuDevice", "NvmlGpu", "NvmlUnavailable",
+__all__ = ["GpuError", "FastReading", "StatusReading", "GpuProcess", "MigDevice", "GpuDevice", "NvmlGpu", "NvmlUnavailable",
            "open_nvml_gpus"]

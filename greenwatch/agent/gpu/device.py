@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-__all__ = ["GpuError", "FastReading", "StatusReading", "GpuProcess", "GpuDevice"]
+__all__ = ["GpuError", "FastReading", "StatusReading", "GpuProcess", "MigDevice", "GpuDevice"]
 
 
 class GpuError(Exception):
@@ -46,8 +46,26 @@ class GpuProcess:
     sm_util: float  # percent; NaN when the board cannot report per-process utilisation
 
 
+@dataclass(frozen=True)
+class MigDevice:
+    """One MIG device of a board in MIG mode, read at 1 Hz.
+
+    ``activity`` is the percentage of its SMs that were busy since the previous read (GPM,
+    Hopper and newer); NaN where the board cannot say, and on the first read of an instance.
+    """
+
+    uuid: str
+    gi: int
+    ci: int
+    slices: int              # its compute slices
+    board_slices: int        # the board's compute slices
+    activity: float
+    processes: tuple[GpuProcess, ...]
+
+
 class GpuDevice(ABC):
-    """One GPU as the sampler sees it.  Every method is abstract: a backend implements all of them.
+    """One GPU as the sampler sees it.  Every abstract method is one a backend must implement;
+    :meth:`mig_devices` has a default for backends without MIG.
 
     Methods raise :class:`GpuError` and nothing else; a part of a reading that failed without
     the GPU being lost is MISSING instead.
@@ -70,3 +88,7 @@ class GpuDevice(ABC):
     @abstractmethod
     def processes(self) -> list[GpuProcess]:
         """Compute processes on this GPU (host PIDs) with their SM utilisation."""
+
+    def mig_devices(self) -> list[MigDevice]:
+        """The board's MIG devices now, with their processes and activity; empty when MIG is off."""
+        return []

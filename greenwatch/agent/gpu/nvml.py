@@ -19,7 +19,8 @@ from typing import Any, Iterable
 
 import pynvml
 
-from greenwatch.agent.gpu.device import FastReading, GpuDevice, GpuError, GpuProcess, StatusReading
+from greenwatch.agent.gpu.device import FastReading, GpuDevice, GpuError, GpuProcess, MigDevice, StatusReading
+from greenwatch.agent.gpu.nvml_mig import MigReader
 from greenwatch.batch import MISSING
 
 __all__ = ["NvmlGpu", "NvmlUnavailable", "FastNvmlCalls", "open_nvml_gpus"]
@@ -202,6 +203,7 @@ class NvmlGpu(GpuDevice):
         self._last_seen_us = 0
         self._proc_util_supported = True
         self._fast = FastNvmlCalls.bind(handle, self._fields) if fast_calls else None
+        self._mig = MigReader(handle)
 
     @property
     def uses_fast_calls(self) -> bool:
@@ -269,6 +271,13 @@ class NvmlGpu(GpuDevice):
                     if exc.value == pynvml.NVML_ERROR_NOT_SUPPORTED:
                         self._proc_util_supported = False
         return [GpuProcess(int(p.pid), sm.get(int(p.pid), 0.0) if known else math.nan) for p in procs]
+
+    def mig_devices(self) -> list[MigDevice]:
+        """The board's MIG devices (:class:`~greenwatch.agent.gpu.nvml_mig.MigReader`); empty without MIG."""
+        try:
+            return self._mig.read()
+        except pynvml.NVMLError as exc:
+            raise _translate(exc) from None
 
 
 def _text(value: str | bytes) -> str:

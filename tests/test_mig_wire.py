@@ -1,0 +1,143 @@
+"""MIG on the wire: instances and their columns round-trip, hostile ones are refused with a reason,
+a lost batch's MIG split is recovered from the next batch's carry, and an agent restart keeps them."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+
+import numpy as np
+import pytest
+
+from greenwatch.agent.builder import BatchBuilder, Holder, InstanceState
+from greenwatch.attribution import AttributionSettings, CarbonContext, account_block
+from greenwatch.batch import GpuInfo, JobInfo
+from greenwatch.carbon import AnnualIntensity, ConstantPue
+from greenwatch.transport.wire import WireError, decode, encode
+
+pytestmark = pytest.mark.mig
+
+T0 = 1_800_000_000_000_000
+A, B = JobInfo("101", "alice", "slurm"), JobInfo("102", "bob", "slurm")
+BIG = InstanceState("MIG-aaaaaaaa-0000-0000-0000-000000000001", 1, 0, 4, 7, 70.0)
+SMALL = InstanceState("MIG-aaaaaaaa-0000-0000-0000-000000000002", 2, 0, 2, 7, 20.0)
+SETTINGS = AttributionSettings(idle_power_w=60.0)
+CARBON = CarbonContext(AnnualIntensity("DE"), ConstantPue(1.0))
+
+
+def builder() -> BatchBuilder:
+    return BatchBuilder("c1", "n1", [GpuInfo("GPU-11111111-2222-3333-4444-555555555555", 0, "NVIDIA H100", True, False,
+                                             700.0)])
+
+
+def fill(b: BatchBuilder, start_s: float, seconds: int, energy_mj: int) -> int:
+    """Ten samples a second at 400 W from ``energy_mj`` on; returns the counter after."""
+    for i in range(seconds * 10):
+        energy_mj += 40_000
+        t = T0 + int((start_s + (i + 1) * 0.1) * 1e6)
+        b.add_sample(0, (t, energy_mj, 400_000, -1, -1, 1000, 50, 1980))
+    return energy_mj
+
+
+def mig_batches() -> list:
+    b = builder()
+    b.set_holders(0, [Holder(A, math.nan, BIG.uuid), Holder(B, math.nan, SMALL.uuid)], (BIG, SMALL))
+    e = fill(b, 0, 2, 1_000_000)
+    first = b.cut(sent_us=T0 + 2_100_000)
+    b.set_holders(0, [Holder(A, math.nan, BIG.uuid)], (BIG, SMALL))
+    e = fill(b, 2, 2, e)
+    second = b.cut(sent_us=T0 + 4_100_000)
+    return [first, second]
+
+
+def decoded(batch):
+    return decode(encode(batch), now_us=batch.sent_us)
+
+
+def test_mig_round_trip_and_split():
+    first, _ = mig_batches()
+    back = decoded(first)
+    assert [m.uuid for m in back.mig] == [BIG.uuid, SMALL.uuid]
+    assert back.mig[0].slices == 4 and back.mig[0].board_slices == 7 and back.mig[0].gpu == 0
+    for name in ("holder_inst", "mig_ptr", "mig_inst", "mig_activity"):
+        assert np.array_equal(back.block.segments[name], first.block.segments[name], equal_nan=True)
+    led = account_block(back.block, back.gpus, back.jobs, SETTINGS, CARBON, mig=back.mig)
+    e = led.gpu_energy_j
+    idle = 60.0 * 1.9   # 19 intervals of 0.1 s
+    busy = 70 * 4 + 20 * 2
+    by_job = {j.job_id: j.energy_j for j in led.jobs}
+    assert by_job["101"] == pytest.approx(idle * 4 / 7 + (e - idle) * 280 / busy)
+    assert by_job["102"] == pytest.approx(idle * 2 / 7 + (e - idle) * 40 / busy)
+    assert led.unallocated_energy_j == pytest.approx(idle / 7)
+    assert [m.energy_j for m in led.mig] == pytest.approx([by_job["101"], by_job["102"]])
+    assert all(m.activity_known for m in led.mig)
+
+
+def test_a_lost_batch_is_re_accounted_from_the_carry_with_the_same_mig_split():
+    first, second = mig_batches()
+    direct = account_block(first.block, first.gpus, first.jobs, SETTINGS, CARBON, mig=first.mig)
+    back = decoded(second)
+    assert back.carry is not None
+    again = account_block(back.carry, back.gpus, back.jobs, SETTINGS, CARBON, mig=back.mig)
+    assert {j.job_id: j.energy_j for j in again.jobs} == pytest.approx({j.job_id: j.energy_j for j in direct.jobs})
+    assert again.unallocated_energy_j == pytest.approx(direct.unallocated_energy_j)
+
+
+def test_a_restarted_agent_keeps_the_instances():
+    b = builder()
+    b.set_holders(0, [Holder(A, math.nan, BIG.uuid)], (BIG, SMALL))
+    fill(b, 0, 1, 0)
+    b.cut(sent_us=T0 + 1_100_000)
+    snap = json.loads(json.dumps(b.snapshot()))
+    again = builder()
+    again.resume(snap)
+    fill(again, 1, 1, 400_000)
+    batch = decoded(again.cut(sent_us=T0 + 2_100_000))
+    assert [m.uuid for m in batch.mig] == [BIG.uuid, SMALL.uuid]
+    assert batch.carry is not None and "mig_inst" in batch.carry.segments
+
+
+def test_old_batches_without_mig_still_decode():
+    b = builder()
+    b.set_holders(0, [Holder(A, 50.0)])
+    fill(b, 0, 1, 0)
+    batch = b.cut(sent_us=T0 + 1_100_000)
+    payload = encode(batch)
+    assert b'"mig"' not in payload
+    back = decode(payload, now_us=batch.sent_us)
+    assert back.mig == [] and "mig_inst" not in back.block.segments
+
+
+def _rewrite(payload: bytes, edit) -> bytes:
+    """The payload with its JSON header changed by ``edit`` (the body kept)."""
+    magic, version, n = struct.unpack_from("<3sBI", payload, 0)
+    header = json.loads(payload[8:8 + n])
+    edit(header)
+    head = json.dumps(header).encode()
+    return struct.pack("<3sBI", magic, version, len(head)) + head + payload[8 + n:]
+
+
+def _set_activity(payload: bytes, value: float) -> bytes:
+    """The last entry's activity (the last f4 of the body) set to ``value``."""
+    return payload[:-4] + struct.pack("<f", value)
+
+
+@pytest.mark.parametrize("name,mutate,detail", [
+    ("board-slices-disagree", lambda p: _rewrite(p, lambda h: h["mig"][1].update(board_slices=8)), "disagree"),
+    ("too-many-slices", lambda p: _rewrite(p, lambda h: h["mig"][0].update(slices=9)), "slices"),
+    ("no-such-gpu", lambda p: _rewrite(p, lambda h: h["mig"][0].update(gpu=3)), "gpu"),
+    ("bad-uuid", lambda p: _rewrite(p, lambda h: h["mig"][0].update(uuid="MIG x")), "UUID"),
+    ("twice", lambda p: _rewrite(p, lambda h: h["mig"].append(dict(h["mig"][0]))), "twice"),
+    ("missing-table", lambda p: _rewrite(p, lambda h: h.pop("mig")), "no MIG device"),
+    ("activity", lambda p: _set_activity(p, 250.0), "0-100"),
+    ("slices-over-board", lambda p: _rewrite(p, lambda h: [m.update(board_slices=5) for m in h["mig"]]), "more slices"),
+])
+def test_hostile_mig_data_is_refused_with_a_reason(name, mutate, detail):
+    first, _ = mig_batches()
+    payload = encode(first)
+    decode(payload, now_us=first.sent_us)   # the original is fine
+    with pytest.raises(WireError) as err:
+        decode(mutate(payload), now_us=first.sent_us)
+    assert err.value.reason == "bad-mig", name
+    assert detail in str(err.value), name
