@@ -6,14 +6,23 @@ import argparse
 import asyncio
 import logging
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Callable, Sequence
 
 from greenwatch.config import ConfigError, load_config
+from greenwatch.logsetup import FORMATS as LOG_FORMATS
+from greenwatch.logsetup import LogSetupError, configure_logging
 
 __all__ = ["main", "build_parser"]
 
 EXIT_CONFIG = 2
+#: A command that needs the [site] extra, run from a core install.
+EXIT_MISSING_EXTRA = 3
+
+#: Top-level modules of the [site] extra (pyproject.toml): the agent, collector, dashboards and
+#: InfluxDB reports import them; the researcher commands never do.
+SITE_MODULES = frozenset({"aiomqtt", "paho", "influxdb_client", "grafanalib", "prometheus_client"})
 
 _DESCRIPTION = """\
 greenwatch measures the energy of every GPU job in a datacentre and turns it into CO2:
@@ -25,6 +34,13 @@ Start with `greenwatch demo`: it runs a simulated cluster end to end on this mac
 _EPILOG = "Documentation: docs/ in the source tree (start with docs/architecture.md and docs/configuration.md)."
 
 
+def _version() -> str:
+    try:
+        return metadata.version("greenwatch")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", metavar="FILE", type=Path,
                    help="TOML configuration file (every key: docs/configuration.md); omitted: built-in defaults")
@@ -34,8 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand (exposed for the docs and the tests)."""
     parser = argparse.ArgumentParser(prog="greenwatch", description=_DESCRIPTION, epilog=_EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"greenwatch {_version()}")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="how much to log to stderr (default: INFO)")
+                        help="how much to log (default: INFO)")
+    parser.add_argument("--log-format", default="text", choices=list(LOG_FORMATS),
+                        help="text lines (default) or one JSON object per line (time, level, logger, message)")
+    parser.add_argument("--log-file", type=Path, metavar="FILE",
+                        help="append the log to FILE instead of stderr (reopened when logrotate moves it)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("agent", help="sample this node's GPUs and stream batches to MQTT (a systemd service)",
@@ -164,13 +185,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``greenwatch`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        configure_logging(args.log_level, args.log_format, args.log_file)
+    except LogSetupError as exc:
+        print(f"greenwatch: --log-file: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
     except ConfigError as exc:
         print(f"greenwatch: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in SITE_MODULES:
+            raise
+        # A core install (pip install greenwatch) has what `run`, track() and `report --db` need;
+        # the site services' libraries come with the [site] extra.
+        print(f"greenwatch: `greenwatch {args.command}` needs the site services' libraries, and {exc.name!r} "
+              "is not installed: pip install 'greenwatch[site]' (docs/operations.md, \"Install\")", file=sys.stderr)
+        return EXIT_MISSING_EXTRA
     except KeyboardInterrupt:
         return 130
 

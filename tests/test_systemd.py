@@ -63,4 +63,33 @@ def test_units_notify_keep_state_and_run_unprivileged(unit: str, state_dir: str,
     assert state_dir in d["StateDirectory"]
     # The default spool/spill/state paths are inside the unit's StateDirectory (the only writable place).
     assert SCHEMA[key[0]][key[1]].default.startswith(f"/var/lib/{state_dir}/")
-    assert "RestartPreventExitStatus" in d and d["RestartPreventExitStatus"] == ["2"]
+    assert "RestartPreventExitStatus" in d and "2" in d["RestartPreventExitStatus"][0].split()
+
+
+#: The install layout of docs/operations.md: a venv whose prefix is /opt/greenwatch.
+PREFIX = "/opt/greenwatch"
+
+
+def _installed_data_files() -> set[str]:
+    """Absolute paths the wheel's data files land on under PREFIX (pyproject.toml, data-files)."""
+    import tomllib
+
+    spec = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
+    return {f"{PREFIX}/{target}/{path.name}" for target, globs in spec.items() for g in globs
+            for path in ROOT.glob(g)}
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_units_run_and_document_what_the_install_puts_there(unit: str) -> None:
+    d = _directives(unit)
+    assert d["ExecStart"][0].split()[0] == f"{PREFIX}/bin/greenwatch"
+    for doc in d["Documentation"]:
+        assert doc.startswith("file://") and doc.removeprefix("file://") in _installed_data_files(), (
+            f"{unit}: Documentation={doc} is not a file the package installs under {PREFIX}")
+    assert f"{PREFIX}/share/greenwatch/systemd/{unit}" in _installed_data_files()
+    # 2: a configuration error; 3: a core install without the [site] extra. Neither heals by restarting.
+    assert d["RestartPreventExitStatus"] == ["2 3"]
+    for guide in ("operations.md", "slurm.md"):
+        text = (ROOT / "docs" / guide).read_text()
+        assert f"{PREFIX}/bin/greenwatch" in text and f"{PREFIX}/.venv" not in text, (
+            f"docs/{guide} must install and run greenwatch from {PREFIX}/bin, as the units do")

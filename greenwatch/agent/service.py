@@ -33,6 +33,7 @@ import aiomqtt
 from greenwatch import sdnotify
 from greenwatch.tasks import first_to_finish
 from greenwatch.agent.gpu import GpuDevice, open_nvml_gpus
+from greenwatch.agent.grace import ModuleAwareHost
 from greenwatch.agent.host import HostSampler, JobCpuMeter
 from greenwatch.agent.jobs import JobResolver
 from greenwatch.agent.sampler import Sampler
@@ -191,7 +192,7 @@ async def _wait_either(a: asyncio.Event, b: asyncio.Event, timeout: float | None
 
 #: Connection drops in a row, each while the same batch waited for its PUBACK, after which that
 #: batch is set aside: a broker that closes the connection on a message (Mosquitto does so for one
-#: above its message_size_limit) would otherwise be sent it again forever.
+#: above its max_packet_size or message_size_limit) would otherwise be sent it again forever.
 _DROPS_BEFORE_SET_ASIDE = 3
 #: How much the wait for overdue receipts grows, at most, while no receipt arrives at all.
 _RESEND_BACKOFF_MAX = 16
@@ -450,7 +451,7 @@ class Publisher:
         entry = self.spool.next_after(key - 1)
         if entry is not None and entry.key == key:
             self.set_aside(entry, f"the broker closed the connection {drops} times in a row right after it was "
-                                  f"sent ({len(entry.data)} bytes: above the broker's message_size_limit?)")
+                                  f"sent ({len(entry.data)} bytes: above the broker's max_packet_size?)")
 
     def set_aside(self, entry: Entry, why: str) -> None:
         """Move a batch the broker will never take into the dead-letter folder, so the rest flows."""
@@ -511,7 +512,8 @@ async def _run(cfg: Config, devices: Sequence[GpuDevice] | None, spool: DiskQueu
                            use_environ=cfg.agent.use_environ,
                            pod_lookup=pods.lookup if pods is not None else None)
     sampler = Sampler(cfg.node.cluster, cfg.node.name, devices, ResolverLookup(resolver, cfg.agent.proc_root),
-                      HostSampler(cfg.agent.cpu_watts_per_core) if cfg.agent.host_metrics else None,
+                      ModuleAwareHost(HostSampler(cfg.agent.cpu_watts_per_core), [d.energy_scope for d in devices])
+                      if cfg.agent.host_metrics else None,
                       JobCpuMeter(cfg.agent.proc_root) if cfg.agent.host_metrics else None)
     state = StateFile(cfg.agent.state_file, cfg.node.cluster, cfg.node.name)
     snapshot = state.load([d.uuid for d in devices], cfg.agent.resume_max_age_s)
