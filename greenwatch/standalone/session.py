@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from greenwatch.agent.gpu import GpuDevice, NvmlUnavailable, open_nvml_gpus
-from greenwatch.agent.host import DEFAULT_WATTS_PER_CORE, HostSampler
+from greenwatch.agent.host import DEFAULT_WATTS_PER_CORE, DRAM, HostSampler, RaplReader
 from greenwatch.agent.sampler import Sampler
 from greenwatch.agent.schedule import run_sampling_loop
 from greenwatch.attribution import AttributionSettings, CarbonContext
@@ -72,6 +72,7 @@ class SessionOptions:
     table: Path | None = None             # the CSV table of runs this run appends its row to
     campaign: str = ""                    # the campaign (greenwatch.campaigns) the run is tagged with
     open_gpus: Callable[[], Sequence[GpuDevice]] = open_nvml_gpus
+    powercap_root: str = "/sys/class/powercap"   # where RAPL's package and DRAM domains are read
 
 
 @dataclass
@@ -185,7 +186,9 @@ class Session:
         self.jobs = jobs
         self.devices = devices
         self._pending: list[Batch] = []
-        self.host = HostSampler(self.opts.watts_per_core)
+        root = self.opts.powercap_root
+        self.host = HostSampler(self.opts.watts_per_core, RaplReader(root), dram=RaplReader(root, DRAM))
+        self._dram_j: dict[int, float] = {}   # window end (us) -> the host's DRAM energy in that window
         self.cpu = RunCpuMeter(self.tree, self.opts.name)
         sampler = Sampler(CLUSTER, self.node, [WatchedGpu(d, jobs) for d in devices], jobs, self.host, self.cpu)
         self._sampling = _SamplingThread(sampler, self._add_run, self.opts, self._queue, self.phases)
@@ -263,6 +266,7 @@ class Session:
         meta = self._job_fields(exit_status, command)
         if ended_by:
             meta["ended_by"] = ended_by
+        meta.update(self._dram_fields())
         if self.phases.intervals():
             self.phase_results = phase_figures(self.phases.intervals(),
                                                self.store.points("job_energy", job=self.opts.name))
@@ -367,6 +371,8 @@ class Session:
         if block.n_rows == 0:
             # No GPU samples: the window ends now (the host energy is priced and stored at this time).
             block = replace(block, end_us=int(time.time() * 1e6))
+        if "dram_energy_j" in batch.host:
+            self._dram_j[int(block.end_us)] = float(batch.host["dram_energy_j"])
         return replace(batch, jobs=jobs, job_cpu_s=cpu, block=block)
 
     def _job_fields(self, exit_status: int | None, command: str | None) -> dict[str, Any]:
@@ -394,11 +400,33 @@ class Session:
         if self.opts.carbon_config is not None:
             fields["carbon_config"] = json.dumps(dict(self.opts.carbon_config), sort_keys=True)
         fields.update({f"unit_{k}": v for k, v in units.items()})
-        if self.opts.campaign:
-            fields["campaign"] = self.opts.campaign
         return fields
 
+    def _dram_fields(self) -> dict[str, Any]:
+        """The run's share of the host's DRAM energy, where RAPL measured it (worker thread).
+
+        The host energy of each window (CPU packages + DRAM) was split by the ledger; the run's
+        DRAM is its share of that window's host energy times the window's DRAM energy, so the
+        figure is part of the run's host energy, never added to it.
+        """
+        if not self._dram_j:
+            return {}
+        node = {int(p["time_ns"]): float(p.get("host_energy_j", 0.0)) for p in self.store.points("node_energy")}
+        run = {int(p["time_ns"]): float(p.get("host_energy_j", 0.0))
+               for p in self.store.points("job_energy", job=self.opts.name)}
+        total = 0.0
+        for end_us, dram in self._dram_j.items():
+            host = node.get(end_us * 1000, 0.0)
+            if host > 0:
+                total += dram * min(1.0, run.get(end_us * 1000, 0.0) / host)
+        return {"dram_energy_j": total,
+                "dram_method": "measured: RAPL DRAM domain x the run's share of the host's energy in each window "
+                               "(part of the host energy)"}
+
     def _host_method(self) -> str:
+        if self.host.rapl.available and self.host.dram is not None:
+            return ("measured: RAPL package and DRAM energy x the run's share of the host's busy CPU time "
+                    "(CPU packages and memory)")
         if self.host.rapl.available:
             return ("measured: RAPL package energy x the run's share of the host's busy CPU time "
                     "(CPU only; memory not included)")
@@ -407,7 +435,7 @@ class Session:
 
     def _job_record(self, fields: Mapping[str, Any]) -> Record:
         tags = (("cluster", CLUSTER), ("job", self.opts.name), ("user", self.user), ("account", ""),
-                ("partition", ""))
+                ("partition", "")) + ((("campaign", self.opts.campaign),) if self.opts.campaign else ())
         clean = tuple((k, v) for k, v in fields.items() if v is not None)
         return Record("job", tags, clean, int(self.end_s * 1e9))
 
