@@ -160,3 +160,110 @@ def test_a_process_started_during_the_window_counts_from_its_start():
     finally:
         proc.kill()
         proc.wait()
+
+
+# --------------------------------------------------------------------------- RAPL domains (a fake powercap tree)
+
+
+def _zone(root, name: str, label: str, energy_uj: int, wrap: int = 262_143_328_850) -> None:
+    d = root / name
+    d.mkdir()
+    (d / "name").write_text(label + "\n")
+    (d / "max_energy_range_uj").write_text(f"{wrap}\n")
+    _set(root, name, energy_uj)
+
+
+def _set(root, name: str, energy_uj: int) -> None:
+    # Replaced atomically, as the kernel's file reads are: a reader never sees half a number.
+    tmp = root / f".{name}.tmp"
+    tmp.write_text(f"{energy_uj}\n")
+    os.replace(tmp, root / name / "energy_uj")
+
+
+def _server_tree(root) -> None:
+    """Two packages with core and DRAM sub-zones, and a psys zone that contains them all."""
+    _zone(root, "intel-rapl:0", "package-0", 1_000_000)
+    _zone(root, "intel-rapl:0:0", "core", 500_000)
+    _zone(root, "intel-rapl:0:1", "dram", 200_000)
+    _zone(root, "intel-rapl:1", "package-1", 2_000_000, wrap=3_000_000)
+    _zone(root, "intel-rapl:1:0", "dram", 300_000)
+    _zone(root, "intel-rapl:2", "psys", 9_000_000)
+
+
+def test_rapl_reads_packages_and_dram_apart_and_never_psys_or_core(tmp_path):
+    from greenwatch.agent.host import DRAM, RaplReader
+
+    _server_tree(tmp_path)
+    pkg, dram = RaplReader(str(tmp_path)), RaplReader(str(tmp_path), DRAM)
+    assert pkg.available and dram.available
+    assert pkg.delta_j() is None and dram.delta_j() is None   # the first read only primes them
+    _set(tmp_path, "intel-rapl:0", 1_000_000 + 40_000_000)
+    _set(tmp_path, "intel-rapl:0:0", 500_000 + 30_000_000)    # inside package-0: must not be added
+    _set(tmp_path, "intel-rapl:1", 500_000)                   # wrapped: 1 J up to the wrap, 0.5 J after
+    _set(tmp_path, "intel-rapl:0:1", 200_000 + 7_000_000)
+    _set(tmp_path, "intel-rapl:1:0", 300_000 + 5_000_000)
+    _set(tmp_path, "intel-rapl:2", 9_000_000 + 99_000_000)    # psys: the whole SoC, packages included
+    assert pkg.delta_j() == pytest.approx(40.0 + 1.0 + 0.5)
+    assert dram.delta_j() == pytest.approx(12.0)
+
+
+def test_host_energy_is_packages_plus_dram_with_the_dram_part_named(tmp_path):
+    from greenwatch.agent.host import DRAM, HostSampler, RaplReader
+
+    _server_tree(tmp_path)
+    sampler = HostSampler(6.0, RaplReader(str(tmp_path)), dram=RaplReader(str(tmp_path), DRAM))
+    _set(tmp_path, "intel-rapl:0", 1_000_000 + 30_000_000)
+    _set(tmp_path, "intel-rapl:0:1", 200_000 + 10_000_000)
+    m = sampler()
+    assert m["host_energy_measured"] == 1.0
+    assert m["dram_energy_j"] == pytest.approx(10.0)
+    assert m["host_energy_j"] == pytest.approx(30.0 + 10.0)
+    # Without a DRAM domain there is no DRAM figure, and host energy is the packages' alone.
+    (tmp_path / "intel-rapl:0:1" / "name").write_text("uncore\n")
+    (tmp_path / "intel-rapl:1:0" / "name").write_text("uncore\n")
+    plain = HostSampler(6.0, RaplReader(str(tmp_path)), dram=RaplReader(str(tmp_path), DRAM))
+    _set(tmp_path, "intel-rapl:0", 1_000_000 + 50_000_000)
+    m = plain()
+    assert "dram_energy_j" not in m and m["host_energy_j"] == pytest.approx(20.0)
+
+
+def test_a_run_reports_its_dram_energy_as_part_of_its_host_energy(tmp_path):
+    """A metered run on a host whose RAPL has DRAM domains: the report's DRAM line is the run's share of
+    the DRAM energy, inside its host energy (packages draw 3 J for every DRAM joule here: a quarter)."""
+    import threading
+
+    from greenwatch.attribution import CarbonContext
+    from greenwatch.carbon import AnnualIntensity, ConstantPue
+    from greenwatch.reports import render
+    from greenwatch.standalone.session import Session, SessionOptions
+
+    _server_tree(tmp_path)
+    stop = threading.Event()
+
+    def meter() -> None:
+        k = 0
+        while not stop.wait(0.02):
+            k += 1
+            _set(tmp_path, "intel-rapl:0", 1_000_000 + 3 * 100_000 * k)
+            _set(tmp_path, "intel-rapl:0:1", 200_000 + 100_000 * k)
+
+    opts = SessionOptions(name="dram", carbon=CarbonContext(AnnualIntensity("DE"), ConstantPue(1.2), None),
+                          open_gpus=lambda: [], powercap_root=str(tmp_path), window_s=0.3)
+    session = Session(opts)
+    writer = threading.Thread(target=meter, daemon=True)
+    writer.start()
+    try:
+        session.start(root_pid=os.getpid())
+        _wait_cpu([os.getpid()], 0.8)             # the run's own CPU time: its share of the host
+        result = session.finish(write_files=False)
+    finally:
+        stop.set()
+        writer.join()
+    r = result.report
+    assert r.host_energy_j is not None and r.host_energy_j > 0
+    assert r.dram_energy_j is not None and r.dram_energy_j > 0
+    assert r.dram_energy_j == pytest.approx(r.host_energy_j / 4, rel=0.02)
+    assert "DRAM" in r.host_energy_method
+    md = render(r, "md")
+    assert "| of which memory (DRAM) |" in md and "| of which CPU packages |" in md
+    assert "memory not included" not in md.split("## For your paper", 1)[1].split("##", 1)[0]

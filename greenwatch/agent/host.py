@@ -1,10 +1,17 @@
 """Host metrics: CPU, memory and load through psutil, and CPU energy from RAPL or an estimate.
 
 CPU energy comes from the Linux powercap interface (Intel/AMD RAPL package
-domains, ``/sys/class/powercap/intel-rapl:N/energy_uj``) when it is readable;
-otherwise it is estimated as ``cores x watts_per_core x utilisation`` and
-labelled as an estimate (``host_energy_measured = 0``).  Memory, fans and NICs
-are not included (docs/methodology.md).
+domains, ``/sys/class/powercap/intel-rapl:N/energy_uj`` named ``package-*``) when
+it is readable; otherwise it is estimated as ``cores x watts_per_core x
+utilisation`` and labelled as an estimate (``host_energy_measured = 0``).
+
+Where RAPL also exposes a DRAM domain (a sub-zone ``intel-rapl:N:M`` named
+``dram``), its energy can be read too.  The package domain does not contain it
+(RAPL meters the package and the DRAM as separate power planes; the sub-zones
+``core`` and ``uncore`` are parts of the package and are never added), so the
+two add up without double counting.  Other top-level zones (``psys``, the whole
+SoC) contain the packages and are skipped.  Fans and NICs are not included
+(docs/methodology.md).
 """
 
 from __future__ import annotations
@@ -16,7 +23,11 @@ from pathlib import Path
 
 import psutil
 
-__all__ = ["RaplReader", "HostSampler", "DEFAULT_WATTS_PER_CORE"]
+__all__ = ["RaplReader", "HostSampler", "DEFAULT_WATTS_PER_CORE", "PACKAGE", "DRAM"]
+
+#: The RAPL domains a :class:`RaplReader` can sum.
+PACKAGE = "package"
+DRAM = "dram"
 
 #: Rough CPU power per core at full load for the estimate: current server CPUs draw
 #: about 3-10 W per core at TDP (e.g. 350 W / 96 cores ~ 3.6 W, 205 W / 24 cores ~ 8.5 W).
@@ -24,15 +35,39 @@ __all__ = ["RaplReader", "HostSampler", "DEFAULT_WATTS_PER_CORE"]
 DEFAULT_WATTS_PER_CORE = 6.0
 
 
-class RaplReader:
-    """Sums the package-level RAPL energy counters, handling their wrap-around."""
+def _zone_name(zone: Path) -> str | None:
+    try:
+        return (zone / "name").read_text().strip().lower()
+    except OSError:
+        return None
 
-    def __init__(self, root: str = "/sys/class/powercap") -> None:
+
+def _is_domain(zone: Path, domain: str) -> bool:
+    """Whether a powercap zone is one of ``domain``'s (the package zones or the DRAM zones)."""
+    name = _zone_name(zone)
+    top = zone.name.count(":") == 1
+    if domain == DRAM:
+        return name == DRAM
+    # A top-level zone without a name is a package (older kernels); psys and dram zones are not.
+    return top and (name is None or name.startswith(PACKAGE))
+
+
+class RaplReader:
+    """Sums the RAPL energy counters of one domain (``package`` or ``dram``), handling their wrap-around.
+
+    The powercap tree lists package zones as ``intel-rapl:N`` and their sub-zones as
+    ``intel-rapl:N:M``; both sit directly under ``root`` (as links to the device tree).
+    """
+
+    def __init__(self, root: str = "/sys/class/powercap", domain: str = PACKAGE) -> None:
+        if domain not in (PACKAGE, DRAM):
+            raise ValueError(f"RAPL domain must be {PACKAGE!r} or {DRAM!r}, not {domain!r}")
+        self.domain = domain
         self._domains: list[tuple[Path, int]] = []
         for d in sorted(glob.glob(os.path.join(root, "intel-rapl:*"))):
-            if d.count(":") != 1:  # sub-domains (core, uncore, dram) are inside the package figure
-                continue
             p = Path(d)
+            if not _is_domain(p, domain):
+                continue
             try:
                 int((p / "energy_uj").read_text())
                 wrap = int((p / "max_energy_range_uj").read_text())
@@ -65,12 +100,21 @@ def _busy_seconds(t: object) -> float:
 
 
 class HostSampler:
-    """Callable returning the host's metrics for the window since the previous call."""
+    """Callable returning the host's metrics for the window since the previous call.
 
-    def __init__(self, watts_per_core: float = DEFAULT_WATTS_PER_CORE, rapl: RaplReader | None = None) -> None:
+    With ``dram`` (a reader of the DRAM domain), the window's DRAM energy is reported as
+    ``dram_energy_j`` and added to ``host_energy_j`` where both are measured; without a DRAM
+    domain ``dram_energy_j`` is absent and host energy is the CPU packages' alone.
+    """
+
+    def __init__(self, watts_per_core: float = DEFAULT_WATTS_PER_CORE, rapl: RaplReader | None = None,
+                 dram: RaplReader | None = None) -> None:
         self.watts_per_core = watts_per_core
         self.rapl = rapl if rapl is not None else RaplReader()
         self.rapl.delta_j()
+        self.dram = dram if dram is not None and dram.available else None
+        if self.dram is not None:
+            self.dram.delta_j()
         psutil.cpu_percent(interval=None)  # the first call only primes the counter
         self._busy = _busy_seconds(psutil.cpu_times())
         self._t = time.monotonic()
@@ -86,7 +130,13 @@ class HostSampler:
         if energy is None:
             # Busy CPU-seconds x watts per core: an estimate, labelled as one.
             energy = busy_s * self.watts_per_core
-        return {
+        extra: dict[str, float] = {}
+        dram = self.dram.delta_j() if self.dram is not None else None
+        if dram is not None and measured:
+            # Only beside a measured package figure: an estimate plus a measurement would be neither.
+            energy += dram
+            extra["dram_energy_j"] = float(dram)
+        return extra | {
             "cpu_pct": float(psutil.cpu_percent(interval=None)),
             "mem_used_bytes": float(mem.total - mem.available),
             "mem_total_bytes": float(mem.total),

@@ -61,7 +61,7 @@ def _phase_blocks(phases: object) -> list[Block]:
 
 def _value(row: Row) -> str:
     if row.value is None:
-        return "not measured" if row.key == "host_kwh" else "-"
+        return "not measured" if row.key in ("host_kwh", "dram_kwh") else "-"
     if isinstance(row.value, str):
         return row.value
     if row.key == "duration_s":

@@ -82,6 +82,19 @@ def _kwh(j: float | None) -> float | None:
     return None if j is None else j / J_PER_KWH
 
 
+def _host_rows(r: RunReport) -> list[Row]:
+    """Host energy, and where RAPL measured the DRAM, its CPU-package and DRAM parts (inside it, not added)."""
+    if r.dram_energy_j is None:
+        return [Row("energy", "host_kwh", "Host energy (CPU)", _kwh(r.host_energy_j), "kWh", r.host_energy_method),
+                Row("energy", "dram_kwh", "Host memory (DRAM)", None, "kWh", r.dram_method)]
+    host = r.host_energy_j or 0.0   # a DRAM figure only comes with a host figure
+    return [Row("energy", "host_kwh", "Host energy (CPU packages + DRAM)", _kwh(r.host_energy_j), "kWh",
+                r.host_energy_method),
+            Row("energy", "cpu_kwh", "of which CPU packages", _kwh(host - r.dram_energy_j), "kWh",
+                "RAPL package domains (cores and uncore; DRAM is a separate domain)"),
+            Row("energy", "dram_kwh", "of which memory (DRAM)", _kwh(r.dram_energy_j), "kWh", r.dram_method)]
+
+
 def rows(r: RunReport) -> list[Row]:
     """Every headline figure of the report with its unit and how it was obtained."""
     rec = r.time_method
@@ -99,7 +112,7 @@ def rows(r: RunReport) -> list[Row]:
         Row("job", "duration_s", "Wall time", r.duration_s, "s", rec),
         Row("job", "gpu_hours", "GPU-hours", r.gpu_hours, "h", "time each GPU was held, summed over GPUs"),
         Row("energy", "gpu_kwh", "GPU energy", _kwh(r.gpu_energy_j), "kWh", r.gpu_energy_method),
-        Row("energy", "host_kwh", "Host energy (CPU)", _kwh(r.host_energy_j), "kWh", r.host_energy_method),
+        *_host_rows(r),
         Row("energy", "facility_overhead_kwh", "Facility overhead", _kwh(r.facility_overhead_j), "kWh",
             f"IT energy x (PUE - 1); PUE {r.pue_effective:.3g}: {r.pue_source}"),
         Row("energy", "total_kwh", "Total", _kwh(r.total_energy_j), "kWh",
@@ -231,7 +244,12 @@ def paper_paragraph(r: RunReport, version: str) -> str:
     host = ""
     if r.host_energy_j is not None:
         how = "measured with RAPL" if r.host_energy_method.startswith("measured") else "estimated from its CPU time"
-        host = f", of which {plain(r.host_energy_j / J_PER_KWH)} kWh by the host CPU ({how}; memory not included)"
+        if r.dram_energy_j is None:
+            host = f", of which {plain(r.host_energy_j / J_PER_KWH)} kWh by the host CPU ({how}; memory not included)"
+        else:
+            host = (f", of which {plain(r.host_energy_j / J_PER_KWH)} kWh by the host CPU and memory ({how}: "
+                    f"{plain((r.host_energy_j - r.dram_energy_j) / J_PER_KWH)} kWh CPU packages, "
+                    f"{plain(r.dram_energy_j / J_PER_KWH)} kWh DRAM)")
     if r.gpus_by_model:
         gpu_sentence = f"GPU energy was {r.gpu_energy_method}. "
     else:

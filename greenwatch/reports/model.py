@@ -119,6 +119,9 @@ class RunReport:
     #: How ``intensity_mean_g_per_kwh`` was taken: weighted by the run's energy, or over its time
     #: when it used no energy (a zero-energy run still shows the grid it ran on, never 0).
     intensity_mean_method: str = "energy-weighted"
+    #: The part of ``host_energy_j`` that RAPL's DRAM domain measured (None: not measured).
+    dram_energy_j: float | None = None
+    dram_method: str = "not measured: RAPL exposes no DRAM domain here, so memory energy is not included"
 
     # -- derived figures, so renderers never re-derive them --------------------------------
 
@@ -270,6 +273,8 @@ def build_report(source: ReportSource, job_id: str, *, carbon: CarbonContext,
         intensity_zone=str(getattr(intensity, "zone", "")),
         intensity_mean_g_per_kwh=mean_i,
         intensity_coverage=coverage, intensity_mean_method=mean_method,
+        dram_energy_j=float(meta["dram_energy_j"]) if "dram_energy_j" in meta and host_j is not None else None,
+        dram_method=str(meta.get("dram_method") or RunReport.dram_method),
         embodied=lines, embodied_g=emb_g, embodied_lifespan_years=float(embodied.lifespan_years),
         # Only the sources of the figures this job used (an H100 priced by the default must not cite the A100's).
         embodied_sources={k: v for k, v in embodied.sources.items()

@@ -44,6 +44,7 @@ def to_dict(r: RunReport, version: str = "", images: dict[str, str] | None = Non
         "energy_kwh": {
             "gpu": _kwh(r.gpu_energy_j),
             "host": _kwh(r.host_energy_j),
+            "host_dram": _kwh(r.dram_energy_j),
             "facility_overhead": _kwh(r.facility_overhead_j),
             "total": _kwh(r.total_energy_j),
             "idle_allocated": _kwh(r.idle_energy_j),
@@ -65,6 +66,7 @@ def to_dict(r: RunReport, version: str = "", images: dict[str, str] | None = Non
             "time": r.time_method,
             "gpu_energy": r.gpu_energy_method,
             "host_energy": r.host_energy_method,
+            "host_dram": r.dram_method,
             "facility_overhead": f"IT energy x (PUE - 1); {r.pue_source}",
             "embodied": "estimate: (GPU card + server share) x GPU-seconds / lifespan (SCI 1.1 M)",
         },
