@@ -294,3 +294,15 @@ def test_the_epilog_reads_how_the_job_ended_and_the_event_carries_it():
             decode_event(json.dumps({**raw, key: value}).encode())
     old = {k: v for k, v in raw.items() if k not in ("campaign", "exit_code", "exit_signal")}   # an older agent
     assert decode_event(json.dumps(old).encode()).campaign is None
+
+
+def test_the_influxdb_condition_names_tags_only_and_every_way_in():
+    from greenwatch.campaigns.membership import influx_condition
+
+    c = Campaign("llm", 0.0, "t", rules=[Rule(id=1, account="proj-llm", user="o'neil"), Rule(id=2, cluster="c2")],
+                 manual={JobRef("7", "c1"): (True, "", ""), JobRef("8"): (False, "", "")})
+    assert influx_condition(c) == ("\"campaign\" = 'llm' OR (\"account\" = 'proj-llm' AND \"user\" = 'o\\'neil') "
+                                   "OR (\"cluster\" = 'c2') OR \"job\" = '7'")
+    # A rule without tags cannot be put to the index: every summary is read, membership decides.
+    c.rules.append(Rule(id=3, name_pattern="llm-*"))
+    assert influx_condition(c) == ""

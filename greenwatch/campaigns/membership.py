@@ -3,8 +3,8 @@
 A job run is one ``job`` summary record (docs/data-model.md): a job requeued by Slurm has one
 summary per run, all kept.  A run is a member when
 
-- it carries the campaign's name as its tag (the ``campaign`` field of its summary, from
-  ``greenwatch run --campaign`` or ``track(campaign=...)``), or
+- it carries the campaign's name as its tag (the ``campaign`` tag of its summary, from
+  ``sbatch --comment campaign=NAME``, ``greenwatch run --campaign`` or ``track(campaign=...)``), or
 - one of the campaign's rules matches it, or
 - its job id was added by hand,
 
@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from greenwatch.campaigns.registry import Campaign, JobRef, Rule
+from greenwatch.storage.influxql import string_literal
 
-__all__ = ["Member", "members", "rule_matches", "TAG_FIELD"]
+__all__ = ["Member", "members", "rule_matches", "influx_condition", "TAG_FIELD"]
 
-#: The field of a ``job`` summary that names the campaign the run was tagged with.
+#: The tag of a ``job`` summary that names the campaign the run was tagged with.
 TAG_FIELD = "campaign"
 
 
@@ -69,6 +70,27 @@ def rule_matches(rule: Rule, summary: dict[str, Any]) -> bool:
     if rule.until is not None and start >= rule.until:
         return False
     return True
+
+
+def influx_condition(campaign: Campaign) -> str:
+    """An InfluxQL condition on ``job`` summaries that holds for every possible member (and maybe
+    more: :func:`members` decides), so that a report reads the campaign's jobs, not the site's.
+    It names tags only, which InfluxDB answers from its index.
+
+    Empty when a rule cannot be expressed by its tags (a name pattern or a time range only):
+    then every summary is read.
+    """
+    terms = [f'"{TAG_FIELD}" = {string_literal(campaign.name)}']
+    for rule in campaign.rules:
+        tags = [f'"{k}" = {string_literal(v)}' for k, v in (("account", rule.account), ("user", rule.user),
+                                                           ("cluster", rule.cluster)) if v]
+        if not tags:
+            return ""
+        terms.append("(" + " AND ".join(tags) + ")")
+    for ref, (added, _, _) in campaign.manual.items():
+        if added:
+            terms.append(f'"job" = {string_literal(ref.job)}')
+    return " OR ".join(terms)
 
 
 def members(campaign: Campaign, summaries: Iterable[dict[str, Any]]) -> list[Member]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Iterable
 
 from greenwatch.campaigns.documents import ai_act_section, model_card
-from greenwatch.campaigns.membership import members
+from greenwatch.campaigns.membership import influx_condition, members
 from greenwatch.campaigns.model import CampaignReport, build_campaign_report
 from greenwatch.campaigns.registry import Campaign
 from greenwatch.campaigns.render import FORMATS, render_campaign
@@ -22,7 +22,7 @@ OUTPUT_NAMES = {"md": "campaign.md", "html": "campaign.html", "json": "campaign.
 def report_from_source(campaign: Campaign, source: SummarySource, *, intensity_source: str = "",
                        market_note: str = "") -> CampaignReport:
     """Read the summaries, pick the campaign's runs, sum them."""
-    chosen = members(campaign, source.summaries())
+    chosen = members(campaign, source.summaries(influx_condition(campaign)))
     models = source.gpu_models({m.cluster for m in chosen}) if chosen else []
     return build_campaign_report(campaign, chosen, data_source=source.description, intensity_source=intensity_source,
                                  market_note=market_note, gpu_models=models)
@@ -71,8 +71,8 @@ class _OneCluster:
         self.inner, self.cluster = inner, cluster
         self.description = f"{inner.description} cluster {cluster}"
 
-    def summaries(self) -> list[dict]:
-        return [s for s in self.inner.summaries() if s.get("cluster") == self.cluster]
+    def summaries(self, where: str = "") -> list[dict]:
+        return [s for s in self.inner.summaries(where) if s.get("cluster") == self.cluster]
 
     def gpu_models(self, clusters: Iterable[str]) -> list[str]:
         return self.inner.gpu_models(clusters)

@@ -23,8 +23,9 @@ class SummarySource(Protocol):
 
     description: str
 
-    def summaries(self) -> list[dict[str, Any]]:
-        """Every ``job`` summary as a flat point (``time_ns``, tags, fields)."""
+    def summaries(self, where: str = "") -> list[dict[str, Any]]:
+        """The ``job`` summaries as flat points (``time_ns``, tags, fields): every one, or at least
+        those an InfluxQL condition ``where`` selects (a source may ignore it and return all)."""
         ...
 
     def gpu_models(self, clusters: Iterable[str]) -> list[str]:
@@ -39,8 +40,8 @@ class EmbeddedSummaries:
         self.stores = stores
         self.description = "embedded store" + ("s " if len(stores) > 1 else " ") + ", ".join(s.path for s in stores)
 
-    def summaries(self) -> list[dict[str, Any]]:
-        return [p for s in self.stores for p in s.points("job")]
+    def summaries(self, where: str = "") -> list[dict[str, Any]]:
+        return [p for s in self.stores for p in s.points("job")]   # small stores: membership filters
 
     def gpu_models(self, clusters: Iterable[str]) -> list[str]:
         wanted = set(clusters)
@@ -79,8 +80,9 @@ class InfluxSummaries:
             out.append(p)
         return out
 
-    def summaries(self) -> list[dict[str, Any]]:
-        where = self._where()
+    def summaries(self, where: str = "") -> list[dict[str, Any]]:
+        # The campaign's condition is pushed into InfluxDB, so a site's other jobs never travel.
+        where = " AND ".join(f"({c})" for c in (self._where(), where) if c)
         cond = f" WHERE {where}" if where else ""
         first = self._rows(f'SELECT FIRST("duration_s") FROM "job"{cond}')
         last = self._rows(f'SELECT LAST("duration_s") FROM "job"{cond}')
@@ -91,7 +93,7 @@ class InfluxSummaries:
         out: list[dict[str, Any]] = []
         t = lo
         while t <= hi:
-            window = f"time >= {t} AND time < {t + step}" + (f" AND {where}" if where else "")
+            window = f"time >= {t} AND time < {t + step}" + (f" AND ({where})" if where else "")
             out.extend(self._rows(f'SELECT * FROM "job" WHERE {window}'))
             t += step
         return out

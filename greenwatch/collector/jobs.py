@@ -466,14 +466,15 @@ class JobEvents:
             fields["start_s"] = int(start_s)
         if job.name:
             fields["job_name"] = job.name  # not "name": InfluxQL clients use that key for the measurement
-        if job.campaign:
-            fields["campaign"] = job.campaign
         if job.exit_code is not None:
             fields["exit_status"] = job.exit_code
             if job.exit_signal:
                 fields["ended_by"] = f"signal {_signal_name(job.exit_signal)}"
-        tags = (("cluster", job.cluster), ("job", job.job_id), ("user", job.user or (users[0] if users else "unknown")),
-                ("account", job.account or ""), ("partition", job.partition or ""))
+        tags: tuple[tuple[str, str], ...] = (
+            ("cluster", job.cluster), ("job", job.job_id), ("user", job.user or (users[0] if users else "unknown")),
+            ("account", job.account or ""), ("partition", job.partition or ""))
+        if job.campaign:   # a tag: a campaign's report selects its jobs through the index
+            tags += (("campaign", job.campaign),)
         return Record("job", tags, tuple(fields.items()), self._record_time_ns(job))
 
     def _record_time_ns(self, job: JobSummary) -> int:
