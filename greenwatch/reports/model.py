@@ -25,7 +25,6 @@ from greenwatch.carbon import (
     equivalences,
     load_embodied,
     market_basis_note,
-    mean_intensity,
     sci_g,
 )
 from greenwatch.carbon.timeseries import iso_utc
@@ -220,13 +219,15 @@ def build_report(source: ReportSource, job_id: str, *, carbon: CarbonContext,
     units.update({str(k): float(v) for k, v in (functional_units or {}).items()})
     facility_kwh = fac_j / J_PER_KWH
     start, end, time_method = _time_range(data)
+    intensity = carbon.intensity
+    wi = what_if(intensity, carbon.pue, start, end, co2_loc, t_pts, e_gpu + e_host, what_if_window_s)
     mean_method = "energy-weighted"
     if facility_kwh > 0:
         mean_i = co2_loc / facility_kwh
     else:
         # No energy to weight by: the grid's own mean over the run's time, so that a run that used
         # nothing reports the intensity of where it ran and 0 g, not 0 gCO2e/kWh.
-        mean_i = mean_intensity(carbon.intensity, start, max(start, end))
+        mean_i = wi.actual_mean_intensity_g_per_kwh
         mean_method = "time-weighted over the run (it used no energy)"
     sci_run = sci_g(facility_kwh, mean_i, emb_g, 1.0)
     sci_units = {k: sci_g(facility_kwh, mean_i, emb_g, v) for k, v in units.items() if v > 0 and math.isfinite(v)}
@@ -238,17 +239,14 @@ def build_report(source: ReportSource, job_id: str, *, carbon: CarbonContext,
                      f"settings give ({repriced / 1000:.3g} kg): the collector priced them with other settings. "
                      "The report shows the stored figures; the 'what if' uses the report's settings.")
 
-    intensity = carbon.intensity
     source_name = str(getattr(intensity, "source", type(intensity).__name__))
     resolution = str(getattr(intensity, "resolution", "unknown"))
-    wi = what_if(intensity, carbon.pue, start, end, co2_loc, t_pts, e_gpu + e_host, what_if_window_s)
     coverage = coverage_of(intensity, start, max(start, end))
     fallback = getattr(intensity, "fallback", None)
     if coverage < 1.0 and fallback is not None:
         # The series named as the source did not price all of the run: say which figure did.
-        span = ""
-        if getattr(intensity, "t_first", None) is not None and getattr(intensity, "t_end", None) is not None:
-            span = f" (its data spans {iso_utc(float(intensity.t_first))} to {iso_utc(float(intensity.t_end))})"
+        first, last = getattr(intensity, "t_first", None), getattr(intensity, "t_end", None)
+        span = f" (its data spans {iso_utc(float(first))} to {iso_utc(float(last))})" if first and last else ""
         notes.append(f"The grid intensity series covers {100 * coverage:.0f}% of the run{span}; the rest of the "
                      f"run was priced with its fallback: {getattr(fallback, 'source', type(fallback).__name__)}.")
     if time_method.startswith("from the stored batches"):
