@@ -19,8 +19,7 @@ from greenwatch.attribution import AttributionSettings, LedgerInput, account_blo
 from greenwatch.storage.embedded import EmbeddedStore
 from greenwatch.storage.records import BlockSource, table_lines, table_records
 from helpers import GpuTrace, build_batches, carbon_ctx, holder, now_us
-from mocknvml import GpuSpec, Square, build_mock_nvml, mock_env
-from mocknvml import Scenario
+from mocknvml import GpuSpec, Scenario, Square, build_mock_nvml, mock_env
 from run_helpers import greenwatch_proc, report_of
 
 DT_US = 100_000
