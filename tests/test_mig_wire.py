@@ -141,3 +141,18 @@ def test_hostile_mig_data_is_refused_with_a_reason(name, mutate, detail):
         decode(mutate(payload), now_us=first.sent_us)
     assert err.value.reason == "bad-mig", name
     assert detail in str(err.value), name
+
+
+def test_records_and_lines_carry_each_mig_instance_share():
+    from greenwatch.attribution import LedgerInput, account_blocks
+    from greenwatch.storage.records import BlockSource, table_lines, table_records
+
+    first, _ = mig_batches()
+    table = account_blocks([LedgerInput(first.block, first.gpus, first.jobs, mig=first.mig)], SETTINGS, CARBON)
+    recs = [r for r in table_records(table, [BlockSource("c1", "n1")]) if r.measurement == "gpu_mig"]
+    assert [(r.tag("mig"), r.tag("gi"), r.field("slices")) for r in recs] == [(BIG.uuid, "1", 4), (SMALL.uuid, "2", 2)]
+    by_job = {j.job_id: j.energy_j for j in table.ledger(0).jobs}
+    assert [r.field("energy_j") for r in recs] == pytest.approx([by_job["101"], by_job["102"]])
+    assert all(r.field("activity_measured") == 1 and r.tag("gpu") == first.gpus[0].uuid for r in recs)
+    lines = [ln for ln in table_lines(table, [BlockSource("c1", "n1")]).splitlines() if ln.startswith("gpu_mig,")]
+    assert len(lines) == 2 and f"mig={BIG.uuid}" in lines[0] and "slices=4i" in lines[0]

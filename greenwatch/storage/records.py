@@ -18,6 +18,7 @@ import numpy as np
 from greenwatch.attribution import BLOCK_VALUES, GPU_SUMMARY, JOB_VALUES, PAIR_VALUES, LedgerTable
 from greenwatch.batch import GpuInfo, JobInfo
 from greenwatch.recent import RecentCache
+from greenwatch.storage.mig_points import mig_points
 
 __all__ = ["Record", "BlockSource", "LineProtocolError", "table_records", "table_lines", "line_protocol"]
 
@@ -261,6 +262,8 @@ def table_records(table: LedgerTable, sources: Sequence[BlockSource]) -> list[Re
     for _, kind, (tags, _), values, _, t in _rows(table, sources):
         typed = [int(v) if is_int else v for v, is_int in zip(values, kind.ints)] if any(kind.ints) else values
         records.append(_record(kind.measurement, tags, _fields(dict(zip(kind.names, typed))), t))
+    if table.mig is not None:   # MIG devices' shares (storage.mig_points)
+        records += [_record(*p) for p in mig_points(table, [(s.cluster, s.node) for s in sources])]
     return records
 
 
@@ -286,6 +289,8 @@ def table_lines(table: LedgerTable, sources: Sequence[BlockSource]) -> str:
     if slow:
         for k, text in zip(slow, _point_lines(table, sources, slow, blocks.values)):
             parts[k] = text
+    if table.mig is not None:   # MIG devices' shares (storage.mig_points): few, point by point
+        parts.append(line_protocol(_record(*p) for p in mig_points(table, [(s.cluster, s.node) for s in sources])))
     return "\n".join([p for p in parts if p])
 
 
