@@ -30,7 +30,7 @@ def summary(job: str, *, end_h: float, hours: float = 1.0, cluster: str = "jupit
     end = T0 + end_h * 3600
     gpu_j = kwh * J_PER_KWH
     s = {"time_ns": int(end * 1e9), "cluster": cluster, "job": job, "user": user, "account": account,
-         "partition": "gpu", "energy_j": gpu_j, "idle_energy_j": 0.1 * gpu_j, "host_energy_j": 0.05 * gpu_j,
+         "partition": "gpu", "energy_j": gpu_j, "idle_energy_j": 0.1 * gpu_j, "host_energy_j": 0.05 * gpu_j, "dram_energy_j": 0.01 * gpu_j,
          "facility_energy_j": 1.2 * 1.05 * gpu_j, "co2_g": 0.4 * 1.26 * kwh * 1000, "co2_market_g": 0.1 * kwh * 1000,
          "embodied_g": 3.0 * hours, "gpu_seconds": 4 * hours * 3600, "duration_s": hours * 3600,
          "start_s": int(end - hours * 3600), "gpus": 4, "nodes": "n1"}
@@ -186,9 +186,9 @@ def test_campaign_totals_are_the_sums_of_the_member_jobs_summaries(spec):
     assert sorted(id(m.summary) for m in chosen) == sorted(id(s) for s in expected)
     report = build_campaign_report(campaign, chosen, data_source="test")
     for field, attr in (("energy_j", "gpu_energy_j"), ("host_energy_j", "host_energy_j"),
-                        ("facility_energy_j", "facility_energy_j"), ("co2_g", "co2_location_g"),
-                        ("co2_market_g", "co2_market_g"), ("embodied_g", "embodied_g"),
-                        ("gpu_seconds", "gpu_seconds")):
+                        ("dram_energy_j", "dram_energy_j"), ("facility_energy_j", "facility_energy_j"),
+                        ("co2_g", "co2_location_g"), ("co2_market_g", "co2_market_g"), ("embodied_g", "embodied_g"),
+                        ("gpu_seconds", "gpu_seconds"), ("duration_s", "wall_s")):
         want = sum(s[field] for s in expected)
         assert getattr(report.total, attr) == pytest.approx(want, rel=1e-9, abs=1e-9)
         assert sum(getattr(f, attr) for f in report.by_phase.values()) == pytest.approx(want, rel=1e-9, abs=1e-9)

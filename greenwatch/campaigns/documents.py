@@ -138,7 +138,9 @@ def ai_act_section(r: CampaignReport) -> str:
         f"- Total: {number(t.facility_energy_j / J_PER_KWH)} kWh at the facility, of which {number(train_kwh)} kWh "
         "in training"
         + (f" and {number(evaluation.facility_energy_j / J_PER_KWH)} kWh in evaluation" if evaluation else "") + ".",
-        f"- GPU: {number(t.gpu_energy_j / J_PER_KWH)} kWh; host CPU: {number(t.host_energy_j / J_PER_KWH)} kWh ({host}); "
+        f"- GPU: {number(t.gpu_energy_j / J_PER_KWH)} kWh; host CPU: {number(t.host_energy_j / J_PER_KWH)} kWh ({host})"
+        + (f", of which memory (RAPL DRAM) {number(t.dram_energy_j / J_PER_KWH)} kWh" if t.dram_energy_j > 0 else "")
+        + "; "
         f"facility overhead (cooling, power distribution): {number(t.facility_overhead_j / J_PER_KWH)} kWh.",
         f"- Runs that failed, were cancelled or restarted: {number(r.not_completed.facility_energy_j / J_PER_KWH)} kWh "
         f"({100 * r.not_completed_share:.1f} %), included in the total.",

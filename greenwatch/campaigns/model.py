@@ -29,8 +29,8 @@ SCHEMA_VERSION = 1
 NOT_COMPLETED_GROUP = "failed or restarted"
 
 #: The summary fields summed over runs (docs/data-model.md, measurement ``job``).
-_SUMMED = ("energy_j", "idle_energy_j", "host_energy_j", "facility_energy_j", "co2_g", "co2_market_g", "embodied_g",
-           "gpu_seconds", "duration_s")
+_SUMMED = ("energy_j", "idle_energy_j", "host_energy_j", "dram_energy_j", "facility_energy_j", "co2_g",
+           "co2_market_g", "embodied_g", "gpu_seconds", "duration_s")
 
 
 @dataclass
@@ -43,6 +43,8 @@ class Figures:
     gpu_energy_j: float = 0.0
     idle_energy_j: float = 0.0
     host_energy_j: float = 0.0
+    #: Part of host_energy_j: memory (RAPL DRAM domain), where a run measured it.
+    dram_energy_j: float = 0.0
     facility_energy_j: float = 0.0
     co2_location_g: float = 0.0
     co2_market_g: float = 0.0
@@ -56,6 +58,7 @@ class Figures:
         self.gpu_energy_j += v["energy_j"]
         self.idle_energy_j += v["idle_energy_j"]
         self.host_energy_j += v["host_energy_j"]
+        self.dram_energy_j += v["dram_energy_j"]
         self.facility_energy_j += v["facility_energy_j"]
         self.co2_location_g += v["co2_g"]
         self.co2_market_g += v["co2_market_g"]
@@ -82,7 +85,7 @@ class Figures:
     def as_dict(self) -> dict[str, float | int]:
         return {"runs": self.runs, "gpu_hours": self.gpu_hours, "wall_hours": self.wall_s / 3600.0,
                 "gpu_energy_kwh": self.gpu_energy_j / J_PER_KWH, "idle_energy_kwh": self.idle_energy_j / J_PER_KWH,
-                "host_energy_kwh": self.host_energy_j / J_PER_KWH,
+                "host_energy_kwh": self.host_energy_j / J_PER_KWH, "host_dram_energy_kwh": self.dram_energy_j / J_PER_KWH,
                 "facility_overhead_kwh": self.facility_overhead_j / J_PER_KWH,
                 "facility_energy_kwh": self.facility_energy_j / J_PER_KWH,
                 "co2_location_kg": self.co2_location_g / 1000, "co2_market_kg": self.co2_market_g / 1000,
@@ -201,6 +204,10 @@ def build_campaign_report(campaign: Campaign, members: Iterable[Member], *, data
     if not host_measured and lines:
         notes.append("Host (CPU) energy was not measured for these jobs: the energy is GPU energy and the facility "
                      "overhead on it.")
+    # The job summaries hold GPU and host CPU energy, and memory where RAPL exposes a DRAM domain;
+    # nothing else of the node is metered per job.
+    notes.append("The rest of the node (network, storage, fans, and memory where RAPL exposes no DRAM domain) "
+                 "is not measured per job; the facility overhead comes from the PUE.")
     ended = sum(1 for j in lines if j.state == "ended")
     if ended:
         notes.append(f"{ended} run(s) ended without an exit state known to greenwatch (Slurm does not send one): "
