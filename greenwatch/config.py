@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 __all__ = ["ConfigError", "Config", "Key", "SCHEMA", "SECTIONS", "NodeConfig", "AgentConfig", "MqttConfig",
-           "CollectorConfig", "InfluxdbConfig", "CarbonConfig", "AttributionConfig", "FacilityConfig", "key", "load_config",
+           "CollectorConfig", "InfluxdbConfig", "CarbonConfig", "AttributionConfig", "NodePowerConfig", "FacilityConfig", "key", "load_config",
            "config_from_mapping", "render_docs"]
 
 
@@ -300,6 +300,39 @@ class FacilityConfig:
     water: str = key("", "Total water input (W_IN) in m3: a CSV file (timestamp,m3) or influxdb:MEASUREMENT.FIELD (m3 per point). Empty: not metered.", _meter_source)
 
 
+def _source_list(value: Any) -> str | None:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    known = ("pm_counters", "redfish", "ipmi-dcmi", "ipmi-sdr")
+    bad = [n for n in names if n not in known]
+    if bad:
+        return f"unknown source {bad[0]!r}; the sources are {', '.join(known)} (comma-separated, preferred first)"
+    return None
+
+
+@dataclass(frozen=True)
+class NodePowerConfig:
+    """The ``[node_power]`` section: the whole node's meter (docs/methodology.md, "The rest of the node")."""
+
+    sources: str = key("", "Node meters the agent reads, comma-separated, preferred first: 'pm_counters' (HPE Cray EX), 'redfish', 'ipmi-dcmi', 'ipmi-sdr'. The first that answers is used and named on every record. Empty: off; the rest of the node is then not included.", _source_list)
+    poll_interval_s: float = key(2.0, "How often the node meter is read, in a thread of its own (BMCs refresh every few seconds and answer in hundreds of ms).", _positive)
+    timeout_s: float = key(3.0, "Longest wait for one BMC request.", _positive)
+    rest_policy: str = key("allocated", "How the rest of the node (meter minus GPUs and CPU) is split: 'allocated' by each job's share of the node's GPUs, 'energy' by each job's measured GPU + CPU energy, or 'unallocated' (kept at node level).", _one_of("allocated", "energy", "unallocated"))
+    pm_counters_dir: str = key("/sys/cray/pm_counters", "Where HPE Cray EX pm_counters are.")
+    redfish_url: str = key("", "The BMC's Redfish service, e.g. 'https://10.0.0.5' (out of band) or the host interface's address.")
+    redfish_username: str = key("", "Redfish user (a read-only account is enough); empty for none.")
+    redfish_password_file: str = key("", "File holding the Redfish password (e.g. from systemd LoadCredential=).")
+    redfish_ca_file: str = key("", "CA bundle that signed the BMC's certificate; empty uses the CA bundle of requests (certifi).")
+    redfish_insecure_tls: bool = key(False, "Do not verify the BMC's certificate (many BMCs ship self-signed ones); prefer redfish_ca_file.")
+    redfish_chassis: str = key("", "Chassis id to read; empty: the first member of /redfish/v1/Chassis.")
+    ipmi_interface: str = key("open", "ipmitool interface: 'open' (in band, /dev/ipmi0) or 'lanplus' (over the network, ipmi_host).", _one_of("open", "lanplus", "lan"))
+    ipmi_host: str = key("", "BMC address for the lanplus interface.")
+    ipmi_port: int = key(623, "BMC port for the lanplus interface.", _port)
+    ipmi_cipher_suite: int = key(17, "RMCP+ cipher suite for lanplus (ipmitool -C): 17 (HMAC-SHA256, current BMCs) or 3 (HMAC-SHA1, older BMCs).", _non_negative)
+    ipmi_username: str = key("", "IPMI user for the lanplus interface.")
+    ipmi_password_file: str = key("", "File holding the IPMI password (passed to ipmitool -f, never on its command line).")
+    ipmi_sensors: str = key("", "For ipmi-sdr: the SDR power sensors (Watts) whose sum is the node's power, comma-separated, e.g. 'PSU1 Input Power,PSU2 Input Power'.")
+
+
 @dataclass(frozen=True)
 class Config:
     """Validated configuration: one typed section per ``[section]`` of the file, plus the file's path."""
@@ -312,6 +345,7 @@ class Config:
     carbon: CarbonConfig = field(default_factory=CarbonConfig)
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     facility: FacilityConfig = field(default_factory=FacilityConfig)
+    node_power: NodePowerConfig = field(default_factory=NodePowerConfig)
     path: Path | None = None
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
@@ -320,7 +354,7 @@ class Config:
 
 
 #: section name -> its dataclass, in the order of the generated docs.
-SECTIONS: dict[str, type] = {"node": NodeConfig, "agent": AgentConfig, "mqtt": MqttConfig, "collector": CollectorConfig, "influxdb": InfluxdbConfig, "carbon": CarbonConfig, "attribution": AttributionConfig, "facility": FacilityConfig}
+SECTIONS: dict[str, type] = {"node": NodeConfig, "agent": AgentConfig, "mqtt": MqttConfig, "collector": CollectorConfig, "influxdb": InfluxdbConfig, "carbon": CarbonConfig, "attribution": AttributionConfig, "facility": FacilityConfig, "node_power": NodePowerConfig}
 
 
 def _declarations(cls: type) -> dict[str, Key]:

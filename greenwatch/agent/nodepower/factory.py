@@ -1,0 +1,53 @@
+"""The node power sources that ``[node_power]`` names, opened in the configured order."""
+
+from __future__ import annotations
+
+import logging
+
+from greenwatch.agent.nodepower.ipmi import IpmiDcmi, IpmiSdr, IpmiTarget
+from greenwatch.agent.nodepower.pmcounters import PmCounters
+from greenwatch.agent.nodepower.reading import NodePowerError, NodePowerSource
+from greenwatch.config import NodePowerConfig
+from greenwatch.secretfiles import SecretFileError, read_secret
+
+__all__ = ["open_sources", "source_names"]
+
+log = logging.getLogger(__name__)
+
+
+def source_names(cfg: NodePowerConfig) -> list[str]:
+    """The configured source names, preferred first."""
+    return [n.strip() for n in cfg.sources.split(",") if n.strip()]
+
+
+def _open(name: str, cfg: NodePowerConfig) -> NodePowerSource:
+    if name == "pm_counters":
+        return PmCounters(cfg.pm_counters_dir)
+    if name in ("ipmi-dcmi", "ipmi-sdr"):
+        target = IpmiTarget(cfg.ipmi_interface, cfg.ipmi_host, cfg.ipmi_port, cfg.ipmi_username,
+                            cfg.ipmi_password_file, cfg.timeout_s, cfg.ipmi_cipher_suite)
+        if name == "ipmi-dcmi":
+            return IpmiDcmi(target)
+        return IpmiSdr(target, [s.strip() for s in cfg.ipmi_sensors.split(",") if s.strip()])
+    from greenwatch.agent.nodepower.redfish import RedfishMeter
+
+    if not cfg.redfish_url:
+        raise NodePowerError("unavailable", "node_power.redfish_url is empty")
+    try:
+        password = read_secret(cfg.redfish_password_file) if cfg.redfish_password_file else ""
+    except SecretFileError as exc:
+        raise NodePowerError("auth", str(exc)) from None
+    return RedfishMeter(cfg.redfish_url, cfg.redfish_username, password, chassis=cfg.redfish_chassis,
+                        ca_file=cfg.redfish_ca_file, insecure_tls=cfg.redfish_insecure_tls, timeout_s=cfg.timeout_s)
+
+
+def open_sources(cfg: NodePowerConfig) -> list[NodePowerSource]:
+    """The sources of ``cfg.sources`` that could be opened, in order; the others are logged and left
+    out (a node without pm_counters still uses its BMC)."""
+    out = []
+    for name in source_names(cfg):
+        try:
+            out.append(_open(name, cfg))
+        except NodePowerError as err:
+            log.error("node power source %s cannot be used: %s", name, err)
+    return out

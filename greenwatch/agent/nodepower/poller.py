@@ -1,0 +1,108 @@
+"""Reads the node meter in a thread of its own, so a slow or hung BMC never delays GPU sampling.
+
+The sampling loop only calls :meth:`NodePowerPoller.window` when it cuts a batch: that takes a
+lock held for a few arithmetic operations, never for a read.  Sources are tried in the
+configured order at every poll; the first that answers is used (so a node with pm_counters and
+a BMC uses pm_counters, and the BMC when they fail).  Changing source starts a new curve and
+flags the window (the energy between the two sources' readings is not counted twice).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Sequence
+
+from greenwatch.agent.nodepower.meter import MeterCurve, NodeWindow
+from greenwatch.agent.nodepower.reading import NodePowerError, NodePowerSource
+
+__all__ = ["NodePowerPoller"]
+
+log = logging.getLogger(__name__)
+
+
+class NodePowerPoller:
+    """Polls the first working of ``sources`` every ``period_s`` in a daemon thread."""
+
+    def __init__(self, sources: Sequence[NodePowerSource], period_s: float = 2.0,
+                 max_extrapolate_s: float | None = None) -> None:
+        if not sources:
+            raise ValueError("NodePowerPoller needs at least one source")
+        self.sources = list(sources)
+        self.period_s = period_s
+        # Extrapolating past a few missed polls would invent energy: stop at three periods (>= 5 s).
+        self.max_extrapolate_s = max_extrapolate_s if max_extrapolate_s is not None else max(5.0, 3 * period_s)
+        self._lock = threading.Lock()
+        self._curve: MeterCurve | None = None
+        self._changed = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing: dict[str, str] = {}
+        #: Failed reads per error kind, and successful reads (for the metrics endpoint and tests).
+        self.errors: dict[str, int] = {}
+        self.reads = 0
+
+    def poll_once(self) -> bool:
+        """Read the first source that answers and add its reading; False when none did."""
+        for src in self.sources:
+            try:
+                reading = src.read()
+            except NodePowerError as err:
+                self.errors[err.kind] = self.errors.get(err.kind, 0) + 1
+                if self._failing.get(src.name) != err.kind:
+                    self._failing[src.name] = err.kind
+                    log.error("node power source %s failed: %s; GPU sampling goes on", src.name, err)
+                continue
+            if self._failing.pop(src.name, None) is not None:
+                log.warning("node power source %s works again", src.name)
+            with self._lock:
+                if self._curve is None or self._curve.source != src.name:
+                    if self._curve is not None:
+                        self._changed = True
+                        log.warning("node power now read from %s", src.name)
+                    self._curve = MeterCurve(src.name, self.max_extrapolate_s)
+                self._curve.add(reading)
+            self.reads += 1
+            return True
+        return False
+
+    def window(self, end_us: int) -> NodeWindow | None:
+        """The node's energy up to ``end_us`` since the previous call (None before any reading)."""
+        with self._lock:
+            if self._curve is None:
+                return None
+            win = self._curve.window(end_us)
+            if win is not None and self._changed:
+                self._changed = False
+                win = NodeWindow(win.source, win.start_us, win.end_us, win.energy_j, win.counter, win.parts_j,
+                                 tuple(sorted({*win.flags, "source-changed"})))
+            return win
+
+    def start(self) -> None:
+        """Start polling in a daemon thread (it never holds up the agent's exit)."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="greenwatch-nodepower", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        due = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self.poll_once()
+            except Exception:  # a bug in a source must not end node power for the agent's lifetime
+                log.exception("node power poll failed")
+            due += self.period_s
+            now = time.monotonic()
+            if due < now:   # a read took longer than the period: skip the missed polls
+                due = now + self.period_s
+            self._stop.wait(due - now)
+
+    def stop(self, timeout_s: float = 1.0) -> None:
+        """Stop polling; a read hung in a BMC is abandoned (the thread is a daemon)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        for src in self.sources:
+            src.close()

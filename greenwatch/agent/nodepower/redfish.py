@@ -1,0 +1,173 @@
+"""Redfish node power through DMTF's ``redfish`` client library.
+
+Read, in order of preference, from one chassis (the first of ``/redfish/v1/Chassis`` unless
+named):
+
+1. ``Chassis/{id}/EnvironmentMetrics``: ``EnergykWh.Reading`` (an energy counter) and
+   ``PowerWatts.Reading``;
+2. ``Chassis/{id}/PowerSubsystem/PowerSupplies/{id}/Metrics``: the supplies' ``InputPowerWatts``
+   (or ``PowerWatts``) summed, and their ``EnergykWh`` where every supply has one;
+3. the deprecated ``Chassis/{id}/Power``: ``PowerControl[0].PowerConsumedWatts``.
+
+Which of them the BMC offers is found once and remembered.  Authentication is HTTP basic with a
+password read from a file (a read-only BMC account is enough).  TLS is verified against
+``ca_file``, or the CA bundle of ``requests`` (certifi) where none is given: the library itself
+would not verify without one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from greenwatch.agent.nodepower.reading import NodePowerError, NodePowerSource, NodeReading
+
+__all__ = ["RedfishMeter", "reading_from_environment", "reading_from_supplies", "reading_from_power"]
+
+_KWH_J = 3.6e6
+
+
+def _number(obj: Any, *path: str) -> float:
+    """A finite number at ``path`` inside nested objects, else NaN."""
+    for p in path:
+        if not isinstance(obj, dict):
+            return math.nan
+        obj = obj.get(p)
+    if isinstance(obj, bool) or not isinstance(obj, (int, float)) or not math.isfinite(obj):
+        return math.nan
+    return float(obj)
+
+
+def reading_from_environment(body: dict[str, Any], t_us: int) -> NodeReading | None:
+    """An EnvironmentMetrics resource as a reading (None if it has neither energy nor power)."""
+    energy_kwh, power = _number(body, "EnergykWh", "Reading"), _number(body, "PowerWatts", "Reading")
+    if math.isnan(energy_kwh) and math.isnan(power):
+        return None
+    return NodeReading(t_us, energy_kwh * _KWH_J, power)
+
+
+def reading_from_supplies(metrics: list[dict[str, Any]], t_us: int) -> NodeReading | None:
+    """PowerSupplyMetrics of every supply as one reading: input power summed, energy where all have it."""
+    if not metrics:
+        return None
+    powers = [_number(m, "InputPowerWatts", "Reading") for m in metrics]
+    powers = [p if not math.isnan(p) else _number(m, "PowerWatts", "Reading") for p, m in zip(powers, metrics)]
+    energies = [_number(m, "EnergykWh", "Reading") for m in metrics]
+    power = math.nan if any(math.isnan(p) for p in powers) else sum(powers)
+    energy = math.nan if any(math.isnan(e) for e in energies) else sum(energies) * _KWH_J
+    if math.isnan(power) and math.isnan(energy):
+        return None
+    return NodeReading(t_us, energy, power)
+
+
+def reading_from_power(body: dict[str, Any], t_us: int) -> NodeReading | None:
+    """The deprecated Power resource: ``PowerControl[0].PowerConsumedWatts``."""
+    controls = body.get("PowerControl")
+    if not isinstance(controls, list) or not controls:
+        return None
+    power = _number(controls[0], "PowerConsumedWatts")
+    return None if math.isnan(power) else NodeReading(t_us, power_w=power)
+
+
+class RedfishMeter(NodePowerSource):
+    """One BMC's node power over Redfish."""
+
+    name = "redfish"
+
+    def __init__(self, url: str, username: str = "", password: str = "", *, chassis: str = "",
+                 ca_file: str = "", insecure_tls: bool = False, timeout_s: float = 3.0) -> None:
+        try:
+            import redfish  # DMTF's client: an optional dependency of the agent, loaded only when configured
+        except ImportError:
+            raise NodePowerError("unavailable", "the 'redfish' package is not installed (pip install redfish)") from None
+        if url.startswith("https://") and not insecure_tls and not ca_file:
+            import requests.certs
+
+            ca_file = requests.certs.where()
+        self.url, self.chassis = url.rstrip("/"), chassis
+        try:
+            self._client = redfish.redfish_client(base_url=self.url, username=username or None,
+                                                  password=password or None, cafile=ca_file or None,
+                                                  timeout=timeout_s, max_retry=0, check_connectivity=False)
+            if username:
+                self._client.login(auth="basic")
+        except Exception as exc:  # the library raises its own and requests' exceptions
+            raise NodePowerError("unavailable", f"Redfish service {self.url}: {exc}") from None
+        self._where: tuple[str, list[str]] | None = None
+
+    def _get(self, path: str) -> dict[str, Any]:
+        try:
+            resp = self._client.get(path)
+        except Exception as exc:
+            raise NodePowerError("timeout" if "imeout" in str(exc) else "unavailable",
+                                 f"GET {path}: {str(exc)[:200]}") from None
+        if resp.status in (401, 403):
+            raise NodePowerError("auth", f"GET {path}: HTTP {resp.status}")
+        if resp.status != 200:
+            raise NodePowerError("unavailable", f"GET {path}: HTTP {resp.status}")
+        body = resp.dict
+        if not isinstance(body, dict):
+            raise NodePowerError("bad-reply", f"GET {path}: not a JSON object")
+        return body
+
+    def _chassis_path(self) -> str:
+        if self.chassis:
+            return f"/redfish/v1/Chassis/{self.chassis}"
+        members = self._get("/redfish/v1/Chassis").get("Members")
+        if not isinstance(members, list) or not members or not isinstance(members[0], dict):
+            raise NodePowerError("bad-reply", "the Chassis collection has no members")
+        path = members[0].get("@odata.id")
+        if not isinstance(path, str):
+            raise NodePowerError("bad-reply", "a chassis member without @odata.id")
+        return path.rstrip("/")
+
+    def _discover(self) -> tuple[str, list[str]]:
+        """Which resource holds the node's power: ('environment'|'supplies'|'power', paths)."""
+        chassis_path = self._chassis_path()
+        chassis = self._get(chassis_path)
+        env = chassis.get("EnvironmentMetrics", {})
+        if isinstance(env, dict) and isinstance(env.get("@odata.id"), str):
+            if reading_from_environment(self._get(env["@odata.id"]), 0) is not None:
+                return "environment", [env["@odata.id"]]
+        sub = chassis.get("PowerSubsystem", {})
+        if isinstance(sub, dict) and isinstance(sub.get("@odata.id"), str):
+            supplies_ref = self._get(sub["@odata.id"]).get("PowerSupplies", {})
+            if isinstance(supplies_ref, dict) and isinstance(supplies_ref.get("@odata.id"), str):
+                paths = []
+                for m in self._get(supplies_ref["@odata.id"]).get("Members", []):
+                    if isinstance(m, dict) and isinstance(m.get("@odata.id"), str):
+                        metrics = self._get(m["@odata.id"]).get("Metrics", {})
+                        if isinstance(metrics, dict) and isinstance(metrics.get("@odata.id"), str):
+                            paths.append(metrics["@odata.id"])
+                if paths and reading_from_supplies([self._get(p) for p in paths], 0) is not None:
+                    return "supplies", paths
+        power = chassis.get("Power", {})
+        if isinstance(power, dict) and isinstance(power.get("@odata.id"), str):
+            if reading_from_power(self._get(power["@odata.id"]), 0) is not None:
+                return "power", [power["@odata.id"]]
+        raise NodePowerError("unavailable", f"{chassis_path} offers no EnvironmentMetrics, PowerSubsystem or Power reading")
+
+    def read(self) -> NodeReading:
+        """One reading of the resource found at the first read."""
+        if self._where is None:
+            self._where = self._discover()
+        kind, paths = self._where
+        t_us = int(time.time() * 1e6)
+        if kind == "environment":
+            reading = reading_from_environment(self._get(paths[0]), t_us)
+        elif kind == "supplies":
+            reading = reading_from_supplies([self._get(p) for p in paths], t_us)
+        else:
+            reading = reading_from_power(self._get(paths[0]), t_us)
+        if reading is None:
+            self._where = None   # the BMC changed (firmware update): look again at the next read
+            raise NodePowerError("bad-reply", f"{paths[0]} no longer holds a power reading")
+        return reading
+
+    def close(self) -> None:
+        """End the client's session, if it opened one (basic authentication opens none)."""
+        try:
+            self._client.logout()
+        except Exception:  # the BMC may already be gone; nothing is left to release then
+            pass
