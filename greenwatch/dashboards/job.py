@@ -71,7 +71,7 @@ def _over_time(lay: p.Layout) -> None:
         p.KWH,
         [p.target('SELECT cumulative_sum(sum("energy_j")) / 3600000 AS "IT", '
                   'cumulative_sum(sum("facility_energy_j")) / 3600000 AS "facility" '
-                  f'FROM "job_energy" {q.where(JOB)} GROUP BY time($__interval) fill(none)')],
+                  f'FROM {q.source("job_energy")} {q.where(JOB)} GROUP BY time($__interval) fill(none)')],
         legend_calcs=("lastNotNull",)), 8, 8)
     lay.add(p.timeseries(
         "Cumulative emissions",
@@ -79,7 +79,7 @@ def _over_time(lay: p.Layout) -> None:
         p.KG_CO2,
         [p.target('SELECT cumulative_sum(sum("co2_g")) / 1000 AS "location-based", '
                   'cumulative_sum(sum("co2_market_g")) / 1000 AS "market-based" '
-                  f'FROM "job_energy" {q.where(JOB)} GROUP BY time($__interval) fill(none)')],
+                  f'FROM {q.source("job_energy")} {q.where(JOB)} GROUP BY time($__interval) fill(none)')],
         legend_calcs=("lastNotNull",)), 8, 8)
     lay.add(p.timeseries(
         "Emission rate",
@@ -137,6 +137,7 @@ def dashboard() -> Dashboard:
         templating=Templating([
             p.datasource_variable(),
             p.query_variable("job", "Job", q.tag_values("job_energy", "job")),
+            *p.resolution_variables(),
         ]),
         panels=lay.panels,
         time=Time("now-24h", "now"),

@@ -33,7 +33,7 @@ def _power_panels(lay: p.Layout) -> None:
         p.WATT,
         [p.target(q.select([q.range_power("facility_energy_j", "facility"),
                             q.range_power("gpu_energy_j", "IT (GPU)")],
-                           "node_energy", (CLUSTER,)))],
+                           "node_energy", (CLUSTER,), rp=None))],
         time_from="5m", decimals=0), 6, 5)
     lay.add(p.stat(
         "Energy today",
@@ -41,7 +41,7 @@ def _power_panels(lay: p.Layout) -> None:
         p.KWH,
         [p.target(q.select([q.kwh("facility_energy_j", "facility"),
                             q.kwh("gpu_energy_j", "IT (GPU)")],
-                           "node_energy", (CLUSTER,)))],
+                           "node_energy", (CLUSTER,), rp=q.RP_DAY))],
         time_from="now/d"), 5, 5)
     lay.add(p.stat(
         "Energy this month",
@@ -49,7 +49,7 @@ def _power_panels(lay: p.Layout) -> None:
         p.KWH,
         [p.target(q.select([q.kwh("facility_energy_j", "facility"),
                             q.kwh("gpu_energy_j", "IT (GPU)")],
-                           "node_energy", (CLUSTER,)))],
+                           "node_energy", (CLUSTER,), rp=q.RP_MONTH))],
         time_from="now/M", decimals=0), 5, 5)
     lay.add(p.stat(
         "CO2 today",
@@ -57,14 +57,14 @@ def _power_panels(lay: p.Layout) -> None:
         "was used) and market-based (after contractual instruments), in kgCO2e.",
         p.KG_CO2,
         [p.target(q.select([q.kg("co2_g", "location-based"), q.kg("co2_market_g", "market-based")],
-                           "node_energy", (CLUSTER,)))],
+                           "node_energy", (CLUSTER,), rp=q.RP_DAY))],
         time_from="now/d"), 4, 5)
     lay.add(p.stat(
         "CO2 this month",
         "Emissions since the first of the month, location- and market-based, in kgCO2e.",
         p.KG_CO2,
         [p.target(q.select([q.kg("co2_g", "location-based"), q.kg("co2_market_g", "market-based")],
-                           "node_energy", (CLUSTER,)))],
+                           "node_energy", (CLUSTER,), rp=q.RP_MONTH))],
         time_from="now/M", decimals=0), 4, 5)
 
     lay.add(p.timeseries(
@@ -78,10 +78,11 @@ def _power_panels(lay: p.Layout) -> None:
         interval="15s"), 12, 8)
     lay.add(p.timeseries(
         "Grid carbon intensity",
-        "Mean grid carbon intensity applied to the energy of each cluster (location-based, "
-        "gCO2e per kWh). Shifting flexible work to low-intensity hours cuts emissions.",
+        "Grid carbon intensity applied to the energy of each cluster (location-based, "
+        "gCO2e per kWh, weighted by energy: emissions over facility energy). Shifting flexible "
+        "work to low-intensity hours cuts emissions.",
         p.G_CO2_PER_KWH,
-        [p.target(q.select('mean("intensity_g_per_kwh") AS "intensity"', "node_energy",
+        [p.target(q.select(f'sum("co2_g") * {q.J_PER_KWH} / sum("facility_energy_j") AS "intensity"', "node_energy",
                            (CLUSTER,), ("cluster",), time_bucket=True, fill="null"),
                   alias="$tag_cluster")]), 12, 8)
     lay.add(p.timeseries(
@@ -96,17 +97,17 @@ def _power_panels(lay: p.Layout) -> None:
 
 def _gpu_panels(lay: p.Layout) -> None:
     lay.row("GPUs", "Per-GPU power and utilisation of the selected nodes")
-    for title, field, unit, scheme, what in (
-        ("GPU power heatmap", "power_w", p.WATT, "Oranges",
+    for title, value, unit, scheme, what in (
+        ("GPU power heatmap", q.power("energy_j", "power_w"), p.WATT, "Oranges",
          "Mean power of every GPU (one row per GPU, node/index), colour = watts. Hot rows next "
          "to cold ones show unbalanced or stuck work."),
-        ("GPU utilisation heatmap", "util_gpu_pct", p.PERCENT, "Greens",
+        ("GPU utilisation heatmap", q.util_mean("util_gpu_pct", "util_gpu_pct"), p.PERCENT, "Greens",
          "GPU utilisation of every GPU (one row per GPU, node/index), colour = percent busy. "
          "Dark rows are GPUs doing nothing: allocated-but-idle or unallocated."),
     ):
         lay.add(p.heatmap(
             title, what + " Filter with the node variable on large sites.", unit,
-            [p.target(q.select(f'mean("{field}") AS "{field}"', "gpu", (CLUSTER, NODE),
+            [p.target(q.select(value, "gpu", (CLUSTER, NODE),
                                ("gpu", "node", "gpu_index"), time_bucket=True, fill="null"),
                       alias="$tag_node/$tag_gpu_index")],
             scheme=scheme), 12, 10)
@@ -118,7 +119,7 @@ def _waste_panels(lay: p.Layout) -> None:
             f'SELECT {q.kwh("idle_energy_j", "idle energy")}, '
             f'{q.kwh("energy_j", "allocated energy")}, '
             '100 * sum("idle_energy_j") / sum("energy_j") AS "idle share" '
-            f'FROM "job_energy" {q.where(CLUSTER)} GROUP BY "job", "user") '
+            f'FROM {q.source("job_energy")} {q.where(CLUSTER)} GROUP BY "job", "user") '
             'WHERE "idle energy" > 0 GROUP BY "job", "user"')
     lay.add(p.table(
         "Allocated but idle GPUs",
@@ -168,7 +169,7 @@ def _top_panels(lay: p.Layout) -> None:
     users = ('SELECT count("e") AS "jobs", sum("c") / 1000 AS "CO2", sum("e") / 3600000 AS '
              '"IT energy", sum("g") / 3600 AS "GPU hours", sum("i") / 3600000 AS "idle energy" '
              'FROM (SELECT sum("energy_j") AS "e", sum("co2_g") AS "c", sum("gpu_seconds") AS '
-             f'"g", sum("idle_energy_j") AS "i" FROM "job_energy" {q.where(CLUSTER)} '
+             f'"g", sum("idle_energy_j") AS "i" FROM {q.source("job_energy")} {q.where(CLUSTER)} '
              'GROUP BY "job", "user") GROUP BY "user"')
     lay.add(p.table(
         "Top users by CO2",
@@ -193,24 +194,25 @@ def _top_panels(lay: p.Layout) -> None:
 
 def _health_panels(lay: p.Layout) -> None:
     lay.row("Data health", "Is the data complete and is the pipeline keeping up?")
-    last = q.select('last("gpus") AS "gpus"', "node_energy", (CLUSTER,), ("cluster", "node"))
+    # The time of the node's last point in the range; from a rollup, the start of its bucket.
+    last = q.select('last("gpu_energy_j") AS "energy"', "node_energy", (CLUSTER,), ("cluster", "node"))
     recent = ('SELECT count("gpus") AS "recent reports" FROM "node_energy" '
               f'WHERE time > now() - ${{{STALE_VAR}}}s GROUP BY "node"')
     lay.add(p.table(
         "Silent nodes",
         "Nodes that reported in the selected range but not in the last $stale_after seconds "
-        "(dashboard variable), with the time of their last report. Their energy is missing "
+        "(dashboard variable), with the time of their last report (over long ranges, the start "
+        "of the rollup minute or hour that holds it). Their energy is missing "
         "from every other panel: check the agent, the network and the broker.",
         p.AGO,
         [p.target(last, fmt=p.TABLE), p.target(recent, ref="B", fmt=p.TABLE)],
-        overrides=[p.unit_override("gpus", p.COUNT)],
         transformations=[
             {"id": "joinByField", "options": {"byField": "node", "mode": "outer"}},
             {"id": "filterByValue", "options": {
                 "filters": [{"config": {"id": "isNull", "options": {}},
                              "fieldName": "recent reports"}],
                 "match": "any", "type": "include"}},
-            {"id": "organize", "options": {"excludeByName": {"recent reports": True},
+            {"id": "organize", "options": {"excludeByName": {"recent reports": True, "energy": True},
                                            "renameByName": {"Time": "last report",
                                                             "Time 1": "last report"}}},
         ],
@@ -273,6 +275,7 @@ def dashboard() -> Dashboard:
                              q.tag_values("node_energy", "node") + f" WHERE {CLUSTER}",
                              multi=True, include_all=True),
             p.textbox_variable(STALE_VAR, "Silent after (s)", "60"),
+            *p.resolution_variables(q.RP_DAY, q.RP_MONTH),
         ]),
         panels=lay.panels,
         time=Time("now-6h", "now"),

@@ -19,6 +19,8 @@ from grafanalib.core import (
 )
 from grafanalib.influxdb import InfluxDBTarget
 
+from . import queries as q
+
 DS_VAR = "DS_GREENWATCH"
 DS = {"type": "influxdb", "uid": "${%s}" % DS_VAR}
 
@@ -278,6 +280,22 @@ def query_variable(name, label, query, *, multi=False, include_all=False, all_va
         t._current = {"selected": True, "text": everything[0] if multi else "All",
                       "value": everything[1] if multi else "$__all"}
     return t
+
+
+def resolution_variables(*fixed: str) -> list[Template]:
+    """Hidden variables naming the retention policy to read, from the rollups' resolution table.
+
+    ``rp`` and ``util_points`` follow the dashboard's time range (re-queried whenever it changes,
+    with Grafana's ``$__from``/``$__to``); each of ``fixed`` (``rp_day``, ``rp_month``) is chosen
+    once for its own range, for panels with a fixed relative time.  Without ``greenwatch influxdb
+    setup`` they come back empty, which reads the raw points.
+    """
+    def variable(name: str, column: str, span_ms: int | None) -> Template:
+        return Template(name=name, label=name, query=q.resolution_query(column, span_ms), dataSource=DS,
+                        refresh=1 if span_ms is not None else 2, hide=2, sort=0, default="")
+
+    out = [variable(q.RP, "rp", None), variable(q.UTIL_POINTS, "util_points", None)]
+    return out + [variable(name, "rp", q.FIXED_RANGE_MS[name]) for name in fixed]
 
 
 def textbox_variable(name, label, default: str) -> Template:

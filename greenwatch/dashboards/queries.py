@@ -13,9 +13,17 @@ substitutes the macros:
 Energies in the database are joules, emissions grams (docs/data-model.md).  Power is
 derived from energy: the energy of all batches whose window ends in a bucket, divided
 by the bucket length, is the mean power over that bucket.
+
+The measurements that ``greenwatch influxdb setup`` rolls up are read from the retention
+policy a hidden dashboard variable names (:data:`RP`: by the length of the time range; see
+:mod:`greenwatch.storage.rollups`), so a 90-day view reads 1-hour sums and a 15-minute view the
+raw points.  Every query is written so that raw points and rollups give the same figures:
+sums of the summed fields, and means as a sum over a count of raw points.
 """
 
 from __future__ import annotations
+
+from greenwatch.storage.rollups import RESOLUTION_TABLE, RESOLUTIONS, ROLLUPS
 
 J_PER_KWH = 3_600_000
 G_PER_KG = 1000
@@ -25,6 +33,41 @@ CLUSTER = '"cluster" =~ /^$cluster$/'
 NODE = '"node" =~ /^$node$/'
 JOB = "\"job\" = '$job'"
 USER = '"user" =~ /^$user$/'
+
+#: Variables naming the retention policy to read: by the dashboard's range, for panels over
+#: "today", and for panels over "this month" (their own fixed ranges).
+RP = "rp"
+RP_DAY = "rp_day"
+RP_MONTH = "rp_month"
+#: Variable completing the raw-point count of a utilisation mean (``UTIL_POINTS`` in rollups).
+UTIL_POINTS = "util_points"
+#: The fixed range each fixed-range variable is chosen for (ms).
+FIXED_RANGE_MS = {RP_DAY: 86_400_000, RP_MONTH: 31 * 86_400_000}
+#: Measurements that exist at every resolution.
+ROLLED = frozenset(r.measurement for r in ROLLUPS)
+_SPAN = "(${__to} - ${__from})"
+
+
+def source(measurement: str, rp: str | None = RP) -> str:
+    """``"${rp}"."measurement"`` for a rolled-up measurement (``rp`` None: the raw points), else ``"measurement"``.
+
+    Without setup the variable is empty and ``""."m"`` is the database's default policy: raw.
+    """
+    if rp is None or measurement not in ROLLED:
+        return f'"{measurement}"'
+    return f'"${{{rp}}}"."{measurement}"'
+
+
+def resolution_query(column: str, span_ms: int | None = None) -> str:
+    """Query of a variable reading ``column`` of the resolution row for the range (``span_ms``: fixed)."""
+    span = _SPAN if span_ms is None else str(int(span_ms))
+    return (f'SELECT "{column}" FROM "{RESOLUTIONS[-1][0]}"."{RESOLUTION_TABLE}" '
+            f'WHERE "from_ms" <= {span} AND "to_ms" > {span}')
+
+
+def util_mean(field: str, alias: str) -> str:
+    """Mean utilisation per raw point, from the raw points or from rollups alike."""
+    return f'sum("{field}") / (count("{field}")${{{UTIL_POINTS}}}) AS "{alias}"'
 
 
 def where(*conditions: str) -> str:
@@ -69,11 +112,12 @@ def select(
     group_by: tuple[str, ...] = (),
     time_bucket: bool = False,
     fill: str | None = None,
+    rp: str | None = RP,
 ) -> str:
-    """Assemble ``SELECT ... FROM ... WHERE ... $timeFilter GROUP BY ...``."""
+    """Assemble ``SELECT ... FROM ... WHERE ... $timeFilter GROUP BY ...`` (``rp``: see :func:`source`)."""
     if isinstance(fields, str):
         fields = [fields]
-    q = f'SELECT {", ".join(fields)} FROM "{measurement}" {where(*conditions)}'
+    q = f'SELECT {", ".join(fields)} FROM {source(measurement, rp)} {where(*conditions)}'
     groups = (["time($__interval)"] if time_bucket else []) + [f'"{g}"' for g in group_by]
     if groups:
         q += " GROUP BY " + ", ".join(groups)

@@ -22,7 +22,7 @@ def _headline(lay: p.Layout) -> None:
         "Number of jobs of the selected users that used GPUs in the range.",
         p.COUNT,
         [p.target('SELECT count("e") AS "jobs" FROM (SELECT sum("energy_j") AS "e" '
-                  f'FROM "job_energy" {q.where(USER)} GROUP BY "job")')], decimals=0), 5, 5)
+                  f'FROM {q.source("job_energy")} {q.where(USER)} GROUP BY "job")')], decimals=0), 5, 5)
     lay.add(p.stat(
         "Energy",
         "GPU (IT) energy of the users' jobs and facility energy including PUE, in kWh.",
@@ -136,6 +136,7 @@ def dashboard() -> Dashboard:
             p.datasource_variable(),
             p.query_variable("user", "User", q.tag_values("job_energy", "user"),
                              multi=True, include_all=True, all_value=".*"),
+            *p.resolution_variables(),
         ]),
         panels=lay.panels,
         time=Time("now-7d", "now"),

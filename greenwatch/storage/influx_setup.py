@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from greenwatch.storage.rollups import (MARKER, RESOLUTIONS, ROLLUPS, RollupState, backfill_statement,
-                                        continuous_query, cq_name, quote)
+from greenwatch.storage.rollups import (MARKER, RESOLUTION_TABLE, RESOLUTIONS, ROLLUPS, RollupState,
+                                        backfill_statement, continuous_query, cq_name, dashboard_resolutions, quote)
 
 __all__ = ["SetupPlan", "setup_influxdb", "read_rollup_state", "duration_s", "DURATION_RE"]
 
@@ -107,7 +107,36 @@ def setup_influxdb(server: Server, plan: SetupPlan, backfill_s: float = 0.0,
                     plan.db, RESOLUTIONS[-1][0])
     done.append(f"rollups complete from {time.strftime('%Y-%m-%d %H:%M', time.gmtime(from_s))} UTC "
                 f"for data up to {plan.late_s} s late")
+    done.append(_write_resolution_table(server, plan, now))
     return done
+
+
+def _write_resolution_table(server: Server, plan: SetupPlan, now: float) -> str:
+    """Write :data:`RESOLUTION_TABLE` (what the dashboards read at which range) unless it is as wanted.
+
+    The rows carry setup's time, so they live as long as the coarsest rollups; a changed table
+    replaces the old one entirely, as the dashboards' variables would otherwise get two values.
+    """
+    wanted = dashboard_resolutions(plan.raw_rp)
+    table = f"{quote(RESOLUTIONS[-1][0])}.{quote(RESOLUTION_TABLE)}"
+    rows = server.command(f'SELECT "rp", "from_ms", "to_ms", "util_points" FROM {table} GROUP BY "level"',
+                          db=plan.db)
+    have = sorted((str(r.get("level")), str(r.get("rp")), int(r.get("from_ms") or 0), int(r.get("to_ms") or 0),
+                   str(r.get("util_points") or "")) for r in rows)
+    if have == sorted(wanted):
+        return "dashboard resolution table as wanted"
+    if rows:
+        server.command(f"DROP MEASUREMENT {quote(RESOLUTION_TABLE)}", db=plan.db)
+    lines = [f'{RESOLUTION_TABLE},level={level} rp={_string(rp)},from_ms={lo}i,to_ms={hi}i,'
+             f'util_points={_string(points)} {int(now)}' for level, rp, lo, hi, points in wanted]
+    server.write_v1("\n".join(lines), plan.db, RESOLUTIONS[-1][0])
+    return "wrote the dashboard resolution table: " + ", ".join(
+        f"{rp} from {lo // 3_600_000} h" for _, rp, lo, _, _ in wanted)
+
+
+def _string(text: str) -> str:
+    """A line-protocol string field value."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _backfill(server: Server, plan: SetupPlan, t_from_s: int, t_to_s: int) -> None:

@@ -23,7 +23,8 @@ import math
 from dataclasses import dataclass
 
 __all__ = ["Rollup", "ROLLUPS", "RESOLUTIONS", "MARKER", "RollupState", "rolled_range", "rolled_parts", "select_list",
-           "continuous_query", "backfill_statement", "cq_name", "quote"]
+           "continuous_query", "backfill_statement", "cq_name", "quote", "RESOLUTION_TABLE",
+           "DASHBOARD_RANGES_MS", "UTIL_POINTS", "dashboard_resolutions"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ ROLLUPS = (
     Rollup("job_gpu", ("energy_j", "idle_energy_j", "gpu_seconds"), (("points", "energy_j"),)),
     # Per-GPU readings: a mean over the points is the sum over the count (``power_w`` holds the
     # sum of the batch means, ``power_points`` how many there were).
-    Rollup("gpu", ("energy_j", "power_w", "util_gpu_pct", "util_mem_pct", "samples", "counter"),
+    Rollup("gpu", ("energy_j", "power_w", "util_gpu_pct", "util_mem_pct", "samples", "counter", "module_scope"),
            (("points", "energy_j"), ("power_points", "power_w"), ("util_points", "util_gpu_pct"),
             ("mem_points", "util_mem_pct"), ("counter_points", "counter")),
            maxes=(("power_max_w", "power_max_w"), ("util_gpu_max", "util_gpu_pct"), ("samples_max", "samples")),
@@ -63,6 +64,35 @@ _BUCKET_TEXT = {60: "1m", 3600: "1h"}
 
 #: The measurement (in the coarsest resolution's policy) that says since when rollups are complete.
 MARKER = "greenwatch_rollups"
+
+#: The measurement (next to :data:`MARKER`) from which the Grafana dashboards pick, by the length of
+#: their time range, the retention policy to read (docs/dashboards.md).
+RESOLUTION_TABLE = "greenwatch_resolutions"
+
+#: From which range length (ms) the raw points, the 1-minute and the 1-hour rollups serve a
+#: dashboard.  Grafana groups a panel by its range over its data points (500 for time series, 200
+#: for heatmaps) rounded to a "nice" interval: 1 minute or more from 45 s, 1 hour or more from
+#: 45 minutes.  From 8 hours on every time bucket is thus whole minutes, from 16 days whole hours,
+#: so each rollup falls into exactly one bucket and power (energy over the bucket) stays right.
+DASHBOARD_RANGES_MS = (0, 8 * 3_600_000, 16 * 86_400_000)
+_NO_UPPER_MS = 2**62
+
+#: What a rollup adds to ``COUNT("util_gpu_pct")`` so that it counts raw points: a rollup point
+#: holds the sum of its raw points' utilisation and their number in ``util_points``.  Nothing
+#: for raw points, so that the same query serves both (and runs when setup never did).
+UTIL_POINTS = ' * 0 + SUM("util_points")'
+
+
+def dashboard_resolutions(raw_rp: str) -> list[tuple[str, str, int, int, str]]:
+    """``(level, retention policy, from_ms, to_ms, util_points)``: the rows of :data:`RESOLUTION_TABLE`.
+
+    A dashboard whose range lasts ``from_ms <= span < to_ms`` reads that retention policy.
+    """
+    names = ["raw"] + [rp.removeprefix("rollup_") for rp, _ in RESOLUTIONS]
+    policies = [raw_rp] + [rp for rp, _ in RESOLUTIONS]
+    bounds = [*DASHBOARD_RANGES_MS, _NO_UPPER_MS]
+    return [(names[k], policies[k], bounds[k], bounds[k + 1], "" if k == 0 else UTIL_POINTS)
+            for k in range(len(policies))]
 
 
 def quote(name: str) -> str:
