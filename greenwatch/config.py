@@ -232,6 +232,7 @@ class InfluxdbConfig:
     org: str = key("greenwatch", "InfluxDB organisation (ignored by 1.8+).")
     bucket: str = key("greenwatch", "Bucket (2.x/3.x) or database/retention policy (1.8+: 'db/rp' or 'db').")
     token_file: str = key("", "File holding the API token (1.8+: 'user:password'); empty for none.")
+    write_api: str = key("v2", "Where writes go: v2 (`/api/v2/write`: 2.x, 3.x and 1.8+) or v1 (1.x's `/write?db=&rp=`, for 1.x before 1.8, e.g. Debian's influxdb 1.6; token_file then holds 'user:password', sent as HTTP basic authentication). See docs/influxdb.md.", _one_of("v2", "v1"))
     timeout_s: float = key(10.0, "HTTP timeout for one write.", _positive)
     gzip_level: int = key(1, "gzip level of write bodies, 1 (fastest) to 9 (smallest); 0 sends them uncompressed. Level 1 shrinks line protocol about 5.7x at an eighth of level 9's CPU (7.6x); 0 suits an InfluxDB on the same host.", _gzip_level)
     raw_retention: str = key("90d", "How long `greenwatch influxdb setup` keeps the raw 5 s points (InfluxQL duration, e.g. 90d, 52w, INF).", _influx_duration)

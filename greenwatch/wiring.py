@@ -47,4 +47,4 @@ def influx_store(cfg: Config):  # -> InfluxStore
 
     token = influx_token(cfg)
     return InfluxStore(cfg.influxdb.url, token, cfg.influxdb.org, cfg.influxdb.bucket, cfg.influxdb.timeout_s,
-                       gzip_level=cfg.influxdb.gzip_level)
+                       gzip_level=cfg.influxdb.gzip_level, write_api=cfg.influxdb.write_api)

@@ -1,12 +1,14 @@
 """InfluxDB through influxdb-client: line-protocol writes to the v2 API, InfluxQL reads.
 
-Production targets InfluxDB 2.x/3.x (or 1.8+, which answers ``/api/v2/write``);
+Production targets InfluxDB 2.x/3.x (or 1.8+, which answers ``/api/v2/write``), or with
+``write_api="v1"`` any 1.x through its own ``/write`` (Debian's 1.6 has no v2 API);
 see docs/influxdb.md.  Reads use InfluxQL on ``/query`` because that one query
 language works on 1.x, on 2.x (with a DBRP mapping) and on 3.x.
 """
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import logging
@@ -20,7 +22,7 @@ from influxdb_client.rest import ApiException
 
 from greenwatch.storage.records import Record, line_protocol
 
-__all__ = ["InfluxStore", "InfluxError", "InfluxRefused", "REFUSED_STATUSES", "error_text"]
+__all__ = ["InfluxStore", "InfluxError", "InfluxRefused", "REFUSED_STATUSES", "WRITE_APIS", "error_text"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,9 @@ log = logging.getLogger(__name__)
 #: Everything else (5xx, no connection, timeouts, 401/403/404 for a wrong token or a missing
 #: database) is an outage, which a retry cures once the server or its configuration is mended.
 REFUSED_STATUSES = frozenset({400, 413, 422})
+
+#: Write endpoints: "v2" is ``/api/v2/write`` (2.x, 3.x, 1.8+), "v1" is 1.x's ``/write``.
+WRITE_APIS = ("v2", "v1")
 
 #: InfluxDB's error text is cut to this many characters in exceptions and logs.
 MAX_ERROR_CHARS = 500
@@ -84,8 +89,11 @@ class InfluxStore:
     """Writes records to one bucket and runs InfluxQL queries against it."""
 
     def __init__(self, url: str, token: str, org: str, bucket: str, timeout_s: float = 10.0,
-                 query_url: str | None = None, gzip_level: int = 1) -> None:
+                 query_url: str | None = None, gzip_level: int = 1, write_api: str = "v2") -> None:
+        if write_api not in WRITE_APIS:
+            raise ValueError(f"write_api must be one of {', '.join(WRITE_APIS)}, not {write_api!r}")
         self.url, self.token, self.org, self.bucket = url.rstrip("/"), token, org, bucket
+        self.write_api = write_api
         self.query_url = (query_url or url).rstrip("/")
         self.timeout_s = timeout_s
         self.gzip_level = gzip_level
@@ -112,6 +120,9 @@ class InfluxStore:
         if self.gzip_level > 0:
             data = gzip.compress(data, compresslevel=self.gzip_level)
             extra["content_encoding"] = "gzip"
+        if self.write_api == "v1":
+            self._write_v1_api(data, gzip_encoded=self.gzip_level > 0)
+            return
         try:
             self._write.post_write(org=self.org, bucket=self.bucket, body=data, precision=WritePrecision.NS,
                                    content_type="text/plain; charset=utf-8", **extra)
@@ -126,6 +137,39 @@ class InfluxStore:
             text = _one_line(f"{type(exc).__name__}: {exc}")
             raise InfluxError(f"write to {self.url} bucket {self.bucket!r} failed: {text}", None, text) from exc
 
+    def _write_v1_api(self, data: bytes, gzip_encoded: bool) -> None:
+        """POST a body to 1.x's ``/write`` for the bucket's database and retention policy."""
+        db, _, rp = self.bucket.partition("/")
+        params = {"db": db, "precision": "ns"}
+        if rp:
+            params["rp"] = rp
+        req = urllib.request.Request(f"{self.url}/write?{urllib.parse.urlencode(params)}", data=data, method="POST",
+                                     headers={"Content-Type": "text/plain; charset=utf-8"})
+        if gzip_encoded:
+            req.add_header("Content-Encoding", "gzip")
+        self._authorize(req)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                resp.read()
+        except urllib.error.HTTPError as exc:
+            text = error_text(exc.code, exc.read(), exc.headers, exc.reason)
+            refused = exc.code in REFUSED_STATUSES
+            raise (InfluxRefused if refused else InfluxError)(
+                f"write to {self.url} database {self.bucket!r} {'refused' if refused else 'failed'}: "
+                f"({exc.code}) {text}", exc.code, text) from exc
+        except Exception as exc:  # URLError, OSError, timeouts: InfluxDB did not answer
+            text = _one_line(f"{type(exc).__name__}: {exc}")
+            raise InfluxError(f"write to {self.url} database {self.bucket!r} failed: {text}", None, text) from exc
+
+    def _authorize(self, req: urllib.request.Request) -> None:
+        if not self.token:
+            return
+        if self.write_api == "v1" and ":" in self.token:
+            # 1.x before 1.8 knows no "Token" scheme; its users authenticate with HTTP basic auth.
+            req.add_header("Authorization", "Basic " + base64.b64encode(self.token.encode()).decode("ascii"))
+        else:
+            req.add_header("Authorization", f"Token {self.token}")
+
     def query(self, influxql: str, db: str | None = None) -> list[dict[str, Any]]:
         """Run InfluxQL; rows as dicts (``name`` and tag values included) across all series."""
         params = urllib.parse.urlencode({"db": db or self.bucket.split("/")[0], "q": influxql, "epoch": "ns"})
@@ -133,8 +177,7 @@ class InfluxStore:
 
     def _rows(self, influxql: str, req: urllib.request.Request, expect_json: bool = True,
               columns_first: bool = False) -> list[dict[str, Any]]:
-        if self.token:
-            req.add_header("Authorization", f"Token {self.token}")
+        self._authorize(req)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                 raw = resp.read()
