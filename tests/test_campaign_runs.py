@@ -23,7 +23,7 @@ def lib_dir() -> Path:
 def test_tagged_runs_are_one_campaign_and_a_failed_one_is_marked(tmp_path, lib_dir):
     env = nvml_free_env(tmp_path, lib_dir)
     env["GREENWATCH_CAMPAIGNS"] = str(tmp_path / "campaigns.jsonl")
-    busy = "import time; t = time.time()\nwhile time.time() - t < 0.5: pass"
+    busy = "import time; t = time.time()\nwhile time.time() - t < 0.2: pass"
     # Two runs of greenwatch run: one succeeds, one fails (exit status 3); a third is not tagged.
     procs = [greenwatch_proc(["run", "--campaign", "bert-ft", "--name", "ft-1", "--out", str(tmp_path / "a"), "--",
                               sys.executable, "-c", busy], env, cwd=tmp_path),
@@ -54,9 +54,9 @@ def test_tagged_runs_are_one_campaign_and_a_failed_one_is_marked(tmp_path, lib_d
     assert cli("create", "bert-ft", "--training-type", "fine-tuning").returncode == 0
     assert cli("add", "bert-ft", "eval-1", "--phase", "evaluation").returncode == 0
     dbs = [a for d in "abcd" for a in ("--db", str(tmp_path / d / "greenwatch.sqlite"))]
-    proc = cli("report", "bert-ft", *dbs, "--format", "json")
+    proc = cli("report", "bert-ft", *dbs, "--format", "all", "--out", str(tmp_path / "campaign"))
     assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
+    doc = json.loads((tmp_path / "campaign" / "campaign.json").read_text())
     jobs = {j["job"]: j for j in doc["jobs"]}
     assert set(jobs) == {"ft-1", "ft-2", "eval-1"}            # "other" carries no tag
     assert (jobs["ft-1"]["state"], jobs["ft-2"]["state"]) == ("completed", "failed")
@@ -70,8 +70,7 @@ def test_tagged_runs_are_one_campaign_and_a_failed_one_is_marked(tmp_path, lib_d
     assert doc["functional_units"] == {"samples": 1000.0}
     # Each run names the intensity it was priced with; the model card says fine-tuning.
     assert doc["intensity_sources"] and all("greenwatch run" in s for s in doc["intensity_sources"])
-    card = cli("report", "bert-ft", *dbs, "--format", "model-card")
-    assert card.returncode == 0 and 'training_type: "fine-tuning"' in card.stdout
+    assert 'training_type: "fine-tuning"' in (tmp_path / "campaign" / "model-card.md").read_text()
     # A bad campaign name is refused before anything runs.
     bad = greenwatch_proc(["run", "--campaign", "no spaces", "--", sys.executable, "-c", "pass"], env, cwd=tmp_path)
     assert bad.wait(timeout=60) == 2 and "campaign name" in bad.stderr.read()
