@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from pathlib import Path
 
@@ -102,3 +103,20 @@ def test_an_unknown_zone_is_refused_with_the_known_ones():
     with pytest.raises(ValueError, match=r"unknown grid zone 'XX'; known zones: .*\bDE\b.*\bFR\b"):
         AnnualIntensity("XX")
     assert not math.isnan(AnnualIntensity("fr").g_per_kwh)
+
+
+def test_tiny_figures_are_written_out_not_in_scientific_notation():
+    """A run of a fraction of a second uses micro-watt-hours: every form a person reads shows decimals."""
+    fr = AnnualIntensity("FR")
+    joules = 0.004                                    # 1.1e-9 kWh
+    report = build_report(OneRun(joules, joules / 3.6e6 * 1.5 * fr.g_per_kwh), "blink",
+                          carbon=CarbonContext(fr, ConstantPue(1.5), None), now=T0)
+    result = _result(report)
+    result.energy_kwh = {"gpu": 0.0, "host": joules / 3.6e6, "facility_overhead": joules / 7.2e6,
+                         "total": joules / 2.4e6}
+    result.co2_kg = {"location_based": report.co2_location_g / 1000, "market_based": report.co2_market_g / 1000,
+                     "embodied": 0.0}
+    exponent = re.compile(r"\d[eE][-+]\d")   # Python writes every exponent with its sign
+    for text in (render(report, "md"), render(report, "html"), format_summary(result, 0)):
+        assert not exponent.search(text), exponent.search(text)
+    assert "0.00000000111 kWh" in render(report, "md")

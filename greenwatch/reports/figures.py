@@ -29,7 +29,11 @@ class Row:
 
 
 def num(x: float | None, unit: str = "") -> str:
-    """Human formatting: about three significant digits, thousands separated; ``-`` for missing."""
+    """Human formatting: about three significant digits, thousands separated; ``-`` for missing.
+
+    Tiny values stay in decimal notation (``0.00000000101``, never ``1.01e-09``): a short run's
+    kWh and kgCO2e are that small, and a reader must not have to decode an exponent.
+    """
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     a = abs(x)
@@ -39,10 +43,12 @@ def num(x: float | None, unit: str = "") -> str:
         s = f"{x:.1f}"
     elif a >= 1:
         s = f"{x:.2f}"
-    elif a == 0:
-        s = "0"
-    else:
+    elif a == 0 or not math.isfinite(x):
+        s = "0" if a == 0 else str(x)
+    elif a >= 1e-3:
         s = f"{x:.3g}"
+    else:
+        s = f"{x:.{2 - math.floor(math.log10(a))}f}"
     return f"{s} {unit}".rstrip() if unit else s
 
 
@@ -217,11 +223,8 @@ def summary_line(r: RunReport) -> str:
 
 
 def plain(x: float) -> str:
-    """Like :func:`num`, but tiny values in decimal notation (``0.000000230``), never ``2.3e-07``."""
-    a = abs(x)
-    if a >= 1e-3 or a == 0 or not math.isfinite(x):
-        return num(x)
-    return f"{x:.{2 - math.floor(math.log10(a))}f}"
+    """A number for prose: :func:`num` without a unit (tiny values in decimal notation, ``0.000000230``)."""
+    return num(x)
 
 
 def per_unit(grams: float, unit: str) -> str:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from typing import Mapping, Sequence, TextIO
 
+from greenwatch.reports.figures import num
 from greenwatch.standalone.outdir import OutDir
 from greenwatch.standalone.session import RunResult, Session, SessionOptions
 
@@ -138,16 +139,16 @@ def _run_unmeasured(cmd: Sequence[str], environ: Mapping[str, str], log: TextIO)
 def format_summary(r: RunResult, status: int) -> str:
     """The few lines printed when a run ends."""
     e, c = r.energy_kwh, r.co2_kg
-    host = "not measured" if e["host"] is None else f"{e['host']:.4g} kWh"
+    host = "not measured" if e["host"] is None else f"{num(e['host'])} kWh"
     lines = [f"greenwatch run: {r.name} exited with status {status} after {r.duration_s:.1f} s"]
     if r.gpus:
         lines.append(f"  GPUs:      {', '.join(r.gpus)} ({r.gpu_hours:.3g} GPU-h)")
     else:
         lines.append(f"  GPUs:      none ({r.no_gpu_reason or 'the run used no GPU'})")
-    lines.append(f"  energy:    GPU {e['gpu']:.4g} kWh, host {host}, facility overhead "
-                 f"{e['facility_overhead']:.4g} kWh, total {e['total']:.4g} kWh")
-    lines.append(f"  emissions: {c['location_based']:.4g} kgCO2e location-based, {c['market_based']:.4g} market-based, "
-                 f"{c['embodied']:.4g} embodied")
+    lines.append(f"  energy:    GPU {num(e['gpu'])} kWh, host {host}, facility overhead "
+                 f"{num(e['facility_overhead'])} kWh, total {num(e['total'])} kWh")
+    lines.append(f"  emissions: {num(c['location_based'])} kgCO2e location-based, {num(c['market_based'])} "
+                 f"market-based, {num(c['embodied'])} embodied")
     lines.append(f"  host:      {r.report.host_energy_method}")
     # The carbon settings are named every time: defaults (zone DE) must never apply unnoticed.
     rep = r.report
