@@ -41,7 +41,10 @@ JOBS = {
     "304": ("proj-eval", "harness", "", "0:0", 800.0),                       # by hand, as evaluation
     "305": ("proj-llm", "llm-debug", "", "0:0", 900.0),                      # rule, but removed by hand
     "306": ("proj-x", "other", "campaign=another", "0:0", 700.0),           # another campaign
+    "307": ("proj-llm", "llm-pt-03", "", "0:0", 600.0),                     # rule: across a month boundary
 }
+#: Job 307 runs from 10 s before November 2026 to 10 s into it: one batch in October, two in November.
+NOVEMBER = 1_793_491_200.0   # 2026-11-01T00:00:00Z
 
 
 def batches(job: str, start: float, energy: float) -> list[Record]:
@@ -85,7 +88,7 @@ def test_campaign_report_on_influxdb_sums_each_member_job_once(bucket_store, inf
     cfg = config_from_mapping({"node": {"cluster": CLUSTER, "name": "n1"}})
     handler = JobEvents(store, finalize_delay_s=0)
     for k, (job, (_, _, _, _, energy)) in enumerate(JOBS.items()):
-        start = T0 + k * 86400 / 2
+        start = T0 + k * 86400 / 2 if job != "307" else NOVEMBER - 10
         store.write(batches(job, start, energy))
         for hook in ("prolog", "epilog"):
             ev = build_event(hook, cfg, SlurmJob.from_environ(slurm_env(job, start, start + 20, hook == "epilog")),
@@ -116,10 +119,11 @@ def test_campaign_report_on_influxdb_sums_each_member_job_once(bucket_store, inf
 
     doc = json.loads((out / "campaign.json").read_text())
     jobs = {j["job"]: j for j in doc["jobs"]}
-    assert set(jobs) == {"301", "302", "303", "304"}
+    assert set(jobs) == {"301", "302", "303", "304", "307"}
     assert {k: (j["member_by"], j["phase"], j["state"]) for k, j in jobs.items()} == {
         "301": ("rule 1", "pre-training", "completed"), "302": ("rule 1", "pre-training", "failed"),
-        "303": ("tag", "unassigned", "cancelled"), "304": ("added by hand", "evaluation", "completed")}
+        "303": ("tag", "unassigned", "cancelled"), "304": ("added by hand", "evaluation", "completed"),
+        "307": ("rule 1", "pre-training", "completed")}
     # Totals: the sum of the member jobs' summaries, and of their per-batch records, each once.
     summaries = {str(p["job"]): p for p in influx_v2.query('SELECT * FROM "job"', bucket)}
     assert set(summaries) == set(JOBS)
@@ -133,7 +137,13 @@ def test_campaign_report_on_influxdb_sums_each_member_job_once(bucket_store, inf
     failed = summaries["302"]["facility_energy_j"] + summaries["303"]["facility_energy_j"]
     assert doc["not_completed"]["share_of_facility_energy"] == pytest.approx(
         failed / sum(summaries[j]["facility_energy_j"] for j in jobs))
-    assert len(doc["by_month"]) >= 1 and sum(m["runs"] for m in doc["by_month"].values()) == 4
+    # By month: job 307's energy where it was used (a third in October), its run where it ended.
+    october = doc["by_month"]["2026-10"]
+    assert october["runs"] == 0 and october["gpu_energy_kwh"] * J_PER_KWH == pytest.approx(2 * 600.0)
+    assert october["co2_location_kg"] * 1000 == pytest.approx(summaries["307"]["co2_g"] / 3)
+    assert sum(m["runs"] for m in doc["by_month"].values()) == 5
+    for key in ("gpu_energy_kwh", "facility_energy_kwh", "co2_location_kg", "embodied_kg", "wall_hours"):
+        assert sum(m[key] for m in doc["by_month"].values()) == pytest.approx(doc["total"][key], rel=1e-9)
 
     card = (out / "model-card.md").read_text()
     meta = yaml.safe_load(card.split("---\n")[1])["co2_eq_emissions"]

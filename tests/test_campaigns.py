@@ -306,3 +306,33 @@ def test_the_influxdb_condition_names_tags_only_and_every_way_in():
     # A rule without tags cannot be put to the index: every summary is read, membership decides.
     c.rules.append(Rule(id=3, name_pattern="llm-*"))
     assert influx_condition(c) == ""
+
+
+def test_a_run_across_months_is_divided_by_its_records_in_an_embedded_store():
+    from greenwatch.campaigns.months import month_starts
+    from greenwatch.campaigns.report import report_from_source
+    from greenwatch.campaigns.source import EmbeddedSummaries
+    from greenwatch.storage.embedded import EmbeddedStore
+    from greenwatch.storage.records import Record
+
+    feb = 1_769_904_000.0   # 2026-02-01T00:00:00Z
+    assert month_starts(feb - 1, feb + 40 * 86400) == [feb, feb + 28 * 86400]
+    assert month_starts(feb, feb + 10) == []
+    store = EmbeddedStore(":memory:")
+    tags = (("cluster", "c"), ("node", "n1"), ("job", "9"), ("user", "alice"))
+    # Four hours of batches, one in January: a quarter of the energy and of the emissions.
+    store.write([Record("job_energy", tags, (("energy_j", 1000.0), ("facility_energy_j", 1200.0),
+                                             ("co2_g", 0.1 * (k + 1)), ("gpu_seconds", 3600.0)), int((feb + h) * 1e9))
+                 for k, h in enumerate((-1800, 1800, 5400, 9000))])
+    s = summary("9", end_h=0, cluster="c", kwh=4000 / J_PER_KWH)
+    s.update(time_ns=int((feb + 9000) * 1e9), start_s=feb - 3600, duration_s=12600.0, co2_g=1.0)
+    store.write([Record("job", (("cluster", "c"), ("job", "9"), ("account", "proj-llm")),
+                        tuple((k, v) for k, v in s.items() if k not in ("time_ns", "cluster", "job", "account")),
+                        s["time_ns"])])
+    c = Campaign("c", 0.0, "t", rules=[Rule(id=1, account="proj-llm")])
+    report = report_from_source(c, EmbeddedSummaries([store]))
+    jan, feb_ = report.by_month["2026-01"], report.by_month["2026-02"]
+    assert (jan.runs, feb_.runs) == (0, 1)
+    assert jan.gpu_energy_j == pytest.approx(s["energy_j"] / 4) and jan.co2_location_g == pytest.approx(0.1)
+    assert jan.wall_s == pytest.approx(3600.0) and jan.embodied_g == pytest.approx(s["embodied_g"] / 4)
+    assert jan.gpu_energy_j + feb_.gpu_energy_j == pytest.approx(report.total.gpu_energy_j)

@@ -13,7 +13,7 @@ import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Sequence
 
 from greenwatch.campaigns.membership import Member
 from greenwatch.campaigns.registry import NOT_COMPLETED, PHASES, Campaign
@@ -50,9 +50,10 @@ class Figures:
     co2_market_g: float = 0.0
     embodied_g: float = 0.0
 
-    def add(self, s: dict[str, Any]) -> None:
+    def add(self, s: Mapping[str, Any], runs: int = 1) -> None:
+        """Add one run's summary (or, with ``runs=0``, a part of one)."""
         v = {k: _num(s.get(k)) for k in _SUMMED}
-        self.runs += 1
+        self.runs += runs
         self.gpu_seconds += v["gpu_seconds"]
         self.wall_s += v["duration_s"]
         self.gpu_energy_j += v["energy_j"]
@@ -149,8 +150,13 @@ class CampaignReport:
 
 def build_campaign_report(campaign: Campaign, members: Iterable[Member], *, data_source: str,
                           intensity_source: str = "", market_note: str = "", gpu_models: Iterable[str] = (),
-                          now: float | None = None) -> CampaignReport:
+                          month_parts: Mapping[tuple[str, str, int], Sequence[tuple[str, Mapping[str, float]]]]
+                          | None = None, now: float | None = None) -> CampaignReport:
     """Sum the member runs' summaries into the campaign's figures.
+
+    ``month_parts``: for runs that span months, keyed by (cluster, job, summary time ns), their
+    figures per month (:func:`greenwatch.campaigns.months.split_run`); other runs count whole in
+    the month they ended.  A run counts as a run in the month it ended either way.
 
     ``intensity_source`` names the grid intensity the collector priced the jobs with (from the
     ``[carbon]`` settings); runs of ``greenwatch run`` name their own, kept with each run.
@@ -173,8 +179,13 @@ def build_campaign_report(campaign: Campaign, members: Iterable[Member], *, data
         if m.state in NOT_COMPLETED:
             not_completed.add(s)
         end = int(s["time_ns"]) * 1e-9
-        # A run counts in the month it ended: its summary is written then, with all its energy.
-        by_month[time.strftime("%Y-%m", time.gmtime(end))].add(s)
+        end_month = time.strftime("%Y-%m", time.gmtime(end))
+        parts = (month_parts or {}).get((m.cluster, m.job, int(s["time_ns"])))
+        if parts:
+            for month, figures in parts:
+                by_month[month].add(figures, runs=int(month == end_month))
+        else:
+            by_month[end_month].add(s)
         run_units = {k[len("unit_"):]: _num(v) for k, v in s.items() if k.startswith("unit_")}
         for k, v in run_units.items():
             units[k] += v

@@ -87,7 +87,7 @@ def _markdown(r: CampaignReport) -> str:
             f"{number(t.embodied_g / 1000)} kg CO2e embodied.", "",
             f"Energy in runs that failed, were cancelled or restarted: {number(r.not_completed.facility_energy_j / 3.6e6)} "
             f"kWh ({100 * r.not_completed_share:.1f} % of the campaign's energy).", "", "## By phase", ""]
-    out += _table("phase", r.by_phase, t) + ["", "## By month (a run counts in the month it ended)", ""]
+    out += _table("phase", r.by_phase, t) + ["", "## By month (energy in the month it was used; a run counts in the month it ended)", ""]
     out += _table("month", r.by_month, t) + [""]
     if r.sci_per_unit_g:
         out += ["## Software Carbon Intensity", ""]

@@ -9,6 +9,7 @@ from typing import Iterable
 from greenwatch.campaigns.documents import ai_act_section, model_card
 from greenwatch.campaigns.membership import influx_condition, members
 from greenwatch.campaigns.model import CampaignReport, build_campaign_report
+from greenwatch.campaigns.months import split_run
 from greenwatch.campaigns.registry import Campaign
 from greenwatch.campaigns.render import FORMATS, render_campaign
 from greenwatch.campaigns.source import EmbeddedSummaries, InfluxSummaries, SummarySource
@@ -24,8 +25,13 @@ def report_from_source(campaign: Campaign, source: SummarySource, *, intensity_s
     """Read the summaries, pick the campaign's runs, sum them."""
     chosen = members(campaign, source.summaries(influx_condition(campaign)))
     models = source.gpu_models({m.cluster for m in chosen}) if chosen else []
+    parts = {}
+    for m in chosen:   # only the runs that span a month boundary read their records
+        split = split_run(m.summary, source)
+        if split:
+            parts[(m.cluster, m.job, int(m.summary["time_ns"]))] = split
     return build_campaign_report(campaign, chosen, data_source=source.description, intensity_source=intensity_source,
-                                 market_note=market_note, gpu_models=models)
+                                 market_note=market_note, gpu_models=models, month_parts=parts)
 
 
 def campaign_report(campaign: Campaign, *, config: Path | None = None, dbs: Iterable[Path] = (),
@@ -76,6 +82,9 @@ class _OneCluster:
 
     def gpu_models(self, clusters: Iterable[str]) -> list[str]:
         return self.inner.gpu_models(clusters)
+
+    def sums_between(self, cluster: str, job: str, lo_ns: int, hi_ns: int) -> dict[str, float]:
+        return self.inner.sums_between(cluster, job, lo_ns, hi_ns)
 
 
 def render_output(report: CampaignReport, fmt: str) -> str:

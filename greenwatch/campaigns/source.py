@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Protocol
 
+from greenwatch.reports.jobdata import TOTAL_FIELDS
 from greenwatch.storage.embedded import EmbeddedStore
 from greenwatch.storage.influxql import string_literal
 
@@ -32,6 +33,10 @@ class SummarySource(Protocol):
         """The GPU models of the ``gpu`` series of these clusters."""
         ...
 
+    def sums_between(self, cluster: str, job: str, lo_ns: int, hi_ns: int) -> dict[str, float]:
+        """Sums of TOTAL_FIELDS over the job's ``job_energy`` points with ``lo_ns <= time < hi_ns``."""
+        ...
+
 
 class EmbeddedSummaries:
     """The summaries of one or more embedded stores (a demo's, or one per ``greenwatch run``)."""
@@ -51,6 +56,15 @@ class EmbeddedSummaries:
                 if p.get("cluster") in wanted and p.get("model"):
                     models.add(str(p["model"]))
         return sorted(models)
+
+    def sums_between(self, cluster: str, job: str, lo_ns: int, hi_ns: int) -> dict[str, float]:
+        out = dict.fromkeys(TOTAL_FIELDS, 0.0)
+        for s in self.stores:
+            for p in s.points("job_energy", job=job, cluster=cluster):
+                if lo_ns <= p["time_ns"] < hi_ns:
+                    for f in TOTAL_FIELDS:
+                        out[f] += float(p.get(f, 0.0) or 0.0)
+        return out
 
 
 class InfluxSummaries:
@@ -97,6 +111,20 @@ class InfluxSummaries:
             out.extend(self._rows(f'SELECT * FROM "job" WHERE {window}'))
             t += step
         return out
+
+    def sums_between(self, cluster: str, job: str, lo_ns: int, hi_ns: int) -> dict[str, float]:
+        # The per-job reports' reduction: whole hours and minutes from the rollups where complete.
+        from greenwatch.reports.influx_aggregate import summed
+        from greenwatch.reports.source import InfluxSource
+
+        source = InfluxSource(self.store, cluster=cluster)
+        where = (f'"job" = {string_literal(job)} AND "cluster" = {string_literal(cluster)} '
+                 f"AND time >= {int(lo_ns)} AND time <= {int(hi_ns) - 1}")
+        got = summed(source, "job_energy", [(f, f'SUM("{f}")', f'SUM("{f}")') for f in TOTAL_FIELDS], where,
+                     (int(lo_ns), int(hi_ns) - 1), ())
+        self.rows_read += source.rows_read
+        row = got.get((), {})
+        return {f: float(row.get(f) or 0.0) for f in TOTAL_FIELDS}
 
     def gpu_models(self, clusters: Iterable[str]) -> list[str]:
         models: set[str] = set()
