@@ -39,6 +39,7 @@ OPERATOR_FILES = ["share/greenwatch/systemd/greenwatch-agent.service",
                   "share/greenwatch/examples/mosquitto.conf", "share/greenwatch/examples/mosquitto-acl.conf",
                   "share/greenwatch/prometheus/greenwatch-alerts.yml",
                   "share/greenwatch/grafana/dashboards/greenwatch-operator.json",
+                  "share/greenwatch/kubernetes/agent.yaml", "share/greenwatch/kubernetes/Containerfile",
                   "share/doc/greenwatch/operations.md", "share/doc/greenwatch/architecture.md"]
 
 
