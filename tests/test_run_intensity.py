@@ -120,3 +120,10 @@ def test_tiny_figures_are_written_out_not_in_scientific_notation():
     for text in (render(report, "md"), render(report, "html"), format_summary(result, 0)):
         assert not exponent.search(text), exponent.search(text)
     assert "0.00000000111 kWh" in render(report, "md")
+
+
+def test_the_gpu_time_says_why_it_is_shorter_than_the_wall_time():
+    report = build_report(OneRun(10.0, 0.001), "gap", carbon=CarbonContext(AnnualIntensity("FR"), ConstantPue(1.5),
+                                                                            None), now=T0)
+    row = next(line for line in render(report, "md").splitlines() if line.startswith("| GPU-hours |"))
+    assert "from the first to the last reading" in row and "shorter than the wall time" in row

@@ -116,7 +116,10 @@ def rows(r: RunReport) -> list[Row]:
         Row("job", "start", "Start", iso(r.start), "UTC", rec),
         Row("job", "end", "End", iso(r.end), "UTC", rec),
         Row("job", "duration_s", "Wall time", r.duration_s, "s", rec),
-        Row("job", "gpu_hours", "GPU-hours", r.gpu_hours, "h", "time each GPU was held, summed over GPUs"),
+        Row("job", "gpu_hours", "GPU-hours", r.gpu_hours, "h",
+            "time each GPU was held, from the first to the last reading in which the job held it, summed over "
+            "GPUs: per GPU up to a sampling interval or two shorter than the wall time, which runs from the "
+            "start of the job to its end"),
         Row("energy", "gpu_kwh", "GPU energy", _kwh(r.gpu_energy_j), "kWh", r.gpu_energy_method),
         *_host_rows(r),
         Row("energy", "facility_overhead_kwh", "Facility overhead", _kwh(r.facility_overhead_j), "kWh",
