@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["GpuInfo", "JobInfo", "MigInfo", "Block", "Batch", "SAMPLE_COLUMNS", "SEGMENT_COLUMNS", "HOLDER_COLUMNS",
+__all__ = ["GpuInfo", "JobInfo", "MigInfo", "Block", "Batch", "NodePower", "NODE_POWER_SOURCES", "NODE_POWER_FLAGS", "SAMPLE_COLUMNS", "SEGMENT_COLUMNS", "HOLDER_COLUMNS",
            "MIG_COLUMNS", "MISSING"]
 
 #: Value stored in integer columns when a reading failed or is not supported.
@@ -111,6 +111,29 @@ class Block:
         return int(self.segments["seg_gpu"].shape[0])
 
 
+#: Node meters a batch's node power may come from (docs/wire-format.md, "Node power").
+NODE_POWER_SOURCES = ("pm_counters", "redfish", "ipmi-dcmi", "ipmi-sdr")
+#: What a node power window may be flagged with: extrapolated (the meter had not caught up with the
+#: window's end), stale (it had not answered for longer than the extrapolation allows), reset (its
+#: counter went back), held-back (an earlier window had been given too much), source-changed.
+NODE_POWER_FLAGS = ("extrapolated", "stale", "reset", "held-back", "source-changed")
+#: Parts a node meter may measure itself (HPE Cray pm_counters).
+NODE_POWER_PARTS = ("accel", "cpu", "memory")
+
+
+@dataclass(frozen=True)
+class NodePower:
+    """The whole node's metered energy over a window: GPUs, CPUs, memory, fans, supplies."""
+
+    source: str                  # one of NODE_POWER_SOURCES
+    start_us: int                # the previous window's end (or the meter's first reading)
+    end_us: int                  # the window's end
+    energy_j: float              # node energy in the window, >= 0
+    counter: bool                # from an energy counter (True) or integrated power (False)
+    parts_j: dict[str, float] = field(default_factory=dict)   # NODE_POWER_PARTS the meter measured
+    flags: tuple[str, ...] = ()  # NODE_POWER_FLAGS
+
+
 @dataclass
 class Batch:
     """One node's window of samples, as published by an agent and decoded by a collector."""
@@ -135,6 +158,8 @@ class Batch:
     carry_job_cpu_s: list[float] = field(default_factory=list)
     #: MIG devices the blocks' MIG columns refer to (empty: no board in MIG mode).
     mig: list[MigInfo] = field(default_factory=list)
+    #: The node meter's energy over this window (None: no node meter, the rest of the node is not included).
+    node_power: NodePower | None = None
 
     @property
     def key(self) -> tuple[str, str, str, int]:

@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Debian packages needed by the test suite.  Extend this list as needed.
-TEST_DEB_PACKAGES="mosquitto influxdb gcc slurm-wlm munge chromium python3-venv prometheus"
+TEST_DEB_PACKAGES="mosquitto influxdb gcc slurm-wlm munge chromium python3-venv prometheus openipmi ipmitool freeipmi-tools"
 # System services those packages may auto-start; the tests never use them.
 STOP_SERVICES="mosquitto influxdb slurmctld slurmd prometheus"
 
@@ -27,6 +27,9 @@ declare -A PKG_BINARY=(
     [munge]=munged
     [chromium]=chromium
     [prometheus]=/usr/bin/prometheus
+    [openipmi]=/usr/bin/ipmi_sim
+    [ipmitool]=/usr/bin/ipmitool
+    [freeipmi-tools]=/usr/sbin/ipmi-dcmi
 )
 
 log() { echo "setup-tests: $*"; }

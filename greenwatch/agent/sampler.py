@@ -13,7 +13,7 @@ from typing import Callable, Protocol, Sequence
 
 from greenwatch.agent.builder import BatchBuilder, Holder, InstanceState
 from greenwatch.agent.gpu import GpuDevice, GpuError, GpuProcess, MigDevice
-from greenwatch.batch import GpuInfo, JobInfo
+from greenwatch.batch import GpuInfo, JobInfo, NodePower
 
 __all__ = ["Sampler", "JobLookup", "CpuMeter"]
 
@@ -62,13 +62,15 @@ class Sampler:
 
     def __init__(self, cluster: str, node: str, devices: Sequence[GpuDevice], jobs: JobLookup,
                  host_sampler: Callable[[], dict[str, float]] | None = None,
-                 job_cpu: CpuMeter | None = None) -> None:
+                 job_cpu: CpuMeter | None = None,
+                 node_power: Callable[[int], NodePower | None] | None = None) -> None:
         self.devices = list(devices)
         self.jobs = jobs
         infos = [GpuInfo(d.uuid, d.index, d.name, d.has_counter, False, d.power_limit_w) for d in self.devices]
         self.builder = BatchBuilder(cluster, node, infos)
         self._host = host_sampler
         self._job_cpu = job_cpu
+        self._node_power = node_power
         self._errors = _OnceLog()
         self.samples = 0
         #: Each GPU's latest reading (a SAMPLE_COLUMNS row) and holders, for the metrics endpoint; None before the first.
@@ -180,4 +182,8 @@ class Sampler:
         """Close the current window."""
         host = self._host() if self._host is not None else {}
         cpu = self._job_cpu.window() if self._job_cpu is not None else None
-        return self.builder.cut(host, sent_us, cpu)
+        batch = self.builder.cut(host, sent_us, cpu)
+        if self._node_power is not None:
+            # Interpolates the readings the meter's own thread collected: never waits for a BMC.
+            batch.node_power = self._node_power(batch.block.end_us or sent_us)
+        return batch

@@ -511,10 +511,14 @@ async def _run(cfg: Config, devices: Sequence[GpuDevice] | None, spool: DiskQueu
     resolver = JobResolver(proc_root=cfg.agent.proc_root, mapping_dir=cfg.agent.mapping_dir or None,
                            use_environ=cfg.agent.use_environ,
                            pod_lookup=pods.lookup if pods is not None else None)
+    from greenwatch.agent.nodepower.factory import start_poller
+
+    node_meter = start_poller(cfg.node_power)   # None when [node_power] names no source
     sampler = Sampler(cfg.node.cluster, cfg.node.name, devices, ResolverLookup(resolver, cfg.agent.proc_root),
                       ModuleAwareHost(HostSampler(cfg.agent.cpu_watts_per_core), [d.energy_scope for d in devices])
                       if cfg.agent.host_metrics else None,
-                      JobCpuMeter(cfg.agent.proc_root) if cfg.agent.host_metrics else None)
+                      JobCpuMeter(cfg.agent.proc_root) if cfg.agent.host_metrics else None,
+                      node_power=node_meter.window if node_meter is not None else None)
     state = StateFile(cfg.agent.state_file, cfg.node.cluster, cfg.node.name)
     snapshot = state.load([d.uuid for d in devices], cfg.agent.resume_max_age_s)
     if snapshot is not None:
@@ -577,6 +581,8 @@ async def _run(cfg: Config, devices: Sequence[GpuDevice] | None, spool: DiskQueu
     sdnotify.notify("READY=1", f"STATUS=sampling {len(devices)} GPU(s)")
 
     await loop.run_in_executor(None, thread.join)
+    if node_meter is not None:
+        node_meter.stop()
     publisher.stopping.set()
     publisher.wake.set()
     try:

@@ -30,6 +30,10 @@ from greenwatch.batch import (
     Block,
     GpuInfo,
     JobInfo,
+    NODE_POWER_FLAGS,
+    NODE_POWER_PARTS,
+    NODE_POWER_SOURCES,
+    NodePower,
 )
 from greenwatch.recent import RecentCache
 from greenwatch.transport import migwire
@@ -109,6 +113,8 @@ def encode(batch: Batch) -> bytes:
     if batch.carry is not None:
         header["carry_host"] = batch.carry_host
         header["carry_job_cpu_s"] = [round(float(x), 6) for x in batch.carry_job_cpu_s]
+    if batch.node_power is not None:
+        header["node_power"] = _node_power_header(batch.node_power)
     head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     body = b"".join(p for b in blocks for p in _block_body(b))
     return _PREFIX.pack(MAGIC, VERSION, len(head)) + head + body
@@ -288,6 +294,44 @@ def _check_host(host: dict[str, Any], cpu: list[Any], block: Block, sent_us: int
                  f"{what} job CPU-seconds above {MAX_CPUS} CPUs for a {window_s:.0f} s window")
 
 
+#: The most a node can draw as a whole (a DGX H100 peaks at 10.2 kW); more is a corrupt meter.
+MAX_NODE_POWER_W = 50_000.0
+
+
+def _node_power_header(p: NodePower) -> dict[str, Any]:
+    return {"source": p.source, "start_us": p.start_us, "end_us": p.end_us, "energy_j": round(float(p.energy_j), 6),
+            "counter": p.counter, "parts_j": {k: round(float(v), 6) for k, v in p.parts_j.items()},
+            "flags": list(p.flags)}
+
+
+def _parse_node_power(header: dict[str, Any], lo_us: int, hi_us: int) -> NodePower | None:
+    """The optional ``node_power`` object (docs/wire-format.md, "Node power"): a known source, a
+    window within the batch's time bounds, and energy a node can draw in it."""
+    raw = header.get("node_power")
+    if raw is None:
+        return None
+    _require(type(raw) is dict, "bad-header", "'node_power' must be an object")
+    source, counter, parts, flags = raw.get("source"), raw.get("counter"), raw.get("parts_j", {}), raw.get("flags", [])
+    _require(type(source) is str and source in NODE_POWER_SOURCES, "bad-header",
+             f"node_power source must be one of {', '.join(NODE_POWER_SOURCES)}")
+    _require(type(counter) is bool, "bad-header", "node_power counter must be a boolean")
+    start_us, end_us = _int(raw, "start_us"), _int(raw, "end_us")
+    _require(lo_us <= start_us <= end_us <= hi_us, "bad-time",
+             "node_power window outside the window the batch's send time allows, or ending before it starts")
+    _require(type(flags) is list and len(set(flags)) == len(flags) and all(f in NODE_POWER_FLAGS for f in flags),
+             "bad-header", f"node_power flags must be distinct ones of {', '.join(NODE_POWER_FLAGS)}")
+    _require(type(parts) is dict and all(k in NODE_POWER_PARTS for k in parts), "bad-header",
+             f"node_power parts must be among {', '.join(NODE_POWER_PARTS)}")
+    # A second of slack: the meter's window ends are interpolated on the GPUs' clock.
+    limit = MAX_NODE_POWER_W * ((end_us - start_us) / 1e6 + 1.0)
+    energy = raw.get("energy_j")
+    for what, v in (("energy_j", energy), *((f"parts_j.{k}", x) for k, x in parts.items())):
+        _require(_finite(v) and 0 <= v <= limit, "bad-value",
+                 f"node_power {what}={v!r} outside [0, {limit:g}] J for its {(end_us - start_us) / 1e6:.0f} s window")
+    return NodePower(source, start_us, end_us, float(energy), counter, {k: float(v) for k, v in parts.items()},
+                     tuple(flags))
+
+
 def _layout(columns: dict[str, str]) -> list[tuple[str, np.dtype, int]]:
     return [(name, np.dtype(dt), np.dtype(dt).itemsize) for name, dt in columns.items()]
 
@@ -413,6 +457,7 @@ def decode(payload: bytes, *, expect_node: tuple[str, str] | None = None, now_us
     _check_host(host, job_cpu, blocks[0], sent_us, "host")
     # Without a carry, carry_host is unused; it is still bounded, by this batch's own window.
     _check_host(carry_host, carry_cpu, blocks[-1], sent_us, "carry_host")
+    node_power = _parse_node_power(header, lo_us, hi_us)
     return Batch(cluster, node, _int(header, "seq"), _name(header, "boot", "boot"), gpus, jobs, blocks[0], host,
                  blocks[1] if len(blocks) > 1 else None, sent_us, [float(v) for v in job_cpu],
-                 carry_host, [float(v) for v in carry_cpu], mig)
+                 carry_host, [float(v) for v in carry_cpu], mig, node_power)

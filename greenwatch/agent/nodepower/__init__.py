@@ -9,10 +9,10 @@ publishing window.  A source's own exceptions never leave its module: they becom
 """
 
 from greenwatch.agent.nodepower.factory import open_sources
-from greenwatch.agent.nodepower.meter import FLAGS, MeterCurve, NodeWindow
+from greenwatch.agent.nodepower.meter import MeterCurve
 from greenwatch.agent.nodepower.poller import NodePowerPoller
 from greenwatch.agent.nodepower.reading import SOURCE_NAMES, NodePowerError, NodePowerSource, NodeReading
 
-__all__ = ["NodePowerError", "NodeReading", "NodePowerSource", "SOURCE_NAMES", "MeterCurve", "NodeWindow", "FLAGS",
+__all__ = ["NodePowerError", "NodeReading", "NodePowerSource", "SOURCE_NAMES", "MeterCurve",
            "NodePowerPoller", "open_sources"]
 

@@ -6,11 +6,12 @@ import logging
 
 from greenwatch.agent.nodepower.ipmi import IpmiDcmi, IpmiSdr, IpmiTarget
 from greenwatch.agent.nodepower.pmcounters import PmCounters
+from greenwatch.agent.nodepower.poller import NodePowerPoller
 from greenwatch.agent.nodepower.reading import NodePowerError, NodePowerSource
 from greenwatch.config import NodePowerConfig
 from greenwatch.secretfiles import SecretFileError, read_secret
 
-__all__ = ["open_sources", "source_names"]
+__all__ = ["open_sources", "source_names", "start_poller"]
 
 log = logging.getLogger(__name__)
 
@@ -51,3 +52,17 @@ def open_sources(cfg: NodePowerConfig) -> list[NodePowerSource]:
         except NodePowerError as err:
             log.error("node power source %s cannot be used: %s", name, err)
     return out
+
+
+def start_poller(cfg: NodePowerConfig) -> NodePowerPoller | None:
+    """A started poller of the configured sources; None when none is configured or none could be opened."""
+    if not source_names(cfg):
+        return None
+    sources = open_sources(cfg)
+    if not sources:
+        log.error("no node power source could be opened: the rest of the node is not included")
+        return None
+    poller = NodePowerPoller(sources, cfg.poll_interval_s)
+    poller.start()
+    log.info("reading node power from %s every %.1f s", ", ".join(s.name for s in sources), cfg.poll_interval_s)
+    return poller

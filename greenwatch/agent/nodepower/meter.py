@@ -15,27 +15,10 @@ from __future__ import annotations
 
 import collections
 import math
-from dataclasses import dataclass, field
-
 from greenwatch.agent.nodepower.reading import NodeReading
+from greenwatch.batch import NODE_POWER_FLAGS, NodePower
 
-__all__ = ["NodeWindow", "MeterCurve", "FLAGS"]
-
-#: Flags a node window may carry (docs/data-model.md, ``node`` measurement).
-FLAGS = ("extrapolated", "stale", "reset", "held-back", "source-changed")
-
-
-@dataclass(frozen=True)
-class NodeWindow:
-    """The node meter's energy for one publishing window, as the batch carries it."""
-
-    source: str                  # the source the energy came from (one of reading.SOURCE_NAMES)
-    start_us: int                # the previous window's end (or the first reading)
-    end_us: int                  # the window's end
-    energy_j: float              # node energy in the window, >= 0
-    counter: bool                # from an energy counter (True) or integrated power (False)
-    parts_j: dict[str, float] = field(default_factory=dict)   # parts the meter measures (pm_counters)
-    flags: tuple[str, ...] = ()
+__all__ = ["MeterCurve"]
 
 
 class MeterCurve:
@@ -108,7 +91,7 @@ class MeterCurve:
                 return ea + w * (eb - ea), parts, flags
         return pts[0][1], pts[0][3], flags
 
-    def window(self, end_us: int) -> NodeWindow | None:
+    def window(self, end_us: int) -> NodePower | None:
         """The node energy from the previous window's end to ``end_us``; None before any reading."""
         if not self._points:
             return None
@@ -125,7 +108,7 @@ class MeterCurve:
         self._given_parts = {k: self._given_parts.get(k, 0.0) + d for k, d in part_delta.items()}
         flags |= self._pending
         self._pending = set()
-        out = NodeWindow(self.source, self._start_us, max(end_us, self._start_us), delta, self.counter,
-                         part_delta, tuple(f for f in FLAGS if f in flags))
+        out = NodePower(self.source, self._start_us, max(end_us, self._start_us), delta, self.counter,
+                         part_delta, tuple(f for f in NODE_POWER_FLAGS if f in flags))
         self._start_us = max(end_us, self._start_us)
         return out

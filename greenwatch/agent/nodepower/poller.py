@@ -14,7 +14,8 @@ import threading
 import time
 from typing import Sequence
 
-from greenwatch.agent.nodepower.meter import MeterCurve, NodeWindow
+from greenwatch.agent.nodepower.meter import MeterCurve
+from greenwatch.batch import NodePower
 from greenwatch.agent.nodepower.reading import NodePowerError, NodePowerSource
 
 __all__ = ["NodePowerPoller"]
@@ -67,7 +68,7 @@ class NodePowerPoller:
             return True
         return False
 
-    def window(self, end_us: int) -> NodeWindow | None:
+    def window(self, end_us: int) -> NodePower | None:
         """The node's energy up to ``end_us`` since the previous call (None before any reading)."""
         with self._lock:
             if self._curve is None:
@@ -75,7 +76,7 @@ class NodePowerPoller:
             win = self._curve.window(end_us)
             if win is not None and self._changed:
                 self._changed = False
-                win = NodeWindow(win.source, win.start_us, win.end_us, win.energy_j, win.counter, win.parts_j,
+                win = NodePower(win.source, win.start_us, win.end_us, win.energy_j, win.counter, win.parts_j,
                                  tuple(sorted({*win.flags, "source-changed"})))
             return win
 

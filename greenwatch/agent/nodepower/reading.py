@@ -6,10 +6,12 @@ import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from greenwatch.batch import NODE_POWER_SOURCES
+
 __all__ = ["NodePowerError", "NodeReading", "NodePowerSource", "SOURCE_NAMES"]
 
 #: The names a source may carry on records (``source`` of the node window, docs/data-model.md).
-SOURCE_NAMES = ("pm_counters", "redfish", "ipmi-dcmi", "ipmi-sdr")
+SOURCE_NAMES = NODE_POWER_SOURCES
 
 
 class NodePowerError(Exception):

@@ -28,6 +28,16 @@ __all__ = ["RedfishMeter", "reading_from_environment", "reading_from_supplies", 
 _KWH_J = 3.6e6
 
 
+def _why(exc: BaseException) -> str:
+    """An exception and its causes in one line: the library wraps TLS and connection errors."""
+    parts, seen = [], 0
+    e: BaseException | None = exc
+    while e is not None and seen < 4:
+        parts.append(f"{type(e).__name__}: {e}".rstrip(": "))
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return "; ".join(parts)[:300]
+
+
 def _number(obj: Any, *path: str) -> float:
     """A finite number at ``path`` inside nested objects, else NaN."""
     for p in path:
@@ -93,7 +103,9 @@ class RedfishMeter(NodePowerSource):
             if username:
                 self._client.login(auth="basic")
         except Exception as exc:  # the library raises its own and requests' exceptions
-            raise NodePowerError("unavailable", f"Redfish service {self.url}: {exc}") from None
+            # redfish.rest.v1.InvalidCredentialsError: told apart by name, the library has no common base.
+            kind = "auth" if "Credential" in type(exc).__name__ else "unavailable"
+            raise NodePowerError(kind, f"Redfish service {self.url}: {_why(exc)}") from None
         self._where: tuple[str, list[str]] | None = None
 
     def _get(self, path: str) -> dict[str, Any]:
@@ -101,7 +113,7 @@ class RedfishMeter(NodePowerSource):
             resp = self._client.get(path)
         except Exception as exc:
             raise NodePowerError("timeout" if "imeout" in str(exc) else "unavailable",
-                                 f"GET {path}: {str(exc)[:200]}") from None
+                                 f"GET {path}: {_why(exc)}") from None
         if resp.status in (401, 403):
             raise NodePowerError("auth", f"GET {path}: HTTP {resp.status}")
         if resp.status != 200:

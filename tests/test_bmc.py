@@ -1,0 +1,152 @@
+"""Node meters as real parts: OpenIPMI's ipmi_sim read through the real ipmitool, a loopback Redfish
+service read through DMTF's client library (HTTP and verified HTTPS), and a hung BMC beside a
+real sampling loop, which must not delay a single GPU reading."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from greenwatch.agent.gpu import GpuProcess
+from greenwatch.agent.nodepower import NodePowerError, NodePowerPoller
+from greenwatch.agent.nodepower.ipmi import IpmiDcmi, IpmiSdr, IpmiTarget
+from greenwatch.agent.nodepower.redfish import RedfishMeter
+from greenwatch.agent.sampler import Sampler
+from greenwatch.agent.schedule import run_sampling_loop
+from greenwatch.batch import Batch, JobInfo
+from greenwatch.demo.gpus import SimulatedGpu
+from greenwatch.transport.wire import decode, encode
+from tests.harness.ipmisim import IpmiSim
+from tests.harness.redfish import LAYOUTS, RedfishService
+
+pytestmark = pytest.mark.bmc
+
+PSUS = ("PSU1 Input Power", "PSU2 Input Power")
+
+
+def wait_for(cond, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        threading.Event().wait(0.05)
+    pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def ipmi_sim(tmp_path_factory):
+    sim = IpmiSim(tmp_path_factory.mktemp("ipmi"), {PSUS[0]: 300, PSUS[1]: 250})
+    sim.start()
+    yield sim
+    sim.stop()
+
+
+def target(sim: IpmiSim, password_file: str | None = None) -> IpmiTarget:
+    return IpmiTarget("lanplus", "127.0.0.1", sim.port, sim.username, password_file or str(sim.password_file),
+                      timeout_s=2.0, cipher_suite=3)
+
+
+def test_ipmi_sdr_power_sensors_through_ipmitool(ipmi_sim, tmp_path):
+    sdr = IpmiSdr(target(ipmi_sim), list(PSUS))
+    assert sdr.read().power_w == 550.0
+    ipmi_sim.set_watts(PSUS[0], 700)
+    wait_for(lambda: sdr.read().power_w == 950.0, 10, "the simulator to report the new PSU1 reading")
+    # ipmi_sim has no DCMI: the DCMI source fails with a translated error, and the poller moves on to SDR.
+    with pytest.raises(NodePowerError) as err:
+        IpmiDcmi(target(ipmi_sim)).read()
+    assert "dcmi" in str(err.value)
+    poller = NodePowerPoller([IpmiDcmi(target(ipmi_sim)), sdr], period_s=1.0)
+    assert poller.poll_once() and poller.poll_once()
+    win = poller.window(int(time.time() * 1e6))
+    assert win is not None and win.source == "ipmi-sdr" and not win.counter
+    # A sensor that does not exist fails the reading rather than undercount the node.
+    with pytest.raises(NodePowerError, match="PSU3"):
+        IpmiSdr(target(ipmi_sim), [*PSUS, "PSU3 Input Power"]).read()
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-password\n")
+    with pytest.raises(NodePowerError):
+        IpmiSdr(target(ipmi_sim, str(wrong)), list(PSUS)).read()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_redfish_layouts_through_dmtf_client(layout):
+    with RedfishService(layout) as bmc:
+        bmc.power_w, bmc.energy_j = 2345.0, 7.2e6
+        r = RedfishMeter(bmc.url, "reader", "secret", timeout_s=2.0).read()
+        assert r.power_w == pytest.approx(2345.0)
+        if layout in ("environment", "supplies"):
+            assert r.has_counter and r.energy_j == pytest.approx(7.2e6)
+        else:
+            assert not r.has_counter
+        with pytest.raises(NodePowerError) as err:
+            RedfishMeter(bmc.url, "reader", "wrong", timeout_s=2.0).read()
+        assert err.value.kind == "auth"
+
+
+def _openssl(cwd: Path, *args: str) -> None:
+    if shutil.which("openssl") is None:
+        pytest.fail("the openssl command is needed to generate test certificates (Debian package 'openssl')")
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_redfish_over_verified_tls(tmp_path):
+    _openssl(tmp_path, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test BMC CA")
+    _openssl(tmp_path, "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", "bmc.key", "-out", "bmc.csr", "-subj", "/CN=127.0.0.1")
+    (tmp_path / "bmc.ext").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    _openssl(tmp_path, "x509", "-req", "-in", "bmc.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "bmc.pem", "-days", "2", "-extfile", "bmc.ext")
+    with RedfishService("environment", certfile=str(tmp_path / "bmc.pem"), keyfile=str(tmp_path / "bmc.key")) as bmc:
+        bmc.power_w, bmc.energy_j = 800.0, 3.6e6
+        assert RedfishMeter(bmc.url, "reader", "secret", ca_file=str(tmp_path / "ca.pem")).read().energy_j == 3.6e6
+        # Without the BMC's CA the certificate is checked against the public CAs, and refused.
+        with pytest.raises(NodePowerError) as err:
+            RedfishMeter(bmc.url, "reader", "secret", timeout_s=2.0).read()
+        assert "CERTIFICATE_VERIFY_FAILED" in str(err.value) or "certificate" in str(err.value).lower()
+
+
+class _Jobs:
+    def job_of_pid(self, pid: int) -> JobInfo | None:
+        return JobInfo("4242", "alice", "slurm")
+
+    def allocations(self) -> dict[str, JobInfo]:
+        return {}
+
+    def user_of_pid(self, pid: int) -> str:
+        return "alice"
+
+
+def test_a_hung_bmc_never_delays_gpu_sampling_or_loses_gpu_data():
+    watts = 300.0
+    gpu = SimulatedGpu("GPU-0000aaaa-0000", 0, "NVIDIA H100 80GB HBM3", time.time, lambda t: watts,
+                       lambda t0, t1: watts * (t1 - t0), lambda t: [GpuProcess(1234, 90.0)], lambda t: 90)
+    with RedfishService("environment") as bmc:
+        bmc.power_w, bmc.energy_j = 1500.0, 1e6
+        meter = RedfishMeter(bmc.url, "reader", "secret", timeout_s=30.0)
+        bmc.hang.clear()                     # from now on every request hangs
+        poller = NodePowerPoller([meter], period_s=0.2)
+        poller.start()
+        wait_for(lambda: bmc.requests > 0, 5, "the poller's first request")
+        sampler = Sampler("c1", "n1", [gpu], _Jobs(), node_power=poller.window)
+        batches: list[Batch] = []
+        stop = threading.Event()
+        start = time.time()
+        run_sampling_loop(sampler, sample_hz=10, process_hz=1, window_s=0.5, on_batch=batches.append, stop=stop,
+                          until=start + 2.0, align_cuts=False)
+        bmc.hang.set()
+        poller.stop()
+    decoded = [decode(encode(b)) for b in batches]
+    t = np.concatenate([b.block.columns["t_us"][(1 if b.gpus[0].anchored else 0):] for b in decoded])
+    assert len(t) >= 18                                      # 10 Hz for 2 s, the last reading included
+    assert np.diff(t).max() < 250_000                        # no reading waited for the BMC
+    e = np.concatenate([b.block.columns["energy_mj"] for b in decoded])
+    assert (e[-1] - e[0]) / 1000 == pytest.approx(watts * (t[-1] - t[0]) / 1e6, rel=1e-3)   # nothing lost
+    assert all(b.node_power is None for b in decoded)        # the hung BMC gave nothing, and no guess
