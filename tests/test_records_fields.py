@@ -14,7 +14,7 @@ from greenwatch.storage.records import BlockSource, table_records
 from helpers import GpuTrace, build_batches, carbon_ctx, holder
 
 #: Record field -> ledger attribute, where the names differ.
-RENAMED = {"gpu": {"counter": "has_counter"}, "node_energy": {"gpus": None}}
+RENAMED = {"gpu": {"counter": "has_counter", "module_scope": None}, "node_energy": {"gpus": None}}
 
 
 def _traces() -> list[GpuTrace]:

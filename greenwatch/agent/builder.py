@@ -111,7 +111,7 @@ def _valid_gpu(g: GpuInfo) -> GpuInfo:
     if is_name("gpu_uuid", g.uuid) and is_name("gpu_name", g.name):
         return g
     return GpuInfo(clean_name("gpu_uuid", g.uuid), g.index, clean_name("gpu_name", g.name), g.has_counter,
-                   g.anchored, g.power_limit_w)
+                   g.anchored, g.power_limit_w, g.energy_scope)
 
 
 class BatchBuilder:
@@ -224,7 +224,7 @@ class BatchBuilder:
             rows = ([st.anchor] if st.anchor is not None else []) + st.rows
             base = len(all_rows)
             infos.append(GpuInfo(st.info.uuid, st.info.index, st.info.name, st.info.has_counter,
-                                 st.anchor is not None, st.info.power_limit_w))
+                                 st.anchor is not None, st.info.power_limit_w, st.info.energy_scope))
             if rows:
                 for first, holders, devices in st.segments or [(0, st.holders, st.mig)]:
                     seg_gpu.append(g)

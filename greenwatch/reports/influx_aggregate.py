@@ -176,7 +176,8 @@ def _gpus(source: InfluxSource, cluster: str, where: str, span: tuple[int | None
             energy_j=float(v.get("e", 0.0)), idle_energy_j=float(v.get("i", 0.0)), gpu_seconds=float(v.get("s", 0.0)),
             mean_power_w=value("mp"), peak_power_w=value("pp"), mean_util_pct=value("mu"),
             peak_util_pct=value("pu"), mean_mem_util_pct=value("mm"), samples=int(g.get("samples") or 0),
-            energy_method=energy_method(int(g.get("counters") or 0), int(g.get("batches") or 0))))
+            energy_method=energy_method(int(g.get("counters") or 0), int(g.get("batches") or 0),
+                                        int(g.get("modules") or 0))))
     sort_gpus(out)
     _power_series(source, cluster, out[:PLOTTED_GPUS], shares)
     return out, (max(held) if held else None), uneven
@@ -237,7 +238,8 @@ _READINGS = [
     ("pp", 'MAX("power_max_w")', 'MAX("power_max_w")', "max"), ("pu", 'MAX("util_gpu_pct")', 'MAX("util_gpu_max")', "max"),
     ("samples", 'SUM("samples")', 'SUM("samples")', "sum"), ("s_min", 'MIN("samples")', 'MIN("samples_min")', "min"),
     ("s_max", 'MAX("samples")', 'MAX("samples_max")', "max"), ("counters", 'SUM("counter")', 'SUM("counter")', "sum"),
-    ("batches", 'COUNT("counter")', 'SUM("counter_points")', "sum")]
+    ("batches", 'COUNT("counter")', 'SUM("counter_points")', "sum"),
+    ("modules", 'SUM("module_scope")', 'SUM("module_scope")', "sum")]
 
 _MINUTE_NS = RESOLUTIONS[0][1] * 10**9
 _COMBINE: dict[str, Callable[[Any, Any], Any]] = {"sum": lambda a, b: a + b, "max": max, "min": min}

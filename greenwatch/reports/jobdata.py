@@ -23,6 +23,9 @@ TOTAL_FIELDS = ("energy_j", "idle_energy_j", "host_energy_j", "facility_energy_j
 
 METHOD_COUNTER = "measured (NVML energy counter)"
 METHOD_INTEGRATED = "integrated power (NVML power readings x time)"
+#: Appended where a GPU's figures are a Grace Hopper / Grace Blackwell module's (docs/hardware.md).
+SCOPE_MODULE = ("module scope: the whole Grace Hopper module (GPU, Grace CPU and memory), "
+                "as the board reports no GPU-only figure; the Grace CPU is not counted again as host energy")
 
 
 class ReportError(LookupError):
@@ -131,16 +134,23 @@ def sum_field(points: list[dict[str, Any]], name: str) -> float:
     return float(sum(float(p.get(name, 0.0)) for p in points))
 
 
-def energy_method(counter_batches: int, batches: int) -> str:
-    """How a GPU's energy was measured, from how many of its batches used the NVML energy counter."""
+def energy_method(counter_batches: int, batches: int, module_batches: int = 0) -> str:
+    """How a GPU's energy was measured, from how many of its batches used the NVML energy counter,
+    and what it covers where some of them were read at module scope."""
     if batches <= 0:
         return "unknown (no per-GPU series stored)"
     if counter_batches >= batches:
-        return METHOD_COUNTER
-    if counter_batches <= 0:
-        return METHOD_INTEGRATED
-    return (f"mixed: NVML energy counter in {100 * counter_batches / batches:.0f}% of batches, "
-            "integrated power in the rest")
+        how = METHOD_COUNTER
+    elif counter_batches <= 0:
+        how = METHOD_INTEGRATED
+    else:
+        how = (f"mixed: NVML energy counter in {100 * counter_batches / batches:.0f}% of batches, "
+               "integrated power in the rest")
+    if module_batches >= batches:
+        return f"{how}; {SCOPE_MODULE}"
+    if module_batches > 0:
+        return f"{how}; {SCOPE_MODULE} in {100 * module_batches / batches:.0f}% of batches, the GPU alone in the rest"
+    return how
 
 
 def _sorted(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -190,6 +200,7 @@ def _gpu_stats(source: PointSource, cluster: str, jg: list[dict[str, Any]]) -> l
             return max(vals) if vals else float("nan")
 
         counters = [int(p["counter"]) for p in series if "counter" in p]
+        modules = sum(int(p["module_scope"]) for p in series if p.get("module_scope") is not None)
         idx = series[0].get("gpu_index") if series else None
         out.append(GpuStats(
             node=node, uuid=uuid, index=int(idx) if idx not in (None, "") else None,
@@ -199,7 +210,7 @@ def _gpu_stats(source: PointSource, cluster: str, jg: list[dict[str, Any]]) -> l
             mean_power_w=mean("power_w"), peak_power_w=peak("power_max_w"),
             mean_util_pct=mean("util_gpu_pct"), peak_util_pct=peak("util_gpu_pct"),
             mean_mem_util_pct=mean("util_mem_pct"), samples=int(sum(int(p.get("samples", 0)) for p in series)),
-            energy_method=energy_method(sum(counters), len(counters)),
+            energy_method=energy_method(sum(counters), len(counters), modules),
             times=[p["time_ns"] * 1e-9 for p in series if "power_w" in p],
             power_w=[float(p["power_w"]) for p in series if "power_w" in p]))
     sort_gpus(out)

@@ -83,6 +83,7 @@ class WatchedGpu(GpuDevice):
         self._inner, self._jobs = inner, jobs
         self.uuid, self.index, self.name = inner.uuid, inner.index, inner.name
         self.has_counter, self.power_limit_w = inner.has_counter, inner.power_limit_w
+        self.energy_scope = inner.energy_scope
 
     def read_fast(self) -> FastReading:
         return self._inner.read_fast()

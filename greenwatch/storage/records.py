@@ -131,7 +131,7 @@ def _escape_string(s: str) -> str:
 
 
 _GPU = _Kind.of("gpu", "power_w power_max_w energy_j util_gpu_pct util_mem_pct mem_used_mib temp_c sm_clock_mhz "
-                       "power_limit_w power_sampled_w samples:i counter:i resets:i")
+                       "power_limit_w power_sampled_w samples:i counter:i resets:i module_scope:i")
 _JOB = _Kind.of("job_energy", "energy_j idle_energy_j facility_energy_j co2_g co2_market_g gpu_seconds host_energy_j")
 _PAIR = _Kind.of("job_gpu", "energy_j idle_energy_j gpu_seconds")
 _NODE = _Kind.of("node_energy", "gpu_energy_j allocated_energy_j unallocated_energy_j facility_energy_j co2_g "
@@ -161,7 +161,9 @@ class _Values(NamedTuple):
                "power_w": table.gpu_power_w,
                "power_limit_w": np.array([g.power_limit_w for g in table.gpus], dtype=np.float64),
                "samples": table.gpu_samples, "counter": np.array([g.has_counter for g in table.gpus], dtype=np.float64),
-               "resets": table.gpu_resets}
+               "resets": table.gpu_resets,
+               # 1 where the energy covers a Grace Hopper module, 0 where it is the GPU's alone.
+               "module_scope": np.array([g.energy_scope == "module" for g in table.gpus], dtype=np.float64)}
         node = {**dict(zip(BLOCK_VALUES, table.block_values.T)), "gpus": np.diff(gp), "resets": table.block_resets,
                 "host_energy_measured": table.host_energy_measured}
         return cls(_named_columns(_GPU, gpu, np.repeat(ends, np.diff(gp))),

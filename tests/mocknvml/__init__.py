@@ -39,6 +39,7 @@ from .scenario import (
     UtilPiece,
     make_mig_uuid,
     make_uuid,
+    write_grace_hwmon,
 )
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "make_mig_uuid",
     "make_uuid",
     "mock_env",
+    "write_grace_hwmon",
 ]
 
 LIB_NAME = "libnvidia-ml.so.1"

@@ -198,6 +198,10 @@ typedef struct mock_gpu {
     int mig_mode;       /* MIG mode, current and pending */
     int gpm_supported;  /* GPU performance monitoring (Hopper and newer) */
     unsigned int mig_slots; /* nvmlDeviceGetMaxMigDeviceCount: compute slices of the board */
+    int scope_gpu;          /* power/energy fields answer at GPU scope (scopeId 0) */
+    int scope_module;       /* ... and at module scope (scopeId 1: GPU + Grace CPU + memory) */
+    double module_extra_w;  /* what the module draws besides the GPU, constant */
+    int frozen_timestamps;  /* field values all carry t0 as their timestamp (a broken driver) */
     double *resets;
     int n_resets;
     piece_t *pieces;
@@ -344,7 +348,8 @@ static unsigned int to_mw(double w) {
     return (unsigned int)mw;
 }
 
-static unsigned long long counter_mj(const mock_gpu_t *g, double t) {
+/* The energy counter at GPU scope (extra_w 0) or module scope (extra_w: the module's own draw). */
+static unsigned long long scoped_counter_mj(const mock_gpu_t *g, double t, double extra_w) {
     if (g->granularity_s > 0) t = floor(t / g->granularity_s) * g->granularity_s;
     double origin = g->driver_load_s;
     double offset = g->counter_offset_mj;
@@ -356,10 +361,16 @@ static unsigned long long counter_mj(const mock_gpu_t *g, double t) {
         }
     }
     double mj = offset;
-    if (t > origin) mj += 1000.0 * energy_j(g, origin, t);
+    if (t > origin) mj += 1000.0 * (energy_j(g, origin, t) + extra_w * (t - origin));
     if (mj < 0) mj = 0;
     return (unsigned long long)floor(mj);
 }
+
+/* The scope whole-board calls (GetPowerUsage, GetTotalEnergyConsumption) report: GPU where the
+ * board reads GPU scope, else the module (as the total energy counter of GH200 does). */
+static double board_extra_w(const mock_gpu_t *g) { return g->scope_gpu ? 0.0 : g->module_extra_w; }
+
+static unsigned long long counter_mj(const mock_gpu_t *g, double t) { return scoped_counter_mj(g, t, board_extra_w(g)); }
 
 static int proc_active(const proc_t *p, const mock_gpu_t *g, double t) {
     return p->gpu == g->index && t >= p->from && t < p->to;
@@ -520,6 +531,7 @@ static void set_gpu_defaults(mock_gpu_t *g, unsigned int index) {
     g->proc_util_supported = 1;
     g->gpm_supported = -1; /* resolved after parsing: Hopper (9) and newer */
     g->mig_slots = 7;
+    g->scope_gpu = 1;
 }
 
 static nvmlReturn_t load_scenario(const char *path, scenario_t *s) {
@@ -708,6 +720,23 @@ static nvmlReturn_t load_scenario(const char *path, scenario_t *s) {
             if (strcmp(w, "on") == 0) *flag = 1;
             else if (strcmp(w, "off") == 0) *flag = 0;
             else goto bad;
+        } else if (strcmp(key, "power_scopes") == 0) {
+            char w[16];
+            g->scope_gpu = g->scope_module = 0;
+            while (!at_end(cur)) {
+                if (!parse_word(&cur, w, sizeof w)) goto bad;
+                if (strcmp(w, "gpu") == 0) g->scope_gpu = 1;
+                else if (strcmp(w, "module") == 0) g->scope_module = 1;
+                else goto bad;
+            }
+        } else if (strcmp(key, "field_timestamps") == 0) {
+            char w[16];
+            if (!parse_word(&cur, w, sizeof w) || !at_end(cur)) goto bad;
+            if (strcmp(w, "frozen") == 0) g->frozen_timestamps = 1;
+            else if (strcmp(w, "advancing") == 0) g->frozen_timestamps = 0;
+            else goto bad;
+        } else if (strcmp(key, "module_extra_w") == 0) {
+            if (!parse_double(&cur, &g->module_extra_w) || !at_end(cur) || !(g->module_extra_w >= 0)) goto bad;
         } else if (strcmp(key, "mig_slots") == 0) {
             if (!parse_uint(&cur, &g->mig_slots) || !at_end(cur) || g->mig_slots == 0) goto bad;
         } else if (strcmp(key, "counter_offset_mj") == 0) {
@@ -1090,7 +1119,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t dev, nvmlPciInfo_t *pci
 EXPORT nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t dev, unsigned int *power) {
     DEV_BEGIN(dev, "nvmlDeviceGetPowerUsage");
     if (!power) RET(NVML_ERROR_INVALID_ARGUMENT);
-    *power = to_mw(dev->power_usage_average ? avg_power_w(dev, t) : power_w(dev, t));
+    *power = to_mw((dev->power_usage_average ? avg_power_w(dev, t) : power_w(dev, t)) + board_extra_w(dev));
     RET(NVML_SUCCESS);
 }
 
@@ -1183,11 +1212,25 @@ EXPORT nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t dev, int valuesCount, 
         nvmlFieldValue_t *v = &values[i];
         char fname[32];
         snprintf(fname, sizeof fname, "field:%u", v->fieldId);
-        v->timestamp = t_us;
+        v->timestamp = dev->frozen_timestamps ? S.t0_us : t_us;
         v->latencyUsec = 0;
         v->value.ullVal = 0;
         v->nvmlReturn = injected(dev, fname, t);
         if (v->nvmlReturn != NVML_SUCCESS) continue;
+        /* Power and energy fields read the scope in scopeId: 0 GPU, 1 module; other scopes
+         * (2 memory) and scopes the board does not report answer NOT_SUPPORTED. */
+        double extra_w = 0.0;
+        switch (v->fieldId) {
+        case NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION:
+        case NVML_FI_DEV_ENERGY:
+        case NVML_FI_DEV_POWER_AVERAGE:
+        case NVML_FI_DEV_POWER_INSTANT:
+            if ((v->scopeId == 0 && !dev->scope_gpu) || (v->scopeId == 1 && !dev->scope_module) || v->scopeId > 1) {
+                v->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
+                continue;
+            }
+            if (v->scopeId == 1) extra_w = dev->module_extra_w;
+        }
         switch (v->fieldId) {
         case NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION:
         case NVML_FI_DEV_ENERGY:
@@ -1196,15 +1239,15 @@ EXPORT nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t dev, int valuesCount, 
                 break;
             }
             v->valueType = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
-            v->value.ullVal = counter_mj(dev, t);
+            v->value.ullVal = scoped_counter_mj(dev, t, extra_w);
             break;
         case NVML_FI_DEV_POWER_AVERAGE:
             v->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
-            v->value.uiVal = to_mw(avg_power_w(dev, t));
+            v->value.uiVal = to_mw(avg_power_w(dev, t) + extra_w);
             break;
         case NVML_FI_DEV_POWER_INSTANT:
             v->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
-            v->value.uiVal = to_mw(power_w(dev, t));
+            v->value.uiVal = to_mw(power_w(dev, t) + extra_w);
             break;
         case NVML_FI_DEV_POWER_CURRENT_LIMIT:
         case NVML_FI_DEV_POWER_MAX_LIMIT:

@@ -189,6 +189,12 @@ class GpuSpec:
     mig: bool = False  # MIG mode (current and pending); its instances are Scenario.migs
     mig_slots: int = 7  # compute slices of the board (nvmlDeviceGetMaxMigDeviceCount in MIG mode)
     gpm: bool | None = None  # GPM support; None: Hopper and newer
+    #: NVML power scopes whose power/energy fields answer ("gpu", "module"); a Grace Hopper node
+    #: whose GPU-scope reads fail is ("module",).  Without "gpu", GetPowerUsage and
+    #: GetTotalEnergyConsumption report the module.
+    power_scopes: tuple[str, ...] = ("gpu",)
+    module_extra_w: float = 0.0  # what the module draws besides the GPU (Grace CPU, memory), constant
+    frozen_timestamps: bool = False  # every field value carries t0 as its timestamp (a broken driver)
 
     @property
     def resolved_uuid(self) -> str:
@@ -295,6 +301,8 @@ class Scenario:
             _require(math.isfinite(g.counter_offset_mj) and g.counter_offset_mj >= 0, "bad counter_offset_mj")
             _require(math.isfinite(g.power_limit_w) and g.power_limit_w > 0, "bad power_limit_w")
             _require(0 <= g.counter_granularity_s < INF, "counter_granularity_s must be finite, >= 0")
+            _require(set(g.power_scopes) <= {"gpu", "module"}, f"power_scopes {g.power_scopes!r}")
+            _require(0 <= g.module_extra_w < INF, "module_extra_w must be finite and >= 0")
             if g.pci_bus is not None:
                 _require(0 <= g.pci_bus <= 0xFF, "pci_bus must fit in a byte")
             pieces = sorted(g.power, key=lambda p: p.from_s)
@@ -360,6 +368,10 @@ class Scenario:
             if g.mig or g.gpm is not None or g.mig_slots != 7:
                 out += [f"  mig_mode {'on' if g.mig else 'off'}", f"  mig_slots {g.mig_slots}",
                         f"  gpm {'on' if self.has_gpm(g.index) else 'off'}"]
+            if tuple(g.power_scopes) != ("gpu",) or g.module_extra_w:
+                out += [f"  power_scopes {' '.join(g.power_scopes)}", f"  module_extra_w {_f(g.module_extra_w)}"]
+            if g.frozen_timestamps:
+                out.append("  field_timestamps frozen")
             if g.serial is not None:
                 out.append(f"  serial {g.serial}")
             if g.minor is not None:
@@ -452,6 +464,11 @@ class Scenario:
         if t <= origin:
             return offset
         return offset + 1000.0 * self._energy_rel(g, origin, t)
+
+    def module_energy_j(self, gpu_index: int, t_from_abs: float, t_to_abs: float) -> float:
+        """Exact energy (J) of the whole module (GPU plus ``module_extra_w``) over the interval."""
+        return (self.energy_j(gpu_index, t_from_abs, t_to_abs)
+                + self.gpu(gpu_index).module_extra_w * max(t_to_abs - t_from_abs, 0.0))
 
     def active_processes(self, gpu_index: int, t_abs: float) -> list[ProcSpec]:
         t = self.rel(t_abs)
@@ -552,3 +569,18 @@ def _check_str(s: str, maxlen: int) -> None:
 def _require(cond: object, msg: str) -> None:
     if not cond:
         raise ValueError(msg)
+
+
+def write_grace_hwmon(root: str | os.PathLike[str], sockets: list[tuple[str, float]]) -> Path:
+    """Grace power telemetry as the ACPI power meter driver shows it on GH200 (one
+    ``hwmon<N>/device`` per sensor with ``power1_oem_info``, e.g. "Grace Power Socket 0", and
+    ``power1_average`` in microwatts, ``power1_average_interval`` in ms); returns ``root``."""
+    base = Path(root)
+    for i, (label, watts) in enumerate(sockets):
+        dev = base / f"hwmon{i}" / "device"
+        dev.mkdir(parents=True, exist_ok=True)
+        (base / f"hwmon{i}" / "name").write_text("power_meter\n")
+        (dev / "power1_oem_info").write_text(label + "\n")
+        (dev / "power1_average").write_text(f"{round(watts * 1e6)}\n")
+        (dev / "power1_average_interval").write_text("50\n")
+    return base

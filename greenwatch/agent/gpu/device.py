@@ -76,6 +76,9 @@ class GpuDevice(ABC):
     name: str
     has_counter: bool
     power_limit_w: float
+    #: What the energy and power figures cover: "gpu" (the GPU board) or "module" (a Grace Hopper
+    #: or Grace Blackwell module: GPU, Grace CPU and memory, read where GPU scope is not reported).
+    energy_scope: str = "gpu"
 
     @abstractmethod
     def read_fast(self) -> FastReading:

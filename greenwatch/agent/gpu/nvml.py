@@ -23,7 +23,8 @@ from greenwatch.agent.gpu.device import FastReading, GpuDevice, GpuError, GpuPro
 from greenwatch.agent.gpu.nvml_mig import MigReader
 from greenwatch.batch import MISSING
 
-__all__ = ["NvmlGpu", "NvmlUnavailable", "FastNvmlCalls", "open_nvml_gpus"]
+__all__ = ["NvmlGpu", "NvmlUnavailable", "FastNvmlCalls", "open_nvml_gpus", "probe_power_fields",
+           "POWER_FIELDS", "SCOPE_IDS"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,11 @@ log = logging.getLogger(__name__)
 FI_DEV_POWER_AVERAGE = 185   # the board's mean power over the last second
 FI_DEV_POWER_INSTANT = 186
 FI_DEV_ENERGY = 191
+#: The power and energy fields, and the scopes a field-value read can ask them for (nvml.h
+#: NVML_POWER_SCOPE_*, passed in nvmlFieldValue_t.scopeId): the GPU alone, or the whole module
+#: (GPU + Grace CPU + memory on Grace Hopper / Grace Blackwell).  The memory scope (2) is not read.
+POWER_FIELDS = (FI_DEV_ENERGY, FI_DEV_POWER_AVERAGE, FI_DEV_POWER_INSTANT)
+SCOPE_IDS = {"gpu": 0, "module": 1}
 _ARCH_VOLTA = 5
 _NVML_SUCCESS = 0
 #: The library pynvml loads on Linux.  dlopen() of a soname that is already loaded returns
@@ -118,13 +124,14 @@ class FastNvmlCalls:
     uses pynvml's wrappers.
     """
 
-    def __init__(self, lib: ctypes.CDLL, handle: Any, fields: list[int]) -> None:
+    def __init__(self, lib: ctypes.CDLL, handle: Any, fields: list[int], scope: int = 0) -> None:
         if ctypes.sizeof(pynvml.c_nvmlFieldValue_t) != _FIELD_VALUE.size:
             raise AttributeError("nvmlFieldValue_t has another layout than the one read here")
         self._h = handle
         self._fields = (pynvml.c_nvmlFieldValue_t * len(fields))()
         for i, field_id in enumerate(fields):
             self._fields[i].fieldId = field_id
+            self._fields[i].scopeId = scope
         self._n_fields = ctypes.c_int(len(fields))
         self._field_bytes = memoryview(self._fields).cast("B")
         self._util = pynvml.c_nvmlUtilization_t()
@@ -145,10 +152,11 @@ class FastNvmlCalls:
         return fn
 
     @classmethod
-    def bind(cls, handle: Any, fields: list[int]) -> "FastNvmlCalls | None":
-        """The binding for one GPU, or None if the library or one of the functions is missing."""
+    def bind(cls, handle: Any, fields: list[int], scope: int = 0) -> "FastNvmlCalls | None":
+        """The binding for one GPU (its fields read at ``scope``), or None if the library or one
+        of the functions is missing."""
         try:
-            return cls(ctypes.CDLL(NVML_SONAME), handle, fields)
+            return cls(ctypes.CDLL(NVML_SONAME), handle, fields, scope)
         except (OSError, AttributeError):
             return None
 
@@ -189,7 +197,14 @@ class NvmlGpu(GpuDevice):
         self.index = index
         self.uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
         self.name = _text(pynvml.nvmlDeviceGetName(handle))
-        self.has_counter = self._probe_counter()
+        # GPU scope where the board answers it; otherwise the module (Grace Hopper, where
+        # GPU-scope power reads fail), whose figures include the Grace CPU and its memory.
+        answered = probe_power_fields(handle)
+        self.energy_scope = "gpu" if any(answered["gpu"].values()) or not any(answered["module"].values()) \
+            else "module"
+        self._scope = SCOPE_IDS[self.energy_scope]
+        self.has_counter = (self._probe_counter() if self.energy_scope == "gpu"
+                            else answered["module"][FI_DEV_ENERGY] and self._is_volta_or_newer())
         try:
             self.power_limit_w = pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000.0
         except pynvml.NVMLError:
@@ -202,13 +217,19 @@ class NvmlGpu(GpuDevice):
                         else [FI_DEV_POWER_INSTANT, FI_DEV_POWER_AVERAGE])
         self._last_seen_us = 0
         self._proc_util_supported = True
-        self._fast = FastNvmlCalls.bind(handle, self._fields) if fast_calls else None
+        self._fast = FastNvmlCalls.bind(handle, self._fields, self._scope) if fast_calls else None
         self._mig = MigReader(handle)
 
     @property
     def uses_fast_calls(self) -> bool:
         """True when the 10 Hz reads go through :class:`FastNvmlCalls` rather than pynvml's wrappers."""
         return self._fast is not None
+
+    def _is_volta_or_newer(self) -> bool:
+        try:
+            return bool(pynvml.nvmlDeviceGetArchitecture(self._h) >= _ARCH_VOLTA)
+        except pynvml.NVMLError:
+            return False
 
     def _probe_counter(self) -> bool:
         try:
@@ -223,7 +244,7 @@ class NvmlGpu(GpuDevice):
         if self._fast is not None:
             return self._fast.field_values(self.index)
         try:
-            values = pynvml.nvmlDeviceGetFieldValues(self._h, self._fields)
+            values = pynvml.nvmlDeviceGetFieldValues(self._h, [(f, self._scope) for f in self._fields])
         except pynvml.NVMLError as exc:
             raise _translate(exc) from None
         return _combine_fields(((v.fieldId, v.nvmlReturn, int(v.timestamp), int(v.value.ullVal)) for v in values),
@@ -282,6 +303,22 @@ class NvmlGpu(GpuDevice):
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def probe_power_fields(handle: Any) -> dict[str, dict[int, bool]]:
+    """Which of :data:`POWER_FIELDS` a board answers at each scope of :data:`SCOPE_IDS`.
+
+    One field-value read per scope; a read that fails as a whole counts as no answer (a lost GPU
+    shows up at the first real read, with its own error).
+    """
+    out: dict[str, dict[int, bool]] = {}
+    for name, scope in SCOPE_IDS.items():
+        try:
+            values = pynvml.nvmlDeviceGetFieldValues(handle, [(f, scope) for f in POWER_FIELDS])
+            out[name] = {int(v.fieldId): v.nvmlReturn == _NVML_SUCCESS for v in values}
+        except pynvml.NVMLError:
+            out[name] = {f: False for f in POWER_FIELDS}
+    return out
 
 
 def open_nvml_gpus() -> list[NvmlGpu]:
