@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -31,23 +32,23 @@ def builder() -> BatchBuilder:
                                              700.0)])
 
 
-def fill(b: BatchBuilder, start_s: float, seconds: int, energy_mj: int) -> int:
+def fill(b: BatchBuilder, start_s: float, seconds: int, energy_mj: int, t0_us: int = T0) -> int:
     """Ten samples a second at 400 W from ``energy_mj`` on; returns the counter after."""
     for i in range(seconds * 10):
         energy_mj += 40_000
-        t = T0 + int((start_s + (i + 1) * 0.1) * 1e6)
+        t = t0_us + int((start_s + (i + 1) * 0.1) * 1e6)
         b.add_sample(0, (t, energy_mj, 400_000, -1, -1, 1000, 50, 1980))
     return energy_mj
 
 
-def mig_batches() -> list:
+def mig_batches(t0_us: int = T0) -> list:
     b = builder()
     b.set_holders(0, [Holder(A, math.nan, BIG.uuid), Holder(B, math.nan, SMALL.uuid)], (BIG, SMALL))
-    e = fill(b, 0, 2, 1_000_000)
-    first = b.cut(sent_us=T0 + 2_100_000)
+    e = fill(b, 0, 2, 1_000_000, t0_us)
+    first = b.cut(sent_us=t0_us + 2_100_000)
     b.set_holders(0, [Holder(A, math.nan, BIG.uuid)], (BIG, SMALL))
-    e = fill(b, 2, 2, e)
-    second = b.cut(sent_us=T0 + 4_100_000)
+    e = fill(b, 2, 2, e, t0_us)
+    second = b.cut(sent_us=t0_us + 4_100_000)
     return [first, second]
 
 
@@ -156,3 +157,34 @@ def test_records_and_lines_carry_each_mig_instance_share():
     assert all(r.field("activity_measured") == 1 and r.tag("gpu") == first.gpus[0].uuid for r in recs)
     lines = [ln for ln in table_lines(table, [BlockSource("c1", "n1")]).splitlines() if ln.startswith("gpu_mig,")]
     assert len(lines) == 2 and f"mig={BIG.uuid}" in lines[0] and "slices=4i" in lines[0]
+
+
+def test_mig_shares_reach_a_real_influxdb_and_add_up(influx_v2):
+    """MIG batches through the collector into the real influxd: one gpu_mig series per device; the
+    devices' shares are the board's energy but the free slice's idle part, and jobs plus
+    unallocated are all of it (the second window's unheld device is in both its share and unallocated)."""
+    from greenwatch.collector import Collector
+    from greenwatch.storage.influx import InfluxStore
+
+    bucket = influx_v2.new_bucket("mig")
+    store = InfluxStore(influx_v2.url, influx_v2.token, influx_v2.org, bucket, query_url=influx_v2.influx.url)
+    batches = mig_batches(int(time.time() * 1e6) - 10_000_000)   # windows that ended a few seconds ago
+    t = np.concatenate([b.block.columns["t_us"] for b in batches])
+    seconds = (int(t.max()) - int(t.min())) / 1e6
+    try:
+        col = Collector(SETTINGS, CARBON, store)
+        for b in batches:
+            col.handle(encode(b), expect_node=("c1", "n1"))
+        assert col.stats.rejected_total == 0, col.stats.rejected
+    finally:
+        store.close()
+    rows = influx_v2.query('SELECT sum("energy_j") AS e, last("slices") AS s FROM "gpu_mig" GROUP BY "mig", "gi"', bucket)
+    by_gi = {r["gi"]: r for r in rows}
+    assert set(by_gi) == {"1", "2"} and by_gi["1"]["s"] == 4 and by_gi["2"]["s"] == 2
+    (node,) = influx_v2.query('SELECT sum("gpu_energy_j") AS g, sum("allocated_energy_j") AS a, '
+                              'sum("unallocated_energy_j") AS u FROM "node_energy"', bucket)
+    free_slice_idle = SETTINGS.idle_power_w * seconds / 7
+    assert by_gi["1"]["e"] + by_gi["2"]["e"] + free_slice_idle == pytest.approx(node["g"], rel=1e-9)
+    assert node["a"] + node["u"] == pytest.approx(node["g"], rel=1e-12)
+    (jobs,) = influx_v2.query('SELECT sum("energy_j") AS e FROM "job_energy"', bucket)
+    assert jobs["e"] == pytest.approx(node["a"], rel=1e-12)
