@@ -78,6 +78,7 @@ class InfluxSummaries:
         self.store = store
         self.cluster = cluster
         self.rows_read = 0
+        self._sources: dict[str, Any] = {}   # per cluster: an InfluxSource, which remembers the rollup state
         self.description = description or (f"InfluxDB {getattr(store, 'query_url', '?')} bucket "
                                             f"{getattr(store, 'bucket', '?')}" + (f" cluster {cluster}" if cluster else ""))
 
@@ -117,12 +118,15 @@ class InfluxSummaries:
         from greenwatch.reports.influx_aggregate import summed
         from greenwatch.reports.source import InfluxSource
 
-        source = InfluxSource(self.store, cluster=cluster)
+        source = self._sources.get(cluster)
+        if source is None:
+            source = self._sources[cluster] = InfluxSource(self.store, cluster=cluster)
+        before = source.rows_read
         where = (f'"job" = {string_literal(job)} AND "cluster" = {string_literal(cluster)} '
                  f"AND time >= {int(lo_ns)} AND time <= {int(hi_ns) - 1}")
         got = summed(source, "job_energy", [(f, f'SUM("{f}")', f'SUM("{f}")') for f in TOTAL_FIELDS], where,
                      (int(lo_ns), int(hi_ns) - 1), ())
-        self.rows_read += source.rows_read
+        self.rows_read += source.rows_read - before
         row = got.get((), {})
         return {f: float(row.get(f) or 0.0) for f in TOTAL_FIELDS}
 
