@@ -9,7 +9,6 @@ by its ``MIG-`` UUID (a mapping file) holds it while idle and is charged its idl
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import pytest
@@ -44,7 +43,7 @@ class Lookup:
 
 
 @pytest.fixture
-def node(tmp_path):
+def node(tmp_path, monkeypatch):
     load_in_process(build_mock_nvml())
     started = []
 
@@ -53,7 +52,7 @@ def node(tmp_path):
                       migs=[MigSpec(0, gi=1, slices=4), MigSpec(0, gi=2, slices=2), MigSpec(0, gi=3, slices=1)],
                       processes=[ProcSpec(7001, 0, sm_util=60, gi=1, ci=0), ProcSpec(7002, 0, sm_util=40, gi=2, ci=0)],
                       errors=errors)
-        os.environ[ENV_VAR] = str(sc.write(tmp_path / "node.scn"))
+        monkeypatch.setenv(ENV_VAR, str(sc.write(tmp_path / "node.scn")))
         gpus = open_nvml_gpus()
         started.append(True)
         return sc, gpus
@@ -61,7 +60,6 @@ def node(tmp_path):
     yield start
     for _ in started:
         pynvml.nvmlShutdown()
-    os.environ.pop(ENV_VAR, None)
 
 
 def run(sampler: Sampler, scans: int = 3, per_scan: int = 3):
