@@ -62,7 +62,8 @@ def model_card_yaml(r: CampaignReport) -> str:
     """
     fields = {
         "emissions": round(r.total.co2_location_g, 1),
-        "source": f"greenwatch: measured GPU and host energy of {r.total.runs} job runs, priced with "
+        "source": f"greenwatch: measured GPU {'and host ' if r.host_measured else ''}energy of {r.total.runs} job "
+                  "runs, priced with "
                   f"{'; '.join(r.intensity_sources) or 'the configured grid intensity'}",
         "training_type": training_type(r),
         "geographical_location": _location(r),
