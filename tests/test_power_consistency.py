@@ -97,12 +97,12 @@ def test_run_report_power_matches_energy_on_an_alternating_gpu(tmp_path, lib_dir
     (g,) = doc["gpus"]
     a, b = doc["run"]["sampled_from_s"], doc["run"]["sampled_to_s"]
     truth_w = sc.mean_power_w(0, a, b)
-    assert truth_w == pytest.approx(400.0, rel=0.03)
     # The report's mean power is the truth within 1 %, and mean power x GPU time is its own energy.
     assert g["mean_power_w"] == pytest.approx(truth_w, rel=0.01)
     assert g["mean_power_w"] * g["gpu_hours"] / 1000 == pytest.approx(g["energy_kwh"], rel=0.02)
-    # Every stored batch of at least 2 s (what the power plot and the dashboards draw) is within the
-    # load's own ripple over that time: 600 W x 0.15 s / 2 s = 4.5 %.
+    # Every stored batch of at least 2 s (what the power plot and the dashboards draw) is 400 W to within
+    # the load's own ripple over its time: a window's energy is off 400 W x its length by at most the
+    # 300 W excess over half a period, 45 J.
     store = EmbeddedStore(out / "greenwatch.sqlite")
     try:
         points = [p for p in store.points("gpu") if p.get("samples", 0) >= 20]
@@ -110,5 +110,6 @@ def test_run_report_power_matches_energy_on_an_alternating_gpu(tmp_path, lib_dir
         store.close()
     assert points
     for p in points:
-        assert p["power_w"] == pytest.approx(400.0, rel=0.05), p
+        span_s = (p["samples"] - 1) / 10.0            # at least this: the sampler is never early
+        assert abs(p["power_w"] - 400.0) <= 45.0 / span_s + 4.0, p
         assert math.isfinite(p["power_sampled_w"])
