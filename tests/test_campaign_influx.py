@@ -110,7 +110,8 @@ def test_campaign_report_on_influxdb_sums_each_member_job_once(bucket_store, inf
     for args in (("create", "llm-7b", "--location", "Jülich, Germany"),
                  ("rules", "llm-7b", "--add", "--account", "proj-llm", "--name", "llm-*", "--phase", "pre-training"),
                  ("add", "llm-7b", f"{CLUSTER}/304", "--phase", "evaluation"),
-                 ("remove", "llm-7b", "305", "--note", "debugging, not training")):
+                 ("remove", "llm-7b", "305", "--note", "debugging, not training"),
+                 ("add", "llm-7b", "307", "--state", "restarted", "--note", "node failure, resumed as 308")):
         proc = cli(*args)
         assert proc.returncode == 0, proc.stderr
     out = tmp_path / "report"
@@ -123,7 +124,7 @@ def test_campaign_report_on_influxdb_sums_each_member_job_once(bucket_store, inf
     assert {k: (j["member_by"], j["phase"], j["state"]) for k, j in jobs.items()} == {
         "301": ("rule 1", "pre-training", "completed"), "302": ("rule 1", "pre-training", "failed"),
         "303": ("tag", "unassigned", "cancelled"), "304": ("added by hand", "evaluation", "completed"),
-        "307": ("rule 1", "pre-training", "completed")}
+        "307": ("rule 1", "pre-training", "restarted")}
     # Totals: the sum of the member jobs' summaries, and of their per-batch records, each once.
     summaries = {str(p["job"]): p for p in influx_v2.query('SELECT * FROM "job"', bucket)}
     assert set(summaries) == set(JOBS)
@@ -134,7 +135,7 @@ def test_campaign_report_on_influxdb_sums_each_member_job_once(bucket_store, inf
     assert doc["total"]["gpu_energy_kwh"] * J_PER_KWH == pytest.approx(raw, rel=1e-9)
     assert doc["total"]["co2_location_kg"] * 1000 == pytest.approx(sum(summaries[j]["co2_g"] for j in jobs))
     assert doc["total"]["embodied_kg"] > 0 and doc["gpu_models"] == [H100]
-    failed = summaries["302"]["facility_energy_j"] + summaries["303"]["facility_energy_j"]
+    failed = sum(summaries[j]["facility_energy_j"] for j in ("302", "303", "307"))
     assert doc["not_completed"]["share_of_facility_energy"] == pytest.approx(
         failed / sum(summaries[j]["facility_energy_j"] for j in jobs))
     # By month: job 307's energy where it was used (a third in October), its run where it ended.
