@@ -89,6 +89,8 @@ def test_units_run_and_document_what_the_install_puts_there(unit: str) -> None:
     assert f"{PREFIX}/share/greenwatch/systemd/{unit}" in _installed_data_files()
     # 2: a configuration error; 3: a core install without the [site] extra. Neither heals by restarting.
     assert d["RestartPreventExitStatus"] == ["2 3"]
+    # `systemctl reload` sends SIGHUP, which the services answer by checking the file (test_deploy_reload.py).
+    assert d["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     for guide in ("operations.md", "slurm.md"):
         text = (ROOT / "docs" / guide).read_text()
         assert f"{PREFIX}/bin/greenwatch" in text and f"{PREFIX}/.venv" not in text, (

@@ -54,6 +54,7 @@ from greenwatch.transport.mqtt import (
 from greenwatch.transport.receipts import Receipt, ReceiptError, batch_identity, decode_receipt, receipt_topic
 from greenwatch.transport.wire import encode
 from greenwatch.credentials import check_mqtt_tls, mqtt_password
+from greenwatch.reload import check_reload
 
 __all__ = ["ResolverLookup", "SamplingThread", "Publisher", "log_sighup", "run_agent"]
 
@@ -544,7 +545,8 @@ async def _run(cfg: Config, devices: Sequence[GpuDevice] | None, spool: DiskQueu
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, request_stop)
-    loop.add_signal_handler(signal.SIGHUP, log_sighup, "agent")
+    # Reload checks the file and names what the next restart changes (greenwatch.reload says why).
+    loop.add_signal_handler(signal.SIGHUP, check_reload, cfg, "agent", reload_checks)
 
     spool_errors = 0
 
@@ -600,10 +602,10 @@ async def _run(cfg: Config, devices: Sequence[GpuDevice] | None, spool: DiskQueu
     return 0
 
 
-def log_sighup(service: str) -> None:
-    """SIGHUP's default action would end the service silently: say instead that nothing is reloaded."""
-    log.warning("SIGHUP received: the configuration is read at start only, so nothing changes; restart the %s "
-                "(systemctl restart greenwatch-%s) to apply a new one", service, service)
+def reload_checks(cfg: Config) -> None:
+    """The agent's start-up checks of a configuration (secret file, TLS material), for SIGHUP."""
+    mqtt_password(cfg)
+    check_mqtt_tls(cfg)
 
 
 async def _status_loop(publisher: Publisher, thread: SamplingThread, stop: asyncio.Event) -> None:

@@ -52,10 +52,11 @@ from greenwatch.transport.mqtt import (SESSION_TAKEN_OVER, MqttClient, disconnec
                                        parse_node_topic, shared_subscription)
 from greenwatch.transport.receipts import MAX_RECEIPT_SEQS, Receipt, batch_identity, encode_receipt, receipt_topic
 from greenwatch.transport.wire import decode, encode
-from greenwatch.credentials import check_mqtt_tls, mqtt_password
+from greenwatch.credentials import check_mqtt_tls, influx_token, mqtt_password
+from greenwatch.reload import check_reload
 from greenwatch.wiring import attribution_settings, carbon_context, influx_store
 
-__all__ = ["BufferedWriter", "CredentialsRefused", "EventHandler", "log_sighup", "run_collector"]
+__all__ = ["BufferedWriter", "CredentialsRefused", "EventHandler", "reload_checks", "run_collector"]
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +222,8 @@ async def _serve(cfg: Config, events: EventHandler | None, store, spill: DiskQue
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, request_stop)
-    loop.add_signal_handler(signal.SIGHUP, log_sighup)
+    # Reload checks the file and names what the next restart changes (greenwatch.reload says why).
+    loop.add_signal_handler(signal.SIGHUP, check_reload, cfg, "collector", reload_checks)
     writing = asyncio.create_task(writer.run(flushed))
 
     def writer_ended(task: asyncio.Task) -> None:
@@ -313,10 +315,11 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def log_sighup() -> None:
-    """SIGHUP's default action would end the collector silently: say instead that nothing is reloaded."""
-    log.warning("SIGHUP received: the configuration is read at start only, so nothing changes; restart the "
-                "collector (systemctl restart greenwatch-collector) to apply a new one")
+def reload_checks(cfg: Config) -> None:
+    """The collector's start-up checks of a configuration (secret files, TLS material), for SIGHUP."""
+    mqtt_password(cfg)
+    check_mqtt_tls(cfg)
+    influx_token(cfg)
 
 
 def _start_metrics(cfg: Config, collector: Collector, writer: BufferedWriter, session: "_Session",
