@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Subcommands owned by their packages: each registers its own parser.
     from greenwatch.agent.slurm_cli import register as register_slurm
     from greenwatch.campaigns.cli import register as register_campaign
+    from greenwatch.doctor.cli import register as register_doctor
     from greenwatch.legal.cli import register as register_legal
     from greenwatch.reports.cli import register as register_report
     from greenwatch.standalone.cli import register as register_run
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_influxdb(sub)
     register_campaign(sub)
     register_legal(sub)
+    register_doctor(sub)
     return parser
 
 
