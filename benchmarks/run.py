@@ -26,7 +26,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 #: Benchmark modules, in the order they run.  Add yours here (``benchmarks/<name>.py`` with ``run``).
-MODULES: list[str] = ["attribution", "agent_overhead", "write_path", "collector_throughput", "read_scale", "soak"]
+MODULES: list[str] = ["attribution", "agent_overhead", "write_path", "collector_throughput", "read_scale",
+                      "dashboard_queries", "soak"]
 
 
 def main(argv: list[str] | None = None) -> int:
