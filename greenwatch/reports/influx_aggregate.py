@@ -28,7 +28,7 @@ from greenwatch.storage.rollups import RESOLUTIONS
 if TYPE_CHECKING:
     from greenwatch.reports.source import InfluxSource
 
-__all__ = ["aggregate_job_data", "summed", "split_statements", "rollup_step", "merged", "Column", "ENERGY_POINTS", "POWER_POINTS", "PLOTTED_GPUS", "bucket_ns"]
+__all__ = ["aggregate_job_data", "summed", "edge_rows", "split_statements", "rollup_step", "merged", "Column", "ENERGY_POINTS", "POWER_POINTS", "PLOTTED_GPUS", "bucket_ns"]
 
 #: Time buckets of the job's energy series (pricing of the host share and the "what if").
 ENERGY_POINTS = 600
@@ -54,9 +54,9 @@ def aggregate_job_data(source: InfluxSource, job_id: str, where: str,
     totals_row = summed(source, "job_energy", [(f, f'SUM("{f}")', f'SUM("{f}")') for f in TOTAL_FIELDS]
                         + [("host_points", 'COUNT("host_energy_j")', 'SUM("host_points")')],
                         where, job_span, ()).get((), {})
-    rows = source.rows(
-        f'SELECT FIRST("gpu_seconds") AS "first" FROM "job_energy" WHERE {where} GROUP BY "cluster", "node", "user"; '
-        f'SELECT LAST("gpu_seconds") AS "last" FROM "job_energy" WHERE {where} GROUP BY "cluster", "node"')
+    rows = edge_rows(source, "job_energy", [
+        f'SELECT FIRST("gpu_seconds") AS "first" FROM {{}} WHERE {where} GROUP BY "cluster", "node", "user"',
+        f'SELECT LAST("gpu_seconds") AS "last" FROM {{}} WHERE {where} GROUP BY "cluster", "node"'])
     firsts = [r for r in rows if "first" in r]
     lasts = [r for r in rows if "last" in r]
     if not firsts and not metas:
@@ -83,6 +83,12 @@ def aggregate_job_data(source: InfluxSource, job_id: str, where: str,
     notes = ["This job is large: the report was computed inside InfluxDB. The host share of the emissions and "
              "the 'what if' are priced per time bucket of the job's energy (at most "
              f"{ENERGY_POINTS} over the run) instead of per stored batch."]
+    if source.raw_gone:
+        notes = ["The job's raw 5 s points are gone (past the raw retention): every figure comes from the "
+                 "1-minute and 1-hour rollups. The totals and per-GPU energies are the same sums; at lower "
+                 "resolution are the job's start and end when no job summary is left (to the minute), the "
+                 "plots and the pricing of the host share and the 'what if' (per minute or coarser), and "
+                 "the means of GPUs whose batches held different numbers of samples."]
     if uneven:
         notes.append(f"Mean power and utilisation of {uneven} GPU(s) whose batches held different numbers of "
                      "samples are means of the batch means, not sample-weighted.")
@@ -94,7 +100,8 @@ def aggregate_job_data(source: InfluxSource, job_id: str, where: str,
         cluster=cluster, meta=meta, totals=totals, has_host_field=has_host,
         energy_t_s=t_s, energy_gpu_j=e_gpu, energy_host_j=e_host,
         first_ns=first_ns, last_ns=last_ns,
-        first_held_s=gpu_first_held if gpu_first_held is not None else (
+        # From a rollup, the first point is a minute's start and its GPU time the minute's: the job began then.
+        first_held_s=0.0 if source.raw_gone else gpu_first_held if gpu_first_held is not None else (
             float(first_held[0].get("first") or 0.0) if first_held else 0.0),
         user=users[0][2] if users else "",
         nodes=sorted(set(node_span) | {g.node for g in gpus}),
@@ -130,9 +137,9 @@ def _gpus(source: InfluxSource, cluster: str, where: str, span: tuple[int | None
                          where, span, ("node", "gpu")).items():
         shares[(str(key[0]), str(key[1]))].update(
             e=float(total.get("e") or 0.0), i=float(total.get("i") or 0.0), s=float(total.get("s") or 0.0))
-    rows = source.rows(
-        f'SELECT FIRST("gpu_seconds") AS "first" FROM "job_gpu" WHERE {where} GROUP BY "node", "gpu"; '
-        f'SELECT LAST("gpu_seconds") AS "last" FROM "job_gpu" WHERE {where} GROUP BY "node", "gpu"')
+    rows = edge_rows(source, "job_gpu", [
+        f'SELECT FIRST("gpu_seconds") AS "first" FROM {{}} WHERE {where} GROUP BY "node", "gpu"',
+        f'SELECT LAST("gpu_seconds") AS "last" FROM {{}} WHERE {where} GROUP BY "node", "gpu"'])
     for r in rows:
         key = (str(r.get("node", "")), str(r.get("gpu", "")))
         if "first" in r:
@@ -315,6 +322,19 @@ def summed(source: InfluxSource, measurement: str, columns: list[tuple[str, str,
     statements = split_statements(source, measurement, cols, where, span,
                                   ", ".join(f'"{t}"' for t in group_tags), time_step_ns)
     return merged(_run(source, statements), cols, group_tags, timed=time_step_ns is not None)
+
+
+def edge_rows(source: InfluxSource, measurement: str, statements: list[str]) -> list[dict[str, Any]]:
+    """Rows of FIRST/LAST ``statements`` (``{}``: the measurement) bounded to the job's span.
+
+    From the raw points, or from the 1-minute rollups when the job's raw points are gone; a LAST
+    row then carries the end of its minute, as the last raw point lay somewhere in it.
+    """
+    if not source.raw_gone:
+        return source.rows("; ".join(st.format(f'"{measurement}"') for st in statements))
+    rp = RESOLUTIONS[0][0]
+    rows = source.rows("; ".join(st.format(f'"{rp}"."{measurement}"') for st in statements))
+    return [dict(r, time_ns=r["time_ns"] + _MINUTE_NS - 1) if "last" in r else r for r in rows]
 
 
 def _run(source: InfluxSource, statements: list[str]) -> list[dict[str, Any]]:

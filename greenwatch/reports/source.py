@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from greenwatch.reports.jobdata import JobData, ReportError, job_data_from_points
 from greenwatch.storage.embedded import EmbeddedStore
 from greenwatch.storage.influx_setup import read_rollup_state
-from greenwatch.storage.rollups import RollupState, rolled_parts, rolled_range
+from greenwatch.storage.rollups import RESOLUTIONS, RollupState, rolled_parts, rolled_range
 from greenwatch.storage.influxql import string_literal
 
 __all__ = ["ReportSource", "EmbeddedSource", "InfluxSource", "JOB_MEASUREMENTS", "SPAN_MARGIN_S"]
@@ -109,6 +109,10 @@ class InfluxSource:
             + (f" cluster {cluster}" if cluster else ""))
         #: Spans found from a job summary: those no longer change, unlike one from the batches.
         self._spans: dict[str, tuple[int | None, int | None]] = {}
+        #: Whether the rollups hold the job last looked up (:meth:`job_span`) but its raw points are
+        #: gone (past the raw retention): then every figure comes from the rollups, to the minute.
+        self.raw_gone = False
+        self._gone: set[str] = set()
 
     # -- finding the job ---------------------------------------------------------------------
 
@@ -128,20 +132,23 @@ class InfluxSource:
         """The time span (ns; None: unbounded) that holds the job's records and no other run's.
 
         From the latest ``job`` summary of that id: its start and end, each widened by
-        :data:`SPAN_MARGIN_S`.  Without one (the job still runs, or its summary is not written
-        yet), up to the latest ``job_energy`` point of the id, and after the end of the
-        previous run of the same id when that one has a summary.
+        :data:`SPAN_MARGIN_S`.  Without one (the job still runs, its summary is not written yet,
+        or it expired with the raw points), from the first to the latest ``job_energy`` point of
+        the id after the end of the previous run of the same id that has a summary.  Those
+        look-ups scan no raw history (:meth:`edge`).
         Raises :class:`ReportError` when no cluster was named and the id exists on several.
         """
         if job_id in self._spans:
+            self.raw_gone = job_id in self._gone
             return self._spans[job_id]
+        self.raw_gone = False
         margin = int(SPAN_MARGIN_S * 1e9)
         ident = f'"job" = {string_literal(job_id)}'
         if self.cluster is not None:
             ident += f' AND "cluster" = {string_literal(self.cluster)}'
         summaries = sorted(self.rows(f'SELECT * FROM "job" WHERE {ident}'), key=lambda p: p["time_ns"])
         self._check_one_cluster(job_id, summaries)
-        last = self.rows(f'SELECT LAST("energy_j") FROM "job_energy" WHERE {ident} GROUP BY "cluster"')
+        last = self.edge(ident, "LAST")
         self._check_one_cluster(job_id, last)
         t_last = max((p["time_ns"] for p in last), default=None)
         if summaries and (t_last is None or summaries[-1]["time_ns"] + margin >= t_last):
@@ -150,11 +157,50 @@ class InfluxSource:
             start = int(float(meta["start_s"]) * 1e9) if "start_s" in meta else (
                 end - int(float(meta.get("duration_s", 0.0)) * 1e9))
             span: tuple[int | None, int | None] = (start - margin, end + margin)
+            if self.rollups and not self.raw_gone and self.rollup_state() is not None:
+                # Retention removes the oldest points first: the job's start says whether they are gone.
+                self.edge(f"{ident} AND time >= {span[0]} AND time <= {span[1]}", "FIRST")
+            if self.raw_gone:
+                self._gone.add(job_id)
             self._spans[job_id] = span
             return span
-        # Not summarised yet: the newest run of the id, after the previous summarised one.
+        # Not summarised: the newest run of the id, after the previous summarised one.
         lo = summaries[-1]["time_ns"] + margin + 1 if summaries else None
+        if t_last is not None:
+            first = self.edge(ident + (f" AND time >= {lo}" if lo is not None else ""), "FIRST")
+            lo = min((p["time_ns"] for p in first), default=lo)
         return lo, t_last
+
+    def edge(self, ident: str, fn: str) -> list[dict[str, Any]]:
+        """The ``FIRST`` or ``LAST`` ``job_energy`` point per cluster of the points ``ident`` selects.
+
+        A raw FIRST/LAST reads every point of the series before it answers.  With rollups, the
+        1-hour and then the 1-minute rollups find the edge's hour and minute first, and the raw
+        points are read only from that minute on (LAST) or up to its end (FIRST).  When the
+        rollups hold the edge but the raw points are gone (past the raw retention), the answer is
+        the rollups' minute (its end for LAST) and :attr:`raw_gone` is set.
+        """
+        bound, found, bucket = "", [], 0
+        if self.rollups and self.rollup_state() is not None:
+            for rp, bucket_s in reversed(RESOLUTIONS):
+                rows = self.rows(f'SELECT {fn}("energy_j") FROM "{rp}"."job_energy" WHERE {ident}{bound} '
+                                 'GROUP BY "cluster"')
+                if not rows:
+                    continue
+                found, bucket = rows, bucket_s * 10**9
+                bound = (f" AND time >= {max(r['time_ns'] for r in rows)}" if fn == "LAST"
+                         else f" AND time < {min(r['time_ns'] for r in rows) + bucket}")
+        raw = self.rows(f'SELECT {fn}("energy_j") FROM "job_energy" WHERE {ident}{bound} GROUP BY "cluster"')
+        if raw or not found:
+            return raw
+        self.raw_gone = True
+        return [dict(r, time_ns=r["time_ns"] + bucket - 1) for r in found] if fn == "LAST" else found
+
+    def rollup_state(self) -> RollupState | None:
+        """What ``greenwatch influxdb setup`` recorded about the rollups (None: no rollups), read once."""
+        if not self._rollup_state:
+            self._rollup_state.append(read_rollup_state(self))
+        return self._rollup_state[0]
 
     def rolled_range(self, lo_ns: int | None, hi_ns: int | None) -> tuple[int, int] | None:
         """The whole 1-minute buckets within ``[lo_ns, hi_ns]`` whose sums the rollups hold completely.
@@ -164,9 +210,10 @@ class InfluxSource:
         """
         if not self.rollups or lo_ns is None or hi_ns is None:
             return None
-        if not self._rollup_state:
-            self._rollup_state.append(read_rollup_state(self))
-        return rolled_range(self._rollup_state[0], lo_ns, hi_ns, time.time())
+        if self.raw_gone:
+            # Whatever the rollups hold is all there is: take it, down to a single minute.
+            return rolled_range(self.rollup_state(), lo_ns, hi_ns, time.time(), 0.0, outward=True)
+        return rolled_range(self.rollup_state(), lo_ns, hi_ns, time.time())
 
     def rolled_parts(self, lo_ns: int | None, hi_ns: int | None,
                      levels: tuple[int, ...] = (0, 1)) -> list[tuple[int, int, int]]:
@@ -177,7 +224,9 @@ class InfluxSource:
         """
         if self.rolled_range(lo_ns, hi_ns) is None or lo_ns is None or hi_ns is None:
             return []
-        return rolled_parts(self._rollup_state[0], lo_ns, hi_ns, time.time(), levels)
+        if self.raw_gone:
+            return rolled_parts(self.rollup_state(), lo_ns, hi_ns, time.time(), levels, 0.0, outward=True)
+        return rolled_parts(self.rollup_state(), lo_ns, hi_ns, time.time(), levels)
 
     def query(self, influxql: str) -> list[dict[str, Any]]:
         """Run InfluxQL on the store, rows as the store returns them, counted in :attr:`rows_read`."""
@@ -216,7 +265,7 @@ class InfluxSource:
         # Counted from the rollups where they exist: counting raw points scans every one of them.
         counts = [summed(self, m, [("n", 'COUNT("energy_j")', 'SUM("points")')], where, span, ()).get((), {})
                   for m in ("job_gpu", "job_energy")]
-        if max(int(c.get("n") or 0) for c in counts) <= self.raw_limit:
+        if not self.raw_gone and max(int(c.get("n") or 0) for c in counts) <= self.raw_limit:
             return job_data_from_points(self, job_id)
         return aggregate_job_data(self, job_id, where, span)
 

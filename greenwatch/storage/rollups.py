@@ -172,33 +172,36 @@ class RollupState:
 
 
 def rolled_range(state: RollupState | None, lo_ns: int, hi_ns: int, now_s: float,
-                 min_span_s: float = 3600.0) -> tuple[int, int] | None:
+                 min_span_s: float = 3600.0, outward: bool = False) -> tuple[int, int] | None:
     """The whole 1-minute buckets ``[a, b)`` within ``[lo_ns, hi_ns]`` that the rollups hold completely.
 
     None when there are no rollups or they would cover less than ``min_span_s`` (reading the raw
     points is then as cheap).  Points in ``[lo_ns, a)`` and ``[b, hi_ns]`` are read raw.
+    ``outward``: the minutes that ``lo_ns`` and ``hi_ns`` fall in are taken whole, for when the raw
+    points are gone and the range's edges are themselves minutes read from the rollups.
     """
     if state is None:
         return None
     step = RESOLUTIONS[0][1] * 10**9
     start = max(lo_ns, int(math.ceil(state.from_s)) * 10**9)
     end = min(hi_ns + 1, int(state.complete_until_s(now_s) * 1e9))
-    a = -(-start // step) * step
-    b = end // step * step
-    if b - a < min_span_s * 1e9:
+    a = (start // step if outward else -(-start // step)) * step
+    b = (-(-end // step) if outward and end == hi_ns + 1 else end // step) * step
+    if b <= a or b - a < min_span_s * 1e9:
         return None
     return a, b
 
 
 def rolled_parts(state: RollupState | None, lo_ns: int, hi_ns: int, now_s: float,
-                 levels: tuple[int, ...] = (0, 1)) -> list[tuple[int, int, int]]:
+                 levels: tuple[int, ...] = (0, 1), min_span_s: float = 3600.0,
+                 outward: bool = False) -> list[tuple[int, int, int]]:
     """``(level, a, b)``: contiguous ranges within ``[lo_ns, hi_ns]`` to read from each resolution.
 
     The whole hours inside :func:`rolled_range` come from the 1-hour rollups (when ``1`` is in
     ``levels`` and they hold them completely), the minutes on either side from the 1-minute
     ones; empty when :func:`rolled_range` is None.  Points outside the parts are read raw.
     """
-    rolled = rolled_range(state, lo_ns, hi_ns, now_s)
+    rolled = rolled_range(state, lo_ns, hi_ns, now_s, min_span_s, outward)
     if rolled is None or state is None:
         return []
     a, b = rolled
