@@ -26,9 +26,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-__all__ = ["POLICIES", "NodeSplit", "split_node", "allocated_shares"]
+if TYPE_CHECKING:   # only for annotations: this module stays free of numba and numpy
+    from greenwatch.attribution.ledger import BlockLedger
+    from greenwatch.batch import NodePower
+
+__all__ = ["POLICIES", "NodeSplit", "split_node", "allocated_shares", "split_ledger"]
 
 POLICIES = ("allocated", "energy", "unallocated")
 
@@ -102,3 +106,19 @@ def split_node(meter_j: float | None, job_parts_j: Sequence[float], unallocated_
         totals[k] = max(0.0, totals[k] - (jobs_sum - meter_j))
         jobs_sum = math.fsum(totals)
     return NodeSplit(tuple(totals), tuple(job_rest), max(0.0, meter_j - jobs_sum), rest, float(meter_j), scale, flags)
+
+
+def split_ledger(ledger: "BlockLedger", node_power: "NodePower | None", policy: str = "allocated") -> NodeSplit:
+    """:func:`split_node` for one accounted window, its jobs in ``ledger.jobs`` order.
+
+    A job's parts are its GPU energy and its host CPU energy; its allocated share is the
+    GPU-seconds it held over the node's (GPUs x the meter's window), or on a node without GPUs
+    its share of the host's CPU energy."""
+    parts = [j.energy_j + j.host_energy_j for j in ledger.jobs]
+    unallocated = max(0.0, ledger.unallocated_energy_j) + max(0.0, ledger.host_unallocated_j)
+    if ledger.gpus:
+        span_s = (node_power.end_us - node_power.start_us) / 1e6 if node_power is not None else 0.0
+        shares = allocated_shares([j.gpu_seconds for j in ledger.jobs], len(ledger.gpus) * span_s)
+    else:
+        shares = allocated_shares([j.host_energy_j for j in ledger.jobs], ledger.host_energy_j)
+    return split_node(None if node_power is None else node_power.energy_j, parts, unallocated, shares, policy)

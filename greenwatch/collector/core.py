@@ -19,9 +19,12 @@ from typing import Callable, NamedTuple, Protocol, Sequence
 
 from greenwatch.attribution import (AttributionSettings, BlockLedger, CarbonContext, LedgerInput, LedgerTable,
                                     account_block, account_blocks)
-from greenwatch.batch import Batch
+from greenwatch.attribution.noderest import split_ledger
+from greenwatch.batch import Batch, JobInfo, NodePower
 from greenwatch.collector.ratelimit import RateLimitedLog
-from greenwatch.storage.records import BlockSource, LineProtocolError, Record, table_lines, table_records
+from greenwatch.storage.node_points import node_records
+from greenwatch.storage.records import (BlockSource, LineProtocolError, Record, line_protocol, table_lines,
+                                        table_records)
 from greenwatch.transport.identifiers import is_name
 from greenwatch.transport.wire import WireError, decode
 
@@ -97,6 +100,8 @@ class _Group(NamedTuple):
     table: LedgerTable
     sources: list[BlockSource]
     gaps_filled: int
+    #: The node meter's records (``node_power``, ``job_node``) of the batches that carry node power.
+    node_records: tuple[Record, ...] = ()
 
 
 class Collector:
@@ -112,10 +117,12 @@ class Collector:
 
     def __init__(self, settings: AttributionSettings, carbon: CarbonContext, sink: Sink, *,
                  max_skew_s: float = 3600.0, max_message_bytes: int = 8 << 20, max_window_s: float = 86400.0,
-                 limits: NodeLimits = NodeLimits(), clock: Callable[[], float] = time.monotonic) -> None:
+                 limits: NodeLimits = NodeLimits(), clock: Callable[[], float] = time.monotonic,
+                 node_rest_policy: str = "allocated") -> None:
         self.settings, self.carbon, self.sink = settings, carbon, sink
         self.max_skew_s, self.max_message_bytes, self.max_window_s = max_skew_s, max_message_bytes, max_window_s
         self.limits = limits
+        self.node_rest_policy = node_rest_policy
         self.stats = CollectorStats()
         self._seen: collections.OrderedDict[tuple[str, str, str], set[int]] = collections.OrderedDict()
         self._log = RateLimitedLog(log)
@@ -143,7 +150,7 @@ class Collector:
         group = self._accept([(payload, expect_node)])
         if group is None:
             return None
-        records = table_records(group.table, group.sources)
+        records = table_records(group.table, group.sources) + list(group.node_records)
         self._write(group, lambda: self.sink.write(records))
         return records
 
@@ -166,9 +173,12 @@ class Collector:
                 if group is None:
                     return 0
                 body = table_lines(group.table, group.sources)
+            if group.node_records:
+                body = "\n".join(p for p in (body, line_protocol(group.node_records)) if p)
             self._write(group, lambda: write_lines(body))
         else:
-            self._write(group, lambda: self.sink.write(table_records(group.table, group.sources)))
+            self._write(group, lambda: self.sink.write(table_records(group.table, group.sources)
+                                                       + list(group.node_records)))
         return len(group.batches)
 
     def _representable(self, group: _Group) -> _Group | None:
@@ -315,8 +325,13 @@ class Collector:
 
     def _account(self, items: Sequence[tuple[Batch, bool]]) -> _Group:
         """One table for the batches' own windows and, where ``fill_gap``, the windows they carry."""
-        inputs, sources, filled = [], [], 0
+        inputs: list[LedgerInput] = []
+        sources: list[BlockSource] = []
+        filled = 0
+        metered: list[tuple[Batch, int, NodePower]] = []   # batches with node power, their block, the power
         for batch, fill_gap in items:
+            if batch.node_power is not None:
+                metered.append((batch, len(inputs), batch.node_power))
             inputs.append(LedgerInput(batch.block, batch.gpus, batch.jobs, batch.host, batch.job_cpu_s, batch.mig))
             sources.append(BlockSource(batch.cluster, batch.node, batch.host))
             if fill_gap and batch.carry is not None and batch.carry.n_rows:
@@ -328,7 +343,15 @@ class Collector:
                                           batch.mig))
                 sources.append(BlockSource(batch.cluster, batch.node, None, with_gpu_series=False))
                 filled += 1
-        return _Group([b for b, _ in items], account_blocks(inputs, self.settings, self.carbon), sources, filled)
+        table = account_blocks(inputs, self.settings, self.carbon)
+        extra: list[Record] = []
+        for batch, k, power in metered:
+            ledger = table.ledger(k)
+            split = split_ledger(ledger, power, self.node_rest_policy)
+            extra += node_records(batch.cluster, batch.node, power, split,
+                                  [JobInfo(j.job_id, j.user) for j in ledger.jobs], ledger.gpu_energy_j,
+                                  ledger.host_energy_j)
+        return _Group([b for b, _ in items], table, sources, filled, tuple(extra))
 
     def _write(self, group: _Group, write: Callable[[], None]) -> None:
         try:

@@ -205,6 +205,7 @@ async def _serve(cfg: Config, events: EventHandler | None, store, spill: DiskQue
     collector = Collector(attribution_settings(cfg), carbon_context(cfg, background_fetch=True), writer,
                           max_skew_s=cfg.collector.max_clock_skew_s,
                           max_message_bytes=cfg.collector.max_message_bytes,
+                          node_rest_policy=cfg.node_power.rest_policy,
                           max_window_s=cfg.collector.max_window_s, limits=NodeLimits(
                               max_gpus=cfg.collector.max_gpus_per_node, max_jobs=cfg.collector.max_jobs_per_batch,
                               max_series=cfg.collector.max_series_per_node,

@@ -1,0 +1,83 @@
+"""The collector reconciles a batch's node meter with its GPU and CPU energy: a ``node_power``
+record per window and each job's share of the rest of the node (``job_node``), conserving the
+meter exactly; without a meter nothing changes."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from greenwatch.attribution import AttributionSettings
+from greenwatch.batch import NodePower
+from greenwatch.collector.core import Collector
+from greenwatch.transport.wire import encode
+
+from helpers import GpuTrace, ListSink, build_batches, carbon_ctx, holder, job, now_us
+
+T0 = now_us() - 120_000_000
+DT = 100_000
+
+
+def batch(node_power_j: float | None):
+    """Two GPUs for 2 s: GPU 0 held by job 7 at 300 W, GPU 1 idle at 100 W and held by no job;
+    the host's CPUs drew 100 J, 60 % of it job 7's."""
+    n = 21
+    t = [T0 + i * DT for i in range(n)]
+    traces = [GpuTrace(t, [300_000] * n, [i * 30_000 for i in range(n)], {0: [holder(job("7"), 90.0)]}),
+              GpuTrace(t, [100_000] * n, [i * 10_000 for i in range(n)])]
+    host = {"host_energy_j": 100.0, "cpu_busy_s": 2.0, "host_energy_measured": 1.0}
+    b = build_batches(traces, host=host, job_cpu_s={"7": 1.2})[0]
+    if node_power_j is not None:
+        b = dataclasses.replace(b, node_power=NodePower("redfish", t[0], t[-1], node_power_j, True, {}, ()))
+    return b
+
+
+def by(records, measurement):
+    return [r for r in records if r.measurement == measurement]
+
+
+def test_rest_of_node_is_split_by_allocated_share_and_conserves_the_meter():
+    sink = ListSink()
+    records = Collector(AttributionSettings("equal", 60.0), carbon_ctx(), sink).handle(encode(batch(1800.0)))
+    assert records is not None
+    [node] = by(records, "node_power")
+    [share] = by(records, "job_node")
+    assert node.tag("source") == "redfish" and node.field("counter") == 1
+    # GPUs 600 + 200 J, CPU 100 J: the rest of an 1,800 J meter is 900 J; job 7 holds half the GPUs.
+    assert node.field("gpu_j") == pytest.approx(800.0) and node.field("cpu_j") == pytest.approx(100.0)
+    assert node.field("rest_j") == pytest.approx(900.0) and node.field("meter_w") == pytest.approx(900.0)
+    assert share.tag("job") == "7" and share.field("rest_j") == pytest.approx(450.0)
+    assert share.field("total_j") == pytest.approx(600.0 + 60.0 + 450.0)
+    assert math.fsum([share.field("total_j"), node.field("unallocated_j")]) == pytest.approx(1800.0, abs=1e-9)
+
+
+def test_a_meter_below_the_parts_is_flagged_and_never_negative():
+    records = Collector(AttributionSettings("equal", 60.0), carbon_ctx(), ListSink()).handle(encode(batch(450.0)))
+    [node] = by(records, "node_power")
+    [share] = by(records, "job_node")
+    assert "parts-exceed-meter" in node.field("flags") and node.field("rest_j") == 0.0
+    assert share.field("rest_j") == 0.0 and 0 < share.field("total_j") < 450.0
+    assert share.field("total_j") + node.field("unallocated_j") == pytest.approx(450.0)
+
+
+def test_the_line_protocol_path_carries_the_same_records_and_no_meter_changes_nothing():
+    class LinesSink(ListSink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bodies: list[str] = []
+
+        def write_lines(self, body: str) -> None:
+            self.bodies.append(body)
+
+    sink = LinesSink()
+    assert Collector(AttributionSettings("equal", 60.0), carbon_ctx(), sink).handle_many([(encode(batch(1800.0)), None)]) == 1
+    lines = sink.bodies[0].splitlines()
+    assert sum(line.startswith("node_power,") for line in lines) == 1
+    assert sum(line.startswith("job_node,") for line in lines) == 1
+    plain = Collector(AttributionSettings("equal", 60.0), carbon_ctx(), ListSink()).handle(encode(batch(None)))
+    metered = Collector(AttributionSettings("equal", 60.0), carbon_ctx(), ListSink()).handle(encode(batch(1800.0)))
+    assert not by(plain, "node_power") and not by(plain, "job_node")
+    # Every record of the window is as it was without a meter; the meter only adds its own.
+    assert [r for r in metered if r.measurement not in ("node_power", "job_node")] == plain
