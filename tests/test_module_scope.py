@@ -150,15 +150,15 @@ def test_a_grace_socket_outside_any_module_is_measured_host_energy(tmp_path):
                            root=str(tmp_path))
     before = time.monotonic()
     host()
-    deadline = time.monotonic() + 5.0
-    while time.monotonic() - before < 0.2:   # a window of known length, waited for by polling
+    after = time.monotonic()
+    deadline = after + 5.0
+    while time.monotonic() - after < 0.2:   # a window at least 0.2 s long, waited for by polling
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    start = time.monotonic()
     out = host()
     end = time.monotonic()
     assert out["host_energy_measured"] == 1.0 and out["host_cpu_in_gpu_modules"] == 2.0
-    # One socket at GRACE_W over a window between (start - before) and (end - ...) seconds long.
+    # One socket (the one in no module) at GRACE_W, over a window of 0.2 s to (end - before).
     assert GRACE_W * 0.2 <= out["host_energy_j"] <= GRACE_W * (end - before) + 1e-9
 
 
@@ -166,8 +166,8 @@ def test_grace_sockets_without_modules_replace_the_cpu_estimate(tmp_path):
     """A Grace-only node (no RAPL): host energy is the Grace sockets, measured, not cores x watts."""
     grace_sensors(tmp_path, modules=0, sockets=2)
     assert GraceHwmonReader(str(tmp_path)).available
-    host = ModuleAwareHost(HostSampler(6.0, RaplReader(str(tmp_path / "no-rapl"))), ["gpu"], root=str(tmp_path))
     before = time.monotonic()
+    host = ModuleAwareHost(HostSampler(6.0, RaplReader(str(tmp_path / "no-rapl"))), ["gpu"], root=str(tmp_path))
     out = host()
     end = time.monotonic()
     assert out["host_energy_measured"] == 1.0 and "host_cpu_in_gpu_modules" not in out
