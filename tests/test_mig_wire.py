@@ -188,3 +188,31 @@ def test_mig_shares_reach_a_real_influxdb_and_add_up(influx_v2):
     assert node["a"] + node["u"] == pytest.approx(node["g"], rel=1e-12)
     (jobs,) = influx_v2.query('SELECT sum("energy_j") AS e FROM "job_energy"', bucket)
     assert jobs["e"] == pytest.approx(node["a"], rel=1e-12)
+
+
+def _with(batch, mig=None, **columns):
+    """``batch`` with some of its block's MIG columns (and its MIG table) replaced."""
+    import dataclasses
+
+    segs = dict(batch.block.segments)
+    segs.update({k: np.asarray(v, dtype=segs[k].dtype) for k, v in columns.items()})
+    return dataclasses.replace(batch, block=dataclasses.replace(batch.block, segments=segs),
+                               mig=batch.mig if mig is None else mig)
+
+
+def test_inconsistent_mig_columns_are_refused_with_a_reason():
+    from greenwatch.batch import MigInfo
+
+    first, _ = mig_batches()
+    third = MigInfo("MIG-aaaaaaaa-0000-0000-0000-000000000003", 0, 3, 0, 1, 7)
+    cases = {
+        "a segment lists a MIG device twice": _with(first, mig_inst=[1, 1]),
+        "a holder holds a MIG device its segment does not list": _with(first, mig=first.mig + [third],
+                                                                         holder_inst=[0, 2]),
+        "MIG entry pointers inconsistent": _with(first, mig_ptr=[0, 1]),
+        "holder's MIG device out of range": _with(first, holder_inst=[0, 5]),
+    }
+    for detail, batch in cases.items():
+        with pytest.raises(WireError) as err:
+            decode(encode(batch), now_us=batch.sent_us)
+        assert err.value.reason == "bad-mig" and detail in str(err.value), detail
