@@ -221,9 +221,9 @@ def build_campaign_report(campaign: Campaign, members: Iterable[Member], *, data
                  "is not measured per job; the facility overhead comes from the PUE.")
     ended = sum(1 for j in lines if j.state == "ended")
     if ended:
-        notes.append(f"{ended} run(s) ended without an exit state known to greenwatch (Slurm does not send one): "
-                     "they count as completed unless marked failed, cancelled or restarted "
-                     "(`greenwatch campaign add NAME JOB --state failed`).")
+        notes.append(f"{ended} run(s) have no exit state in their summaries (recorded before the Slurm epilog "
+                     "passed it on, or by a Slurm that does not give it to the epilog): they count as completed "
+                     "unless marked failed, cancelled or restarted (`greenwatch campaign add NAME JOB --state failed`).")
     return CampaignReport(
         campaign=campaign.name, description=campaign.description, location=campaign.location,
         hardware=campaign.hardware, training_type=campaign.training_type, jobs=lines, total=total,
