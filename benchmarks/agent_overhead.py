@@ -160,10 +160,12 @@ def _scenario(path: Path, pids: list[int]) -> None:
     Scenario(t0=time.time(), gpus=gpus, processes=procs).write(path)
 
 
-def run(quick: bool, concurrent: str | None = None) -> Iterator[dict[str, Any]]:
+def run(quick: bool, concurrent: str | None = None, node_power: bool = False) -> Iterator[dict[str, Any]]:
     """Measure the agent against the bare loop; yields JSON-line dicts.
 
     ``concurrent`` names what the runner runs at the same time (``--quick`` only), for the record.
+    ``node_power``: the agent also reads a Redfish node meter every 5 s (the loopback service of
+    tests/harness/redfish.py, through DMTF's client); the lines' names then end in ``.redfish``.
     """
     seconds = 5.0 if quick else 60.0   # a multiple of the 5 s batch interval
     warmup = 1.0 if quick else 1.5
@@ -179,6 +181,8 @@ def run(quick: bool, concurrent: str | None = None) -> Iterator[dict[str, Any]]:
                                                            GREENWATCH_USER="bench")) for k in range(4)]
     children: list[Child] = []
     mosq = None
+    bmc = None
+    suffix = ".redfish" if node_power else ""
     try:
         scen = tmp / "node.scn"
         _scenario(scen, [p.pid for p in jobs])
@@ -188,8 +192,20 @@ def run(quick: bool, concurrent: str | None = None) -> Iterator[dict[str, Any]]:
         sub = BareSubscriber(mosq.host, mosq.port, "greenwatch/v1", 1 << 30, tmp, name="subscriber")
         children.append(sub)
         sub.wait_for("ready", 30)
+        meter: dict[str, dict[str, Any]] = {}
+        if node_power:
+            from harness.redfish import RedfishService
+
+            bmc = RedfishService("environment").start()
+            bmc.power_w, bmc.energy_j = 6500.0, 3.6e9
+            (tmp / "bmc-password").write_text(bmc.password)
+            (tmp / "bmc-password").chmod(0o600)
+            meter = {"node_power": {"sources": "redfish", "redfish_url": bmc.url, "poll_interval_s": 5.0,
+                                    "redfish_username": bmc.username,
+                                    "redfish_password_file": str(tmp / "bmc-password")}}
         cfg = tmp / "agent.toml"
         cfg.write_text(_toml({
+            **meter,
             "node": {"cluster": "bench", "name": "bench-node"},
             "mqtt": {"host": mosq.host, "port": mosq.port},
             "agent": {"sample_hz": SAMPLE_HZ, "process_hz": PROCESS_HZ, "publish_interval_s": 5.0,
@@ -237,19 +253,21 @@ def run(quick: bool, concurrent: str | None = None) -> Iterator[dict[str, Any]]:
             a, b = marks[i], marks[i + 5]
             per.append(((b[1] - a[1]) - (b[2] - a[2])) / (b[0] - a[0]))
         modules = json.loads(report.read_text()) if report.exists() else {}
-        yield {"name": "agent.cpu_fraction", "value": round(frac, 5), "unit": "fraction of one core",
+        yield {"name": "agent.cpu_fraction" + suffix, "value": round(frac, 5), "unit": "fraction of one core",
                "baseline": round(bare_cpu / wall, 5), "ratio": round(agent_cpu / bare_cpu, 2) if bare_cpu else None,
                "agent_cpu_fraction": round(agent_cpu / wall, 5), "seconds": round(wall, 2),
                "median_per_5s_window": round(statistics.median(per), 5) if per else None,
                "target": TARGET_CPU_FRACTION, "ok": frac <= TARGET_CPU_FRACTION,
                **({"concurrent": concurrent} if concurrent else {}),
                "note": "agent CPU - bare NVML loop CPU, per wall second (8 GPUs x 10 Hz, processes 1 Hz, "
-                       "a batch every 5 s to a real mosquitto)"}
-        yield {"name": "agent.rss_mib", "value": round(rss_peak, 1), "unit": "MiB", "target": TARGET_RSS_MIB,
+                       "a batch every 5 s to a real mosquitto" + (", a Redfish node meter read every 5 s" if node_power
+                                                                  else "") + ")",
+               **({"bmc_requests": bmc.requests} if bmc is not None else {})}
+        yield {"name": "agent.rss_mib" + suffix, "value": round(rss_peak, 1), "unit": "MiB", "target": TARGET_RSS_MIB,
                "ok": rss_peak <= TARGET_RSS_MIB, "rss_now_mib": round(rss_now, 1),
                "baseline": round(bare_rss, 1), "ratio": round(rss_peak / bare_rss, 2),
                "note": "peak RSS (VmHWM) of the agent; baseline: the bare loop (Python + pynvml)"}
-        yield {"name": "agent.numba_loaded", "value": int(bool(modules.get("numba")) or bool(maps)), "unit": "bool",
+        yield {"name": "agent.numba_loaded" + suffix, "value": int(bool(modules.get("numba")) or bool(maps)), "unit": "bool",
                "ok": not modules.get("numba") and not maps, "sys_modules": modules, "mapped": maps}
     finally:
         for c in reversed(children):
@@ -260,6 +278,8 @@ def run(quick: bool, concurrent: str | None = None) -> Iterator[dict[str, Any]]:
                 pass
         if mosq is not None:
             mosq.kill()
+        if bmc is not None:
+            bmc.stop()
         for p in jobs:
             p.kill()
             p.wait()
@@ -271,6 +291,7 @@ def run(quick: bool, concurrent: str | None = None) -> Iterator[dict[str, Any]]:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--node-power", action="store_true", help="the agent also reads a Redfish node meter every 5 s")
     ap.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.role:
@@ -279,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _bare_loop(N_GPUS, SAMPLE_HZ, PROCESS_HZ, float(args.role[1]))
         return 0
     sys.path.insert(0, str(ROOT))
-    for line in run(args.quick):
+    for line in run(args.quick, node_power=args.node_power):
         print(json.dumps(line), flush=True)
     return 0
 
