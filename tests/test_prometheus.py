@@ -125,6 +125,20 @@ def test_prometheus_scrapes_both_services_and_promql_matches_the_truth(
                     and health(influx_v2.query, bucket).get("messages") == published)
 
         wait_until(settled, 60, "Prometheus to see every published batch received and stored")
+
+        # The histograms: one latency and one size per batch, from the agent's send to durable;
+        # every InfluxDB write request timed, its points adding up to the points written.
+        batches = _one(prom, "sum(greenwatch_collector_batches_total)")
+        wait_until(lambda: _one(prom, "greenwatch_collector_batch_latency_seconds_count") == batches
+                   and _one(prom, "greenwatch_collector_influxdb_write_lines_sum")
+                   == _one(prom, "greenwatch_collector_written_lines_total"), 30,
+                   "every batch and write observed in the histograms")
+        assert _one(prom, "greenwatch_collector_batch_bytes_count") == batches
+        assert _one(prom, "greenwatch_collector_batch_bytes_sum") > 1000 * batches   # 3 GPUs x 10 samples
+        # Latency is seconds (a wrong unit or clock would land in +Inf), and not zero.
+        assert _one(prom, 'greenwatch_collector_batch_latency_seconds_bucket{le="60.0"}') == batches
+        assert _one(prom, "greenwatch_collector_batch_latency_seconds_sum") > 0
+        assert 0 < _one(prom, "histogram_quantile(0.5, greenwatch_collector_influxdb_write_seconds_bucket)") < 30
         assert prom.query("sum(greenwatch_collector_rejected_messages_total) > 0") == []
         assert _one(prom, "greenwatch_collector_ready") == 1 and _one(prom, "greenwatch_agent_ready") == 1
         assert _one(prom, "greenwatch_collector_receipts_sent_total") > 0
@@ -291,3 +305,30 @@ def test_a_taken_metrics_address_is_logged_and_the_service_goes_on(caplog):
         assert _get(f"http://{server.host}:{server.port}/healthz") == (200, "ok\n")
     finally:
         server.close()
+
+
+def test_histograms_observe_failed_writes_and_unreadable_headers():
+    from prometheus_client import CollectorRegistry
+
+    from greenwatch.metrics.collector import CollectorHistograms, TimedStore
+    from greenwatch.transport.receipts import batch_sent_us
+
+    registry = CollectorRegistry(auto_describe=False)
+    hist = CollectorHistograms(registry)
+
+    class Down:
+        def write_lines(self, body: str) -> None:
+            raise OSError("connection refused")
+
+    with pytest.raises(OSError):
+        TimedStore(Down(), hist.observe_write).write_lines("a x=1 1\nb x=2 2")
+    assert registry.get_sample_value("greenwatch_collector_influxdb_write_seconds_count") == 1
+    assert registry.get_sample_value("greenwatch_collector_influxdb_write_lines_sum") == 2
+    # A header greenwatch did not write: its size counts, no latency is made up.
+    assert batch_sent_us(b"GWB\x01\x02\x00\x00\x00{}") is None and batch_sent_us(b"junk") is None
+    hist.observe_batch(None, 500)
+    # An agent clock ahead of the collector's: latency 0, never negative.
+    hist.observe_batch(2_000_000_000 * 10**6, 700, now_s=1_999_999_999.0)
+    assert registry.get_sample_value("greenwatch_collector_batch_bytes_count") == 2
+    assert registry.get_sample_value("greenwatch_collector_batch_latency_seconds_count") == 1
+    assert registry.get_sample_value("greenwatch_collector_batch_latency_seconds_sum") == 0

@@ -45,12 +45,15 @@ from greenwatch.collector.deadletter import DeadLetters
 from greenwatch.collector.writer import BufferedWriter
 from greenwatch.config import Config, ConfigError
 from greenwatch.diskqueue import DiskQueue, DiskQueueError
-from greenwatch.metrics.collector import CollectorMetrics, collector_registry
+from prometheus_client import CollectorRegistry
+
+from greenwatch.metrics.collector import CollectorHistograms, CollectorMetrics, TimedStore, collector_registry
 from greenwatch.metrics.server import MetricsServer
 from greenwatch.storage.records import Record
 from greenwatch.transport.mqtt import (SESSION_TAKEN_OVER, MqttClient, disconnect_reason, make_client,
                                        parse_node_topic, shared_subscription)
-from greenwatch.transport.receipts import MAX_RECEIPT_SEQS, Receipt, batch_identity, encode_receipt, receipt_topic
+from greenwatch.transport.receipts import (MAX_RECEIPT_SEQS, Receipt, batch_identity, batch_sent_us, encode_receipt,
+                                           receipt_topic)
 from greenwatch.transport.wire import decode, encode
 from greenwatch.credentials import check_mqtt_tls, influx_token, mqtt_password
 from greenwatch.reload import check_reload
@@ -195,7 +198,11 @@ async def run_collector(cfg: Config, events: EventHandler | None = None) -> int:
 
 
 async def _serve(cfg: Config, events: EventHandler | None, store, spill: DiskQueue, password: str | None) -> int:
-    writer = BufferedWriter(store, spill, dead_letters=DeadLetters(
+    # Histograms are observed as things happen, so they exist from the start when metrics are served.
+    registry = CollectorRegistry(auto_describe=False)
+    histograms = CollectorHistograms(registry) if cfg.collector.metrics_listen else None
+    writer = BufferedWriter(TimedStore(store, histograms.observe_write) if histograms else store, spill,
+                            dead_letters=DeadLetters(
         cfg.collector.dead_letter_file or Path(cfg.collector.spill_dir).parent / "dead-letter.jsonl",
         cfg.collector.dead_letter_max_bytes))
     follow_writer = getattr(events, "follow_writer", None)
@@ -240,7 +247,8 @@ async def _serve(cfg: Config, events: EventHandler | None, store, spill: DiskQue
         tasks.append(asyncio.create_task(events.run(stop)))
     tasks.append(asyncio.create_task(_ready_after(warm)))
     session = _Session(cfg, collector, writer, events, password)
-    metrics = _start_metrics(cfg, collector, writer, session, writing)
+    session.histograms = histograms
+    metrics = _start_metrics(cfg, collector, writer, session, writing, registry)
     backoff = 0.5
     refused: CredentialsRefused | None = None
     short_sessions = 0
@@ -324,7 +332,7 @@ def reload_checks(cfg: Config) -> None:
 
 
 def _start_metrics(cfg: Config, collector: Collector, writer: BufferedWriter, session: "_Session",
-                   writing: asyncio.Task) -> MetricsServer | None:
+                   writing: asyncio.Task, registry: CollectorRegistry) -> MetricsServer | None:
     """Serve /metrics and /readyz on collector.metrics_listen (None when it is empty or cannot be bound)."""
     if not cfg.collector.metrics_listen:
         return None
@@ -336,7 +344,7 @@ def _start_metrics(cfg: Config, collector: Collector, writer: BufferedWriter, se
     def not_ready() -> str | None:
         return not_alive() or metrics.not_ready()
 
-    server = MetricsServer(cfg.collector.metrics_listen, collector_registry(metrics), not_ready, not_alive)
+    server = MetricsServer(cfg.collector.metrics_listen, collector_registry(metrics, registry), not_ready, not_alive)
     return server if server.start() else None
 
 
@@ -371,6 +379,7 @@ class _Session:
         self.receipts_sent = 0
         self.started_at: float | None = None   # monotonic time the current session was subscribed
         self.connected = False                 # subscribed and receiving, for readiness
+        self.histograms: CollectorHistograms | None = None   # set when metrics are served
 
     def client(self) -> MqttClient:
         c = self.cfg.collector
@@ -434,6 +443,10 @@ class _Session:
     def _settle(self, client: MqttClient, messages: list[aiomqtt.Message], receipts: list[Receipt]) -> None:
         """The group's data is durable: acknowledge its messages and send its nodes their receipts."""
         _ack_all(client, messages)
+        if self.histograms is not None:
+            for message in messages:
+                if str(message.topic).endswith("/batch") and isinstance(message.payload, (bytes, bytearray)):
+                    self.histograms.observe_batch(batch_sent_us(message.payload), len(message.payload))
         for receipt in receipts:
             # QoS 0: a receipt lost on the way only makes the agent publish the batch again, and QoS 1
             # would double the cost of a receipt (its PUBACK: 50 us instead of 27 us of CPU, against

@@ -12,13 +12,15 @@ large site runs millions of jobs a year), so it stays in InfluxDB and the report
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping, Protocol
+import time
+from typing import Callable, Iterator, Mapping, Protocol
 
-from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector as PromCollector
 
-__all__ = ["BrokerSession", "CollectorMetrics", "StatsView", "WriterState", "collector_registry"]
+__all__ = ["BrokerSession", "CollectorHistograms", "CollectorMetrics", "LineStore", "StatsView", "TimedStore",
+           "WriterState", "collector_registry"]
 
 
 class StatsView(Protocol):
@@ -137,9 +139,67 @@ class CollectorMetrics(PromCollector):
                     1 if self.not_ready() is None else 0)
 
 
-def collector_registry(metrics: CollectorMetrics) -> CollectorRegistry:
-    """A registry with the collector's metrics and the process's own (CPU, memory, file descriptors)."""
-    registry = CollectorRegistry(auto_describe=False)
+class CollectorHistograms:
+    """Distributions the counters cannot show: how late batches become durable, how long InfluxDB
+    writes take, how large batches and writes are.  Observed by the collector as things happen."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.batch_latency = Histogram(
+            "greenwatch_collector_batch_latency_seconds",
+            "From the agent sending a batch (its clock, sent_us) to its data being durable (written to "
+            "InfluxDB or fsynced to the spill) and the message acknowledged.",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600), registry=registry)
+        self.batch_bytes = Histogram(
+            "greenwatch_collector_batch_bytes", "Size of each batch message received, in bytes.",
+            buckets=(1024, 4096, 16384, 65536, 262144, 1048576, 4194304), registry=registry)
+        self.write_seconds = Histogram(
+            "greenwatch_collector_influxdb_write_seconds",
+            "Duration of each write request to InfluxDB, successful or not.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=registry)
+        self.write_lines = Histogram(
+            "greenwatch_collector_influxdb_write_lines", "Points (lines) in each write request to InfluxDB.",
+            buckets=(10, 100, 1000, 5000, 10000, 25000, 50000, 100000), registry=registry)
+
+    def observe_batch(self, sent_us: int | None, size: int, now_s: float | None = None) -> None:
+        """One batch message is durable; ``sent_us`` None (a header it could not read) counts its size only."""
+        self.batch_bytes.observe(size)
+        if sent_us is not None:
+            # Clocks differ between hosts by up to collector.max_clock_skew_s: never a negative latency.
+            self.batch_latency.observe(max(0.0, (time.time() if now_s is None else now_s) - sent_us / 1e6))
+
+    def observe_write(self, seconds: float, lines: int) -> None:
+        """One write request to InfluxDB took ``seconds`` for ``lines`` points."""
+        self.write_seconds.observe(seconds)
+        self.write_lines.observe(lines)
+
+
+class LineStore(Protocol):
+    """What the collector's writer writes to (an InfluxDB store)."""
+
+    def write_lines(self, body: str) -> None: ...
+
+
+class TimedStore:
+    """A line store that reports the duration and size of every write to ``observe``, failures included."""
+
+    def __init__(self, store: LineStore, observe: Callable[[float, int], None]) -> None:
+        self.store, self.observe = store, observe
+
+    def write_lines(self, body: str) -> None:
+        """Write through to the store, timing the request."""
+        start = time.monotonic()
+        try:
+            self.store.write_lines(body)
+        finally:
+            self.observe(time.monotonic() - start, body.count("\n") + 1 if body else 0)
+
+
+def collector_registry(metrics: CollectorMetrics, registry: CollectorRegistry | None = None) -> CollectorRegistry:
+    """A registry with the collector's metrics and the process's own (CPU, memory, file descriptors).
+
+    ``registry``: one that already holds :class:`CollectorHistograms`; a new one when None.
+    """
+    registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
     registry.register(metrics)
     ProcessCollector(registry=registry)
     return registry
