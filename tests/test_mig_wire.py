@@ -216,3 +216,21 @@ def test_inconsistent_mig_columns_are_refused_with_a_reason():
         with pytest.raises(WireError) as err:
             decode(encode(batch), now_us=batch.sent_us)
         assert err.value.reason == "bad-mig" and detail in str(err.value), detail
+
+
+def test_job_mig_records_say_which_device_each_job_held():
+    from greenwatch.attribution import LedgerInput, account_blocks
+    from greenwatch.storage.records import BlockSource, table_records
+
+    first, second = mig_batches()
+    table = account_blocks([LedgerInput(b.block, b.gpus, b.jobs, mig=b.mig) for b in (first, second)],
+                           SETTINGS, CARBON)
+    recs = [r for r in table_records(table, [BlockSource("c1", "n1")] * 2) if r.measurement == "job_mig"]
+    held = sorted((r.time_ns, r.tag("job"), r.tag("mig")) for r in recs)
+    # A on the big device, B on the small one; in the second window B only for its first interval
+    # (the span from the anchor row, when it still held the device).
+    assert [(j, m) for _, j, m in held] == [("101", BIG.uuid), ("102", SMALL.uuid)] * 2
+    for k in range(2):
+        jobs = {j.job_id: j.energy_j for j in table.ledger(k).jobs}
+        t = int(table.end_us[k]) * 1000
+        assert {r.tag("job"): r.field("energy_j") for r in recs if r.time_ns == t} == pytest.approx(jobs)

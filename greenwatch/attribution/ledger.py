@@ -353,7 +353,8 @@ def account_blocks(inputs: Sequence[LedgerInput], settings: AttributionSettings,
     mig_split = None
     if any(x.mig for x in inputs):
         mig_split = resplit_blocks(segs, [x.mig for x in inputs], n_gpu, seg_energy, seg_s, seg_gpu, holder_ptr,
-                                   np.full(n_gpu_all, settings.idle_power_w), h_e, h_idle, h_s, seg_unalloc)
+                                   np.full(n_gpu_all, settings.idle_power_w), h_e, h_idle, h_s, seg_unalloc,
+                                   holder_job, jobs)
 
     # Carbon: every segment is priced at the intensity and PUE of its own start time.
     seg_t = t_us[seg_row].astype(np.float64) * 1e-6

@@ -19,13 +19,13 @@ what is left after the shares, so the books add up to the counter's energy up to
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
 from numba import njit
 
-from greenwatch.batch import MigInfo
+from greenwatch.batch import JobInfo, MigInfo
 
 __all__ = ["MigSplit", "split_mig_segments", "resplit_blocks"]
 
@@ -124,6 +124,11 @@ class MigSplit:
     instances: list[MigInfo]
     energy_j: np.ndarray              # float64[I]: the instance's share of its board's energy
     activity_known: np.ndarray        # bool[I]: every segment of it split its active part by measured activity
+    #: (job, instance) pairs: which job held which instance, with the energy it got there, ascending by job
+    pair_jobs: list[JobInfo] = field(default_factory=list)
+    pair_inst: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))   # index into instances
+    pair_energy_j: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    pair_idle_j: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def _starts(counts: Sequence[int]) -> np.ndarray:
@@ -135,13 +140,15 @@ def _starts(counts: Sequence[int]) -> np.ndarray:
 def resplit_blocks(segments: Sequence[Mapping[str, np.ndarray]], migs: Sequence[Sequence[MigInfo]],
                    n_gpus: Sequence[int], seg_energy_j: np.ndarray, seg_duration_s: np.ndarray, seg_gpu: np.ndarray,
                    holder_ptr: np.ndarray, idle_w: np.ndarray, h_e: np.ndarray, h_idle: np.ndarray, h_s: np.ndarray,
-                   unalloc: np.ndarray) -> MigSplit:
+                   unalloc: np.ndarray, holder_job: np.ndarray | None = None,
+                   jobs: Sequence[JobInfo] = ()) -> MigSplit:
     """Apply :func:`split_mig_segments` to many blocks whose columns were concatenated.
 
     ``segments`` are the blocks' segment columns (with :data:`~greenwatch.batch.MIG_COLUMNS` where the
     block has MIG instances), ``migs`` each block's instance table; ``seg_gpu`` and ``holder_ptr``
     are already global (shifted by the blocks before).  The holder and segment arrays are changed
-    in place.
+    in place.  With ``holder_job`` (global, into ``jobs``) the split also says which job held which
+    instance and what it got there.
     """
     n_seg = [int(s["seg_gpu"].shape[0]) for s in segments]
     n_hold = [int(s["holder_job"].shape[0]) for s in segments]
@@ -166,10 +173,19 @@ def resplit_blocks(segments: Sequence[Mapping[str, np.ndarray]], migs: Sequence[
     ptr = np.append(np.concatenate(mig_ptr) if mig_ptr else np.zeros(0, np.int64), ent_base[-1])
     inst = np.concatenate(mig_inst) if mig_inst else np.zeros(0, np.int64)
     act = np.concatenate(mig_act) if mig_act else np.zeros(0)
+    h_inst = np.concatenate(holder_inst) if holder_inst else np.zeros(0, np.int32)
     entry_e, fallback = split_mig_segments(
-        seg_energy_j, seg_duration_s, seg_gpu, idle_w, holder_ptr,
-        np.concatenate(holder_inst) if holder_inst else np.zeros(0, np.int32), ptr, inst, act,
+        seg_energy_j, seg_duration_s, seg_gpu, idle_w, holder_ptr, h_inst, ptr, inst, act,
         np.array([m.slices for m in instances], dtype=np.int64), board_slices, h_e, h_idle, h_s, unalloc)
     entry_seg = np.repeat(np.arange(ptr.shape[0] - 1), np.diff(ptr))
     guessed = np.bincount(inst, weights=fallback[entry_seg].astype(np.float64), minlength=len(instances))
-    return MigSplit(inst_base, instances, np.bincount(inst, weights=entry_e, minlength=len(instances)), guessed == 0)
+    split = MigSplit(inst_base, instances, np.bincount(inst, weights=entry_e, minlength=len(instances)), guessed == 0)
+    if holder_job is not None:
+        held = np.flatnonzero(h_inst >= 0)
+        width = len(instances) + 1
+        keys, pair_of = np.unique(holder_job[held].astype(np.int64) * width + h_inst[held], return_inverse=True)
+        split.pair_jobs = [jobs[int(j)] for j in (keys // width).tolist()]
+        split.pair_inst = keys % width
+        split.pair_energy_j = np.bincount(pair_of, weights=h_e[held], minlength=keys.shape[0])
+        split.pair_idle_j = np.bincount(pair_of, weights=h_idle[held], minlength=keys.shape[0])
+    return split
