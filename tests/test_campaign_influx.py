@@ -90,6 +90,10 @@ def test_campaign_report_on_influxdb_sums_each_member_job_once(bucket_store, inf
     for k, (job, (_, _, _, _, energy)) in enumerate(JOBS.items()):
         start = T0 + k * 86400 / 2 if job != "307" else NOVEMBER - 10
         store.write(batches(job, start, energy))
+        if job in ("301", "306"):   # nodes with a meter: the job's share of the rest of the node
+            store.write([Record("job_node", (("cluster", CLUSTER), ("node", "n1"), ("job", job), ("user", "alice")),
+                                (("rest_j", 50.0), ("total_j", 500.0)), int((start + 5 * k) * 1e9))
+                         for k in range(1, 4)])
         for hook in ("prolog", "epilog"):
             ev = build_event(hook, cfg, SlurmJob.from_environ(slurm_env(job, start, start + 20, hook == "epilog")),
                              [f"GPU-{job}-0", f"GPU-{job}-1"], start, start + 20 if hook == "epilog" else None)
@@ -135,6 +139,9 @@ def test_campaign_report_on_influxdb_sums_each_member_job_once(bucket_store, inf
     assert doc["total"]["gpu_energy_kwh"] * J_PER_KWH == pytest.approx(raw, rel=1e-9)
     assert doc["total"]["co2_location_kg"] * 1000 == pytest.approx(sum(summaries[j]["co2_g"] for j in jobs))
     assert doc["total"]["embodied_kg"] > 0 and doc["gpu_models"] == [H100]
+    assert doc["total"]["rest_of_node_kwh"] * J_PER_KWH == pytest.approx(150.0)      # 301's only, not 306's
+    assert jobs["301"]["rest_of_node_kwh"] * J_PER_KWH == pytest.approx(150.0)
+    assert jobs["302"]["rest_of_node_kwh"] == 0
     failed = sum(summaries[j]["facility_energy_j"] for j in ("302", "303", "307"))
     assert doc["not_completed"]["share_of_facility_energy"] == pytest.approx(
         failed / sum(summaries[j]["facility_energy_j"] for j in jobs))

@@ -329,8 +329,13 @@ def test_a_run_across_months_is_divided_by_its_records_in_an_embedded_store():
     store.write([Record("job", (("cluster", "c"), ("job", "9"), ("account", "proj-llm")),
                         tuple((k, v) for k, v in s.items() if k not in ("time_ns", "cluster", "job", "account")),
                         s["time_ns"])])
+    # The node has a meter: the job's share of the rest of the node, and another job's, which stays out.
+    store.write([Record("job_node", tags[:2] + ((("job", job),)) + tags[3:], (("rest_j", 40.0),),
+                        int((feb + h) * 1e9)) for job in ("9", "10") for h in (-1800, 1800)])
     c = Campaign("c", 0.0, "t", rules=[Rule(id=1, account="proj-llm")])
     report = report_from_source(c, EmbeddedSummaries([store]))
+    assert report.total.rest_of_node_j == pytest.approx(80.0)
+    assert report.by_month["2026-01"].rest_of_node_j == pytest.approx(20.0)   # by the energy share
     jan, feb_ = report.by_month["2026-01"], report.by_month["2026-02"]
     assert (jan.runs, feb_.runs) == (0, 1)
     assert jan.gpu_energy_j == pytest.approx(s["energy_j"] / 4) and jan.co2_location_g == pytest.approx(0.1)

@@ -20,8 +20,11 @@ from greenwatch.campaigns.registry import NOT_COMPLETED, PHASES, Campaign
 from greenwatch.carbon import sci_g
 from greenwatch.carbon.units import J_PER_KWH
 
-__all__ = ["Figures", "JobLine", "CampaignReport", "build_campaign_report", "SCHEMA_VERSION",
+__all__ = ["REST_OF_NODE", "Figures", "JobLine", "CampaignReport", "build_campaign_report", "SCHEMA_VERSION",
            "NOT_COMPLETED_GROUP"]
+
+#: The key under which a run's share of the rest of its nodes (``job_node``, J) joins its summary.
+REST_OF_NODE = "rest_of_node_j"
 
 #: Version of the campaign report's JSON form (docs/campaigns.md).
 SCHEMA_VERSION = 1
@@ -30,7 +33,7 @@ NOT_COMPLETED_GROUP = "failed or restarted"
 
 #: The summary fields summed over runs (docs/data-model.md, measurement ``job``).
 _SUMMED = ("energy_j", "idle_energy_j", "host_energy_j", "dram_energy_j", "facility_energy_j", "co2_g",
-           "co2_market_g", "embodied_g", "gpu_seconds", "duration_s")
+           "co2_market_g", "embodied_g", "gpu_seconds", "duration_s", REST_OF_NODE)
 
 
 @dataclass
@@ -46,6 +49,9 @@ class Figures:
     #: Part of host_energy_j: memory (RAPL DRAM domain), where a run measured it.
     dram_energy_j: float = 0.0
     facility_energy_j: float = 0.0
+    #: The share of the rest of the node (node meter minus GPUs and CPU), where nodes have a meter;
+    #: not in facility_energy_j or the emissions, which cover GPU and host energy.
+    rest_of_node_j: float = 0.0
     co2_location_g: float = 0.0
     co2_market_g: float = 0.0
     embodied_g: float = 0.0
@@ -61,6 +67,7 @@ class Figures:
         self.host_energy_j += v["host_energy_j"]
         self.dram_energy_j += v["dram_energy_j"]
         self.facility_energy_j += v["facility_energy_j"]
+        self.rest_of_node_j += v[REST_OF_NODE]
         self.co2_location_g += v["co2_g"]
         self.co2_market_g += v["co2_market_g"]
         self.embodied_g += v["embodied_g"]
@@ -89,6 +96,7 @@ class Figures:
                 "host_energy_kwh": self.host_energy_j / J_PER_KWH, "host_dram_energy_kwh": self.dram_energy_j / J_PER_KWH,
                 "facility_overhead_kwh": self.facility_overhead_j / J_PER_KWH,
                 "facility_energy_kwh": self.facility_energy_j / J_PER_KWH,
+                "rest_of_node_kwh": self.rest_of_node_j / J_PER_KWH,
                 "co2_location_kg": self.co2_location_g / 1000, "co2_market_kg": self.co2_market_g / 1000,
                 "embodied_kg": self.embodied_g / 1000}
 
@@ -217,8 +225,13 @@ def build_campaign_report(campaign: Campaign, members: Iterable[Member], *, data
                      "overhead on it.")
     # The job summaries hold GPU and host CPU energy, and memory where RAPL exposes a DRAM domain;
     # nothing else of the node is metered per job.
-    notes.append("The rest of the node (network, storage, fans, and memory where RAPL exposes no DRAM domain) "
-                 "is not measured per job; the facility overhead comes from the PUE.")
+    if total.rest_of_node_j > 0:
+        notes.append("The rest of the node (node meter minus GPUs and CPU: memory, network, storage, fans) is "
+                     "reported on its own where nodes have a meter; it is not in the facility energy or the "
+                     "emissions, which cover GPU and host energy.")
+    else:
+        notes.append("The rest of the node (network, storage, fans, and memory where RAPL exposes no DRAM domain) "
+                     "is not measured per job; the facility overhead comes from the PUE.")
     ended = sum(1 for j in lines if j.state == "ended")
     if ended:
         notes.append(f"{ended} run(s) have no exit state in their summaries (recorded before the Slurm epilog "

@@ -14,6 +14,7 @@ import calendar
 import time
 from typing import Any, Protocol
 
+from greenwatch.campaigns.model import REST_OF_NODE
 from greenwatch.reports.jobdata import TOTAL_FIELDS
 from greenwatch.reports.source import SPAN_MARGIN_S
 
@@ -50,7 +51,7 @@ def split_run(summary: dict[str, Any], source: RecordSums) -> list[tuple[str, di
     """``[(month, figures)]`` of a run that spans months, None for a run within one month.
 
     ``figures`` has the summary's summed fields (TOTAL_FIELDS, ``embodied_g``, ``duration_s``,
-    ``dram_energy_j``) for that month.
+    ``dram_energy_j``, the rest of the node) for that month.
     """
     end = int(summary["time_ns"]) * 1e-9
     start = float(summary["start_s"]) if "start_s" in summary else end - float(summary.get("duration_s") or 0.0)
@@ -74,6 +75,7 @@ def split_run(summary: dict[str, Any], source: RecordSums) -> list[tuple[str, di
         figures = {f: _num(summary.get(f)) * share(f) for f in TOTAL_FIELDS}
         figures["embodied_g"] = _num(summary.get("embodied_g")) * share("gpu_seconds")
         figures["dram_energy_j"] = _num(summary.get("dram_energy_j")) * share("host_energy_j")
+        figures[REST_OF_NODE] = _num(summary.get(REST_OF_NODE)) * share("energy_j")
         figures["duration_s"] = _num(summary.get("duration_s")) * wall[k] / wall_total
         out.append((month_of(bounds[k]), figures))
     return out

@@ -8,11 +8,12 @@ from typing import Iterable
 
 from greenwatch.campaigns.documents import ai_act_section, model_card
 from greenwatch.campaigns.membership import influx_condition, members
-from greenwatch.campaigns.model import CampaignReport, build_campaign_report
+from greenwatch.campaigns.model import REST_OF_NODE, CampaignReport, build_campaign_report
 from greenwatch.campaigns.months import split_run
 from greenwatch.campaigns.registry import Campaign
 from greenwatch.campaigns.render import FORMATS, render_campaign
-from greenwatch.campaigns.source import EmbeddedSummaries, InfluxSummaries, SummarySource
+from greenwatch.campaigns.source import EmbeddedSummaries, InfluxSummaries, RunSpan, SummarySource
+from greenwatch.reports.source import SPAN_MARGIN_S
 
 __all__ = ["campaign_report", "report_from_source", "render_output", "write_outputs", "OUTPUT_NAMES"]
 
@@ -25,6 +26,9 @@ def report_from_source(campaign: Campaign, source: SummarySource, *, intensity_s
     """Read the summaries, pick the campaign's runs, sum them."""
     chosen = members(campaign, source.summaries(influx_condition(campaign)))
     models = source.gpu_models({m.cluster for m in chosen}) if chosen else []
+    spans = {_span(m.summary): m for m in chosen}
+    for span, rest in source.rest_of_node(list(spans)).items():
+        spans[span].summary = {**spans[span].summary, REST_OF_NODE: rest}
     parts = {}
     for m in chosen:   # only the runs that span a month boundary read their records
         split = split_run(m.summary, source)
@@ -32,6 +36,14 @@ def report_from_source(campaign: Campaign, source: SummarySource, *, intensity_s
             parts[(m.cluster, m.job, int(m.summary["time_ns"]))] = split
     return build_campaign_report(campaign, chosen, data_source=source.description, intensity_source=intensity_source,
                                  market_note=market_note, gpu_models=models, month_parts=parts)
+
+
+def _span(s: dict) -> RunSpan:
+    """A run's cluster, job and span, widened as the per-job report widens it (SPAN_MARGIN_S)."""
+    end = int(s["time_ns"])
+    start = int(float(s["start_s"]) * 1e9) if "start_s" in s else end - int(float(s.get("duration_s") or 0) * 1e9)
+    margin = int(SPAN_MARGIN_S * 1e9)
+    return str(s.get("cluster", "")), str(s.get("job", "")), start - margin, end + margin
 
 
 def campaign_report(campaign: Campaign, *, config: Path | None = None, dbs: Iterable[Path] = (),
@@ -85,6 +97,9 @@ class _OneCluster:
 
     def sums_between(self, cluster: str, job: str, lo_ns: int, hi_ns: int) -> dict[str, float]:
         return self.inner.sums_between(cluster, job, lo_ns, hi_ns)
+
+    def rest_of_node(self, runs: list[RunSpan]) -> dict[RunSpan, float]:
+        return self.inner.rest_of_node(runs)
 
 
 def render_output(report: CampaignReport, fmt: str) -> str:

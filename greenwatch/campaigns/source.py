@@ -13,7 +13,12 @@ from greenwatch.reports.jobdata import TOTAL_FIELDS
 from greenwatch.storage.embedded import EmbeddedStore
 from greenwatch.storage.influxql import string_literal
 
-__all__ = ["SummarySource", "EmbeddedSummaries", "InfluxSummaries"]
+__all__ = ["SummarySource", "EmbeddedSummaries", "InfluxSummaries", "RunSpan"]
+
+#: A run as the rest-of-node look-up names it: cluster, job id, and its span (ns, both ends included).
+RunSpan = tuple[str, str, int, int]
+#: Statements per request for the rest-of-node look-up.
+_STATEMENTS = 100
 
 #: InfluxDB 1.x may cap the rows of one answer: summaries are read this many days at a time.
 WINDOW_DAYS = 30
@@ -37,6 +42,11 @@ class SummarySource(Protocol):
         """Sums of TOTAL_FIELDS over the job's ``job_energy`` points with ``lo_ns <= time < hi_ns``."""
         ...
 
+    def rest_of_node(self, runs: list[RunSpan]) -> dict[RunSpan, float]:
+        """Each run's share of the rest of its nodes (``job_node`` ``rest_j`` within its span, J);
+        runs on nodes without a node meter are left out."""
+        ...
+
 
 class EmbeddedSummaries:
     """The summaries of one or more embedded stores (a demo's, or one per ``greenwatch run``)."""
@@ -56,6 +66,16 @@ class EmbeddedSummaries:
                 if p.get("cluster") in wanted and p.get("model"):
                     models.add(str(p["model"]))
         return sorted(models)
+
+    def rest_of_node(self, runs: list[RunSpan]) -> dict[RunSpan, float]:
+        out: dict[RunSpan, float] = {}
+        for run in runs:
+            cluster, job, lo, hi = run
+            points = [p for s in self.stores for p in s.points("job_node", job=job, cluster=cluster)
+                      if lo <= p["time_ns"] <= hi]
+            if points:
+                out[run] = float(sum(float(p.get("rest_j", 0.0) or 0.0) for p in points))
+        return out
 
     def sums_between(self, cluster: str, job: str, lo_ns: int, hi_ns: int) -> dict[str, float]:
         out = dict.fromkeys(TOTAL_FIELDS, 0.0)
@@ -129,6 +149,34 @@ class InfluxSummaries:
         self.rows_read += source.rows_read - before
         row = got.get((), {})
         return {f: float(row.get(f) or 0.0) for f in TOTAL_FIELDS}
+
+    def rest_of_node(self, runs: list[RunSpan]) -> dict[RunSpan, float]:
+        if not runs or not self.store.query('SHOW MEASUREMENTS WITH MEASUREMENT = "job_node"'):
+            return {}   # no node meter anywhere: nothing to ask per run
+        out: dict[RunSpan, float] = {}
+        # Rows carry their job and cluster tags, not their statement: one request never asks for
+        # the same job twice (a job id with several member runs takes several requests).
+        pending = list(runs)
+        while pending:
+            batch: list[RunSpan] = []
+            seen: set[tuple[str, str]] = set()
+            later: list[RunSpan] = []
+            for run in pending:
+                if (run[0], run[1]) in seen or len(batch) >= _STATEMENTS:
+                    later.append(run)
+                else:
+                    seen.add((run[0], run[1]))
+                    batch.append(run)
+            statements = [f'SELECT SUM("rest_j") AS "rest_j" FROM "job_node" WHERE "cluster" = {string_literal(c)} '
+                          f'AND "job" = {string_literal(j)} AND time >= {lo} AND time <= {hi} GROUP BY "cluster", "job"'
+                          for c, j, lo, hi in batch]
+            by_job = {(str(r.get("cluster", "")), str(r.get("job", ""))): float(r.get("rest_j") or 0.0)
+                      for r in self._rows("; ".join(statements))}
+            for run in batch:
+                if (run[0], run[1]) in by_job:
+                    out[run] = by_job[(run[0], run[1])]
+            pending = later
+        return out
 
     def gpu_models(self, clusters: Iterable[str]) -> list[str]:
         models: set[str] = set()
