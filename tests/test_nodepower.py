@@ -192,3 +192,14 @@ def test_node_power_config(tmp_path):
         config_from_mapping({"node_power": {"sources": "xcc"}})
     with pytest.raises(ConfigError, match="node_power.rest_policy"):
         config_from_mapping({"node_power": {"rest_policy": "equal"}})
+
+
+def test_a_password_file_others_can_read_stops_the_start(tmp_path):
+    pw = tmp_path / "bmc-password"
+    pw.write_text("secret\n")
+    pw.chmod(0o644)
+    for key, source in (("redfish_password_file", "redfish"), ("ipmi_password_file", "ipmi-sdr")):
+        cfg = config_from_mapping({"node_power": {"sources": source, "redfish_url": "https://127.0.0.1:1",
+                                                  "ipmi_sensors": "PSU1", key: str(pw)}}).node_power
+        with pytest.raises(ConfigError, match=f"node_power.{key}: secret file .* is readable by other users"):
+            open_sources(cfg)

@@ -81,3 +81,12 @@ def test_the_line_protocol_path_carries_the_same_records_and_no_meter_changes_no
     assert not by(plain, "node_power") and not by(plain, "job_node")
     # Every record of the window is as it was without a meter; the meter only adds its own.
     assert [r for r in metered if r.measurement not in ("node_power", "job_node")] == plain
+
+
+def test_parts_the_meter_measures_are_kept_apart_from_greenwatchs_own():
+    b = batch(1800.0)
+    b = dataclasses.replace(b, node_power=dataclasses.replace(b.node_power, parts_j={"cpu": 150.0, "memory": 90.0}))
+    records = Collector(AttributionSettings("equal", 60.0), carbon_ctx(), ListSink()).handle(encode(b))
+    [node] = by(records, "node_power")
+    assert node.field("cpu_j") == pytest.approx(100.0)          # RAPL (here: the host's figure)
+    assert node.field("meter_cpu_j") == 150.0 and node.field("meter_memory_j") == 90.0

@@ -26,7 +26,8 @@ def node_records(cluster: str, node: str, power: NodePower, split: NodeSplit, jo
     ]
     if span_s > 0:
         fields.append(("meter_w", split.meter_j / span_s))
-    fields += [(f"{k}_j", float(v)) for k, v in sorted(power.parts_j.items())]
+    # The meter's own parts are named apart from greenwatch's (cpu_j is RAPL or its estimate).
+    fields += [(f"meter_{k}_j", float(v)) for k, v in sorted(power.parts_j.items())]
     flags = [*power.flags, *split.flags]
     if flags:
         fields.append(("flags", ",".join(flags)))

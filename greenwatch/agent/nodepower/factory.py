@@ -8,7 +8,7 @@ from greenwatch.agent.nodepower.ipmi import IpmiDcmi, IpmiSdr, IpmiTarget
 from greenwatch.agent.nodepower.pmcounters import PmCounters
 from greenwatch.agent.nodepower.poller import NodePowerPoller
 from greenwatch.agent.nodepower.reading import NodePowerError, NodePowerSource
-from greenwatch.config import NodePowerConfig
+from greenwatch.config import ConfigError, NodePowerConfig
 from greenwatch.secretfiles import SecretFileError, read_secret
 
 __all__ = ["open_sources", "source_names", "start_poller"]
@@ -25,6 +25,11 @@ def _open(name: str, cfg: NodePowerConfig) -> NodePowerSource:
     if name == "pm_counters":
         return PmCounters(cfg.pm_counters_dir)
     if name in ("ipmi-dcmi", "ipmi-sdr"):
+        if cfg.ipmi_password_file:
+            try:
+                read_secret(cfg.ipmi_password_file)   # ipmitool reads it; refuse it here if others can
+            except SecretFileError as exc:
+                raise ConfigError("node_power.ipmi_password_file", str(exc)) from None
         target = IpmiTarget(cfg.ipmi_interface, cfg.ipmi_host, cfg.ipmi_port, cfg.ipmi_username,
                             cfg.ipmi_password_file, cfg.timeout_s, cfg.ipmi_cipher_suite)
         if name == "ipmi-dcmi":
@@ -37,14 +42,16 @@ def _open(name: str, cfg: NodePowerConfig) -> NodePowerSource:
     try:
         password = read_secret(cfg.redfish_password_file) if cfg.redfish_password_file else ""
     except SecretFileError as exc:
-        raise NodePowerError("auth", str(exc)) from None
+        # Like every secret of the service: an unsafe or missing file stops the start (exit status 2).
+        raise ConfigError("node_power.redfish_password_file", str(exc)) from None
     return RedfishMeter(cfg.redfish_url, cfg.redfish_username, password, chassis=cfg.redfish_chassis,
                         ca_file=cfg.redfish_ca_file, insecure_tls=cfg.redfish_insecure_tls, timeout_s=cfg.timeout_s)
 
 
 def open_sources(cfg: NodePowerConfig) -> list[NodePowerSource]:
     """The sources of ``cfg.sources`` that could be opened, in order; the others are logged and left
-    out (a node without pm_counters still uses its BMC)."""
+    out (a node without pm_counters still uses its BMC).  An unsafe password file raises
+    :class:`~greenwatch.config.ConfigError`."""
     out = []
     for name in source_names(cfg):
         try:
