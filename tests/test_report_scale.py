@@ -246,6 +246,16 @@ def test_a_report_after_the_raw_points_expired_comes_from_the_rollups(influxdb_f
     # Finding the job's span reads the rollups first: no raw FIRST/LAST runs without a time bound.
     edges = [q for q in rec.queries if 'FROM "job_energy"' in q and ("FIRST(" in q or "LAST(" in q)]
     assert edges and all("time >= " in q or "time < " in q for q in edges), edges
+    # Reduced in the database, the first and last batch of each node and GPU are narrowed down by
+    # the 1-hour rollups too: a raw FIRST reads up to the end of the first hour, a LAST from the last.
+    rec = RecordingStore(store)
+    reduced = to_dict(build_report(InfluxSource(rec, cluster="north", raw_limit=0), "31", carbon=CARBON, now=0.0))
+    _close(_without_notes(reduced), _without_notes(before))
+    raw_edges = [st for q in rec.queries for st in q.split("; ")
+                 if st.startswith(('SELECT FIRST("gpu_seconds")', 'SELECT LAST("gpu_seconds")')) and 'FROM "job_' in st]
+    assert len(raw_edges) == 4, raw_edges
+    for st in raw_edges:
+        assert (" AND time < " in st) if "FIRST(" in st else (st.count("time >= ") == 2), st
 
     # What the retention service does once the raw policy's duration has passed: drop its shards.
     for shard in influx.query("SHOW SHARDS", db=""):

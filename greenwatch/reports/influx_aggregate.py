@@ -16,6 +16,7 @@ held it, which differs only for a job that let a GPU go and took it again.
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -55,8 +56,9 @@ def aggregate_job_data(source: InfluxSource, job_id: str, where: str,
                         + [("host_points", 'COUNT("host_energy_j")', 'SUM("host_points")')],
                         where, job_span, ()).get((), {})
     rows = edge_rows(source, "job_energy", [
-        f'SELECT FIRST("gpu_seconds") AS "first" FROM {{}} WHERE {where} GROUP BY "cluster", "node", "user"',
-        f'SELECT LAST("gpu_seconds") AS "last" FROM {{}} WHERE {where} GROUP BY "cluster", "node"'])
+        f'SELECT FIRST("gpu_seconds") AS "first" FROM {{src}} WHERE {where}{{bound}} GROUP BY "cluster", "node", "user"',
+        f'SELECT LAST("gpu_seconds") AS "last" FROM {{src}} WHERE {where}{{bound}} GROUP BY "cluster", "node"'],
+        job_span)
     firsts = [r for r in rows if "first" in r]
     lasts = [r for r in rows if "last" in r]
     if not firsts and not metas:
@@ -138,8 +140,9 @@ def _gpus(source: InfluxSource, cluster: str, where: str, span: tuple[int | None
         shares[(str(key[0]), str(key[1]))].update(
             e=float(total.get("e") or 0.0), i=float(total.get("i") or 0.0), s=float(total.get("s") or 0.0))
     rows = edge_rows(source, "job_gpu", [
-        f'SELECT FIRST("gpu_seconds") AS "first" FROM {{}} WHERE {where} GROUP BY "node", "gpu"',
-        f'SELECT LAST("gpu_seconds") AS "last" FROM {{}} WHERE {where} GROUP BY "node", "gpu"'])
+        f'SELECT FIRST("gpu_seconds") AS "first" FROM {{src}} WHERE {where}{{bound}} GROUP BY "node", "gpu"',
+        f'SELECT LAST("gpu_seconds") AS "last" FROM {{src}} WHERE {where}{{bound}} GROUP BY "node", "gpu"'],
+        span)
     for r in rows:
         key = (str(r.get("node", "")), str(r.get("gpu", "")))
         if "first" in r:
@@ -324,17 +327,35 @@ def summed(source: InfluxSource, measurement: str, columns: list[tuple[str, str,
     return merged(_run(source, statements), cols, group_tags, timed=time_step_ns is not None)
 
 
-def edge_rows(source: InfluxSource, measurement: str, statements: list[str]) -> list[dict[str, Any]]:
-    """Rows of FIRST/LAST ``statements`` (``{}``: the measurement) bounded to the job's span.
+def edge_rows(source: InfluxSource, measurement: str, statements: list[str],
+              span: tuple[int | None, int | None] = (None, None)) -> list[dict[str, Any]]:
+    """Rows of FIRST/LAST ``statements`` (``{src}``: the measurement, ``{bound}``: a time bound) within ``span``.
 
-    From the raw points, or from the 1-minute rollups when the job's raw points are gone; a LAST
-    row then carries the end of its minute, as the last raw point lay somewhere in it.
+    A raw FIRST or LAST reads every point of its series in the range: over a long job, most of
+    the job.  When the 1-hour rollups hold the whole span, the same statements over them give
+    each group's first and last hour, and the raw ones read only up to the end of the latest
+    first hour (FIRST) or from the earliest last hour on (LAST).  When the job's raw points are
+    gone, the rows come from the 1-minute rollups; a LAST row then carries the end of its
+    minute, as the last raw point lay somewhere in it.
     """
-    if not source.raw_gone:
-        return source.rows("; ".join(st.format(f'"{measurement}"') for st in statements))
-    rp = RESOLUTIONS[0][0]
-    rows = source.rows("; ".join(st.format(f'"{rp}"."{measurement}"') for st in statements))
-    return [dict(r, time_ns=r["time_ns"] + _MINUTE_NS - 1) if "last" in r else r for r in rows]
+    def run(src: str, first: str = "", last: str = "") -> list[dict[str, Any]]:
+        return source.rows("; ".join(st.format(src=src, bound=first if 'AS "first"' in st else last)
+                                     for st in statements))
+
+    if source.raw_gone:
+        rows = run(f'"{RESOLUTIONS[0][0]}"."{measurement}"')
+        return [dict(r, time_ns=r["time_ns"] + _MINUTE_NS - 1) if "last" in r else r for r in rows]
+    state = source.rollup_state() if source.rollups else None
+    lo, hi = span
+    if state is None or lo is None or hi is None or not (
+            state.from_s * 1e9 <= lo and state.complete_until_s(time.time(), 1) * 1e9 > hi):
+        return run(f'"{measurement}"')
+    hour_rp, hour_s = RESOLUTIONS[-1]
+    hours = run(f'"{hour_rp}"."{measurement}"')
+    firsts = [r["time_ns"] for r in hours if "first" in r]
+    lasts = [r["time_ns"] for r in hours if "last" in r]
+    return run(f'"{measurement}"', f" AND time < {max(firsts) + hour_s * 10**9}" if firsts else "",
+               f" AND time >= {min(lasts)}" if lasts else "")
 
 
 def _run(source: InfluxSource, statements: list[str]) -> list[dict[str, Any]]:
