@@ -55,8 +55,12 @@ def grace_sensors(root, modules: int, sockets: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    load_in_process(build_mock_nvml())
+def mock_nvml_in_process():
+    return load_in_process(build_mock_nvml())
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, mock_nvml_in_process):
     tmp = tmp_path_factory.mktemp("gh200")
     t0 = time.time() + 0.3
     sc = gh200_node(t0)
@@ -199,3 +203,31 @@ def test_reports_state_the_scope_in_words():
     assert "module scope" in energy_method(10, 10, 10) and "Grace CPU" in energy_method(10, 10, 10)
     assert "module" not in energy_method(10, 10, 0)
     assert "50% of batches" in energy_method(10, 10, 5)
+
+
+def test_greenwatch_run_on_grace_hopper_charges_the_module_once(mock_nvml_in_process, tmp_path, monkeypatch):
+    """`greenwatch run` / track() on a GH200 node: the GPU energy is the module's, the report says so,
+    and the run's CPU time adds no host energy on top (the Grace CPU is inside the module)."""
+    from greenwatch.attribution import CarbonContext
+    from greenwatch.standalone.session import Session, SessionOptions
+
+    sc = Scenario(t0=time.time() - 5, gpus=[GpuSpec(0, name="NVIDIA GH200 480GB", power=[Constant(-1e6, 1e6, 200.0)],
+                                                    power_scopes=("module",), module_extra_w=GRACE_W)],
+                  processes=[ProcSpec(os.getpid(), 0, sm_util=50)])
+    monkeypatch.setenv(ENV_VAR, str(sc.write(tmp_path / "node.scn")))
+    grace_sensors(tmp_path / "hwmon", modules=1, sockets=1)
+    opts = SessionOptions(name="gh", carbon=CarbonContext(AnnualIntensity("DE"), ConstantPue(1.0), None),
+                          powercap_root=str(tmp_path / "no-rapl"), hwmon_root=str(tmp_path / "hwmon"),
+                          window_s=0.3, visible_devices="0")
+    session = Session(opts)   # it opens NVML and shuts it down when the run finishes
+    session.start(root_pid=os.getpid())
+    deadline = time.monotonic() + 30
+    burnt = time.process_time() + 0.3   # CPU time of the run, which the per-core estimate would charge
+    while time.process_time() < burnt:
+        assert time.monotonic() < deadline
+        sum(range(20_000))
+    result = session.finish(write_files=False)
+    r = result.report
+    assert r.gpu_energy_j > 0.3 * (200.0 + GRACE_W)
+    assert "module scope" in r.gpu_energy_method
+    assert r.host_energy_j == 0.0

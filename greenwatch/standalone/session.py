@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from greenwatch.agent.gpu import GpuDevice, NvmlUnavailable, open_nvml_gpus
+from greenwatch.agent.grace import HWMON_ROOT, ModuleAwareHost
 from greenwatch.agent.host import DEFAULT_WATTS_PER_CORE, DRAM, HostSampler, RaplReader
 from greenwatch.agent.sampler import Sampler
 from greenwatch.agent.schedule import run_sampling_loop
@@ -73,6 +74,7 @@ class SessionOptions:
     campaign: str = ""                    # the campaign (greenwatch.campaigns) the run is tagged with
     open_gpus: Callable[[], Sequence[GpuDevice]] = open_nvml_gpus
     powercap_root: str = "/sys/class/powercap"   # where RAPL's package and DRAM domains are read
+    hwmon_root: str = HWMON_ROOT                 # where Grace CPU power sensors are read
 
 
 @dataclass
@@ -190,7 +192,9 @@ class Session:
         self.host = HostSampler(self.opts.watts_per_core, RaplReader(root), dram=RaplReader(root, DRAM))
         self._dram_j: dict[int, float] = {}   # window end (us) -> the host's DRAM energy in that window
         self.cpu = RunCpuMeter(self.tree, self.opts.name)
-        sampler = Sampler(CLUSTER, self.node, [WatchedGpu(d, jobs) for d in devices], jobs, self.host, self.cpu)
+        # On Grace Hopper a module-scope GPU's energy holds the Grace CPU: the host's figure leaves it out.
+        host = ModuleAwareHost(self.host, [d.energy_scope for d in devices], self.opts.hwmon_root)
+        sampler = Sampler(CLUSTER, self.node, [WatchedGpu(d, jobs) for d in devices], jobs, host, self.cpu)
         self._sampling = _SamplingThread(sampler, self._add_run, self.opts, self._queue, self.phases)
         # SQLite connections belong to the thread that made them: the worker owns the store and the
         # collector, and everything that touches them runs there (see _in_worker).
