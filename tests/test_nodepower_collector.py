@@ -20,15 +20,15 @@ T0 = now_us() - 120_000_000
 DT = 100_000
 
 
-def batch(node_power_j: float | None):
+def batch(node_power_j: float | None, job_id: str = "7", node: str = "n1"):
     """Two GPUs for 2 s: GPU 0 held by job 7 at 300 W, GPU 1 idle at 100 W and held by no job;
     the host's CPUs drew 100 J, 60 % of it job 7's."""
     n = 21
     t = [T0 + i * DT for i in range(n)]
-    traces = [GpuTrace(t, [300_000] * n, [i * 30_000 for i in range(n)], {0: [holder(job("7"), 90.0)]}),
+    traces = [GpuTrace(t, [300_000] * n, [i * 30_000 for i in range(n)], {0: [holder(job(job_id), 90.0)]}),
               GpuTrace(t, [100_000] * n, [i * 10_000 for i in range(n)])]
     host = {"host_energy_j": 100.0, "cpu_busy_s": 2.0, "host_energy_measured": 1.0}
-    b = build_batches(traces, host=host, job_cpu_s={"7": 1.2})[0]
+    b = build_batches(traces, node=node, host=host, job_cpu_s={job_id: 1.2})[0]
     if node_power_j is not None:
         b = dataclasses.replace(b, node_power=NodePower("redfish", t[0], t[-1], node_power_j, True, {}, ()))
     return b
@@ -90,3 +90,41 @@ def test_parts_the_meter_measures_are_kept_apart_from_greenwatchs_own():
     [node] = by(records, "node_power")
     assert node.field("cpu_j") == pytest.approx(100.0)          # RAPL (here: the host's figure)
     assert node.field("meter_cpu_j") == 150.0 and node.field("meter_memory_j") == 90.0
+
+
+@pytest.mark.bmc
+def test_job_summary_names_the_node_meter_or_says_the_rest_is_not_included(influx_v2):
+    """Against a real influxd: the collector's records of a metered and an unmetered node, then the
+    `job` summaries the collector's job events write from them."""
+    from greenwatch.collector.jobs import JobEvents
+    from greenwatch.storage.influx import InfluxStore
+    from greenwatch.transport.events import JobEvent, encode_event
+
+    store = InfluxStore(influx_v2.url, influx_v2.token, influx_v2.org, influx_v2.new_bucket("nodepower"))
+    try:
+        collector = Collector(AttributionSettings("equal", 60.0), carbon_ctx(), store)
+        metered = batch(1800.0)
+        unmetered = batch(None, job_id="8", node="n2")
+        assert collector.handle(encode(metered)) and collector.handle(encode(unmetered), ("c1", "n2"))
+        events = JobEvents(store, finalize_delay_s=0)
+        start, end = (T0 - 1_000_000) / 1e6, (T0 + 3_000_000) / 1e6
+        for node in ("n1", "n2"):
+            job_id = "7" if node == "n1" else "8"
+            for kind in ("job_start", "job_end"):
+                ev = JobEvent(kind, "c1", node, job_id, user="alice", nodes=node, start_s=start,
+                              end_s=end if kind == "job_end" else None)
+                assert events.handle(encode_event(ev), ("c1", node)) is not None
+        summaries = {}
+        for job_id in ("7", "8"):
+            summary = events.summary(job_id=job_id, cluster="c1")
+            assert summary is not None
+            summaries[job_id] = events.summary_record(summary)
+    finally:
+        store.close()
+    seven = summaries["7"]
+    assert seven is not None and seven.field("node_meter") == "redfish"
+    assert seven.field("node_rest_j") == pytest.approx(450.0)
+    assert seven.field("node_energy_j") == pytest.approx(1110.0)
+    eight = summaries["8"]
+    assert eight is not None and eight.field("node_meter") == "none"
+    assert eight.field("node_rest_j") is None and eight.field("energy_j") == pytest.approx(600.0)

@@ -437,6 +437,9 @@ class JobEvents:
             f'FROM "job_energy" WHERE {where} GROUP BY "node", "user"')
         gpu_rows = self.store.query(f'SELECT sum("gpu_seconds") AS gpu_seconds FROM "job_gpu" WHERE {where} GROUP BY "gpu"')
         gpu_seconds_by_gpu = {str(r["gpu"]): _num(r.get("gpu_seconds")) for r in gpu_rows if r.get("gpu")}
+        # The rest of the node (docs/methodology.md 4a), where the job's nodes read a node meter.
+        node_rows = self.store.query('SELECT sum("rest_j") AS rest_j, sum("total_j") AS total_j '
+                                     f'FROM "job_node" WHERE {where} GROUP BY "source"')
         gpus = set(job.gpus) | set(gpu_seconds_by_gpu)
         if not energy_rows and not gpus:
             log.debug("job %s/%s used no GPU: no summary", job.cluster, job.job_id)
@@ -461,7 +464,12 @@ class JobEvents:
             "gpus": len(gpus),
             "duration_s": max(0.0, job.end_s - start_s) if start_s is not None else 0.0,
             "nodes": nodes,
+            # Which node meters measured the rest of the node ("none": it is not included).
+            "node_meter": ",".join(sorted({str(r["source"]) for r in node_rows if r.get("source")})) or "none",
         }
+        if node_rows:
+            fields["node_rest_j"] = float(sum(_num(r.get("rest_j")) for r in node_rows))
+            fields["node_energy_j"] = float(sum(_num(r.get("total_j")) for r in node_rows))
         if start_s is not None:
             fields["start_s"] = int(start_s)
         if job.name:

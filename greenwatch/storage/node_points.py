@@ -33,6 +33,7 @@ def node_records(cluster: str, node: str, power: NodePower, split: NodeSplit, jo
         fields.append(("flags", ",".join(flags)))
     out = [Record("node_power", (*base, ("source", power.source)), tuple(fields), t_ns)]
     for job, total, rest in zip(jobs, split.job_total_j, split.job_rest_j):
-        out.append(Record("job_node", (*base, ("job", job.job_id), ("user", job.user or "unknown")),
+        out.append(Record("job_node", (*base, ("job", job.job_id), ("user", job.user or "unknown"),
+                                       ("source", power.source)),
                           (("rest_j", rest), ("total_j", total)), t_ns))
     return out
