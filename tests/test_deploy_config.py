@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from greenwatch.metrics.alerts import default_alerts, prometheus_rules
+from greenwatch.metrics.alerts import default_alerts, grafana_rules, prometheus_rules
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "deploy" / "config"
@@ -88,3 +88,10 @@ def test_the_shipped_alert_rules_are_the_rendered_definitions():
     assert shipped == prometheus_rules(default_alerts()), (
         "deploy/prometheus/greenwatch-alerts.yml is out of date: "
         "python -m greenwatch.metrics.alerts > deploy/prometheus/greenwatch-alerts.yml")
+
+
+def test_the_shipped_grafana_alert_rules_are_the_rendered_definitions():
+    shipped = (REPO / "deploy" / "grafana" / "greenwatch-alerts.yaml").read_text()
+    assert shipped == grafana_rules(default_alerts()), (
+        "deploy/grafana/greenwatch-alerts.yaml is out of date: "
+        "python -m greenwatch.metrics.alerts --grafana > deploy/grafana/greenwatch-alerts.yaml")

@@ -332,3 +332,33 @@ def test_histograms_observe_failed_writes_and_unreadable_headers():
     assert registry.get_sample_value("greenwatch_collector_batch_bytes_count") == 2
     assert registry.get_sample_value("greenwatch_collector_batch_latency_seconds_count") == 1
     assert registry.get_sample_value("greenwatch_collector_batch_latency_seconds_sum") == 0
+
+
+def test_grafana_rules_are_the_prometheus_alerts():
+    """Grafana's rules (no Grafana here) carry each Prometheus alert's PromQL, duration, labels and texts."""
+    import yaml
+
+    from greenwatch.metrics.alerts import default_alerts, grafana_rules, prometheus_rules
+
+    alerts = default_alerts(no_sample_s=120)   # thresholds flow into both from the one definition
+    prom = {r["alert"]: r for r in yaml.safe_load(prometheus_rules(alerts))["groups"][0]["rules"]}
+    doc = yaml.safe_load(grafana_rules(alerts, "prom-uid"))
+    assert doc["apiVersion"] == 1
+    (group,) = doc["groups"]
+    rules = {r["title"]: r for r in group["rules"]}
+    assert list(rules) == list(prom) and len({r["uid"] for r in rules.values()}) == len(rules)
+    for name, rule in rules.items():
+        query, reduce, condition = rule["data"]
+        assert query["datasourceUid"] == "prom-uid" and query["model"]["expr"] == prom[name]["expr"]
+        assert query["model"]["instant"] is True
+        assert reduce["model"] == {"refId": "B", "type": "reduce", "expression": "A", "reducer": "last",
+                                   "settings": {"mode": "dropNN"}}
+        assert rule["condition"] == condition["refId"] == "C" and condition["model"]["expression"] == "is_number($B)"
+        assert rule["for"] == prom[name]["for"] and rule["labels"] == prom[name]["labels"]
+        assert rule["noDataState"] == "OK"   # no series: the PromQL's comparison holds nowhere
+        assert rule["annotations"]["action"] == prom[name]["annotations"]["action"]
+        assert rule["annotations"]["summary"] == prom[name]["annotations"]["summary"].replace(
+            "{{ $value }}", "{{ $values.B.Value }}")
+        assert len(rule["uid"]) <= 40 and rule["uid"].replace("-", "").isalnum()
+    assert "time() - greenwatch_gpu_last_sample_timestamp_seconds > 120" in rules["GreenwatchGpuNoSample"]["data"][0][
+        "model"]["expr"]
