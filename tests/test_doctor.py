@@ -208,3 +208,10 @@ def test_the_command_line_lists_doctor():
     from greenwatch.cli import build_parser
 
     assert "doctor" in build_parser().format_help()
+
+
+def test_a_gpu_that_cannot_be_opened_fails(doctor):
+    sc = node()
+    sc.errors = [ErrorSpec(1, "nvmlDeviceGetUUID", NO_PERMISSION)]
+    f = find(doctor(sc), "gpus", "node")
+    assert f.status == FAIL and f.data == {"listed": 2, "opened": 1}

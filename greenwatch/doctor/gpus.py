@@ -179,6 +179,14 @@ def _mig_finding(gpu: NvmlGpu, handle: Any) -> Finding:
 
 
 def _one_gpu(gpu: NvmlGpu, duration_s: float, hz: float, stop: threading.Event) -> list[Finding]:
+    try:
+        return _check_one_gpu(gpu, duration_s, hz, stop)
+    except (pynvml.NVMLError, GpuError) as exc:   # the GPU went away mid-check: that is the finding
+        return [Finding("gpu", f"GPU {gpu.index}", FAIL, f"the check stopped: {exc}",
+                        "the GPU failed while being read: check nvidia-smi and the kernel log (Xid errors)")]
+
+
+def _check_one_gpu(gpu: NvmlGpu, duration_s: float, hz: float, stop: threading.Event) -> list[Finding]:
     handle = pynvml.nvmlDeviceGetHandleByIndex(gpu.index)
     found = [Finding("gpu", f"GPU {gpu.index}", INFO, f"{gpu.name} {gpu.uuid}")]
     answered = probe_power_fields(handle)
@@ -201,6 +209,14 @@ def check_gpus(duration_s: float = 4.0, hz: float = 50.0, stop: threading.Event 
     stop = stop or threading.Event()
     try:
         found = [_versions()]
+        try:
+            listed = int(pynvml.nvmlDeviceGetCount())
+        except pynvml.NVMLError:
+            listed = len(gpus)
+        if listed > len(gpus):
+            found.append(Finding("gpus", "node", FAIL, f"NVML lists {listed} GPU(s), {listed - len(gpus)} cannot be "
+                                 "opened", "the agent would not sample those GPUs: see its log line 'cannot be "
+                                 "opened' and nvidia-smi", {"listed": listed, "opened": len(gpus)}))
         if not gpus:
             return found + [Finding("gpus", "node", WARN, "NVML lists no GPU", "the agent would publish host "
                                     "metrics only: check nvidia-smi and the GPUs' device nodes")]
