@@ -39,6 +39,7 @@ TAGS = {
     "job_energy": ("cluster", "node", "job", "user"),
     "job_gpu": ("cluster", "node", "job", "gpu"),
     "node_energy": ("cluster", "node"),
+    "job": ("cluster", "job", "user", "account", "partition", "campaign"),
 }
 
 
