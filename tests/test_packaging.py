@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -21,9 +22,12 @@ import tomllib
 from importlib import metadata
 from pathlib import Path
 
+import pytest
 from mocknvml import Constant, GpuSpec, Scenario, mock_env
+from mocknvml.scenario import ProcSpec, make_uuid
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from service_helpers import agent_config, collector_config, job_energy, spawn_job, wait_until, write_token
 
 REPO = Path(__file__).resolve().parents[1]
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
@@ -74,19 +78,20 @@ def _build(tmp: Path) -> tuple[Path, Path]:
     return sdist, next(dist.glob("greenwatch-*.whl"))
 
 
-def _core_closure(requires: list[str]) -> set[str]:
-    """Distributions the core requirements pull in, recursively, markers evaluated without extras."""
+def _closure(requires: list[str], extra: str = "") -> set[str]:
+    """Distributions the requirements pull in, recursively, markers evaluated with ``extra`` (none: the core)."""
     seen: set[str] = set()
     todo = list(requires)
     while todo:
         req = Requirement(todo.pop())
-        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+        if req.marker is not None and not req.marker.evaluate({"extra": extra}):
             continue
         name = canonicalize_name(req.name)
         if name in seen:
             continue
         seen.add(name)
-        todo += metadata.distribution(req.name).requires or []
+        # The extra selects greenwatch's own optional requirements only, not its dependencies' extras.
+        todo += [r for r in metadata.distribution(req.name).requires or [] if "extra ==" not in r]
     return seen
 
 
@@ -102,27 +107,40 @@ def _link_distributions(names: set[str], into: Path) -> None:
             (into / top).symlink_to(Path(str(dist.locate_file(top))).resolve())
 
 
-def test_the_wheel_installs_without_the_site_stack_and_measures(tmp_path, mock_nvml_lib):
-    sdist, wheel = _build(tmp_path)
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, Path]:
+    """(sdist, wheel), built once for this module."""
+    return _build(tmp_path_factory.mktemp("build"))
+
+
+def _venv(where: Path, wheel: Path, extra: str = "") -> tuple[Path, set[str]]:
+    """A fresh venv with the wheel and, linked in, the closure of its requirements (with ``extra``)."""
+    venv = where / "venv"
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+    py = venv / "bin" / "python"
+    _run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", "-q",
+          "--disable-pip-version-check", str(wheel)])
+    site_packages = next((venv / "lib").glob("python3*/site-packages"))
+    requires = [line.partition(":")[2].strip() for line in
+                metadata.Distribution.at(next(site_packages.glob("greenwatch-*.dist-info")))
+                .read_text("METADATA").splitlines() if line.startswith("Requires-Dist:")]
+    closure = _closure(requires, extra)
+    _link_distributions(closure, where / "deps")
+    (site_packages / "deps.pth").write_text(f"{where / 'deps'}\n")
+    return venv, closure
+
+
+def test_the_wheel_installs_without_the_site_stack_and_measures(tmp_path, built, mock_nvml_lib):
+    sdist, wheel = built
     with tarfile.open(sdist) as tar:
         in_sdist = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     for rel in ("systemd/greenwatch-agent.service", "deploy/config/collector.toml",
                 "deploy/prometheus/greenwatch-alerts.yml", "docs/operations.md"):
         assert rel in in_sdist, f"the sdist lacks {rel}"
 
-    venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+    venv, closure = _venv(tmp_path, wheel)
     py = venv / "bin" / "python"
-    _run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", "-q",
-          "--disable-pip-version-check", str(wheel)])
-    requires = [line.partition(":")[2].strip() for line in
-                metadata.Distribution.at(next((venv / "lib").glob("python3*/site-packages/greenwatch-*.dist-info")))
-                .read_text("METADATA").splitlines() if line.startswith("Requires-Dist:")]
-    closure = _core_closure(requires)
     assert not closure & SITE_DISTS, f"the core install pulls in site libraries: {sorted(closure & SITE_DISTS)}"
-    _link_distributions(closure, tmp_path / "core-deps")
-    site_packages = next((venv / "lib").glob("python3*/site-packages"))
-    (site_packages / "core-deps.pth").write_text(f"{tmp_path / 'core-deps'}\n")
 
     check = _run([sys.executable, "-m", "pip", "--python", str(py), "check", "--disable-pip-version-check"])
     assert "No broken requirements" in check.stdout
@@ -156,3 +174,50 @@ def test_the_wheel_installs_without_the_site_stack_and_measures(tmp_path, mock_n
                              env=env)
     assert refused.returncode == 3 and "pip install 'greenwatch[site]'" in refused.stderr, refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_the_site_install_runs_agent_and_collector_from_the_wheel(tmp_path, built, mosquitto, influxdb,
+                                                                  mock_nvml_lib):
+    """``pip install 'greenwatch[site]'``: the services start from the installed entry point and
+    measure, writing to the real influxd 1.6 through its own API."""
+    venv, closure = _venv(tmp_path, built[1], extra="site")
+    assert SITE_DISTS <= closure
+    _run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "check",
+          "--disable-pip-version-check"])
+    db = f"wheel{time.monotonic_ns()}"
+    influxdb.create_database(db)
+    job = spawn_job("wheel-job", "alice")
+    procs: list[subprocess.Popen] = []
+    try:
+        scen = Scenario(t0=time.time(), gpus=[GpuSpec(0, uuid=make_uuid("wheel-node", 0),
+                                                      power=[Constant(-60.0, 900.0, 300.0)])],
+                        processes=[ProcSpec(job.pid, 0, sm_util=70)])
+        scen.write(tmp_path / "node.scn")
+        mqtt = {"host": mosquitto.host, "port": mosquitto.port}
+        ccfg = collector_config(tmp_path / "collector.toml", mqtt=mqtt, influx_url=influxdb.url, bucket=db,
+                                token_file=write_token(tmp_path / "token", ""), instance="wheel",
+                                share_group="wheel", prefix="wheel/v1")
+        ccfg.write_text(ccfg.read_text().replace("[influxdb]\n", '[influxdb]\nwrite_api = "v1"\n'))
+        acfg = agent_config(tmp_path / "agent.toml", mqtt=mqtt, cluster="wheel", node="wheel-node", prefix="wheel/v1")
+        exe = str(venv / "bin" / "greenwatch")
+        logs = {name: tmp_path / f"{name}.log" for name in ("collector", "agent")}
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.pop("PYTHONPATH", None)
+        agent_env = dict(mock_env(mock_nvml_lib, tmp_path / "node.scn", base=env))
+        for name, cfg, penv in (("collector", ccfg, env), ("agent", acfg, agent_env)):
+            with open(logs[name], "w") as out:
+                procs.append(subprocess.Popen([exe, name, "--config", str(cfg)], stdout=out, stderr=subprocess.STDOUT,
+                                              env=penv))
+
+        def stored() -> bool:
+            for p, name in zip(procs, logs):
+                assert p.poll() is None, f"{name} exited:\n{logs[name].read_text()[-3000:]}"
+            return job_energy(influxdb.query, db).get("wheel-job", 0) > 0
+
+        wait_until(stored, 90, "the job's energy, measured by the installed agent, in InfluxDB")
+    finally:
+        for p in reversed(procs):
+            p.send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=60) for p in procs]
+        job.kill()
+    assert codes == [0, 0], {name: path.read_text()[-2000:] for name, path in logs.items()}
