@@ -234,3 +234,26 @@ def test_job_mig_records_say_which_device_each_job_held():
         jobs = {j.job_id: j.energy_j for j in table.ledger(k).jobs}
         t = int(table.end_us[k]) * 1000
         assert {r.tag("job"): r.field("energy_j") for r in recs if r.time_ns == t} == pytest.approx(jobs)
+
+
+def test_a_jobs_report_names_its_mig_device_and_says_the_split_is_estimated(influx_v2):
+    """Collector records of MIG batches, read back by the report from the real InfluxDB, point by
+    point and (a raw limit of 0) reduced in the database: both name the job's MIG device."""
+    from greenwatch.collector import Collector
+    from greenwatch.reports.model import build_report
+    from greenwatch.reports.mig_note import MIG_NOTE
+    from greenwatch.reports.source import InfluxSource
+    from greenwatch.storage.influx import InfluxStore
+
+    bucket = influx_v2.new_bucket("migrep")
+    store = InfluxStore(influx_v2.url, influx_v2.token, influx_v2.org, bucket, query_url=influx_v2.influx.url)
+    try:
+        col = Collector(SETTINGS, CARBON, store)
+        for b in mig_batches(int(time.time() * 1e6) - 10_000_000):
+            col.handle(encode(b), expect_node=("c1", "n1"))
+        for limit in (None, 0):
+            report = build_report(InfluxSource(store, raw_limit=limit), "102", carbon=CARBON, now=0.0)
+            assert f"on MIG device {SMALL.uuid}: {MIG_NOTE}" in report.gpu_energy_method, limit
+            assert BIG.uuid not in report.gpu_energy_method
+    finally:
+        store.close()

@@ -125,8 +125,18 @@ def job_data_from_points(source: PointSource, job_id: str) -> JobData:
         first_ns=first_ns, last_ns=je[-1]["time_ns"] if je else None,
         first_held_s=max(held) if held else (float(je[0].get("gpu_seconds", 0.0)) if je else 0.0),
         user=user, nodes=sorted({str(p["node"]) for p in je + jg if p.get("node")}),
-        gpus=_gpu_stats(source, cluster, jg),
+        gpus=_with_mig_note(_gpu_stats(source, cluster, jg), source.job_points("job_mig", job_id)),
         node_host_j=node_host, host_measured_batches=measured, host_flag_batches=flagged)
+
+
+def _with_mig_note(gpus: list[GpuStats], job_mig: list[dict[str, Any]]) -> list[GpuStats]:
+    """The GPUs with a note where the job used MIG devices (reports.mig_note, imported here on use:
+    it builds on this module)."""
+    if not job_mig:
+        return gpus
+    from greenwatch.reports.mig_note import mig_devices_by_gpu, note_mig
+
+    return note_mig(gpus, mig_devices_by_gpu(job_mig))
 
 
 def sum_field(points: list[dict[str, Any]], name: str) -> float:

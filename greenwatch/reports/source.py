@@ -13,10 +13,12 @@ of rows bounded by what the report shows, whatever the job's length.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Protocol
 
 from greenwatch.reports.jobdata import JobData, ReportError, job_data_from_points
+from greenwatch.reports.mig_note import mig_devices_by_gpu, note_mig
 from greenwatch.storage.embedded import EmbeddedStore
 from greenwatch.storage.influx_setup import read_rollup_state
 from greenwatch.storage.rollups import RESOLUTIONS, RollupState, rolled_parts, rolled_range
@@ -25,7 +27,7 @@ from greenwatch.storage.influxql import string_literal
 __all__ = ["ReportSource", "EmbeddedSource", "InfluxSource", "JOB_MEASUREMENTS", "SPAN_MARGIN_S"]
 
 #: The measurements that carry a ``job`` tag (docs/data-model.md).
-JOB_MEASUREMENTS = ("job_energy", "job_gpu", "job")
+JOB_MEASUREMENTS = ("job_energy", "job_gpu", "job", "job_mig")
 
 #: A job's per-batch points carry their batch's end time, which can lie a batch (and the clock
 #: skew between a node and the scheduler) outside the job's recorded start and end: the span
@@ -267,7 +269,10 @@ class InfluxSource:
                   for m in ("job_gpu", "job_energy")]
         if not self.raw_gone and max(int(c.get("n") or 0) for c in counts) <= self.raw_limit:
             return job_data_from_points(self, job_id)
-        return aggregate_job_data(self, job_id, where, span)
+        data = aggregate_job_data(self, job_id, where, span)
+        # The MIG devices it used: one row per (node, board, device), however long the job.
+        rows = self.rows(f'SELECT COUNT("energy_j") FROM "job_mig" WHERE {where} GROUP BY "node", "gpu", "mig"')
+        return dataclasses.replace(data, gpus=note_mig(data.gpus, mig_devices_by_gpu(rows)))
 
     def rows(self, query: str) -> list[dict[str, Any]]:
         """Run InfluxQL (one or more statements); rows as points (``time_ns``, tags, fields), counted."""
