@@ -118,7 +118,16 @@ def test_job_summary_names_the_node_meter_or_says_the_rest_is_not_included(influ
         for job_id in ("7", "8"):
             summary = events.summary(job_id=job_id, cluster="c1")
             assert summary is not None
-            summaries[job_id] = events.summary_record(summary)
+            summaries[job_id] = events.finalise(summary)
+        # The job's report states where the rest of the node came from, or that it is not included.
+        from greenwatch.reports.document import blocks
+        from greenwatch.reports.model import build_report
+        from greenwatch.reports.source import InfluxSource
+
+        notes = {}
+        for job_id in ("7", "8"):
+            report = build_report(InfluxSource(store, cluster="c1"), job_id, carbon=carbon_ctx(), now=0.0)
+            notes[job_id] = [i for b in blocks(report, images=None) for i in b.items if i.startswith("Rest of the node")]
     finally:
         store.close()
     seven = summaries["7"]
@@ -128,3 +137,6 @@ def test_job_summary_names_the_node_meter_or_says_the_rest_is_not_included(influ
     eight = summaries["8"]
     assert eight is not None and eight.field("node_meter") == "none"
     assert eight.field("node_rest_j") is None and eight.field("energy_j") == pytest.approx(600.0)
+    assert notes["7"] == ["Rest of the node: measured by the BMC via Redfish"]
+    assert notes["8"] == ["Rest of the node: not included (no node meter was read; memory, NICs, fans and power "
+                          "supplies are not counted)"]

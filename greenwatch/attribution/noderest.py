@@ -122,3 +122,4 @@ def split_ledger(ledger: "BlockLedger", node_power: "NodePower | None", policy: 
     else:
         shares = allocated_shares([j.host_energy_j for j in ledger.jobs], ledger.host_energy_j)
     return split_node(None if node_power is None else node_power.energy_j, parts, unallocated, shares, policy)
+

@@ -34,7 +34,8 @@ class Block:
 
 #: Labels of the run facts that `greenwatch run` and `track` store with the job.
 _EXTRA_LABELS = {"sampled_from_s": "First GPU sample", "sampled_to_s": "Last GPU sample", "command": "Command",
-                 "exit_status": "Exit status", "ended_by": "Ended by", "gpu_note": "GPUs"}
+                 "exit_status": "Exit status", "ended_by": "Ended by", "gpu_note": "GPUs",
+                 "node_meter": "Rest of the node"}
 
 
 def _phase_blocks(phases: object) -> list[Block]:

@@ -27,6 +27,7 @@ from greenwatch.carbon import (
     market_basis_note,
     sci_g,
 )
+from greenwatch.agent.nodepower.reading import rest_of_node_text
 from greenwatch.carbon.timeseries import iso_utc
 from greenwatch.carbon.units import J_PER_KWH
 from greenwatch.reports.jobdata import GpuStats, JobData, ReportError, job_data_from_points
@@ -282,8 +283,10 @@ def build_report(source: ReportSource, job_id: str, *, carbon: CarbonContext,
         data_source=source.description, notes=notes,
         generated_at=time.time() if now is None else now,
         intensity_times=wi.plot_times, intensity_values=wi.plot_values,
-        extra={k: (_json_field(meta[k]) if k == "phases" else meta[k])
-               for k in ("sampled_from_s", "sampled_to_s", "command", "exit_status", "ended_by", "gpu_note", "phases")
+        extra={k: (_json_field(meta[k]) if k == "phases" else rest_of_node_text(meta[k]) if k == "node_meter"
+                   else meta[k])
+               for k in ("sampled_from_s", "sampled_to_s", "command", "exit_status", "ended_by", "gpu_note", "phases",
+                         "node_meter")
                if k in meta},
     )
 
