@@ -18,6 +18,8 @@ TITLE = "greenwatch: operator overview"
 MAY_BE_EMPTY = {
     ("Top accounts by CO2", "A"),
     ("Silent nodes", "B"),
+    # Only boards in MIG mode write gpu_mig points.
+    ("MIG device power", "A"),
 }
 
 STALE_VAR = "stale_after"
@@ -254,6 +256,21 @@ def _health_panels(lay: p.Layout) -> None:
         interval="20s"), 4, 8)
 
 
+def _mig_panels(lay: p.Layout) -> None:
+    lay.row("MIG", "Boards in MIG mode: each MIG device's share of its board's measured power")
+    lay.add(p.timeseries(
+        "MIG device power",
+        "Mean power of every MIG device: its share of the board's measured energy, split by "
+        "slices (idle part) and SM activity (active part; by slices where the board has no "
+        "GPM). The split is an estimate (docs/methodology.md 3a); the devices of a board add up "
+        "to its power less the idle part of its free slices. Empty where no board is in MIG mode.",
+        p.WATT,
+        [p.target(q.select(q.power("energy_j", "power"), "gpu_mig", (CLUSTER, NODE),
+                           ("node", "gpu", "gi", "ci"), time_bucket=True, fill="null"),
+                  alias="$tag_node $tag_gpu GI $tag_gi CI $tag_ci")],
+        interval="15s"), 24, 8)
+
+
 def dashboard() -> Dashboard:
     lay = p.Layout()
     _power_panels(lay)
@@ -261,6 +278,7 @@ def dashboard() -> Dashboard:
     _waste_panels(lay)
     _top_panels(lay)
     _health_panels(lay)
+    _mig_panels(lay)
     return Dashboard(
         title=TITLE,
         uid=UID,
