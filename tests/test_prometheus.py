@@ -139,6 +139,8 @@ def test_prometheus_scrapes_both_services_and_promql_matches_the_truth(
         assert _one(prom, 'greenwatch_collector_batch_latency_seconds_bucket{le="60.0"}') == batches
         assert _one(prom, "greenwatch_collector_batch_latency_seconds_sum") > 0
         assert 0 < _one(prom, "histogram_quantile(0.5, greenwatch_collector_influxdb_write_seconds_bucket)") < 30
+        assert _one(prom, "greenwatch_collector_handle_seconds_per_batch_count") == batches
+        assert 0 < _one(prom, "greenwatch_collector_handle_seconds_per_batch_sum") < batches   # well under 1 s each
         assert prom.query("sum(greenwatch_collector_rejected_messages_total) > 0") == []
         assert _one(prom, "greenwatch_collector_ready") == 1 and _one(prom, "greenwatch_agent_ready") == 1
         assert _one(prom, "greenwatch_collector_receipts_sent_total") > 0

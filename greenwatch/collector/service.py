@@ -486,7 +486,10 @@ class _Session:
             retryable_before = sum(stats.rejected[r] for r in RETRYABLE_REJECTIONS)
             nodes = {(c, n) for c, n, _ in done}
             before = {(c, n, r): stats.rejected_by_node[(c, n, r)] for c, n in nodes for r in RETRYABLE_REJECTIONS}
+            started = time.perf_counter()
             self.collector.handle_many(batches)
+            if self.histograms is not None:
+                self.histograms.observe_handling(time.perf_counter() - started, len(batches))
             retryable = sum(stats.rejected[r] for r in RETRYABLE_REJECTIONS) - retryable_before
             if retryable:
                 hit = {(c, n) for (c, n, r), count in before.items() if stats.rejected_by_node[(c, n, r)] > count}

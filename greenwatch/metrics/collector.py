@@ -159,6 +159,11 @@ class CollectorHistograms:
         self.write_lines = Histogram(
             "greenwatch_collector_influxdb_write_lines", "Points (lines) in each write request to InfluxDB.",
             buckets=(10, 100, 1000, 5000, 10000, 25000, 50000, 100000), registry=registry)
+        self.handle_seconds = Histogram(
+            "greenwatch_collector_handle_seconds_per_batch",
+            "Time spent decoding, validating and attributing one batch (a group of batches handled together "
+            "counts its mean once per batch): what bounds one collector's throughput.",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1), registry=registry)
 
     def observe_batch(self, sent_us: int | None, size: int, now_s: float | None = None) -> None:
         """One batch message is durable; ``sent_us`` None (a header it could not read) counts its size only."""
@@ -166,6 +171,11 @@ class CollectorHistograms:
         if sent_us is not None:
             # Clocks differ between hosts by up to collector.max_clock_skew_s: never a negative latency.
             self.batch_latency.observe(max(0.0, (time.time() if now_s is None else now_s) - sent_us / 1e6))
+
+    def observe_handling(self, seconds: float, batches: int) -> None:
+        """``batches`` batches were decoded, validated and attributed together in ``seconds``."""
+        for _ in range(batches):
+            self.handle_seconds.observe(seconds / batches)
 
     def observe_write(self, seconds: float, lines: int) -> None:
         """One write request to InfluxDB took ``seconds`` for ``lines`` points."""
