@@ -18,6 +18,7 @@ import yaml
 
 from greenwatch.config import Config, config_from_mapping
 from greenwatch.configcheck import consistency_warnings
+from greenwatch.transport.identifiers import check_name
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "deploy" / "kubernetes"
@@ -120,8 +121,12 @@ def test_collector_statefulset_keeps_its_spill_and_session(collector):
     collector.assert_secret(cfg.influxdb.token_file)
     # The spill holds fsynced, already acknowledged records: a volume per pod that outlives it.
     assert "claim" in collector.volume_of(cfg.collector.spill_dir + "/x")
-    # collector.instance (the persistent MQTT session) is the host name: stable in a StatefulSet.
-    assert collector.workload["spec"]["serviceName"] and collector.workload["spec"]["replicas"] >= 1
+    # collector.instance (the persistent MQTT session) is the host name: stable in a StatefulSet,
+    # <name>-0, <name>-1, ..., names the collector accepts.
+    spec = collector.workload["spec"]
+    assert spec["serviceName"] and spec["replicas"] >= 1
+    for ordinal in range(spec["replicas"]):
+        assert check_name("instance", f"{collector.workload['metadata']['name']}-{ordinal}") is None
     collector.assert_probes_on(cfg.collector.metrics_listen)
     collector.assert_hardened()
     # The pod may stop long enough to write or spill what it holds (TimeoutStopSec of the unit).
