@@ -70,6 +70,9 @@ class GpuInfo:
     has_counter: bool        # the energy counter is supported (Volta and newer, not most vGPUs)
     anchored: bool           # row 0 of this GPU repeats the previous batch's last row
     power_limit_w: float = float("nan")
+    #: What its energy and power cover: "gpu", or "module" (GPU + Grace CPU + memory of a Grace
+    #: Hopper / Grace Blackwell module, read where the board reports no GPU scope).
+    energy_scope: str = "gpu"
 
 
 @dataclass(frozen=True)

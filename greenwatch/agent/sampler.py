@@ -66,7 +66,8 @@ class Sampler:
                  node_power: Callable[[int], NodePower | None] | None = None) -> None:
         self.devices = list(devices)
         self.jobs = jobs
-        infos = [GpuInfo(d.uuid, d.index, d.name, d.has_counter, False, d.power_limit_w) for d in self.devices]
+        infos = [GpuInfo(d.uuid, d.index, d.name, d.has_counter, False, d.power_limit_w, d.energy_scope)
+                 for d in self.devices]
         self.builder = BatchBuilder(cluster, node, infos)
         self._host = host_sampler
         self._job_cpu = job_cpu

@@ -52,6 +52,8 @@ MIN_SENT_US = 1_420_070_400_000_000
 #: Sample times may run this far past ``sent_us``: NVML stamps a read with the same clock the agent
 #: reads right after, so only rounding and a read racing the cut put a sample after the send time.
 SENT_TOLERANCE_US = 2_000_000
+#: What a GPU's energy can cover (GpuInfo.energy_scope).
+ENERGY_SCOPES = ("gpu", "module")
 #: The most a node's host (CPUs, memory, fans: everything but the GPUs) can draw.
 MAX_HOST_POWER_W = 20_000.0
 #: The most CPUs a node can have: CPU-seconds per second of window.
@@ -101,6 +103,8 @@ def encode(batch: Batch) -> bytes:
         "gpus": [
             {"uuid": g.uuid, "index": g.index, "name": g.name, "counter": g.has_counter,
              "anchored": g.anchored, "limit_w": None if math.isnan(g.power_limit_w) else g.power_limit_w}
+            # Only a module-scope GPU names its scope: a batch without it reads as GPU scope.
+            | ({"scope": g.energy_scope} if g.energy_scope != "gpu" else {})
             for g in batch.gpus
         ],
         "jobs": [{"id": j.job_id, "user": j.user, "source": j.source} for j in batch.jobs],
@@ -190,9 +194,11 @@ def _parse_gpus(raw: Any) -> list[GpuInfo]:
     for g in raw:
         _require(type(g) is dict, "bad-header", "each GPU must be an object")
         limit, counter, anchored = g.get("limit_w"), g.get("counter"), g.get("anchored")
-        uuid, index, name = g.get("uuid"), g.get("index"), g.get("name")
+        uuid, index, name, scope = g.get("uuid"), g.get("index"), g.get("name"), g.get("scope", "gpu")
+        _require(type(scope) is str and scope in ENERGY_SCOPES, "bad-header",
+                 f"a GPU's scope must be one of {', '.join(ENERGY_SCOPES)}")
         # Types are part of the key because 1 == True == 1.0 and the checks tell them apart.
-        key = (uuid, index, name, counter, anchored, limit,
+        key = (uuid, index, name, counter, anchored, limit, scope,
                type(uuid), type(index), type(name), type(counter), type(anchored), type(limit))
         info = _lookup(_GPUS, key)
         if info is None:
@@ -208,7 +214,7 @@ def _parse_gpus(raw: Any) -> list[GpuInfo]:
                 _name(g, "uuid", "gpu_uuid")
                 _int(g, "index", 0, 4096)
                 _name(g, "name", "gpu_name")
-            info = GpuInfo(uuid, index, name, counter, anchored, math.nan if limit is None else float(limit))
+            info = GpuInfo(uuid, index, name, counter, anchored, math.nan if limit is None else float(limit), scope)
             _GPUS.put(key, info)
         uuids.add(uuid)
         gpus.append(info)
