@@ -1,53 +1,37 @@
 """SIGHUP (``systemctl reload``): the file is re-read and checked, the keys a restart would change are named.
 
-A real agent process (mock NVML, real Mosquitto) gets SIGHUP after its file changed, after it
-broke, and when nothing changed; it keeps sampling through all three.  The collector's checks are
-exercised in-process with the same function its signal handler calls.
+The services' handlers are exercised in-process with the functions their signal handlers call;
+tests/test_deploy_broker.py sends SIGHUP to a real agent and collector.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
-import time
 
-from fixtures_e2e import GreenwatchProcess, agent_env
+from greenwatch.agent.service import reload_checks as agent_checks
 from greenwatch.collector.service import reload_checks as collector_checks
 from greenwatch.config import load_config
 from greenwatch.reload import changed_keys, check_reload
-from mocknvml import Constant, GpuSpec, Scenario
-from service_helpers import agent_config, collector_config, wait_until, write_token
+from service_helpers import agent_config, collector_config, write_token
 
 
-def test_the_agent_checks_a_reloaded_file_and_names_what_changes(tmp_path, mosquitto, mock_nvml_lib,
-                                                                 greenwatch_procs):
-    Scenario(t0=time.time(), gpus=[GpuSpec(0, power=[Constant(-60.0, 600.0, 200.0)])]).write(tmp_path / "n.scn")
-    cfg = agent_config(tmp_path / "agent.toml", mqtt={"host": mosquitto.host, "port": mosquitto.port},
-                       cluster="rl", node="rl-node")
-    agent = GreenwatchProcess("agent", cfg, tmp_path / "agent.log", env=agent_env(mock_nvml_lib, tmp_path / "n.scn"))
-    greenwatch_procs.append(agent.start())
-    agent.wait_for_log("sampling 1 GPU(s)", timeout=60)
-    original = cfg.read_text()
-
-    def hup_and_wait(text: str) -> str:
-        before = len(agent.log())
-        agent.proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: text in agent.log()[before:], 20, f"{text!r} in the agent's log")
-        return agent.log()[before:]
-
-    # The same file: nothing to apply.
-    assert "changes nothing" in hup_and_wait("SIGHUP received")
-    # Two changed keys: named, to be applied by a restart.
-    cfg.write_text(original.replace("sample_hz = 10.0", "sample_hz = 5.0").replace(
+def test_the_agent_reload_names_the_changed_keys_and_a_refused_file(tmp_path, caplog):
+    path = agent_config(tmp_path / "agent.toml", mqtt={"host": "127.0.0.1", "port": 1883}, cluster="rl",
+                        node="rl-node")
+    running = load_config(path)
+    original = path.read_text()
+    caplog.set_level(logging.INFO, logger="greenwatch.reload")
+    path.write_text(original.replace("sample_hz = 10.0", "sample_hz = 5.0").replace(
         "publish_interval_s = 1.0", "publish_interval_s = 2.0"))
-    said = hup_and_wait("take effect at the next restart")
-    assert "agent.publish_interval_s, agent.sample_hz" in said and "WARNING" in said
-    # A file the next start would refuse: the key is named, the agent runs on.
-    cfg.write_text(original.replace("sample_hz = 10.0", "sample_hz = -1"))
-    said = hup_and_wait("would be refused at the next start")
-    assert "agent.sample_hz" in said and "ERROR" in said
-    assert agent.proc.poll() is None
-    assert agent.stop() == 0, agent.log()[-2000:]
+    assert check_reload(running, "agent", agent_checks) == ["agent.publish_interval_s", "agent.sample_hz"]
+    warning = next(r for r in caplog.records if r.levelno == logging.WARNING)
+    assert "agent.publish_interval_s, agent.sample_hz" in warning.getMessage()
+    assert "take effect at the next restart" in warning.getMessage()
+    caplog.clear()
+    path.write_text(original.replace("sample_hz = 10.0", "sample_hz = -1"))   # a file the next start refuses
+    assert check_reload(running, "agent", agent_checks) == []
+    error = next(r for r in caplog.records if r.levelno == logging.ERROR)
+    assert "agent.sample_hz" in error.getMessage() and "would be refused at the next start" in error.getMessage()
 
 
 def test_the_collector_reload_runs_its_secret_checks(tmp_path, caplog):
