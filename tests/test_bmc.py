@@ -150,3 +150,62 @@ def test_a_hung_bmc_never_delays_gpu_sampling_or_loses_gpu_data():
     e = np.concatenate([b.block.columns["energy_mj"] for b in decoded])
     assert (e[-1] - e[0]) / 1000 == pytest.approx(watts * (t[-1] - t[0]) / 1e6, rel=1e-3)   # nothing lost
     assert all(b.node_power is None for b in decoded)        # the hung BMC gave nothing, and no guess
+
+
+def test_the_agent_publishes_node_power_from_pm_counters(tmp_path, mosquitto, mock_nvml_lib, greenwatch_procs):
+    """The real agent (mock NVML) with ``[node_power] sources = "pm_counters"`` on a sysfs tree laid
+    out as on an HPE Cray EX node whose counter rises at 1 kW: its batches, taken off the real
+    broker, carry the meter's window energy."""
+    import paho.mqtt.client as paho
+
+    from fixtures_e2e import GreenwatchProcess, agent_env
+    from mocknvml import Constant, GpuSpec, Scenario
+    from service_helpers import agent_config
+
+    pm = tmp_path / "pm_counters"
+    pm.mkdir()
+    t0 = time.time()
+    stop = threading.Event()
+
+    def meter() -> None:   # the node's firmware, refreshing the counters every 100 ms
+        while not stop.is_set():
+            now = time.time()
+            for name, value, unit in (("energy", 1000.0 * (now - t0), "J"), ("power", 1000.0, "W"),
+                                      ("memory_energy", 100.0 * (now - t0), "J")):
+                tmp = pm / f".{name}"
+                tmp.write_text(f"{int(value)} {unit} {int(now * 1e6)} us\n")
+                tmp.replace(pm / name)
+            (pm / "freshness").write_text(f"{int((now - t0) * 10)}\n")
+            stop.wait(0.1)
+
+    writer = threading.Thread(target=meter, daemon=True)
+    writer.start()
+    received: list[bytes] = []
+    sub = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    sub.on_message = lambda client, userdata, msg: received.append(msg.payload)
+    sub.connect(mosquitto.host, mosquitto.port)
+    sub.subscribe("greenwatch/v1/np/np-node/batch", qos=1)
+    sub.loop_start()
+    try:
+        Scenario(t0=t0, gpus=[GpuSpec(0, power=[Constant(-60.0, 600.0, 200.0)])]).write(tmp_path / "n.scn")
+        cfg = agent_config(tmp_path / "agent.toml", mqtt={"host": mosquitto.host, "port": mosquitto.port},
+                           cluster="np", node="np-node", agent={"receipts": False})
+        cfg.write_text(cfg.read_text() + f'\n[node_power]\nsources = "pm_counters"\npoll_interval_s = 0.5\n'
+                              f'pm_counters_dir = "{pm}"\n')
+        agent = GreenwatchProcess("agent", cfg, tmp_path / "agent.log", env=agent_env(mock_nvml_lib, tmp_path / "n.scn"))
+        greenwatch_procs.append(agent.start())
+        agent.wait_for_log("reading node power from pm_counters", timeout=60)
+        metered = wait_for(lambda: [b for b in (decode(p) for p in list(received)) if b.node_power is not None
+                                    and b.node_power.end_us - b.node_power.start_us > 500_000][1:],
+                           30, "two batches with node power")
+        assert agent.stop() == 0, agent.log()[-2000:]
+    finally:
+        stop.set()
+        sub.loop_stop()
+        sub.disconnect()
+    p = metered[0].node_power
+    assert p.source == "pm_counters" and p.counter
+    span_s = (p.end_us - p.start_us) / 1e6
+    assert p.energy_j / span_s == pytest.approx(1000.0, rel=0.05)
+    assert p.parts_j["memory"] / span_s == pytest.approx(100.0, rel=0.1)
+    assert metered[0].block.n_rows > 0   # GPU samples as always
