@@ -31,7 +31,11 @@ GPU's measured energy to the jobs holding it and writes the results to InfluxDB.
 
 Start with `greenwatch demo`: it runs a simulated cluster end to end on this machine."""
 
-_EPILOG = "Documentation: docs/ in the source tree (start with docs/architecture.md and docs/configuration.md)."
+#: Where the wheel installs the documentation (pyproject.toml, data-files), under the environment's prefix.
+DOC_DIR = Path(sys.prefix) / "share" / "doc" / "greenwatch"
+
+_EPILOG = (f"Documentation: {DOC_DIR}/ (installed with greenwatch), or docs/ in the source tree; start with "
+           "architecture.md, operations.md and configuration.md.")
 
 
 def _version() -> str:

@@ -152,6 +152,8 @@ def test_the_wheel_installs_without_the_site_stack_and_measures(tmp_path, built,
 
     exe = venv / "bin" / "greenwatch"
     assert _run([str(exe), "--version"]).stdout.strip() == f"greenwatch {VERSION}"
+    # --help points at the documentation the wheel installed.
+    assert f"{venv}/share/doc/greenwatch/" in " ".join(_run([str(exe), "--help"]).stdout.split())
 
     # One simulated 250 W GPU; the run and the tracked block each measure it for a moment.
     sc = Scenario(t0=time.time(), gpus=[GpuSpec(0, power=[Constant(-60.0, 900.0, 250.0)])])
