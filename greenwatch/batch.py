@@ -163,6 +163,9 @@ class Batch:
     mig: list[MigInfo] = field(default_factory=list)
     #: The node meter's energy over this window (None: no node meter, the rest of the node is not included).
     node_power: NodePower | None = None
+    #: The node meter's energy over the carried window, so that a collector filling a lost batch from
+    #: the carry gets its node records too.
+    carry_node_power: NodePower | None = None
 
     @property
     def key(self) -> tuple[str, str, str, int]:

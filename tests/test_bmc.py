@@ -209,3 +209,7 @@ def test_the_agent_publishes_node_power_from_pm_counters(tmp_path, mosquitto, mo
     assert p.energy_j / span_s == pytest.approx(1000.0, rel=0.05)
     assert p.parts_j["memory"] / span_s == pytest.approx(100.0, rel=0.1)
     assert metered[0].block.n_rows > 0   # GPU samples as always
+    # Each batch carries the previous window's node power with its boundary rows (a lost batch loses none).
+    by_seq = {b.seq: b for b in (decode(x) for x in received)}
+    later = metered[-1]
+    assert later.carry_node_power is not None and later.carry_node_power == by_seq[later.seq - 1].node_power

@@ -140,3 +140,31 @@ def test_job_summary_names_the_node_meter_or_says_the_rest_is_not_included(influ
     assert notes["7"] == ["Rest of the node: measured by the BMC via Redfish"]
     assert notes["8"] == ["Rest of the node: not included (no node meter was read; memory, NICs, fans and power "
                           "supplies are not counted)"]
+
+
+def test_a_lost_batch_is_filled_with_its_node_power_from_the_next_batchs_carry():
+    n = 41
+    t = [T0 + i * DT for i in range(n)]
+    traces = [GpuTrace(t, [300_000] * n, [i * 30_000 for i in range(n)], {0: [holder(job("7"), 90.0)]})]
+    host = {"host_energy_j": 50.0, "cpu_busy_s": 1.0, "host_energy_measured": 1.0}
+    first, second = build_batches(traces, [t[20]], host=host, job_cpu_s={"7": 0.5})
+    p1 = NodePower("ipmi-sdr", t[0], t[20], 1000.0, False, {}, ())
+    p2 = NodePower("ipmi-sdr", t[20], t[40], 1200.0, False, {}, ())
+    first = dataclasses.replace(first, node_power=p1)
+    second = dataclasses.replace(second, node_power=p2, carry_node_power=p1)
+    assert second.carry is not None and decode_roundtrip(second).carry_node_power == p1
+
+    whole = Collector(AttributionSettings("equal", 60.0), carbon_ctx(), ListSink())
+    expected = whole.handle(encode(first)) + whole.handle(encode(second))
+    gap = Collector(AttributionSettings("equal", 60.0), carbon_ctx(), ListSink())
+    got = gap.handle(encode(second))   # the first batch never arrived
+    for measurement in ("node_power", "job_node"):
+        assert sorted((r.time_ns, r.fields) for r in by(got, measurement)) == \
+            sorted((r.time_ns, r.fields) for r in by(expected, measurement))
+    assert len(by(got, "node_power")) == 2
+
+
+def decode_roundtrip(b):
+    from greenwatch.transport.wire import decode
+
+    return decode(encode(b))

@@ -72,6 +72,7 @@ class Sampler:
         self._host = host_sampler
         self._job_cpu = job_cpu
         self._node_power = node_power
+        self._last_node_power: NodePower | None = None
         self._errors = _OnceLog()
         self.samples = 0
         #: Each GPU's latest reading (a SAMPLE_COLUMNS row) and holders, for the metrics endpoint; None before the first.
@@ -187,4 +188,7 @@ class Sampler:
         if self._node_power is not None:
             # Interpolates the readings the meter's own thread collected: never waits for a BMC.
             batch.node_power = self._node_power(batch.block.end_us or sent_us)
+            if batch.carry is not None:
+                batch.carry_node_power = self._last_node_power   # the carried window's, as its host metrics
+            self._last_node_power = batch.node_power
         return batch

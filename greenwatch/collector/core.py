@@ -339,6 +339,8 @@ class Collector:
                 # the shared subscription).  Its boundary rows give its energy from the counter exactly, and
                 # its host metrics its host energy, so the records equal the original's field for field:
                 # writing them under the same keys is harmless if another collector did receive it.
+                if batch.carry_node_power is not None:
+                    metered.append((batch, len(inputs), batch.carry_node_power))
                 inputs.append(LedgerInput(batch.carry, batch.gpus, batch.jobs, batch.carry_host, batch.carry_job_cpu_s,
                                           batch.mig))
                 sources.append(BlockSource(batch.cluster, batch.node, None, with_gpu_series=False))

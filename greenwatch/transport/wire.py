@@ -119,6 +119,8 @@ def encode(batch: Batch) -> bytes:
         header["carry_job_cpu_s"] = [round(float(x), 6) for x in batch.carry_job_cpu_s]
     if batch.node_power is not None:
         header["node_power"] = _node_power_header(batch.node_power)
+    if batch.carry is not None and batch.carry_node_power is not None:
+        header["carry_node_power"] = _node_power_header(batch.carry_node_power)
     head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     body = b"".join(p for b in blocks for p in _block_body(b))
     return _PREFIX.pack(MAGIC, VERSION, len(head)) + head + body
@@ -310,10 +312,10 @@ def _node_power_header(p: NodePower) -> dict[str, Any]:
             "flags": list(p.flags)}
 
 
-def _parse_node_power(header: dict[str, Any], lo_us: int, hi_us: int) -> NodePower | None:
+def _parse_node_power(header: dict[str, Any], lo_us: int, hi_us: int, key: str = "node_power") -> NodePower | None:
     """The optional ``node_power`` object (docs/wire-format.md, "Node power"): a known source, a
     window within the batch's time bounds, and energy a node can draw in it."""
-    raw = header.get("node_power")
+    raw = header.get(key)
     if raw is None:
         return None
     _require(type(raw) is dict, "bad-header", "'node_power' must be an object")
@@ -464,6 +466,7 @@ def decode(payload: bytes, *, expect_node: tuple[str, str] | None = None, now_us
     # Without a carry, carry_host is unused; it is still bounded, by this batch's own window.
     _check_host(carry_host, carry_cpu, blocks[-1], sent_us, "carry_host")
     node_power = _parse_node_power(header, lo_us, hi_us)
+    carry_node_power = _parse_node_power(header, lo_us, hi_us, "carry_node_power")
     return Batch(cluster, node, _int(header, "seq"), _name(header, "boot", "boot"), gpus, jobs, blocks[0], host,
                  blocks[1] if len(blocks) > 1 else None, sent_us, [float(v) for v in job_cpu],
-                 carry_host, [float(v) for v in carry_cpu], mig, node_power)
+                 carry_host, [float(v) for v in carry_cpu], mig, node_power, carry_node_power)
