@@ -57,3 +57,12 @@ def test_hostile_node_power_is_rejected_with_a_reason(change, reason):
     with pytest.raises(WireError) as err:
         decode(with_header(encode(batch(GOOD)), change), now_us=SENT)
     assert err.value.reason == reason
+
+
+def test_a_hostile_carried_node_power_is_rejected_like_the_window_s_own():
+    def carry(h):
+        h["carry_node_power"] = dict(h["node_power"], energy_j=1e12)
+
+    with pytest.raises(WireError) as err:
+        decode(with_header(encode(batch(GOOD)), carry), now_us=SENT)
+    assert err.value.reason == "bad-value"
