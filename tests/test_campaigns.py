@@ -146,6 +146,31 @@ def test_membership_by_tag_rules_and_hand_each_run_once(registry):
     assert len(chosen) == 5
 
 
+@pytest.mark.parametrize("first, then, member", [
+    (("add", JobRef("900", "jupiter")), ("remove", JobRef("900")), False),   # a bare remove after a cluster add
+    (("remove", JobRef("900", "jupiter")), ("add", JobRef("900")), True),    # a bare add after a cluster remove
+    (("add", JobRef("900")), ("remove", JobRef("900", "jupiter")), False),
+    (("remove", JobRef("900")), ("add", JobRef("900", "jupiter")), True),
+], ids=["cluster-add-bare-remove", "cluster-remove-bare-add", "bare-add-cluster-remove", "bare-remove-cluster-add"])
+def test_the_later_hand_edit_wins_whether_or_not_it_names_the_cluster(registry, first, then, member):
+    registry.create("c")
+    for op, ref in (first, then):
+        getattr(registry, op)("c", [ref])
+    chosen = members(registry.campaign("c"), [summary("900", end_h=1)])
+    assert [m.job for m in chosen] == (["900"] if member else [])
+
+
+def test_rule_ids_are_never_reused_after_a_removal(registry):
+    registry.create("c")
+    registry.add_rule("c", Rule(user="a"))
+    second = registry.add_rule("c", Rule(user="b"))
+    registry.remove_rule("c", second.id)
+    third = registry.add_rule("c", Rule(user="c"))
+    assert (second.id, third.id) == (2, 3)
+    trail = [ch.describe() for ch in registry.campaign("c").history]
+    assert sum("rule 2 " in line for line in trail) == 2 and any("rule 3 added: user=c" in t for t in trail)
+
+
 def test_requeued_failed_and_cancelled_runs_stay_in_and_are_marked(registry):
     registry.create("c")
     registry.add_rule("c", Rule(account="proj-llm"))

@@ -104,7 +104,7 @@ def members(campaign: Campaign, summaries: Iterable[dict[str, Any]]) -> list[Mem
         latest[(cluster, job)] = max(t, latest.get((cluster, job), t))
     out = []
     for (cluster, job, t), s in sorted(runs.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1])):
-        manual = _manual(campaign, cluster, job)
+        manual = campaign.latest_manual(cluster, job)
         if manual is not None and not manual[0]:
             continue   # removed by hand
         how, rule_phase = "", ""
@@ -124,12 +124,6 @@ def members(campaign: Campaign, summaries: Iterable[dict[str, Any]]) -> list[Mem
             state, reason = manual[2], "marked by hand"
         out.append(Member(s, how, phase, state, reason))
     return out
-
-
-def _manual(campaign: Campaign, cluster: str, job: str) -> tuple[bool, str, str] | None:
-    """The latest hand-made line about this job: one naming its cluster wins over one that does not."""
-    exact = campaign.manual.get(JobRef(job, cluster))
-    return exact if exact is not None else campaign.manual.get(JobRef(job, ""))
 
 
 def _state(s: dict[str, Any], requeued: bool) -> tuple[str, str]:

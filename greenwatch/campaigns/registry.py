@@ -140,7 +140,17 @@ class Campaign:
     rules: list[Rule] = field(default_factory=list)
     #: Jobs named by hand, in order: (job, added?, phase, state).  The latest line about a job wins.
     manual: dict[JobRef, tuple[bool, str, str]] = field(default_factory=dict)
+    #: For each job in ``manual``, the position in ``history`` of the latest line about it, so that
+    #: a line naming the job's cluster and one naming only its id can be ordered against each other.
+    manual_seq: dict[JobRef, int] = field(default_factory=dict)
     history: list[Change] = field(default_factory=list)
+
+    def latest_manual(self, cluster: str, job: str) -> tuple[bool, str, str] | None:
+        """The newest hand-made line about ``job`` on ``cluster``, whether it named the cluster or not."""
+        found = [ref for ref in (JobRef(job, cluster), JobRef(job, "")) if ref in self.manual]
+        if not found:
+            return None
+        return self.manual[max(found, key=lambda ref: self.manual_seq.get(ref, -1))]
 
 
 class CampaignRegistry:
@@ -182,7 +192,9 @@ class CampaignRegistry:
             raise CampaignError("a rule needs at least one criterion (account, user, name pattern, cluster, time)")
         with self._locked() as fd:
             campaign = self._get(self._replay(self._read_locked(fd)), name)
-            numbered = Rule(**{**asdict(rule), "id": max((r.id for r in campaign.rules), default=0) + 1})
+            # Past every id the campaign ever used, so that the audit trail never names two rules alike.
+            used = [int(ch.data["rule"]["id"]) for ch in campaign.history if ch.op == "rule"]
+            numbered = Rule(**{**asdict(rule), "id": max(used, default=0) + 1})
             self._append(fd, "rule", name, by, {"rule": asdict(numbered)})
         return numbered
 
@@ -300,9 +312,12 @@ def _apply(campaigns: dict[str, Campaign], ch: Change) -> None:
                 ref = JobRef(str(j["job"]), str(j.get("cluster", "")))
                 _, phase, state = c.manual.get(ref, (True, "", ""))
                 c.manual[ref] = (True, str(d.get("phase") or phase), str(d.get("state") or state))
+                c.manual_seq[ref] = len(c.history)
         elif ch.op == "remove":
             for j in d["jobs"]:
-                c.manual[JobRef(str(j["job"]), str(j.get("cluster", "")))] = (False, "", "")
+                ref = JobRef(str(j["job"]), str(j.get("cluster", "")))
+                c.manual[ref] = (False, "", "")
+                c.manual_seq[ref] = len(c.history)
         elif ch.op == "rule":
             c.rules.append(Rule(**d["rule"]))
         elif ch.op == "unrule":
