@@ -213,3 +213,18 @@ def test_the_agent_publishes_node_power_from_pm_counters(tmp_path, mosquitto, mo
     by_seq = {b.seq: b for b in (decode(x) for x in received)}
     later = metered[-1]
     assert later.carry_node_power is not None and later.carry_node_power == by_seq[later.seq - 1].node_power
+
+
+def test_a_failing_or_slow_bmc_is_an_error_of_its_kind():
+    with RedfishService("environment") as bmc:
+        meter = RedfishMeter(bmc.url, "reader", "secret", timeout_s=0.5)
+        bmc.fail_status = 500
+        with pytest.raises(NodePowerError) as err:
+            meter.read()
+        assert err.value.kind == "unavailable" and "HTTP 500" in str(err.value)
+        bmc.fail_status, bmc.delay_s = 0, 2.0
+        with pytest.raises(NodePowerError) as err:
+            meter.read()
+        assert err.value.kind == "timeout"
+        bmc.delay_s = 0.0
+        assert meter.read().power_w == 0.0   # and it answers again

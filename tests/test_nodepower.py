@@ -203,3 +203,10 @@ def test_a_password_file_others_can_read_stops_the_start(tmp_path):
                                                   "ipmi_sensors": "PSU1", key: str(pw)}}).node_power
         with pytest.raises(ConfigError, match=f"node_power.{key}: secret file .* is readable by other users"):
             open_sources(cfg)
+
+
+def test_the_bmc_password_never_goes_over_plain_http_to_another_host():
+    from greenwatch.agent.nodepower.redfish import RedfishMeter
+
+    with pytest.raises(NodePowerError, match="plain HTTP"):
+        RedfishMeter("http://10.0.0.5", "reader", "secret")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from greenwatch.agent.nodepower.reading import NodePowerError, NodePowerSource, NodeReading
 
@@ -91,6 +92,11 @@ class RedfishMeter(NodePowerSource):
             import redfish  # DMTF's client: an optional dependency of the agent, loaded only when configured
         except ImportError:
             raise NodePowerError("unavailable", "the 'redfish' package is not installed (pip install redfish)") from None
+        host = urlsplit(url).hostname or ""
+        if url.startswith("http://") and username and host not in ("127.0.0.1", "::1", "localhost"):
+            # Basic authentication sends the password with every request: never in clear over a network.
+            raise NodePowerError("unavailable", f"{url}: refusing to send the BMC password over plain HTTP; "
+                                                "use https:// (node_power.redfish_url)")
         if url.startswith("https://") and not insecure_tls and not ca_file:
             import requests.certs
 
@@ -112,8 +118,8 @@ class RedfishMeter(NodePowerSource):
         try:
             resp = self._client.get(path)
         except Exception as exc:
-            raise NodePowerError("timeout" if "imeout" in str(exc) else "unavailable",
-                                 f"GET {path}: {_why(exc)}") from None
+            why = _why(exc)   # the library wraps the cause: a read timeout shows only in the chain
+            raise NodePowerError("timeout" if "imeout" in why else "unavailable", f"GET {path}: {why}") from None
         if resp.status in (401, 403):
             raise NodePowerError("auth", f"GET {path}: HTTP {resp.status}")
         if resp.status != 200:
