@@ -56,7 +56,7 @@ from greenwatch.transport.receipts import (MAX_RECEIPT_SEQS, Receipt, batch_iden
                                            receipt_topic)
 from greenwatch.transport.wire import decode, encode
 from greenwatch.credentials import check_mqtt_tls, influx_token, mqtt_password
-from greenwatch.reload import check_reload
+from greenwatch.reload import Reloader
 from greenwatch.wiring import attribution_settings, carbon_context, influx_store
 
 __all__ = ["BufferedWriter", "CredentialsRefused", "EventHandler", "reload_checks", "run_collector"]
@@ -230,8 +230,10 @@ async def _serve(cfg: Config, events: EventHandler | None, store, spill: DiskQue
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, request_stop)
-    # Reload checks the file and names what the next restart changes (greenwatch.reload says why).
-    loop.add_signal_handler(signal.SIGHUP, check_reload, cfg, "collector", reload_checks)
+    # Reload applies [carbon] and [attribution] between batches and names what needs a restart
+    # (greenwatch.reload says why).
+    loop.add_signal_handler(signal.SIGHUP, Reloader(cfg, "collector", reload_checks,
+                                                    apply=lambda new: reprice(collector, new), live=LIVE_SECTIONS))
     writing = asyncio.create_task(writer.run(flushed))
 
     def writer_ended(task: asyncio.Task) -> None:
@@ -322,6 +324,25 @@ def tune_gc() -> None:
     gc.collect()   # what is garbage now would never be freed once frozen
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+#: Sections a reload applies to a running collector: they only price and split later batches.
+LIVE_SECTIONS = ("carbon", "attribution")
+
+
+def reprice(collector: Collector, cfg: Config) -> None:
+    """Swap the collector's carbon context and attribution settings for those of ``cfg`` (SIGHUP).
+
+    Batches are accounted on the event loop, as is this call, so every batch is priced wholly
+    with the old or wholly with the new settings.  Raises ConfigError (and changes nothing) when
+    the new carbon data cannot be loaded.
+    """
+    carbon = carbon_context(cfg, background_fetch=True)
+    old = collector.carbon.intensity
+    collector.carbon, collector.settings = carbon, attribution_settings(cfg)
+    close = getattr(old, "close", None)
+    if close is not None and old is not carbon.intensity:
+        close()   # a live provider's fetching thread
 
 
 def reload_checks(cfg: Config) -> None:
