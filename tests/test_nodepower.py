@@ -210,3 +210,14 @@ def test_the_bmc_password_never_goes_over_plain_http_to_another_host():
 
     with pytest.raises(NodePowerError, match="plain HTTP"):
         RedfishMeter("http://10.0.0.5", "reader", "secret")
+
+
+def test_a_reload_checks_the_bmc_password_file(tmp_path):
+    from greenwatch.agent.service import reload_checks
+
+    pw = tmp_path / "bmc-password"
+    pw.write_text("secret\n")
+    pw.chmod(0o644)
+    cfg = config_from_mapping({"node_power": {"sources": "redfish", "redfish_password_file": str(pw)}})
+    with pytest.raises(ConfigError, match="node_power.redfish_password_file"):
+        reload_checks(cfg)

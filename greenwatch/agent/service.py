@@ -606,6 +606,9 @@ def reload_checks(cfg: Config) -> None:
     """The agent's start-up checks of a configuration (secret file, TLS material), for SIGHUP."""
     mqtt_password(cfg)
     check_mqtt_tls(cfg)
+    from greenwatch.agent.nodepower.factory import check_secrets
+
+    check_secrets(cfg.node_power)
 
 
 async def _status_loop(publisher: Publisher, thread: SamplingThread, stop: asyncio.Event) -> None:

@@ -11,7 +11,7 @@ from greenwatch.agent.nodepower.reading import NodePowerError, NodePowerSource
 from greenwatch.config import ConfigError, NodePowerConfig
 from greenwatch.secretfiles import SecretFileError, read_secret
 
-__all__ = ["open_sources", "source_names", "start_poller"]
+__all__ = ["open_sources", "source_names", "start_poller", "check_secrets"]
 
 log = logging.getLogger(__name__)
 
@@ -21,15 +21,31 @@ def source_names(cfg: NodePowerConfig) -> list[str]:
     return [n.strip() for n in cfg.sources.split(",") if n.strip()]
 
 
+def _secret(cfg: NodePowerConfig, key: str) -> str:
+    """The secret in the file named by ``node_power.<key>`` ("" without one); an unsafe file is a config error."""
+    path = getattr(cfg, key)
+    if not path:
+        return ""
+    try:
+        return read_secret(path)
+    except SecretFileError as exc:
+        # Like every secret of the service: an unsafe or missing file stops the start (exit status 2).
+        raise ConfigError(f"node_power.{key}", str(exc)) from None
+
+
+def check_secrets(cfg: NodePowerConfig) -> None:
+    """The start-up checks of the password files the configured sources use (also run on SIGHUP)."""
+    names = source_names(cfg)
+    if "redfish" in names:
+        _secret(cfg, "redfish_password_file")
+    if "ipmi-dcmi" in names or "ipmi-sdr" in names:
+        _secret(cfg, "ipmi_password_file")   # ipmitool reads it; refuse it here if others can
+
+
 def _open(name: str, cfg: NodePowerConfig) -> NodePowerSource:
     if name == "pm_counters":
         return PmCounters(cfg.pm_counters_dir)
     if name in ("ipmi-dcmi", "ipmi-sdr"):
-        if cfg.ipmi_password_file:
-            try:
-                read_secret(cfg.ipmi_password_file)   # ipmitool reads it; refuse it here if others can
-            except SecretFileError as exc:
-                raise ConfigError("node_power.ipmi_password_file", str(exc)) from None
         target = IpmiTarget(cfg.ipmi_interface, cfg.ipmi_host, cfg.ipmi_port, cfg.ipmi_username,
                             cfg.ipmi_password_file, cfg.timeout_s, cfg.ipmi_cipher_suite)
         if name == "ipmi-dcmi":
@@ -39,11 +55,7 @@ def _open(name: str, cfg: NodePowerConfig) -> NodePowerSource:
 
     if not cfg.redfish_url:
         raise NodePowerError("unavailable", "node_power.redfish_url is empty")
-    try:
-        password = read_secret(cfg.redfish_password_file) if cfg.redfish_password_file else ""
-    except SecretFileError as exc:
-        # Like every secret of the service: an unsafe or missing file stops the start (exit status 2).
-        raise ConfigError("node_power.redfish_password_file", str(exc)) from None
+    password = _secret(cfg, "redfish_password_file")
     return RedfishMeter(cfg.redfish_url, cfg.redfish_username, password, chassis=cfg.redfish_chassis,
                         ca_file=cfg.redfish_ca_file, insecure_tls=cfg.redfish_insecure_tls, timeout_s=cfg.timeout_s)
 
@@ -52,6 +64,7 @@ def open_sources(cfg: NodePowerConfig) -> list[NodePowerSource]:
     """The sources of ``cfg.sources`` that could be opened, in order; the others are logged and left
     out (a node without pm_counters still uses its BMC).  An unsafe password file raises
     :class:`~greenwatch.config.ConfigError`."""
+    check_secrets(cfg)
     out = []
     for name in source_names(cfg):
         try:
