@@ -9,6 +9,12 @@ a mapping directory and a spool directory.  The hooks run against the mock NVML
 whose scenario (:attr:`SlurmCluster.scenario`) gives the four GPUs minor numbers
 0-3 in an order that differs from NVML's index order, as on real machines.
 
+The node has a fifth board, NVML index and minor number 4, in MIG mode with three MIG
+devices (:data:`MIG_DEVICES`).  It is not a GRES: Slurm 22.05 would give a job's prolog
+its MIG devices as numeric GRES ids that no NVML query can turn into MIG UUIDs
+(docs/slurm.md, "MIG"), so jobs reach it the way they do on nodes without device
+constraints and their processes say which job each MIG device serves.
+
 Everything runs as root (slurmd must, to run jobs as other users); if anything
 cannot start, :class:`harness.HarnessError` is raised with the daemons' logs: the
 Slurm tests fail loudly, they are never skipped.
@@ -37,15 +43,19 @@ from fixtures_e2e import write_config
 from harness import HarnessError
 from harness.daemon import SETUP_HINT, Daemon, find_binary
 from harness.ports import free_port
-from mocknvml import GpuSpec, Scenario, make_uuid
+from mocknvml import GpuSpec, MigSpec, Scenario, make_uuid
 
-__all__ = ["SlurmCluster", "EventRecorder", "GPU_MINORS"]
+__all__ = ["SlurmCluster", "EventRecorder", "GPU_MINORS", "MIG_BOARD", "MIG_DEVICES"]
 
 NODE = "gwnode"
 PARTITION = "gpu"
 CLUSTER = "gwtest"
 #: NVML index -> minor number (/dev/nvidia<minor>): deliberately not the identity.
 GPU_MINORS = (2, 0, 3, 1)
+#: NVML index (and minor number) of the board in MIG mode, outside the GRES.
+MIG_BOARD = 4
+#: Its MIG devices as (GPU instance, compute slices): 6 of its 7 slices, one left free.
+MIG_DEVICES = ((1, 3), (2, 2), (5, 1))
 
 
 class EventRecorder:
@@ -149,7 +159,7 @@ class _SlurmDaemon(Daemon):
 
 
 class SlurmCluster:
-    """One node (``gwnode``) with four fake GPUs, partition ``gpu``, hooks wired to greenwatch."""
+    """One node (``gwnode``) with four fake GPUs as GRES and a MIG board, partition ``gpu``, hooks wired to greenwatch."""
 
     def __init__(self, workdir: Path, *, broker: tuple[str, int], mock_lib_dir: Path) -> None:
         self.workdir = Path(workdir)
@@ -167,7 +177,9 @@ class SlurmCluster:
         self.jobs_dir = self.workdir / "jobs"
         self.scenario = Scenario(
             t0=time.time(), reload_on_change=True,
-            gpus=[GpuSpec(i, uuid=make_uuid(NODE, i), minor=m) for i, m in enumerate(GPU_MINORS)])
+            gpus=[GpuSpec(i, uuid=make_uuid(NODE, i), minor=m) for i, m in enumerate(GPU_MINORS)]
+            + [GpuSpec(MIG_BOARD, uuid=make_uuid(NODE, MIG_BOARD), minor=MIG_BOARD, mig=True)],
+            migs=[MigSpec(MIG_BOARD, gi=gi, slices=n) for gi, n in MIG_DEVICES])
         self.ctld_port = self.slurmd_port = 0
         self.pick_ports()
         self.munged = _Munged(self.workdir / "munge")

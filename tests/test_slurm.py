@@ -1,14 +1,18 @@
 """End to end with a real Slurm: sbatch jobs -> greenwatch prolog/epilog -> agent -> collector -> InfluxDB.
 
 One node (``gwnode``) with four fake GPUs (character devices offered as GRES; the mock
-NVML gives them minor numbers 0-3 in another order than NVML's index order).  Four jobs:
+NVML gives them minor numbers 0-3 in another order than NVML's index order) and a fifth board
+in MIG mode (three MIG devices of 3, 2 and 1 slices, one slice free; not a GRES, see
+tests/fixtures_slurm.py).  Six jobs:
 
 - ``train``: ``--gres=gpu:2``, run as user ``nobody`` with account ``proj-climate``;
 - ``share-a`` (``--gres=gpu:1``) and ``share-b`` (no GRES) share one GPU: ``share-b``'s
   process appears on ``share-a``'s GPU, as it does on nodes whose Slurm does not
   constrain devices (or with MPS/shards; Slurm 22.05's ``shard`` GRES gave inconsistent
   ``SLURM_JOB_GPUS`` in our trials, so the test does not depend on it);
-- ``quick``: ``--gres=gpu:1``, ends a few seconds after it started.
+- ``quick``: ``--gres=gpu:1``, ends a few seconds after it started;
+- ``mig-a`` and ``mig-b`` (no GRES): their processes run on the MIG board's 3-slice and
+  2-slice devices; the 1-slice device stays idle.
 
 Each job script writes its PID and GPU ids to a file and waits for a release file.  Once
 every job runs, the test adds the job processes to the mock NVML scenario (the mock
@@ -16,13 +20,16 @@ re-reads a replaced scenario, ``reload_on_change``) together with power that is 
 outside known windows, so the true energy of each job is the scenario's exact integral.
 Checked: mapping files and events (GPU ids translated by minor number), per-job energy in
 InfluxDB against the truth, and one ``job`` summary record per job with its metadata,
-still one after a duplicate end event.
+still one after a duplicate end event.  The MIG jobs' truth is the MIG split of the board's
+exact energy as tests/test_mig_accuracy.py computes it; the board's energy is the MIG jobs'
+shares plus the node's unallocated energy (the other GPUs draw power only while held).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 
@@ -30,14 +37,18 @@ import paho.mqtt.client as paho
 import pytest
 
 from fixtures_e2e import GreenwatchProcess, agent_env, write_config
-from fixtures_slurm import EventRecorder
+from fixtures_slurm import MIG_BOARD, EventRecorder
 from greenwatch.carbon import embodied_g, load_embodied
 from greenwatch.transport.events import JobEvent, encode_event
 from mocknvml.scenario import Constant, ProcSpec, Ramp, Square
+import test_mig_accuracy
 
 pytestmark = pytest.mark.slurm
 
-ACCOUNTS = {"train": "proj-climate", "share-a": "proj-share", "share-b": "proj-share", "quick": "proj-quick"}
+ACCOUNTS = {"train": "proj-climate", "share-a": "proj-share", "share-b": "proj-share", "quick": "proj-quick",
+            "mig-a": "proj-mig", "mig-b": "proj-mig"}
+#: MIG job -> (GPU instance its process runs on, SM activity %).
+MIG_JOBS = {"mig-a": (1, 60), "mig-b": (2, 25)}
 
 JOB_SCRIPT = """#!/bin/bash
 # Tell the test who we are, then hold the allocation until the test releases us.
@@ -60,8 +71,9 @@ def read_pidfile(path: Path) -> tuple[int, str, list[int]]:
     return int(pid), job_id, [int(g) for g in (gpus[0].split(",") if gpus else [])]
 
 
+@pytest.mark.mig  # one of its jobs runs on a MIG device
 def test_slurm_jobs_end_to_end(tmp_path: Path, slurm_cluster, mosquitto, influx_v2, mock_nvml_lib,
-                               greenwatch_procs):
+                               greenwatch_procs, monkeypatch):
     sl = slurm_cluster
     bucket = influx_v2.new_bucket("slurm")
     mine = f"\"cluster\" = '{sl.cluster_name}'"  # the session broker may carry other tests' messages
@@ -94,21 +106,21 @@ def test_slurm_jobs_end_to_end(tmp_path: Path, slurm_cluster, mosquitto, influx_
             "agent": {"sample_hz": 10.0, "publish_interval_s": 1.0, "mapping_dir": str(sl.mapping_dir)}}),
             tmp_path / "agent.log", env=agent_env(mock_nvml_lib, sl.scenario_path)).start()
         greenwatch_procs.append(agent)
-        agent.wait_for_log("sampling 4 GPU(s)", timeout=60)
+        agent.wait_for_log("sampling 5 GPU(s)", timeout=60)
 
-        # -- four jobs ---------------------------------------------------------------------------
+        # -- six jobs ----------------------------------------------------------------------------
         submitted = time.time()
         specs = {"train": ["--gres=gpu:2", "--uid=nobody"], "share-a": ["--gres=gpu:1"], "share-b": [],
-                 "quick": ["--gres=gpu:1"]}
+                 "quick": ["--gres=gpu:1"], "mig-a": [], "mig-b": []}
         ids = {name: sl.sbatch(f"--job-name={name}", f"--account={ACCOUNTS[name]}", *args,
                                script=JOB_SCRIPT.format(dir=jobs_dir, name=name))
                for name, args in specs.items()}
-        wait_for(lambda: all((jobs_dir / f"{n}.pid").exists() for n in ids), 60, "all four jobs to run",
+        wait_for(lambda: all((jobs_dir / f"{n}.pid").exists() for n in ids), 60, "all six jobs to run",
                  lambda: f"queue: {sl.queued()}\n{sl.logs()}")
         info = {n: read_pidfile(jobs_dir / f"{n}.pid") for n in ids}
         assert {n: i[1] for n, i in info.items()} == ids
         minors = {n: i[2] for n, i in info.items()}
-        assert sorted(len(m) for m in minors.values()) == [0, 1, 1, 2]
+        assert sorted(len(m) for m in minors.values()) == [0, 0, 0, 1, 1, 2]
         assert sorted(sum(minors.values(), [])) == [0, 1, 2, 3]
 
         # The prologs mapped each GPU id (a minor number) to its UUID, not to NVML index n.
@@ -123,23 +135,33 @@ def test_slurm_jobs_end_to_end(tmp_path: Path, slurm_cluster, mosquitto, influx_
         sc = sl.scenario
         gpu = {name: [sl.nvml_index_of_minor(m) for m in minors[name]] for name in ids}
         shared = gpu["share-a"][0]
-        w0 = sc.rel(time.time()) + 2.0          # the agent lists processes once a second
+        # The agent lists processes once a second.  The window starts on a whole second, where the
+        # agent cuts its batches, so the MIG board's first segment with power has only a sliver
+        # (at most a sample gap) of the time before it.
+        w0 = sc.rel(math.ceil(time.time()) + 2.0)
         long_end, quick_end = w0 + 8.0, w0 + 2.0
         sc.processes += [ProcSpec(info["train"][0], g, sm_util=80, to_s=long_end + 1.5) for g in gpu["train"]]
         sc.processes += [ProcSpec(info["share-a"][0], shared, sm_util=50, to_s=long_end + 1.5),
                          ProcSpec(info["share-b"][0], shared, sm_util=50, to_s=long_end + 1.5),
                          ProcSpec(info["quick"][0], gpu["quick"][0], sm_util=90, to_s=quick_end + 1.5)]
+        sc.processes += [ProcSpec(info[name][0], MIG_BOARD, sm_util=sm, gi=gi, ci=0, to_s=long_end + 1.5)
+                         for name, (gi, sm) in MIG_JOBS.items()]
         sc.gpu(gpu["train"][0]).power = [Constant(w0, long_end, 300.0)]
         sc.gpu(gpu["train"][1]).power = [Square(w0, long_end, low_w=120.0, high_w=520.0, period_s=0.7)]
         sc.gpu(shared).power = [Ramp(w0, long_end, 150.0, 450.0)]
         sc.gpu(gpu["quick"][0]).power = [Constant(w0, quick_end, 250.0)]
+        # Whole periods ending on the idle level: the agent's segment after the window holds a
+        # sliver of idle power only, which it splits as the truth does.  High power keeps the
+        # sliver before the window (idle time to the agent, nothing to the truth) small beside it.
+        sc.gpu(MIG_BOARD).power = [Square(w0, long_end, low_w=test_mig_accuracy.IDLE_W, high_w=650.0,
+                                          period_s=1.0)]
         sl.write_scenario()
 
         # quick ends first (its process leaves the GPU, then the job ends); then the others.
         time.sleep(max(0.0, sc.abs(quick_end + 2.5) - time.time()))
         (jobs_dir / "quick.release").touch()
         time.sleep(max(0.0, sc.abs(long_end + 2.5) - time.time()))
-        for name in ("train", "share-a", "share-b"):
+        for name in ("train", "share-a", "share-b", *MIG_JOBS):
             (jobs_dir / f"{name}.release").touch()
         sl.wait_gone(list(ids.values()), timeout=60)
         assert list(sl.mapping_dir.iterdir()) == [], "the epilogs left mapping files behind"
@@ -173,7 +195,7 @@ def test_slurm_jobs_end_to_end(tmp_path: Path, slurm_cluster, mosquitto, influx_
     finally:
         recorder.close()
         sl.hook_config.write_text(hook_config)
-        for name in ("quick", "train", "share-a", "share-b"):
+        for name in ACCOUNTS:
             (jobs_dir / f"{name}.release").touch()
 
     # -- events: start and end from the hooks, GPUs as UUIDs ----------------------------------------
@@ -193,11 +215,46 @@ def test_slurm_jobs_end_to_end(tmp_path: Path, slurm_cluster, mosquitto, influx_
     e = {i: sc.energy_j(i, lo, hi) for i in range(4)}
     truth = {"train": e[gpu["train"][0]] + e[gpu["train"][1]], "share-a": e[shared] / 2, "share-b": e[shared] / 2,
              "quick": e[gpu["quick"][0]]}
+    # The MIG split of the board's exact energy (idle by slices, the rest by busy slices), computed
+    # from the scenario by the MIG accuracy suite's truth, which names jobs by their processes.
+    for name in MIG_JOBS:
+        monkeypatch.setitem(test_mig_accuracy.JOBS, info[name][0], name)
+    mig_truth, mig_unallocated = test_mig_accuracy.truth(sc, MIG_BOARD, lo, hi)
+    assert set(mig_truth) == set(MIG_JOBS)
+    truth.update(mig_truth)
     rows = influx_v2.query(f'SELECT sum("energy_j") AS e FROM "job_energy" WHERE {mine} GROUP BY "job", "user"', bucket)
     measured = {r["job"]: r for r in rows}
     for name, job_id in ids.items():
         assert measured[job_id]["e"] == pytest.approx(truth[name], rel=0.01), name
     assert measured[ids["train"]]["user"] == "nobody"
+
+    # -- the MIG board: each job on its own device, within 0.5 % of the split truth; conservation ------
+    board = sc.gpus[MIG_BOARD].resolved_uuid
+    devices = {m.gi: sc.mig_uuid(m) for m in sc.mig_devices(MIG_BOARD, sc.abs(w0))}
+    for name in MIG_JOBS:
+        assert measured[ids[name]]["e"] == pytest.approx(truth[name], rel=test_mig_accuracy.COUNTER_LIMIT), name
+    on_devices = influx_v2.query(f'SELECT sum("energy_j") AS e FROM "job_mig" WHERE {mine} GROUP BY "job", "gpu", "mig"',
+                                 bucket)
+    assert {(r["job"], r["gpu"], r["mig"]) for r in on_devices} == {
+        (ids[name], board, devices[gi]) for name, (gi, _) in MIG_JOBS.items()}
+    job_rows = influx_v2.query(f'SELECT sum("energy_j") AS e FROM "job_gpu" WHERE {mine} GROUP BY "job", "gpu"', bucket)
+    on_board = {r["job"]: r["e"] for r in job_rows if r["gpu"] == board}
+    assert set(on_board) == {ids[name] for name in MIG_JOBS}
+    (board_e,) = [r["e"] for r in influx_v2.query(
+        f'SELECT sum("energy_j") AS e FROM "gpu" WHERE {mine} AND "gpu" = \'{board}\'', bucket)]
+    (unallocated,) = [r["e"] for r in influx_v2.query(
+        f'SELECT sum("unallocated_energy_j") AS e FROM "node_energy" WHERE {mine}', bucket)]
+    assert board_e == pytest.approx(sc.energy_j(MIG_BOARD, lo, hi), rel=test_mig_accuracy.COUNTER_LIMIT)
+    assert board_e == pytest.approx(sum(on_board.values()) + unallocated, rel=1e-9)
+    # The idle device and the free slice: their slices' idle share.  The agent's segment that reaches
+    # back before the window (a sample gap: 0.1 s at 10 Hz, up to 0.5 s on a loaded machine) counts
+    # that time as idle too, 2/7 of it here.
+    slack = test_mig_accuracy.IDLE_W * 0.5 * 2 / 7
+    assert abs(unallocated - mig_unallocated) <= slack, (unallocated, mig_unallocated)
+    idle_device = devices[5]
+    (idle_e,) = [r["e"] for r in influx_v2.query(
+        f'SELECT sum("energy_j") AS e FROM "gpu_mig" WHERE {mine} AND "mig" = \'{idle_device}\'', bucket)]
+    assert abs(idle_e - mig_unallocated / 2) <= slack / 2, (idle_e, mig_unallocated)
 
     # -- the job records ---------------------------------------------------------------------------------
     counts = {r["job"]: r["n"] for r in influx_v2.query(f'SELECT count("energy_j") AS n FROM "job" WHERE {mine} GROUP BY "job"', bucket)}
@@ -212,7 +269,7 @@ def test_slurm_jobs_end_to_end(tmp_path: Path, slurm_cluster, mosquitto, influx_
         assert rec["energy_j"] == pytest.approx(truth[name], rel=0.01)
         assert (rec["account"], rec["partition"], rec["nodes"]) == (ACCOUNTS[name], sl.partition, sl.node)
         assert rec["user"] == ("nobody" if name == "train" else "root")
-        assert rec["gpus"] == (2 if name == "train" else 1)
+        assert rec["gpus"] == (2 if name == "train" else 1)   # a MIG job used one board
         assert rec.get("job_name") in (name, None)  # Slurm 22.05 gives prologs no SLURM_JOB_NAME
         expected_embodied = sum(embodied_g(model, "NVIDIA H100 80GB HBM3", r["s"]) for r in per_gpu if r["job"] == job_id)
         assert rec["embodied_g"] == pytest.approx(expected_embodied, rel=1e-9)
