@@ -161,7 +161,8 @@ def test_the_enefg_limits_follow_the_start_of_operation():
     assert limits("2019-05-01", 2026) == {"renewable_share": 0.5}
     assert limits("2019-05-01", 2027) == {"renewable_share": 1.0, "PUE": 1.5}
     assert limits("2019-05-01", 2030) == {"renewable_share": 1.0, "PUE": 1.3}
-    assert limits("2026-09-01", 2027) == {"renewable_share": 1.0}            # two years to reach them
+    # EnEfG §11 (2) Satz 2: reached "spätestens zwei Jahre nach Inbetriebnahme" (gesetze.legal/bund/enefg/11)
+    assert limits("2026-09-01", 2027) == {"renewable_share": 1.0}
     assert limits("2026-09-01", 2028) == {"renewable_share": 1.0, "PUE": 1.2, "ERF": 0.10}
     assert limits("2027-08-01", 2029) == {"renewable_share": 1.0, "PUE": 1.2, "ERF": 0.15}
     assert limits("2028-07-01", 2030) == {"renewable_share": 1.0, "PUE": 1.2, "ERF": 0.20}
@@ -249,3 +250,61 @@ def test_every_format_of_the_site_report(tmp_path, node_db, capsys):
     assert float(year.split(",")[1]) == pytest.approx(TOTAL / 876_000) and january.startswith("2025-01,1.5,")
     html = (out / "site-report-2025.html").read_text()
     assert "<h1>Site KPI report North, 2025</h1>" in html and "EN 50600-4-2" in html
+
+
+def test_the_two_years_of_a_new_site_are_calendar_years_and_counted_from_its_start():
+    assert enefg.two_years_after(dt.date(2026, 9, 1)) == dt.date(2028, 9, 1)   # not 730 days: 2028-08-31
+    assert enefg.two_years_after(dt.date(2028, 2, 29)) == dt.date(2030, 3, 1)
+    (pue,) = [lim for lim in enefg.applicable_limits(dt.date(2026, 9, 1), dt.date(2028, 12, 31)) if lim.kpi == "PUE"]
+    assert pue.applies_from == dt.date(2028, 9, 1)
+
+
+def test_a_limit_that_starts_mid_period_governs_only_its_part():
+    windows = enefg.limit_windows(dt.date(2019, 5, 1), dt.date(2030, 1, 1), dt.date(2031, 1, 1))
+    assert [(w[0].kpi, w[0].value, w[1].isoformat(), w[2].isoformat()) for w in windows] == [
+        ("PUE", 1.5, "2030-01-01", "2030-07-01"),
+        ("renewable_share", 1.0, "2030-01-01", "2031-01-01"),
+        ("PUE", 1.3, "2030-07-01", "2031-01-01")]
+
+
+def _year_meters(tmp_path: Path, year: int, total_kwh) -> dict[str, str]:
+    """Hourly IT (100 kWh/h) and total (``total_kwh(t)``) meters for ``year``."""
+    t0, t1 = calendar.timegm((year, 1, 1, 0, 0, 0)), calendar.timegm((year + 1, 1, 1, 0, 0, 0))
+    it, total = tmp_path / f"it-{year}.csv", tmp_path / f"total-{year}.csv"
+    it.write_text("timestamp,kwh\n" + "".join(f"{t},100\n" for t in range(t0, t1, H)))
+    total.write_text("timestamp,kwh\n" + "".join(f"{t},{total_kwh(t)}\n" for t in range(t0, t1, H)))
+    return {"it_energy": str(it), "total_energy": str(total)}
+
+
+def test_a_limit_starting_mid_year_is_judged_on_the_months_it_applies_to(tmp_path, node_db, capsys):
+    """2027 for a site operating since 2019: PUE 1.3 before July, 1.55 from July.  The whole year
+    (1.426) would pass the 1.5 limit; the months it applies to (July-December, 1.55) do not."""
+    jul = calendar.timegm((2027, 7, 1, 0, 0, 0))
+    meters = _year_meters(tmp_path, 2027, lambda t: 155 if t >= jul else 130)
+    cfg = write_config(tmp_path / "gw.toml", {"facility": {"start_of_operation": "2019-05-01", **meters}})
+    assert main(["site-report", "--config", str(cfg), "--db", str(node_db), "--year", "2027", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["kpis"]["annual"]["PUE"] == pytest.approx((130 * 4344 + 155 * 4416) / 876_000)
+    (pue,) = [lim for lim in doc["enefg_section_11"] if lim["kpi"] == "PUE"]
+    assert pue["value"] == pytest.approx(1.55) and pue["verdict"] == "not met"
+    assert (pue["judged_from"], pue["judged_to"]) == ("2027-07-01", "2027-12-31")
+    assert any("judged on 2027-07-01 to 2027-12-31" in n for n in doc["notes"])
+
+
+def test_a_new_site_is_judged_from_two_years_after_its_start_and_told_before(tmp_path, node_db, capsys):
+    """A site started on 2026-09-01: in 2027 the §11 (2) limits are named as not yet in force; in
+    2028 PUE 1.2 is judged on 1 September-31 December (1.15 there, 1.5 before)."""
+    sep = calendar.timegm((2028, 9, 1, 0, 0, 0))
+    meters = {2027: _year_meters(tmp_path, 2027, lambda t: 150),
+              2028: _year_meters(tmp_path, 2028, lambda t: 115 if t >= sep else 150)}
+    docs = {}
+    for year, m in meters.items():
+        cfg = write_config(tmp_path / f"gw-{year}.toml", {"facility": {"start_of_operation": "2026-09-01", **m}})
+        assert main(["site-report", "--config", str(cfg), "--db", str(node_db), "--year", str(year),
+                     "--format", "json"]) == 0
+        docs[year] = json.loads(capsys.readouterr().out)
+    assert {lim["kpi"] for lim in docs[2027]["enefg_section_11"]} == {"renewable_share"}
+    assert sum("not yet in force" in n and "from 2028-09-01" in n for n in docs[2027]["notes"]) == 2
+    (pue,) = [lim for lim in docs[2028]["enefg_section_11"] if lim["kpi"] == "PUE"]
+    assert (pue["applies_from"], pue["judged_from"], pue["judged_to"]) == ("2028-09-01", "2028-09-01", "2028-12-31")
+    assert pue["value"] == pytest.approx(1.15) and pue["verdict"] == "met"

@@ -92,8 +92,10 @@ def _site_sections(doc: dict[str, Any]) -> list[Section]:
                           ["coverage of the IT meter", _num(gw["coverage_of_it_meter"])],
                           ["attributed share of the IT meter", _num(gw["attributed_share_of_it_meter"])],
                           ["not seen by greenwatch (kWh)", _num(gw["not_seen_kwh"])]])]))
-    out.append(("EnEfG §11 limits", [], [(["KPI", "bound", "limit", "applies from", "value", "verdict", "basis"],
+    out.append(("EnEfG §11 limits", [], [(["KPI", "bound", "limit", "applies from", "judged on", "value", "verdict",
+                                           "basis"],
                                           [[lim["kpi"], lim["bound"], _num(lim["limit"]), lim["applies_from"],
+                                            f"{lim['judged_from']} to {lim['judged_to']}",
                                             _num(lim["value"]), lim["verdict"], lim["basis"]]
                                            for lim in doc["enefg_section_11"]])]))
     eu = doc["eu_dataset"]

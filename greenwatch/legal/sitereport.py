@@ -4,6 +4,7 @@ energy next to the IT meter, the EnEfG §11 limits, and the EU data set (Delegat
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 from typing import Any
 
@@ -24,6 +25,14 @@ EU_FIELDS = (
     ("waste_heat_reused", "EREUSE", "reused_heat", "kWh"),
     ("total_renewable_energy_consumption", "ERES-TOT", "renewable_energy", "kWh"),
 )
+
+
+def _date(t: float) -> dt.date:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).date()
+
+
+def _ts(d: dt.date) -> float:
+    return float(calendar.timegm(d.timetuple()))
 
 
 def _iso(t: float) -> str:
@@ -86,15 +95,27 @@ def build_site_report(facility: FacilityConfig, period: Period, data: SiteData,
     it_meter = annual["it_energy"].total if "it_energy" in annual else None
     kpis = _kpis(series, annual, period)
     start = dt.date.fromisoformat(facility.start_of_operation) if facility.start_of_operation else None
-    year_end = dt.datetime.fromtimestamp(period.end_s - 1, dt.timezone.utc).date()
-    limits = []
-    for lim in enefg.applicable_limits(start, year_end):
+    first, end = _date(period.start_s), _date(period.end_s)
+    limits, notes = [], []
+    for lim, a, b in enefg.limit_windows(start, first, end):
         key = {"PUE": "PUE", "ERF": "ERF", "renewable_share": "REF"}[lim.kpi]
-        value = kpis[key]
+        # A limit is judged only on the part of the period it governs: a whole-year value would
+        # mix in months under an earlier limit (or none).
+        part = period if (a, b) == (first, end) else Period(_ts(a), _ts(b), f"{a.isoformat()} to {b.isoformat()}")
+        part_kpis = kpis if part is period else _kpis(series, {k: s.reading(part) for k, s in series.items()}, part)
+        value = part_kpis[key]
+        judged_to = (b - dt.timedelta(days=1)).isoformat()
         limits.append({"kpi": lim.kpi, "bound": lim.bound, "limit": lim.value, "applies_from": lim.applies_from.isoformat(),
-                       "basis": lim.basis, "value": value,
-                       "verdict": enefg.judge(lim, value, kpis["complete"][key])})
-    notes = []
+                       "basis": lim.basis, "judged_from": a.isoformat(), "judged_to": judged_to, "value": value,
+                       "verdict": enefg.judge(lim, value, part_kpis["complete"][key])})
+        if part is not period:
+            notes.append(f"{lim.kpi} {lim.bound} {lim.value:g} applies from {lim.applies_from.isoformat()}: judged on "
+                         f"{a.isoformat()} to {judged_to} only, from the meters of that part of the period (the law "
+                         "asks for an annual average; a part-year value is an indication, not that average).")
+    for lim in enefg.deferred_limits(start, end):
+        notes.append(f"EnEfG §11 (2): {lim.kpi} {lim.bound} {lim.value:g} must be reached at the latest two years "
+                     f"after the start of operation, from {lim.applies_from.isoformat()}; not yet in force in this "
+                     "period, so not judged (see docs/eu-reporting.md for how the two years are counted).")
     missing = [k for k in METERS if k not in series]
     if missing:
         notes.append("Not metered (set in [facility]): " + ", ".join(f"facility.{k}" for k in missing) + ".")
