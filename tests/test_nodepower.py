@@ -221,3 +221,11 @@ def test_a_reload_checks_the_bmc_password_file(tmp_path):
     cfg = config_from_mapping({"node_power": {"sources": "redfish", "redfish_password_file": str(pw)}})
     with pytest.raises(ConfigError, match="node_power.redfish_password_file"):
         reload_checks(cfg)
+
+
+def test_in_band_ipmi_without_its_device_says_what_to_do(tmp_path):
+    from greenwatch.agent.nodepower.ipmi import IpmiDcmi
+
+    with pytest.raises(NodePowerError) as err:
+        IpmiDcmi(IpmiTarget("open", devices=(str(tmp_path / "ipmi0"),))).read()
+    assert err.value.kind == "unavailable" and "ipmi_devintf" in str(err.value)

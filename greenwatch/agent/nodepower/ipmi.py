@@ -8,6 +8,7 @@ IPMI has no energy counter: readings are power, integrated by the agent.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -29,6 +30,8 @@ class IpmiTarget:
     password_file: str = ""
     timeout_s: float = 3.0
     cipher_suite: int = 17
+    #: Where Linux puts the in-band device (ipmitool's open interface tries these in turn).
+    devices: tuple[str, ...] = ("/dev/ipmi0", "/dev/ipmi/0", "/dev/ipmidev/0")
     ipmitool: str = "ipmitool"
 
     def command(self, *args: str) -> list[str]:
@@ -50,6 +53,8 @@ class IpmiTarget:
 
     def run(self, *args: str) -> str:
         """ipmitool's standard output; its failures become :class:`NodePowerError`."""
+        if self.interface == "open":
+            self._check_device()
         cmd = self.command(*args)
         if shutil.which(cmd[0]) is None:
             raise NodePowerError("unavailable", f"{cmd[0]} not found (Debian package ipmitool)")
@@ -66,6 +71,18 @@ class IpmiTarget:
             kind = "no-permission" if "ermission" in detail else "auth" if "ession" in detail else "unavailable"
             raise NodePowerError(kind, f"ipmitool {' '.join(args)}: {detail[:200]}")
         return done.stdout
+
+
+    def _check_device(self) -> None:
+        """The in-band device, with what to do where it is missing or not ours (ipmitool's own
+        message, "Could not open device", names neither)."""
+        devices = [d for d in self.devices if os.path.exists(d)]
+        if not devices:
+            raise NodePowerError("unavailable", "no in-band IPMI device (/dev/ipmi0): load the ipmi_devintf and "
+                                                "ipmi_si kernel modules, or use ipmi_interface = 'lanplus'")
+        if not any(os.access(d, os.R_OK | os.W_OK) for d in devices):
+            raise NodePowerError("no-permission", f"{devices[0]} is not readable and writable by this user "
+                                                  "(docs/operations.md: a udev rule for the agent's group)")
 
 
 def parse_dcmi(text: str) -> float:
