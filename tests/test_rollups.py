@@ -103,12 +103,13 @@ def test_setup_is_idempotent_and_applies_changed_settings(influxdb_factory, tmp_
     cfg = config(tmp_path, influx)
     first = setup(cfg, capsys)
     assert "created retention policy rollup_1m (400d)" in first
-    assert sum("created continuous query" in line for line in first) == 8
+    # Two resolutions of four measurements, and the copy of the job summaries.
+    assert sum("created continuous query" in line for line in first) == 9
     policies = {r["name"]: r for r in influx.query(f'SHOW RETENTION POLICIES ON "{DB}"', db="")}
     assert policies["autogen"]["duration"] == "2160h0m0s" and policies["autogen"]["default"]
     assert policies["rollup_1m"]["duration"] == "9600h0m0s" and policies["rollup_1h"]["duration"] == "0s"
     queries = [r for r in influx.query("SHOW CONTINUOUS QUERIES", db="") if r.get("name")]
-    assert len(queries) == 8 and all("RESAMPLE EVERY 1s FOR" in r["query"] for r in queries)
+    assert len(queries) == 9 and all("RESAMPLE EVERY 1s FOR" in r["query"] for r in queries)
 
     again = setup(cfg, capsys)
     assert not any(w in line for line in again for w in ("created", "changed", "replaced")), again
@@ -119,7 +120,7 @@ def test_setup_is_idempotent_and_applies_changed_settings(influxdb_factory, tmp_
 
     changed = setup(config(tmp_path, influx, raw_retention="30d", rollup_late_s=7200), capsys)
     assert "changed retention policy autogen to 30d" in changed
-    assert sum("replaced continuous query" in line for line in changed) == 8
+    assert sum("replaced continuous query" in line for line in changed) == 9
     assert "FOR 7261s" in " ".join(r["query"] for r in influx.query("SHOW CONTINUOUS QUERIES", db="") if r.get("name"))
 
 

@@ -12,6 +12,7 @@ from typing import Any, Iterable, Protocol
 from greenwatch.reports.jobdata import TOTAL_FIELDS
 from greenwatch.storage.embedded import EmbeddedStore
 from greenwatch.storage.influxql import string_literal
+from greenwatch.storage.jobsummaries import read_summaries, summary_span
 
 __all__ = ["SummarySource", "EmbeddedSummaries", "InfluxSummaries", "RunSpan"]
 
@@ -118,18 +119,17 @@ class InfluxSummaries:
     def summaries(self, where: str = "") -> list[dict[str, Any]]:
         # The campaign's condition is pushed into InfluxDB, so a site's other jobs never travel.
         where = " AND ".join(f"({c})" for c in (self._where(), where) if c)
-        cond = f" WHERE {where}" if where else ""
-        first = self._rows(f'SELECT FIRST("duration_s") FROM "job"{cond}')
-        last = self._rows(f'SELECT LAST("duration_s") FROM "job"{cond}')
-        if not first or not last:
+        # Raw summaries and their long-lived copies (docs/influxdb.md): each job once, however old.
+        span = summary_span(self._rows, where)
+        if span is None:
             return []
-        lo, hi = first[0]["time_ns"], last[0]["time_ns"]
+        lo, hi = span
         step = WINDOW_DAYS * 86400 * 10**9
         out: list[dict[str, Any]] = []
         t = lo
         while t <= hi:
             window = f"time >= {t} AND time < {t + step}" + (f" AND ({where})" if where else "")
-            out.extend(self._rows(f'SELECT * FROM "job" WHERE {window}'))
+            out.extend(read_summaries(self._rows, window))
             t += step
         return out
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from greenwatch.reports.jobdata import TOTAL_FIELDS, GpuStats, JobData, ReportError, energy_method, sort_gpus
 from greenwatch.storage.influxql import string_literal
+from greenwatch.storage.jobsummaries import read_summaries
 from greenwatch.storage.rollups import RESOLUTIONS
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ def bucket_ns(first_ns: int, last_ns: int, points: int) -> int:
 def aggregate_job_data(source: InfluxSource, job_id: str, where: str,
                        job_span: tuple[int | None, int | None] = (None, None)) -> JobData:
     """Reduce the job whose points ``where`` selects, within ``job_span`` (see :meth:`InfluxSource.job_where`)."""
-    metas = sorted(source.rows(f'SELECT * FROM "job" WHERE {where}'), key=lambda p: p["time_ns"])
+    metas = read_summaries(source.rows, where)
     totals_row = summed(source, "job_energy", [(f, f'SUM("{f}")', f'SUM("{f}")') for f in TOTAL_FIELDS]
                         + [("host_points", 'COUNT("host_energy_j")', 'SUM("host_points")')],
                         where, job_span, ()).get((), {})

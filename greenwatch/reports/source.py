@@ -21,6 +21,7 @@ from greenwatch.reports.jobdata import JobData, ReportError, job_data_from_point
 from greenwatch.reports.mig_note import mig_devices_by_gpu, note_mig
 from greenwatch.storage.embedded import EmbeddedStore
 from greenwatch.storage.influx_setup import read_rollup_state
+from greenwatch.storage.jobsummaries import read_summaries
 from greenwatch.storage.rollups import RESOLUTIONS, RollupState, rolled_parts, rolled_range
 from greenwatch.storage.influxql import string_literal
 
@@ -148,7 +149,8 @@ class InfluxSource:
         ident = f'"job" = {string_literal(job_id)}'
         if self.cluster is not None:
             ident += f' AND "cluster" = {string_literal(self.cluster)}'
-        summaries = sorted(self.rows(f'SELECT * FROM "job" WHERE {ident}'), key=lambda p: p["time_ns"])
+        # Raw where the raw points are still there, the long-lived copy where not: each run once.
+        summaries = read_summaries(self.rows, ident)
         self._check_one_cluster(job_id, summaries)
         last = self.edge(ident, "LAST")
         self._check_one_cluster(job_id, last)

@@ -1,4 +1,5 @@
-"""``greenwatch influxdb setup``: database, retention policies and rollup continuous queries (InfluxDB 1.x).
+"""``greenwatch influxdb setup``: database, retention policies, rollup continuous queries and the copy of
+the job summaries that outlives the raw points (InfluxDB 1.x).
 
 Idempotent: every step first looks at what exists and only creates or changes what differs, so
 the command can be re-run at any time, e.g. after an upgrade that changes a rollup.
@@ -6,6 +7,7 @@ the command can be re-run at any time, e.g. after an upgrade that changes a roll
 
 from __future__ import annotations
 
+import datetime
 import re
 import time
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ from typing import Any, Protocol
 
 from greenwatch.storage.rollups import (MARKER, RESOLUTION_TABLE, RESOLUTIONS, ROLLUPS, RollupState,
                                         backfill_statement, continuous_query, cq_name, dashboard_resolutions, quote)
+from greenwatch.storage.jobsummaries import COPY_CHUNK_S, COPY_RP, CQ_NAME, copy_query, copy_statement
 
 __all__ = ["SetupPlan", "setup_influxdb", "read_rollup_state", "duration_s", "DURATION_RE"]
 
@@ -81,17 +84,11 @@ def setup_influxdb(server: Server, plan: SetupPlan, backfill_s: float = 0.0,
                 if r.get("name") and r.get("query")}
     for level in range(len(RESOLUTIONS)):
         for rollup in ROLLUPS:
-            name = cq_name(rollup, level)
-            text = continuous_query(plan.db, plan.raw_rp, rollup, level, plan.late_s, plan.every_s)
-            if name in existing and _same_query(existing[name], text):
-                done.append(f"continuous query {name} as wanted")
-                continue
-            if name in existing:
-                # 1.x cannot alter a continuous query: a changed one is dropped and created again.
-                # Nothing is lost: the new one recomputes its whole reach on its first run.
-                server.command(f"DROP CONTINUOUS QUERY {quote(name)} ON {quote(plan.db)}", db="")
-            server.command(text, db="")
-            done.append(f"{'replaced' if name in existing else 'created'} continuous query {name}")
+            done.append(_ensure_query(server, plan.db, existing, cq_name(rollup, level), continuous_query(
+                plan.db, plan.raw_rp, rollup, level, plan.late_s, plan.every_s)))
+    done.append(_ensure_query(server, plan.db, existing, CQ_NAME,
+                              copy_query(plan.db, plan.raw_rp, plan.late_s, plan.every_s)))
+    done.append(_copy_summaries(server, plan, now))
     state = read_rollup_state(server, plan.db)
     from_s = float(int(now) // 60 * 60)
     if backfill_s > 0:
@@ -109,6 +106,49 @@ def setup_influxdb(server: Server, plan: SetupPlan, backfill_s: float = 0.0,
                 f"for data up to {plan.late_s} s late")
     done.append(_write_resolution_table(server, plan, now))
     return done
+
+
+def _ensure_query(server: Server, db: str, existing: dict[str, str], name: str, text: str) -> str:
+    """Create the continuous query ``name`` as ``text`` unless it exists as wanted; what was done."""
+    if name in existing and _same_query(existing[name], text):
+        return f"continuous query {name} as wanted"
+    if name in existing:
+        # 1.x cannot alter a continuous query: a changed one is dropped and created again.
+        # Nothing is lost: the new one recomputes its whole reach on its first run.
+        server.command(f"DROP CONTINUOUS QUERY {quote(name)} ON {quote(db)}", db="")
+    server.command(text, db="")
+    return f"{'replaced' if name in existing else 'created'} continuous query {name}"
+
+
+def _copy_summaries(server: Server, plan: SetupPlan, now: float) -> str:
+    """Copy every job summary the raw policy holds into the long-lived policy (docs/influxdb.md).
+
+    Summaries written before the copying continuous query existed, or rewritten later than its
+    reach, are copied too; a summary copied before is copied again onto itself (same series,
+    same time), so re-running setup never adds a second copy.
+    """
+    oldest = _oldest_shard_s(server, plan)
+    if oldest is None:
+        return "no job summaries to copy"
+    start = int(oldest) // COPY_CHUNK_S * COPY_CHUNK_S
+    end = int(now) // 60 * 60 + 60
+    for t in range(start, end, COPY_CHUNK_S):
+        server.command(copy_statement(plan.db, plan.raw_rp, t * 10**9, min(t + COPY_CHUNK_S, end) * 10**9))
+    return (f"copied the job summaries since {time.strftime('%Y-%m-%d', time.gmtime(start))} "
+            f"into {COPY_RP} (kept {plan.rollup_retentions[-1]})")
+
+
+def _oldest_shard_s(server: Server, plan: SetupPlan) -> float | None:
+    """Start (s) of the raw policy's oldest shard: nothing older is left to copy. None: no shards."""
+    starts = []
+    for row in server.command("SHOW SHARDS", db=""):
+        if row.get("database") == plan.db and row.get("retention_policy") == plan.raw_rp:
+            value = row.get("start_time")
+            if isinstance(value, (int, float)):
+                starts.append(float(value) / 1e9)
+            elif isinstance(value, str) and value:
+                starts.append(datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+    return min(starts, default=None)
 
 
 def _write_resolution_table(server: Server, plan: SetupPlan, now: float) -> str:
