@@ -13,7 +13,8 @@ from greenwatch.config import FacilityConfig
 from greenwatch.legal import enefg, kpi
 from greenwatch.legal.meters import METERS, MeterReading, MeterSeries, QueryFn, load_meter
 from greenwatch.legal.period import Period
-from greenwatch.legal.sitedata import SiteData
+from greenwatch.legal.itsplit import it_split
+from greenwatch.legal.sitedata import NODE_FIELDS, SiteData
 
 __all__ = ["build_site_report", "EU_FIELDS"]
 
@@ -79,19 +80,17 @@ def build_site_report(facility: FacilityConfig, period: Period, data: SiteData,
     annual = {k: s.reading(period) for k, s in series.items()}
     months = period.months()
     monthly = []
-    gw_total = {"gpu": 0.0, "host": 0.0, "allocated": 0.0, "host_unallocated": 0.0, "unallocated": 0.0}
+    node_total = dict.fromkeys(NODE_FIELDS, 0.0)
     for m in months:
         readings = {k: s.reading(m) for k, s in series.items()}
         node = data.node_sums(m)
-        gw = {"gpu": node["gpu_energy_j"], "host": node["host_energy_j"], "allocated": node["allocated_energy_j"],
-              "host_unallocated": node["host_unallocated_j"], "unallocated": node["unallocated_energy_j"]}
-        for k in gw_total:
-            gw_total[k] += gw[k]
+        for k in node_total:
+            node_total[k] += node.get(k, 0.0)
         monthly.append({"month": m.label, **_kpis(series, readings, m),
-                        "measured_it_energy_kwh": (gw["gpu"] + gw["host"]) / J_PER_KWH,
+                        "measured_it_energy_kwh": it_split(node).measured_j / J_PER_KWH,
                         "it_meter_kwh": readings["it_energy"].total if "it_energy" in readings else None})
-    measured = (gw_total["gpu"] + gw_total["host"]) / J_PER_KWH
-    attributed = (gw_total["allocated"] + gw_total["host"] - gw_total["host_unallocated"]) / J_PER_KWH
+    split = it_split(node_total)
+    measured, attributed = split.measured_j / J_PER_KWH, split.attributed_j / J_PER_KWH
     it_meter = annual["it_energy"].total if "it_energy" in annual else None
     kpis = _kpis(series, annual, period)
     start = dt.date.fromisoformat(facility.start_of_operation) if facility.start_of_operation else None
@@ -140,10 +139,10 @@ def build_site_report(facility: FacilityConfig, period: Period, data: SiteData,
         "kpis": {"annual": kpis, "monthly": monthly},
         "greenwatch": {
             "measured_it_energy_kwh": measured,
-            "measured_gpu_energy_kwh": gw_total["gpu"] / J_PER_KWH,
-            "measured_host_energy_kwh": gw_total["host"] / J_PER_KWH,
+            "measured_gpu_energy_kwh": node_total["gpu_energy_j"] / J_PER_KWH,
+            "measured_host_energy_kwh": node_total["host_energy_j"] / J_PER_KWH,
             "attributed_to_jobs_kwh": attributed,
-            "unallocated_kwh": measured - attributed,
+            "unallocated_kwh": split.unallocated_j / J_PER_KWH,
             "it_meter_kwh": it_meter,
             "coverage_of_it_meter": measured / it_meter if it_meter else None,
             "attributed_share_of_it_meter": attributed / it_meter if it_meter else None,

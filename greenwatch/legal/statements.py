@@ -18,7 +18,8 @@ from typing import Any
 
 from greenwatch.carbon.units import J_PER_KWH
 from greenwatch.legal.period import Period
-from greenwatch.legal.sitedata import JOB_FIELDS, JobKey, SiteData
+from greenwatch.legal.itsplit import it_split
+from greenwatch.legal.sitedata import JOB_FIELDS, NODE_FIELDS, JobKey, SiteData
 
 __all__ = ["build_statements", "NO_ACCOUNT", "TOP_JOBS", "SUMMARY_LOOKAHEAD_S"]
 
@@ -77,7 +78,7 @@ def build_statements(data: SiteData, period: Period, unit: str = "account",
     per_customer: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(JOB_FIELDS, 0.0))
     per_month: dict[tuple[str, str], dict[str, float]] = defaultdict(lambda: dict.fromkeys(JOB_FIELDS, 0.0))
     per_job: dict[tuple[str, JobKey], dict[str, float]] = defaultdict(lambda: dict.fromkeys(JOB_FIELDS, 0.0))
-    node = dict.fromkeys(("gpu_energy_j", "host_energy_j", "unallocated_energy_j", "host_unallocated_j"), 0.0)
+    node = dict.fromkeys(NODE_FIELDS, 0.0)
     months = period.months()
     for month in months:
         for key, sums in data.job_sums(month).items():
@@ -116,8 +117,8 @@ def build_statements(data: SiteData, period: Period, unit: str = "account",
                           **_figures(v)} for k, v in jobs[:TOP_JOBS]],
         })
     customers_j = math.fsum(v["energy_j"] + v["host_energy_j"] for v in per_customer.values())
-    unallocated_j = node["unallocated_energy_j"] + node["host_unallocated_j"]
-    measured_j = node["gpu_energy_j"] + node["host_energy_j"]
+    split = it_split(node)
+    unallocated_j, measured_j = split.unallocated_j, split.measured_j
     start, end = period.iso()
     notes = [
         "IT energy is measured by greenwatch: each job's share of its GPUs' energy counters plus its share of the "
