@@ -26,7 +26,7 @@ def report_from_source(campaign: Campaign, source: SummarySource, *, intensity_s
     """Read the summaries, pick the campaign's runs, sum them."""
     chosen = members(campaign, source.summaries(influx_condition(campaign)))
     models = source.gpu_models({m.cluster for m in chosen}) if chosen else []
-    spans = {_span(m.summary): m for m in chosen}
+    spans = dict(zip(_spans([m.summary for m in chosen]), chosen))
     for span, rest in source.rest_of_node(list(spans)).items():
         spans[span].summary = {**spans[span].summary, REST_OF_NODE: rest}
     parts = {}
@@ -38,12 +38,29 @@ def report_from_source(campaign: Campaign, source: SummarySource, *, intensity_s
                                  market_note=market_note, gpu_models=models, month_parts=parts)
 
 
-def _span(s: dict) -> RunSpan:
-    """A run's cluster, job and span, widened as the per-job report widens it (SPAN_MARGIN_S)."""
-    end = int(s["time_ns"])
-    start = int(float(s["start_s"]) * 1e9) if "start_s" in s else end - int(float(s.get("duration_s") or 0) * 1e9)
+def _spans(summaries: list[dict]) -> list[RunSpan]:
+    """Each run's cluster, job and span, widened as the per-job report widens it (SPAN_MARGIN_S),
+    but never into another run of the same job id: two runs of a requeued job closer than twice
+    the margin split the time between them, so each record is summed into one run only."""
     margin = int(SPAN_MARGIN_S * 1e9)
-    return str(s.get("cluster", "")), str(s.get("job", "")), start - margin, end + margin
+    bounds = []
+    for s in summaries:
+        end = int(s["time_ns"])
+        start = int(float(s["start_s"]) * 1e9) if "start_s" in s else end - int(float(s.get("duration_s") or 0) * 1e9)
+        bounds.append((str(s.get("cluster", "")), str(s.get("job", "")), start, end))
+    lo = [b[2] - margin for b in bounds]
+    hi = [b[3] + margin for b in bounds]
+    by_job: dict[tuple[str, str], list[int]] = {}
+    for i, b in enumerate(bounds):
+        by_job.setdefault((b[0], b[1]), []).append(i)
+    for runs in by_job.values():
+        runs.sort(key=lambda i: bounds[i][3])
+        for one, nxt in zip(runs, runs[1:]):
+            if hi[one] >= lo[nxt]:
+                # Half-way between one run's end and the next one's start (its end, if they overlap).
+                cut = max(bounds[one][3], (bounds[one][3] + bounds[nxt][2]) // 2)
+                hi[one], lo[nxt] = min(hi[one], cut), max(lo[nxt], cut + 1)
+    return [(c, j, lo[i], hi[i]) for i, (c, j, _, _) in enumerate(bounds)]
 
 
 def campaign_report(campaign: Campaign, *, config: Path | None = None, dbs: Iterable[Path] = (),
@@ -54,7 +71,8 @@ def campaign_report(campaign: Campaign, *, config: Path | None = None, dbs: Iter
     from greenwatch.storage.embedded import EmbeddedStore
     from greenwatch.wiring import carbon_context, influx_store
 
-    dbs = list(dbs)
+    # One store named twice (or by two paths) is read once: its runs must not count twice.
+    dbs = list(dict.fromkeys(Path(p).resolve() for p in dbs))
     cfg = load_config(config)
     # Runs of `greenwatch run` name the intensity they were priced with; a collector's jobs were
     # priced with the [carbon] settings of the configuration.
@@ -114,7 +132,8 @@ def render_output(report: CampaignReport, fmt: str) -> str:
 def write_outputs(report: CampaignReport, fmt: str, out: Path | None) -> list[Path]:
     """Write ``fmt`` to ``out`` (every output into the directory ``out`` for ``all``); to stdout without ``out``."""
     if fmt == "all":
-        assert out is not None
+        if out is None:
+            raise ValueError("the format 'all' writes several files: name a directory to write them into")
         out.mkdir(parents=True, exist_ok=True)
         paths = []
         for name in FORMATS + ("ai-act", "model-card"):
