@@ -18,11 +18,18 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["IDLE_EQUAL", "IDLE_PROPORTIONAL", "IDLE_UNALLOCATED", "segment_energy", "split_segments", "gpu_summaries"]
+__all__ = ["IDLE_EQUAL", "IDLE_PROPORTIONAL", "IDLE_UNALLOCATED", "idle_part_j", "segment_energy", "split_segments",
+           "gpu_summaries"]
 
 IDLE_EQUAL = 0
 IDLE_PROPORTIONAL = 1
 IDLE_UNALLOCATED = 2
+
+
+@njit(cache=True, nogil=True)
+def idle_part_j(energy_j, idle_w, duration_s):  # pragma: no cover - compiled
+    """The idle part of a segment's energy: the idle baseline over its duration, never more than the energy."""
+    return min(energy_j, idle_w * duration_s)
 
 
 @njit(cache=True, nogil=True)
@@ -141,7 +148,7 @@ def split_segments(seg_energy_j, seg_duration_s, seg_gpu, holder_ptr, holder_sm,
                 h_idle[a] = e
             continue
         # Shared GPU: the part above the idle baseline is "active" and follows SM shares.
-        idle = min(e, idle_w[seg_gpu[s]] * dur)
+        idle = idle_part_j(e, idle_w[seg_gpu[s]], dur)
         active = e - idle
         total_sm = 0.0
         known = True

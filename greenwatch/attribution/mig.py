@@ -6,15 +6,19 @@ existed during it, each with its SM activity (GPM, Hopper and newer) or none (Na
 energy ``E`` is split as docs/methodology.md ("MIG") gives:
 
 * idle part ``I = min(E, idle_w * duration)``, by slice share: ``I * slices / board_slices``;
-  the share of slices no instance occupies stays unallocated;
+  the share of slices no instance occupies stays unallocated.  ``attribution.idle_policy`` does
+  not apply: an instance is reserved hardware, so its idle slice share is its holder's;
 * active part ``A = E - I``, by busy-slice share ``a * slices / sum(a * slices)`` (``a``: the
   percentage of the instance's SMs that were busy) where every instance's activity is known and
-  some is above zero, otherwise by slice share among the instances (labelled as a fallback);
+  some is above zero, otherwise by slice share among the instances (labelled as a fallback only
+  where some activity was not known: a board measured idle everywhere is not a fallback);
 * an instance's share goes to the jobs holding it (equal parts); an instance no job holds
-  goes to unallocated, unless a job holds the whole board, which then gets it.
+  goes to unallocated, unless a job holds the whole board, which then gets it, with the GPU time
+  of the slices no instance holder holds.
 
 ``board energy = instances' shares + unallocated`` holds for every segment: unallocated is
-what is left after the shares, so the books add up to the counter's energy up to one rounding.
+what is left after the shares (never below zero), so the books add up to the counter's energy
+up to one rounding.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from numba import njit
 
+from greenwatch.attribution.kernel import idle_part_j
 from greenwatch.batch import JobInfo, MigInfo
 
 __all__ = ["MigSplit", "split_mig_segments", "resplit_blocks"]
@@ -55,7 +60,7 @@ def split_mig_segments(seg_energy_j, seg_duration_s, seg_gpu, idle_w, holder_ptr
         e = seg_energy_j[s]
         dur = seg_duration_s[s]
         g = seg_gpu[s]
-        idle = min(e, idle_w[g] * dur)
+        idle = idle_part_j(e, idle_w[g], dur)
         active = e - idle
         total_slices = board_slices[g]
         act_sum = 0.0
@@ -69,8 +74,9 @@ def split_mig_segments(seg_energy_j, seg_duration_s, seg_gpu, idle_w, holder_ptr
             else:
                 act_sum += a * sl   # busy slices: activity is a percentage of the instance's own SMs
             slice_sum += sl
+        # Measured all-idle activity still splits by slices, but nothing was stood in for it.
         use_activity = known and act_sum > 0.0
-        fallback[s] = not use_activity
+        fallback[s] = not known
         for k in range(m0, m1):
             sl = inst_slices[mig_inst[k]]
             w = mig_activity[k] * sl / act_sum if use_activity else sl / slice_sum
@@ -85,6 +91,7 @@ def split_mig_segments(seg_energy_j, seg_duration_s, seg_gpu, idle_w, holder_ptr
             if holder_inst[h] < 0:
                 board_holders += 1
         given = 0.0
+        held_slices = 0
         for k in range(m0, m1):
             inst = mig_inst[k]
             n_on = 0
@@ -93,6 +100,7 @@ def split_mig_segments(seg_energy_j, seg_duration_s, seg_gpu, idle_w, holder_ptr
                     n_on += 1
             if n_on == 0:
                 continue
+            held_slices += inst_slices[inst]
             share = entry_e[k] / n_on
             sec = dur * inst_slices[inst] / total_slices / n_on
             idle_instance = mig_activity[k] == 0.0
@@ -103,13 +111,17 @@ def split_mig_segments(seg_energy_j, seg_duration_s, seg_gpu, idle_w, holder_ptr
                     if idle_instance:
                         h_idle[h] += share
             given += entry_e[k]
-        rest = e - given
-        if board_holders > 0 and rest > 0.0:
-            # A job holding the whole board (allocated by the board's UUID) holds what no instance's job holds.
+        # When every slice is held the shares sum to e give or take one rounding: a negative rest
+        # is that rounding, not energy, and books never show negative energy.
+        rest = max(e - given, 0.0)
+        if board_holders > 0:
+            # A job holding the whole board (allocated by the board's UUID) holds what no instance's job
+            # holds, energy and GPU time alike: the slices nobody holds on an instance are its.
+            free_s = dur * max(total_slices - held_slices, 0) / total_slices / board_holders
             for h in range(a, b):
                 if holder_inst[h] < 0:
                     h_e[h] = rest / board_holders
-                    h_s[h] = dur / board_holders
+                    h_s[h] = free_s
             unalloc[s] = 0.0
         else:
             unalloc[s] = rest
