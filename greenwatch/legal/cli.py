@@ -40,7 +40,7 @@ examples:
   greenwatch site-report --config greenwatch-demo/facility.toml --db greenwatch-demo/greenwatch.sqlite --from 2026-12-01 --to 2026-12-03"""
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, per_customer: bool) -> None:
     p.add_argument("--config", "-c", metavar="FILE", type=Path,
                    help="TOML configuration ([influxdb], [facility]; every key: docs/configuration.md)")
     p.add_argument("--db", type=Path, metavar="SQLITE_FILE",
@@ -53,8 +53,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD", help="last day of a date range, inclusive")
     p.add_argument("--format", default="md", choices=["md", "html", "json", "csv", "all"],
                    help="output format (default: md); all: one file per format into --out (a directory)")
-    p.add_argument("--out", type=Path, metavar="PATH", help="output file (a directory with --format all or "
-                   "--per-customer); default: standard output")
+    p.add_argument("--out", type=Path, metavar="PATH", help="output file (a directory with --format all"
+                   + (" or --per-customer" if per_customer else "") + "); default: standard output")
+    # Period mistakes are usage mistakes: argparse names them with the usage line and exit 2.
+    p.set_defaults(legal_parser=p)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -62,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("statement", help="customer energy statements for a year, month or date range (EnEfG §15)",
                               description=_STATEMENT_DESCRIPTION, epilog=_EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(p)
+    _common(p, per_customer=True)
     who = p.add_mutually_exclusive_group()
     who.add_argument("--account", metavar="NAME", help="only this account's statement (customers are accounts)")
     who.add_argument("--user", metavar="NAME", help="only this user's statement (customers are users)")
@@ -73,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("site-report", help="site KPIs (PUE, REF, ERF, WUE), EnEfG §11 limits, EU data set",
                               description=_SITE_DESCRIPTION, epilog=_EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(p)
+    _common(p, per_customer=False)
     p.set_defaults(func=_guarded(_cmd_site_report))
 
 
@@ -83,7 +85,7 @@ def _period(args: argparse.Namespace) -> Any:
     try:
         return period_from_args(args.year, args.month, args.date_from, args.date_to)
     except ValueError as exc:
-        raise ConfigError("", str(exc)) from None
+        args.legal_parser.error(str(exc))   # exits 2
 
 
 def _data(args: argparse.Namespace, cfg: Any) -> tuple[Any, Any]:
@@ -158,6 +160,9 @@ def _cmd_statement(args: argparse.Namespace) -> int:
     if args.per_customer:
         if args.out is None:
             raise ConfigError("--out", "--per-customer writes one file per customer: name a directory with --out")
+        if not doc["customers"]:
+            print(f"greenwatch statement: no customer has records in {period.label}: nothing written", file=sys.stderr)
+            return 1
         args.out.mkdir(parents=True, exist_ok=True)
         for c in doc["customers"]:
             one = dict(doc, customers=[c])

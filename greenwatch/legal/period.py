@@ -47,10 +47,12 @@ def period_from_args(year: int | None, month: str | None, date_from: str | None,
 
     Raises ValueError naming the option when none or several are given or a value is malformed.
     """
-    given = [name for name, v in (("--year", year), ("--month", month), ("--from", date_from or date_to)) if v]
+    # ``--year 0`` is a year given (and refused below), not a period left out.
+    given = [name for name, v in (("--year", year), ("--month", month), ("--from", date_from or date_to))
+             if v is not None and v != ""]
     if len(given) != 1:
         raise ValueError("name the period with exactly one of --year, --month or --from/--to")
-    if year:
+    if year is not None:
         if not 1970 <= year <= 9999:
             raise ValueError(f"--year: {year} is not a calendar year")
         return Period(_ts(dt.date(year, 1, 1)), _ts(dt.date(year + 1, 1, 1)), str(year))

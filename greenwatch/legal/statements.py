@@ -144,7 +144,7 @@ def build_statements(data: SiteData, period: Period, unit: str = "account",
             "measured_it_energy_kwh": _kwh(measured_j),
             "measured_gpu_energy_kwh": _kwh(node["gpu_energy_j"]),
             "measured_host_energy_kwh": _kwh(node["host_energy_j"]),
-            "customers": len(per_customer),
+            "customers": len(set(per_customer) | set(embodied)),   # before the `only` filter: site-wide
         },
         "notes": notes,
     }
