@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 __all__ = ["register", "DEFAULT_REGISTRY", "REPORT_FORMATS"]
 
@@ -75,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                                   "models found in the store)")
     c.add_argument("--training-type", default="", choices=["", "pre-training", "fine-tuning"],
                    help="the model card's training_type (default: from the phases of the jobs)")
-    c.set_defaults(func=_cmd_create)
+    c.set_defaults(func=_guarded(_cmd_create))
 
     for action, helptext in (("add", "add jobs by hand, or set the phase or state of member jobs"),
                              ("remove", "take jobs out, whatever brought them in")):
@@ -90,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
             a.add_argument("--phase", default="", choices=("",) + PHASES, help="the phase the jobs belong to")
             a.add_argument("--state", default="", choices=("",) + STATES,
                            help="how the job ended, when greenwatch cannot know it (a Slurm job's failure)")
-        a.set_defaults(func=_cmd_add if action == "add" else _cmd_remove)
+        a.set_defaults(func=_guarded(_cmd_add if action == "add" else _cmd_remove))
 
     r = sub.add_parser("rules", help="list, add or remove membership rules",
                        description="List the campaign's rules, add one (--add and its criteria, all of which must hold) or remove one (--remove ID).")
@@ -104,13 +104,15 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     r.add_argument("--rule-cluster", default="", metavar="CLUSTER", help="jobs of this cluster")
     r.add_argument("--since", type=_time, help="jobs that started at or after this time")
     r.add_argument("--until", type=_time, help="jobs that started before this time")
-    r.add_argument("--phase", default="", help="phase of the jobs this rule brings in")
-    r.set_defaults(func=_cmd_rules)
+    from greenwatch.campaigns.registry import PHASES
+
+    r.add_argument("--phase", default="", choices=("",) + PHASES, help="phase of the jobs this rule brings in")
+    r.set_defaults(func=_guarded(_cmd_rules))
 
     ls = sub.add_parser("list", help="list campaigns, or one campaign's rules, hand-made entries and audit trail",
                         description="Without NAME: every campaign. With NAME: its rules, the jobs added or removed by hand, and every change with who made it and when.")
     ls.add_argument("name", nargs="?", help="a campaign")
-    ls.set_defaults(func=_cmd_list)
+    ls.set_defaults(func=_guarded(_cmd_list))
 
     rep = sub.add_parser("report", help="the campaign's report or documentation outputs",
                          description="Sum the member jobs' summaries into the campaign's report, or write its AI Act section or model card (docs/campaigns.md).")
@@ -125,7 +127,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     rep.add_argument("--db", type=Path, action="append", default=[], metavar="SQLITE_FILE",
                      help="read these embedded stores (repeatable: one per `greenwatch run`) instead of InfluxDB")
     rep.add_argument("--cluster", metavar="NAME", help="only jobs of this cluster")
-    rep.set_defaults(func=_cmd_report)
+    rep.set_defaults(func=_guarded(_cmd_report))
     return p
 
 
@@ -135,44 +137,47 @@ def _registry(args: argparse.Namespace) -> Any:
     return CampaignRegistry(args.registry or os.environ.get("GREENWATCH_CAMPAIGNS") or DEFAULT_REGISTRY)
 
 
-def _fail(exc: Exception) -> int:
-    print(f"greenwatch campaign: {exc}", file=sys.stderr)
-    return 1
+def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """One line on standard error: exit 2 for a request to fix (a bad name, an unknown campaign, a
+    rule without criteria, a damaged registry line), exit 1 when the registry, a store or InfluxDB
+    cannot be read or an output cannot be written."""
+    from greenwatch.campaigns.registry import CampaignError
+
+    def run(args: argparse.Namespace) -> int:
+        from greenwatch.cli import EXIT_CONFIG   # here, not at the top: greenwatch.cli imports this module
+
+        try:
+            return command(args)
+        except CampaignError as exc:
+            print(f"greenwatch campaign {args.campaign_cmd}: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        except (OSError, RuntimeError) as exc:   # RuntimeError: InfluxDB unreachable or refusing
+            print(f"greenwatch campaign {args.campaign_cmd}: {exc}", file=sys.stderr)
+            return 1
+
+    return run
 
 
 def _cmd_create(args: argparse.Namespace) -> int:
-    from greenwatch.campaigns.registry import CampaignError
-
-    try:
-        _registry(args).create(args.name, description=args.description, location=args.location,
-                               hardware=args.hardware, training_type=args.training_type)
-    except (CampaignError, OSError) as exc:
-        return _fail(exc)
+    _registry(args).create(args.name, description=args.description, location=args.location,
+                           hardware=args.hardware, training_type=args.training_type)
     print(f"campaign {args.name} created")
     return 0
 
 
 def _cmd_add(args: argparse.Namespace) -> int:
     from greenwatch.campaigns.membership import job_refs
-    from greenwatch.campaigns.registry import CampaignError
 
-    try:
-        _registry(args).add(args.name, job_refs(args.jobs, args.cluster), phase=args.phase, state=args.state,
-                            note=args.note)
-    except (CampaignError, OSError) as exc:
-        return _fail(exc)
+    _registry(args).add(args.name, job_refs(args.jobs, args.cluster), phase=args.phase, state=args.state,
+                        note=args.note)
     print(f"campaign {args.name}: added {' '.join(args.jobs)}")
     return 0
 
 
 def _cmd_remove(args: argparse.Namespace) -> int:
     from greenwatch.campaigns.membership import job_refs
-    from greenwatch.campaigns.registry import CampaignError
 
-    try:
-        _registry(args).remove(args.name, job_refs(args.jobs, args.cluster), note=args.note)
-    except (CampaignError, OSError) as exc:
-        return _fail(exc)
+    _registry(args).remove(args.name, job_refs(args.jobs, args.cluster), note=args.note)
     print(f"campaign {args.name}: removed {' '.join(args.jobs)}")
     return 0
 
@@ -181,38 +186,30 @@ def _cmd_rules(args: argparse.Namespace) -> int:
     from greenwatch.campaigns.registry import CampaignError, Rule
 
     reg = _registry(args)
-    try:
-        if args.add and args.remove is not None:
-            raise CampaignError("give --add or --remove, not both")
-        if args.add:
-            rule = reg.add_rule(args.name, Rule(account=args.account, user=args.user, name_pattern=args.name_pattern,
-                                                cluster=args.rule_cluster, since=args.since, until=args.until,
-                                                phase=args.phase))
-            print(f"campaign {args.name}: rule {rule.id} added: {rule.describe()}")
-        elif args.remove is not None:
-            reg.remove_rule(args.name, args.remove)
-            print(f"campaign {args.name}: rule {args.remove} removed")
-        else:
-            for rule in reg.campaign(args.name).rules:
-                print(f"{rule.id}: {rule.describe()}")
-    except (CampaignError, OSError) as exc:
-        return _fail(exc)
+    if args.add and args.remove is not None:
+        raise CampaignError("give --add or --remove, not both")
+    if args.add:
+        rule = reg.add_rule(args.name, Rule(account=args.account, user=args.user, name_pattern=args.name_pattern,
+                                            cluster=args.rule_cluster, since=args.since, until=args.until,
+                                            phase=args.phase))
+        print(f"campaign {args.name}: rule {rule.id} added: {rule.describe()}")
+    elif args.remove is not None:
+        reg.remove_rule(args.name, args.remove)
+        print(f"campaign {args.name}: rule {args.remove} removed")
+    else:
+        for rule in reg.campaign(args.name).rules:
+            print(f"{rule.id}: {rule.describe()}")
     return 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from greenwatch.campaigns.registry import CampaignError
-
     reg = _registry(args)
-    try:
-        if not args.name:
-            for name, c in sorted(reg.campaigns().items()):
-                print(f"{name}\t{len(c.rules)} rule(s)\t{sum(1 for v in c.manual.values() if v[0])} job(s) by hand"
-                      f"\t{c.description}")
-            return 0
-        c = reg.campaign(args.name)
-    except (CampaignError, OSError) as exc:
-        return _fail(exc)
+    if not args.name:
+        for name, c in sorted(reg.campaigns().items()):
+            print(f"{name}\t{len(c.rules)} rule(s)\t{sum(1 for v in c.manual.values() if v[0])} job(s) by hand"
+                  f"\t{c.description}")
+        return 0
+    c = reg.campaign(args.name)
     print(f"campaign {c.name}" + (f": {c.description}" if c.description else ""))
     print("rules:" if c.rules else "rules: none")
     for rule in c.rules:
@@ -230,7 +227,6 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from greenwatch.campaigns.report import campaign_report, write_outputs
-    from greenwatch.campaigns.registry import CampaignError
     from greenwatch.config import ConfigError
 
     if args.format == "all" and args.out is None:
@@ -238,14 +234,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     for db in args.db:
         if not db.is_file():
             raise ConfigError("--db", f"{db} does not exist")
-    try:
-        campaign = _registry(args).campaign(args.name)
-        report = campaign_report(campaign, config=args.config, dbs=args.db, cluster=args.cluster)
-    except (CampaignError, OSError, RuntimeError) as exc:   # RuntimeError: InfluxDB unreachable
-        return _fail(exc)
-    try:
-        for path in write_outputs(report, args.format, args.out):
-            print(path)
-    except OSError as exc:
-        return _fail(exc)
+    campaign = _registry(args).campaign(args.name)
+    report = campaign_report(campaign, config=args.config, dbs=args.db, cluster=args.cluster)
+    for path in write_outputs(report, args.format, args.out):
+        print(path)
     return 0
