@@ -18,7 +18,10 @@ Markdown, HTML, JSON and CSV (with the SQLite store it came from) into --out.
 Signals (SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2) are passed on to the command, and
 greenwatch exits with the command's exit status (128 + N if signal N killed it). On a
 machine without NVIDIA GPUs the command still runs and the report gives host energy only.
-Host energy is measured with RAPL where readable (root), otherwise estimated."""
+Host energy is measured with RAPL where readable (root), otherwise estimated.
+Where a node meter is readable (the [node_power] sources of --config, or HPE Cray
+pm_counters, probed by default), the rest of the node (memory, NICs, fans, power
+supplies) is measured too and the run is charged its share of it."""
 
 _EPILOG = """\
 examples:
@@ -56,6 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--market-factor", type=float, metavar="G_PER_KWH",
                    help="contractual (market-based) emission factor in gCO2e/kWh, overriding "
                         "carbon.market_factor_g_per_kwh")
+    p.add_argument("--node-power", metavar="SOURCE", default="auto",
+                   help="the node meter to read: 'auto' (default: node_power.sources of --config, else HPE Cray "
+                        "pm_counters where node_power.pm_counters_dir holds them), 'none', or sources as in "
+                        "node_power.sources ('pm_counters', 'redfish', 'ipmi-dcmi', 'ipmi-sdr', comma-separated)")
     p.add_argument("--sample-hz", type=float, default=10.0, metavar="HZ",
                    help="GPU sampling rate (default: 10)")
     p.add_argument("--what-if-window-h", type=float, default=24.0, metavar="HOURS",
@@ -70,7 +77,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from greenwatch.standalone.outdir import choose_out_dir
     from greenwatch.standalone.run import run_command
     from greenwatch.standalone.session import SessionOptions
-    from greenwatch.standalone.settings import carbon_settings, default_run_name, run_config
+    from greenwatch.standalone.settings import carbon_settings, default_run_name, node_power_settings, run_config
     from greenwatch.wiring import attribution_settings, carbon_context
 
     cmd = list(args.cmd)
@@ -91,12 +98,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         except CampaignError as exc:
             args.run_parser.error(str(exc))
     cfg = run_config(args.config, zone=args.zone, pue=args.pue, market_factor_g_per_kwh=args.market_factor)
+    node_power = node_power_settings(cfg, args.node_power)
     name = args.name or default_run_name(cmd)
     out = choose_out_dir(args.out, name, time.time())
     opts = SessionOptions(name=name, carbon=carbon_context(cfg), settings=attribution_settings(cfg), out=out.path,
                           sample_hz=args.sample_hz, what_if_window_s=args.what_if_window_h * 3600,
                           watts_per_core=float(cfg.as_dict()["agent"]["cpu_watts_per_core"]),
                           carbon_config=carbon_settings(cfg), table=args.table if args.table is not None else out.table,
-                          campaign=args.campaign or "")
+                          campaign=args.campaign or "", node_power=node_power)
     status, _ = run_command(cmd, opts, out=out)
     return status

@@ -150,6 +150,9 @@ def format_summary(r: RunResult, status: int) -> str:
     lines.append(f"  emissions: {num(c['location_based'])} kgCO2e location-based, {num(c['market_based'])} "
                  f"market-based, {num(c['embodied'])} embodied")
     lines.append(f"  host:      {r.report.host_energy_method}")
+    if "node_meter" in r.report.extra:
+        rest = "" if e.get("rest_of_node") is None else f"; the run's share {num(e['rest_of_node'])} kWh"
+        lines.append(f"  node:      rest of the node {r.report.extra['node_meter']}{rest}")
     # The carbon settings are named every time: defaults (zone DE) must never apply unnoticed.
     rep = r.report
     mean = f"mean {rep.intensity_mean_g_per_kwh:.4g} gCO2e/kWh {rep.intensity_mean_method}, "

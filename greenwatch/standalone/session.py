@@ -3,7 +3,8 @@
 The same code as a datacentre deployment, wired in one process::
 
     sampling thread: Sampler (real agent code: NVML, host CPU energy, the run's CPU time) -> batches
-    worker thread:   wire encode -> Collector (attribution, carbon) -> EmbeddedStore
+    meter thread:    NodePowerPoller (the agent's node meter code), where one is configured or readable
+    worker thread:   wire encode -> Collector (attribution, carbon, rest of the node) -> EmbeddedStore
     at the end:      job record -> build_report -> the four report formats
 
 Sampling runs off the caller's thread; the worker does the accounting so sampling keeps its
@@ -28,12 +29,15 @@ from typing import Any, Callable, Mapping, Sequence
 from greenwatch.agent.gpu import GpuDevice, NvmlUnavailable, open_nvml_gpus
 from greenwatch.agent.grace import HWMON_ROOT, ModuleAwareHost
 from greenwatch.agent.host import DEFAULT_WATTS_PER_CORE, DRAM, HostSampler, RaplReader
+from greenwatch.agent.nodepower.factory import start_poller
+from greenwatch.agent.nodepower.poller import NodePowerPoller
 from greenwatch.agent.sampler import Sampler
 from greenwatch.agent.schedule import run_sampling_loop
 from greenwatch.attribution import AttributionSettings, CarbonContext
 from greenwatch.batch import Batch, JobInfo
 from greenwatch.carbon.units import J_PER_KWH
 from greenwatch.collector import Collector
+from greenwatch.config import ConfigError, NodePowerConfig
 from greenwatch.reports import EmbeddedSource, RunReport, build_report, write_all_formats
 from greenwatch.standalone.gpus import RunJobs, WatchedGpu, parse_visible_devices, strip_run
 from greenwatch.standalone.phases import PhaseBook, phase_figures
@@ -75,6 +79,8 @@ class SessionOptions:
     open_gpus: Callable[[], Sequence[GpuDevice]] = open_nvml_gpus
     powercap_root: str = "/sys/class/powercap"   # where RAPL's package and DRAM domains are read
     hwmon_root: str = HWMON_ROOT                 # where Grace CPU power sensors are read
+    # The node meter (standalone.settings.node_power_settings); None: the rest of the node is not included.
+    node_power: NodePowerConfig | None = None
 
 
 @dataclass
@@ -163,6 +169,8 @@ class Session:
         self.messages: list[str] = []
         self.phases = PhaseBook()
         self.phase_results: list[dict[str, Any]] = []
+        self.node_meter: NodePowerPoller | None = None
+        self.node_rest_j: float | None = None   # the run's share of the rest of the node; None: not measured
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -194,7 +202,9 @@ class Session:
         self.cpu = RunCpuMeter(self.tree, self.opts.name)
         # On Grace Hopper a module-scope GPU's energy holds the Grace CPU: the host's figure leaves it out.
         host = ModuleAwareHost(self.host, [d.energy_scope for d in devices], self.opts.hwmon_root)
-        sampler = Sampler(CLUSTER, self.node, [WatchedGpu(d, jobs) for d in devices], jobs, host, self.cpu)
+        self.node_meter = self._start_node_meter()
+        sampler = Sampler(CLUSTER, self.node, [WatchedGpu(d, jobs) for d in devices], jobs, host, self.cpu,
+                          node_power=self.node_meter.window if self.node_meter is not None else None)
         self._sampling = _SamplingThread(sampler, self._add_run, self.opts, self._queue, self.phases)
         # SQLite connections belong to the thread that made them: the worker owns the store and the
         # collector, and everything that touches them runs there (see _in_worker).
@@ -230,6 +240,8 @@ class Session:
         self.cpu.exact_total = exact_cpu_seconds
         self._sampling.stop_event.set()
         self._sampling.join()
+        if self.node_meter is not None:
+            self.node_meter.stop()
         # Sampling is over: a GPU the run never appeared on was never its own.
         self.jobs.release_undecided(at=float("inf"))
         if self._nvml_open:
@@ -246,6 +258,7 @@ class Session:
             name=self.opts.name, duration_s=report.duration_s, gpu_hours=report.gpu_hours,
             energy_kwh={"gpu": report.gpu_energy_j / J_PER_KWH,
                         "host": None if report.host_energy_j is None else report.host_energy_j / J_PER_KWH,
+                        "rest_of_node": self.node_rest_j / J_PER_KWH if self.node_rest_j is not None else None,
                         "facility_overhead": report.facility_overhead_j / J_PER_KWH,
                         "total": report.total_energy_j / J_PER_KWH},
             co2_kg={"location_based": report.co2_location_g / 1000, "market_based": report.co2_market_g / 1000,
@@ -271,6 +284,7 @@ class Session:
         if ended_by:
             meta["ended_by"] = ended_by
         meta.update(self._dram_fields())
+        meta.update(self._node_fields())
         if self.phases.intervals():
             self.phase_results = phase_figures(self.phases.intervals(),
                                                self.store.points("job_energy", job=self.opts.name))
@@ -316,7 +330,8 @@ class Session:
         """The collector side: batches in, records out; owns the store (runs in its own thread)."""
         try:
             self.store = self._open_store()
-            self.collector = Collector(self.opts.settings, self.opts.carbon, self.store)
+            policy = self.opts.node_power.rest_policy if self.opts.node_power is not None else "allocated"
+            self.collector = Collector(self.opts.settings, self.opts.carbon, self.store, node_rest_policy=policy)
         except BaseException as exc:
             ready.set_exception(exc)
             return
@@ -426,6 +441,35 @@ class Session:
         return {"dram_energy_j": total,
                 "dram_method": "measured: RAPL DRAM domain x the run's share of the host's energy in each window "
                                "(part of the host energy)"}
+
+    def _start_node_meter(self) -> NodePowerPoller | None:
+        """The node meter's poller, reading in a thread of its own; None where no source can be read.
+
+        A source that cannot be used (or an unsafe password file) is a note in the run's messages,
+        never a reason not to measure the run: its figures are then those without a node meter."""
+        if self.opts.node_power is None:
+            return None
+        try:
+            poller = start_poller(self.opts.node_power)
+        except ConfigError as exc:
+            self.messages.append(f"the node meter is not read: {exc}")
+            return None
+        if poller is None:
+            self.messages.append(f"no node meter of {self.opts.node_power.sources!r} could be read: "
+                                 "the rest of the node is not included")
+        return poller
+
+    def _node_fields(self) -> dict[str, Any]:
+        """The run's share of the node meter, as the collector's job summaries state it (worker thread):
+        the meters that measured the rest of the node ("none": not included), the run's part of the rest
+        and its whole node energy (GPU and CPU parts plus that rest)."""
+        rows = self.store.points("job_node", job=self.opts.name)
+        sources = sorted({str(r["source"]) for r in rows if r.get("source")})
+        fields: dict[str, Any] = {"node_meter": ",".join(sources) or "none"}
+        if rows:
+            self.node_rest_j = fields["node_rest_j"] = float(sum(float(r.get("rest_j", 0.0)) for r in rows))
+            fields["node_energy_j"] = float(sum(float(r.get("total_j", 0.0)) for r in rows))
+        return fields
 
     def _host_method(self) -> str:
         if self.host.rapl.available and self.host.dram is not None:

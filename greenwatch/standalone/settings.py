@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from greenwatch.carbon.intensity import annual_table
-from greenwatch.config import Config, ConfigError, config_from_mapping, load_config
+from greenwatch.config import Config, ConfigError, NodePowerConfig, config_from_mapping, load_config
 
-__all__ = ["carbon_settings", "default_run_name", "run_config"]
+__all__ = ["carbon_settings", "default_run_name", "run_config", "node_power_settings", "NODE_POWER_CHOICES"]
+
+#: The values of ``--node-power`` besides a list of sources.
+NODE_POWER_CHOICES = ("auto", "none")
 
 #: Suffixes of the scripts that interpreters and launchers run: the script names the run.
 _SCRIPT_SUFFIXES = (".py", ".sh", ".r", ".jl", ".lua", ".pl", ".rb", ".js", ".ipynb")
@@ -66,3 +70,26 @@ def carbon_settings(cfg: Config) -> dict[str, Any]:
         if carbon.get(key):
             carbon[key] = str(Path(carbon[key]).absolute())
     return carbon
+
+
+def node_power_settings(cfg: Config, choice: str | None = "auto") -> NodePowerConfig | None:
+    """The ``[node_power]`` settings a run reads its node meter with; None: no node meter.
+
+    ``choice`` is ``"auto"`` (the configured ``node_power.sources``, or without any, HPE Cray
+    pm_counters where ``node_power.pm_counters_dir`` holds them: they need no credentials, and
+    elsewhere the directory does not exist), ``"none"``, or a comma-separated list of sources
+    checked like ``node_power.sources`` (an unknown name raises :class:`ConfigError`).
+    """
+    section = cfg.node_power
+    wanted = (choice or "auto").strip()
+    if wanted == "none":
+        return None
+    if wanted != "auto":
+        data = cfg.as_dict()
+        data["node_power"]["sources"] = wanted
+        return config_from_mapping(data, cfg.path).node_power
+    if section.sources.strip():
+        return section
+    if (Path(section.pm_counters_dir) / "energy").is_file():
+        return dataclasses.replace(section, sources="pm_counters")
+    return None

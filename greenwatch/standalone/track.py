@@ -189,7 +189,8 @@ class TrackedRun:
 def track(name: str, *, out: str | Path | None = None, write_reports: bool = True, config: str | Path | None = None,
           zone: str | None = None, pue: float | None = None, market_factor_g_per_kwh: float | None = None,
           table: str | Path | None = None, campaign: str | None = None,
-          sample_hz: float = 10.0, window_s: float = 5.0, what_if_window_h: float = 24.0) -> TrackedRun:
+          sample_hz: float = 10.0, window_s: float = 5.0, what_if_window_h: float = 24.0,
+          node_power: str = "auto") -> TrackedRun:
     """Meter a run named ``name``; ``run.result`` holds energy and emissions afterwards.
 
     ``out``: where the report (all four formats) and the run's store go (default a new
@@ -200,9 +201,11 @@ def track(name: str, *, out: str | Path | None = None, write_reports: bool = Tru
     ``table``: the CSV table of runs to append this run's row to (default ``runs.csv`` next to
     the run folders when ``out`` is not given; none when it is).
     ``campaign``: tag the run as part of this campaign (``greenwatch campaign``, docs/campaigns.md).
+    ``node_power``: the node meter, as ``greenwatch run --node-power``: "auto" (the config's
+    ``[node_power]`` sources, else HPE Cray pm_counters where readable), "none", or sources.
     """
     from greenwatch.campaigns.registry import check_name
-    from greenwatch.standalone.settings import carbon_settings, run_config
+    from greenwatch.standalone.settings import carbon_settings, node_power_settings, run_config
     from greenwatch.wiring import attribution_settings, carbon_context
 
     if campaign:
@@ -211,6 +214,7 @@ def track(name: str, *, out: str | Path | None = None, write_reports: bool = Tru
     opts = SessionOptions(name=name, carbon=carbon_context(cfg), settings=attribution_settings(cfg),
                           visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
                           sample_hz=sample_hz, window_s=window_s, what_if_window_s=what_if_window_h * 3600,
-                          watts_per_core=float(cfg.as_dict()["agent"]["cpu_watts_per_core"]), carbon_config=carbon_settings(cfg), campaign=campaign or "")
+                          watts_per_core=float(cfg.as_dict()["agent"]["cpu_watts_per_core"]), carbon_config=carbon_settings(cfg), campaign=campaign or "",
+                          node_power=node_power_settings(cfg, node_power))
     return TrackedRun(opts, write_reports, Path(out) if out is not None else None,
                       Path(table) if table is not None else None)

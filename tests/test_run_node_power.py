@@ -1,0 +1,137 @@
+"""``greenwatch run`` with a node meter: HPE Cray pm_counters from a sysfs tree laid out as on an EX
+node (tests/test_nodepower.py), driven by the run's own command, and the mock NVML for the GPU."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from greenwatch.config import ConfigError, config_from_mapping
+from greenwatch.standalone.settings import node_power_settings
+from greenwatch.storage.embedded import EmbeddedStore
+from mocknvml import Constant, GpuSpec, Scenario, build_mock_nvml, mock_env
+from run_helpers import greenwatch_proc, nvml_free_env, report_of
+
+NODE_W = 1500.0
+GPU_W = 250.0
+
+
+class FakeMeter(threading.Thread):
+    """An HPE Cray EX node's pm_counters at a constant NODE_W, refreshed at 20 Hz as the node's
+    controller does: each file replaced whole (sysfs files read whole), ``freshness`` counting."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(daemon=True)
+        self.root, self.t0, self.e0 = root, time.time(), 1_000_000
+        self.stop = threading.Event()
+        root.mkdir()
+        (root / "generation").write_text("3\n")
+        (root / "version").write_text("2\n")
+        self.refresh(1)
+
+    def refresh(self, n: int) -> None:
+        now = time.time()
+        stamp = int(now * 1e6)
+        for name, text in (("energy", f"{int(self.e0 + NODE_W * (now - self.t0))} J {stamp} us\n"),
+                           ("power", f"{int(NODE_W)} W {stamp} us\n"), ("freshness", f"{n}\n")):
+            (self.root / f".{name}").write_text(text)
+            os.replace(self.root / f".{name}", self.root / name)
+
+    def run(self) -> None:
+        n = 2
+        while not self.stop.wait(0.05):
+            self.refresh(n)
+            n += 1
+
+
+@pytest.fixture(scope="module")
+def lib_dir() -> Path:
+    return build_mock_nvml()
+
+
+def test_a_run_on_a_node_with_pm_counters_is_charged_the_rest_of_the_node_and_the_node_conserves(tmp_path, lib_dir):
+    pm = tmp_path / "pm_counters"
+    meter_thread = FakeMeter(pm)
+    t0 = meter_thread.t0
+    (tmp_path / "site.toml").write_text(f'[node_power]\npm_counters_dir = "{pm}"\npoll_interval_s = 0.2\n')
+    Scenario(t0=t0, gpus=[GpuSpec(0, power=[Constant(-60.0, 600.0, GPU_W)])]).write(tmp_path / "node.scn")
+    env = mock_env(lib_dir, tmp_path / "node.scn")
+    env["CUDA_VISIBLE_DEVICES"] = "0"
+    out = tmp_path / "run"
+    # No --node-power: pm_counters need no credentials and are probed by default.
+    meter_thread.start()
+    try:
+        proc = greenwatch_proc(["run", "--config", "site.toml", "--out", str(out), "--", sys.executable, "-c",
+                                "import time; time.sleep(3)"], env, cwd=tmp_path)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        meter_thread.stop.set()
+        meter_thread.join()
+    assert proc.returncode == 0, stderr
+    report_of(out)
+    assert "- Rest of the node: measured by HPE Cray pm_counters" in (out / "report.md").read_text()
+    assert "rest of the node measured by HPE Cray pm_counters; the run's share" in stderr
+
+    store = EmbeddedStore(out / "greenwatch.sqlite")
+    node = store.points("node_power")
+    shares = store.points("job_node")
+    job = store.points("job")[-1]
+    store.close()
+    assert node and {p["source"] for p in node} == {"pm_counters"}
+    assert all("parts-exceed-meter" not in str(p.get("flags", "")) for p in node)
+    meter = math.fsum(p["meter_j"] for p in node)
+    # Every window's energy is the fake meter's: NODE_W over the window (its counter is whole joules).
+    for p in node:
+        assert p["meter_w"] == pytest.approx(NODE_W, rel=0.005)
+    gpu, cpu = math.fsum(p["gpu_j"] for p in node), math.fsum(p["cpu_j"] for p in node)
+    assert gpu == pytest.approx(job["energy_j"], rel=1e-6)            # the run held the GPU all along
+    assert gpu == pytest.approx(GPU_W * meter / NODE_W, rel=0.05)   # the meter's span is the GPU's
+    for p in node:
+        assert p["rest_j"] == pytest.approx(p["meter_j"] - p["gpu_j"] - p["cpu_j"], abs=1e-6)
+    # The run held the node's only GPU in every window: the rest is its own (but for the moments between
+    # the meter's first reading and the first GPU sample, when the node held no run).
+    assert job["node_meter"] == "pm_counters"
+    assert job["node_rest_j"] == pytest.approx(meter - gpu - cpu, rel=0.03)
+    assert job["node_rest_j"] == pytest.approx(math.fsum(s["rest_j"] for s in shares), rel=1e-9)
+    # Conservation against the meter: the run plus what no job is charged is the meter, exactly.
+    unallocated = math.fsum(p["unallocated_j"] for p in node)
+    assert job["node_energy_j"] + unallocated == pytest.approx(meter, rel=1e-12)
+    assert job["node_energy_j"] == pytest.approx(gpu + job["host_energy_j"] + job["node_rest_j"], rel=1e-6)
+
+
+def test_without_a_readable_meter_the_report_says_the_rest_of_the_node_is_not_included(tmp_path, lib_dir):
+    (tmp_path / "site.toml").write_text(f'[node_power]\npm_counters_dir = "{tmp_path / "absent"}"\n')
+    out = tmp_path / "run"
+    proc = greenwatch_proc(["run", "--config", "site.toml", "--out", str(out), "--", sys.executable, "-c", "pass"],
+                           nvml_free_env(tmp_path, lib_dir), cwd=tmp_path)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    report_of(out)
+    assert "- Rest of the node: not included (no node meter was read" in (out / "report.md").read_text()
+    store = EmbeddedStore(out / "greenwatch.sqlite")
+    assert store.points("node_power") == [] and store.points("job_node") == []
+    job = store.points("job")[-1]
+    store.close()
+    assert job["node_meter"] == "none" and "node_rest_j" not in job and "node_energy_j" not in job
+
+
+def test_node_power_choices(tmp_path):
+    pm = tmp_path / "pm"
+    base = config_from_mapping({"node_power": {"pm_counters_dir": str(pm)}})
+    assert node_power_settings(base, "auto") is None                   # nothing readable: off, as before
+    FakeMeter(pm)                                                       # its files, not refreshed
+    chosen = node_power_settings(base, "auto")
+    assert chosen is not None and chosen.sources == "pm_counters" and chosen.pm_counters_dir == str(pm)
+    assert node_power_settings(base, "none") is None
+    configured = config_from_mapping({"node_power": {"sources": "ipmi-dcmi", "rest_policy": "energy"}})
+    assert node_power_settings(configured, "auto") == configured.node_power
+    explicit = node_power_settings(configured, "redfish, pm_counters")
+    assert explicit is not None and explicit.sources == "redfish, pm_counters" and explicit.rest_policy == "energy"
+    with pytest.raises(ConfigError, match="unknown source 'bmc'"):
+        node_power_settings(base, "bmc")
