@@ -117,3 +117,61 @@ def test_a_mig_device_allocated_by_its_uuid_is_held_idle(node):
     dev = next(m for m in led.mig if m.uuid == idle_device)
     assert dev.energy_j == pytest.approx(c.energy_j)
     assert c.energy_j < min(j.energy_j for j in led.jobs if j.job_id != "703")
+
+
+def test_a_job_holding_the_board_keeps_it_while_its_processes_run_on_one_instance(node):
+    _, gpus = node([])
+    sampler = Sampler("c", "n", gpus, Lookup({gpus[0].uuid: JOB_A}))
+    led = ledger(run(sampler))
+    shares = {j.job_id: j.energy_j for j in led.jobs}
+    # A runs on the 4-slice instance and holds the board: the unheld 1-slice instance is A's too.
+    assert led.unallocated_energy_j == pytest.approx(0.0, abs=1e-9)
+    assert shares["701"] == pytest.approx(led.gpu_energy_j - shares["702"])
+    unheld = next(m for m in led.mig if m.slices == 1)
+    assert shares["701"] > next(m for m in led.mig if m.slices == 4).energy_j + 0.5 * unheld.energy_j
+
+
+def test_unreadable_processes_of_mig_devices_keep_the_board_split(node, caplog):
+    # NVML_ERROR_NO_PERMISSION on every MIG device's process list (an unprivileged agent).
+    sc, gpus = node([ErrorSpec(0, "nvmlDeviceGetComputeRunningProcesses", pynvml.NVML_ERROR_NO_PERMISSION)])
+    held = sc.mig_uuid(sc.migs[0])
+    sampler = Sampler("c", "n", gpus, Lookup({held: JOB_C}))
+    batch = run(sampler)
+    assert sampler.samples == 9
+    assert len(batch.mig) == 3   # the listing stands; only the processes are unknown
+    led = ledger(batch)
+    c = next(j for j in led.jobs if j.job_id == "703")
+    assert c.energy_j == pytest.approx(next(m for m in led.mig if m.uuid == held).energy_j)
+    assert c.energy_j > 0 and "processes of" in caplog.text
+
+
+def test_a_failing_gpm_sample_allocation_leaves_activity_unknown(node, monkeypatch):
+    _, gpus = node([])
+
+    def no_memory():
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_MEMORY)
+    monkeypatch.setattr(pynvml, "nvmlGpmSampleAlloc", no_memory)
+    sampler = Sampler("c", "n", gpus, Lookup())
+    batch = run(sampler)
+    assert len(batch.mig) == 3
+    assert all(math.isnan(a) or a == 0.0 for a in batch.block.segments["mig_activity"])
+    led = ledger(batch)
+    assert not any(m.activity_known for m in led.mig)
+    assert {j.job_id for j in led.jobs} == {"701", "702"}
+
+
+def test_an_unexpected_error_from_the_mig_listing_never_stops_sampling(node, caplog):
+    _, gpus = node([])
+
+    def broken(handle):
+        raise AttributeError("module 'pynvml' has no attribute 'nvmlDeviceGetMigMode'")
+    sampler = Sampler("c", "n", gpus, Lookup())
+    original = pynvml.nvmlDeviceGetMigMode
+    pynvml.nvmlDeviceGetMigMode = broken
+    try:
+        batch = run(sampler)
+    finally:
+        pynvml.nvmlDeviceGetMigMode = original
+    assert sampler.samples == 9
+    assert {j.job_id for j in batch.jobs} == {"701", "702"}   # the board's aggregate list stands in
+    assert "MIG device list failed" in caplog.text and "AttributeError" in caplog.text

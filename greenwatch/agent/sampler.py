@@ -115,6 +115,9 @@ class Sampler:
             except GpuError as err:
                 self._errors.failed(dev, "MIG device list", err)
                 devices = []
+            except Exception as err:   # noqa: BLE001 - a pynvml without a symbol, a ctypes error: never stop sampling
+                self._errors.failed(dev, "MIG device list", GpuError("unknown", f"{type(err).__name__}: {err}"))
+                devices = []
             else:
                 self._errors.ok(dev, "MIG device list")
             if devices:
@@ -169,7 +172,9 @@ class Sampler:
             # Per-process utilisation does not exist in MIG mode: the device's activity splits the board.
             holders += [Holder(job, math.nan, d.uuid) for job in on_device.values()]
         board = allocations.get(dev.uuid)
-        if board is not None and all(h.job.job_id != board.job_id for h in holders):
+        if board is not None:
+            # The whole board is the job's even where its processes run on one instance: the devices
+            # and slices nobody else holds are its reserved hardware, not unallocated.
             holders.append(Holder(board, math.nan))
         # What each device will do until the next scan: what it did since the last one, or nothing
         # when no process runs on it (SMs are busy only for a CUDA context; an instance whose last
