@@ -8,6 +8,7 @@ plain Python lists (cheap at 10 Hz) and become numpy columns once per batch.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import uuid as uuidlib
@@ -30,6 +31,8 @@ from greenwatch.batch import (
 from greenwatch.transport.identifiers import clean_name, is_name
 
 __all__ = ["Holder", "InstanceState", "BatchBuilder"]
+
+log = logging.getLogger(__name__)
 
 _NCOL = len(SAMPLE_COLUMNS)
 
@@ -124,6 +127,8 @@ class BatchBuilder:
         self._gpus = [_GpuState(_valid_gpu(g)) for g in gpus]
         #: The previous batch's boundary rows, jobs, host metrics, CPU-seconds per job and MIG devices.
         self._carry: tuple[Block, list[JobInfo], dict[str, float], dict[str, float], list[MigInfo]] | None = None
+        #: Holders dropped because the MIG device they named was not among the board's devices.
+        self.unknown_instance_holders = 0
 
     @property
     def gpus(self) -> list[GpuInfo]:
@@ -152,6 +157,15 @@ class BatchBuilder:
         window), so a step in activity is placed to within a sample.
         """
         st = self._gpus[gpu]
+        listed = {d.uuid for d in mig}
+        unknown = [h for h in holders if h.instance and h.instance not in listed]
+        if unknown:
+            # A named instance must never stand for the whole board (it would take every unheld slice).
+            if not self.unknown_instance_holders:
+                log.warning("GPU %d: a holder named MIG device %s, not among the board's devices; such holders "
+                            "are dropped (counted in unknown_instance_holders)", gpu, unknown[0].instance)
+            self.unknown_instance_holders += len(unknown)
+            holders = [h for h in holders if not (h.instance and h.instance not in listed)]
         here = len(st.rows) + (1 if st.anchor is not None else 0)
         if st.mig and measured:
             done = tuple(InstanceState(d.uuid, d.gi, d.ci, d.slices, d.board_slices, measured.get(d.uuid, d.activity))
@@ -232,9 +246,11 @@ class BatchBuilder:
                     here = {d.uuid: mig_index(MigInfo(d.uuid, g, d.gi, d.ci, d.slices, d.board_slices))
                             for d in devices}
                     for h in holders:
+                        if h.instance and h.instance not in here:
+                            continue   # set_holders drops these; a named instance is never the whole board
                         holder_job.append(job_index(h.job))
                         holder_sm.append(h.sm_util)
-                        holder_inst.append(here.get(h.instance, -1) if h.instance else -1)
+                        holder_inst.append(here[h.instance] if h.instance else -1)
                     holder_ptr.append(len(holder_job))
                     for d in devices:
                         mig_inst.append(here[d.uuid])
@@ -314,7 +330,8 @@ class BatchBuilder:
         carry = None
         if self._carry is not None:
             block, jobs, host, cpu, mig = self._carry
-            carry = {"mig": [[m.uuid, m.gpu, m.gi, m.ci, m.slices, m.board_slices] for m in mig],"offsets": block.gpu_offsets.tolist(), "end_us": int(block.end_us),
+            carry = {"mig": [[m.uuid, m.gpu, m.gi, m.ci, m.slices, m.board_slices] for m in mig],
+                     "offsets": block.gpu_offsets.tolist(), "end_us": int(block.end_us),
                      "columns": {n: c.tolist() for n, c in block.columns.items()},
                      "segments": {n: [_json_number(v) for v in c.tolist()] for n, c in block.segments.items()},
                      "jobs": [[j.job_id, j.user, j.source] for j in jobs],
