@@ -132,6 +132,12 @@ def _set_activity(payload: bytes, value: float) -> bytes:
     ("twice", lambda p: _rewrite(p, lambda h: h["mig"].append(dict(h["mig"][0]))), "twice"),
     ("missing-table", lambda p: _rewrite(p, lambda h: h.pop("mig")), "no MIG device"),
     ("activity", lambda p: _set_activity(p, 250.0), "0-100"),
+    ("activity-inf", lambda p: _set_activity(p, math.inf), "0-100"),
+    ("activity-minus-inf", lambda p: _set_activity(p, -math.inf), "0-100"),
+    # Equal to valid values in Python (1 == True, 4 == 4.0), refused all the same: the original
+    # was just decoded, so this also checks that a warm cache does not let them through.
+    ("gpu-bool", lambda p: _rewrite(p, lambda h: h["mig"][0].update(gpu=False)), "integers"),
+    ("slices-float", lambda p: _rewrite(p, lambda h: h["mig"][0].update(slices=4.0)), "integers"),
     ("slices-over-board", lambda p: _rewrite(p, lambda h: [m.update(board_slices=5) for m in h["mig"]]), "more slices"),
 ])
 def test_hostile_mig_data_is_refused_with_a_reason(name, mutate, detail):
@@ -198,6 +204,21 @@ def _with(batch, mig=None, **columns):
     segs.update({k: np.asarray(v, dtype=segs[k].dtype) for k, v in columns.items()})
     return dataclasses.replace(batch, block=dataclasses.replace(batch.block, segments=segs),
                                mig=batch.mig if mig is None else mig)
+
+
+def test_one_mig_uuid_on_two_boards_is_refused():
+    two = BatchBuilder("c1", "n1", [GpuInfo(f"GPU-11111111-2222-3333-4444-55555555555{k}", k, "NVIDIA H100", True,
+                                            False, 700.0) for k in (0, 1)])
+    for k in (0, 1):
+        two.set_holders(k, [Holder(A, math.nan, BIG.uuid)], (BIG,))
+    for i in range(5):
+        for k in (0, 1):
+            two.add_sample(k, (T0 + (i + 1) * 100_000, 40_000 * i, 400_000, -1, -1, 1000, 50, 1980))
+    batch = two.cut(sent_us=T0 + 600_000)
+    assert [m.gpu for m in batch.mig] == [0, 1]   # what the agent sends; MIG UUIDs are globally unique
+    with pytest.raises(WireError) as err:
+        decoded(batch)
+    assert err.value.reason == "bad-mig" and "twice" in str(err.value)
 
 
 def test_inconsistent_mig_columns_are_refused_with_a_reason():

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from greenwatch.batch import MIG_COLUMNS, Block, MigInfo
+from greenwatch.recent import RecentCache
 from greenwatch.transport.identifiers import is_name
 
 __all__ = ["MAX_SLICES", "MAX_INSTANCES", "parse_instances", "column_bytes", "read_columns", "check_block_mig",
@@ -47,18 +48,14 @@ def _small_int(v: Any, lo: int, hi: int) -> bool:
 
 
 def parse_instances(raw: Any, n_gpus: int, fail: Fail) -> list[MigInfo]:
-    """The header's MIG devices, checked: names, ranges, one entry per (board, UUID), one slice count per board."""
+    """The header's MIG devices, checked: names, ranges, each UUID once (MIG UUIDs are globally
+    unique, so also across boards), one slice count per board."""
     if raw is None:
         return []
     if type(raw) is not list or len(raw) > MAX_INSTANCES:
         raise fail("'mig' must be a list of at most 4096 MIG devices")
-    # A node sends the same table in every batch until its partition changes: the last tables
-    # parsed are kept with what they gave (an equal table gives the same devices, already checked).
-    last = _TABLES.get(len(raw))
-    if last is not None and last[0] == raw and all(m.gpu < n_gpus for m in last[1]):
-        return list(last[1])
     out: list[MigInfo] = []
-    seen: set[tuple[int, str]] = set()
+    seen: set[str] = set()
     board: dict[int, int] = {}
     for m in raw:
         if type(m) is not dict:
@@ -69,11 +66,11 @@ def parse_instances(raw: Any, n_gpus: int, fail: Fail) -> list[MigInfo]:
         key = (uuid, gpu, gi, ci, sl, bs, type(uuid), type(gpu), type(gi), type(ci), type(sl), type(bs))
         known = _lookup(key)
         if known is not None and known.gpu < n_gpus:
-            if (known.gpu, known.uuid) in seen:
-                raise fail(f"MIG device {known.uuid} listed twice for GPU {known.gpu}")
+            if known.uuid in seen:
+                raise fail(f"MIG device {known.uuid} listed twice")
             if board.setdefault(known.gpu, known.board_slices) != known.board_slices:
                 raise fail(f"GPU {known.gpu}: MIG devices disagree on the board's slice count")
-            seen.add((known.gpu, known.uuid))
+            seen.add(known.uuid)
             out.append(known)
             continue
         if not all(type(v) is int for v in (gpu, gi, ci, sl, bs)):
@@ -86,23 +83,20 @@ def parse_instances(raw: Any, n_gpus: int, fail: Fail) -> list[MigInfo]:
             raise fail(f"MIG device {uuid}: gpu must index the batch's GPUs, gi/ci small integers")
         if not (_small_int(bs, 1, MAX_SLICES) and _small_int(sl, 1, bs)):
             raise fail(f"MIG device {uuid}: slices must be in 1..board_slices, board_slices in 1..{MAX_SLICES}")
-        if (gpu, uuid) in seen:
-            raise fail(f"MIG device {uuid} listed twice for GPU {gpu}")
+        if uuid in seen:
+            raise fail(f"MIG device {uuid} listed twice")
         if board.setdefault(gpu, bs) != bs:
             raise fail(f"GPU {gpu}: MIG devices disagree on the board's slice count")
-        seen.add((gpu, uuid))
+        seen.add(uuid)
         info = MigInfo(uuid, gpu, gi, ci, sl, bs)
-        _remember(key, info)
+        _CHECKED.put(key, info)
         out.append(info)
-    _TABLES[len(raw)] = (raw, tuple(out))
     return out
 
 
-#: The last table parsed for each table length (nodes of a site mostly have the same few lengths).
-_TABLES: dict[int, tuple[list, tuple[MigInfo, ...]]] = {}
-
-
-_CHECKED: dict[tuple, MigInfo] = {}
+#: MIG devices checked before, by their typed entry: the same bounded cache the GPU and job
+#: headers use, so devices of re-partitioned boards are forgotten.
+_CHECKED = RecentCache()
 
 
 def _lookup(key: tuple) -> MigInfo | None:
@@ -110,12 +104,6 @@ def _lookup(key: tuple) -> MigInfo | None:
         return _CHECKED.get(key)
     except TypeError:   # an unhashable value (a list where a number belongs): the checks reject it
         return None
-
-
-def _remember(key: tuple, info: MigInfo) -> None:
-    if len(_CHECKED) > 65536:   # bounded: a flood of fresh devices only costs the checks again
-        _CHECKED.clear()
-    _CHECKED[key] = info
 
 
 def column_bytes(n_segments: int, n_holders: int, n_entries: int) -> int:
