@@ -47,6 +47,8 @@ def test_node_power_round_trips_and_is_optional():
     (lambda h: h["node_power"].update(parts_j={"cpu": 1e15}), "bad-value"),
     (lambda h: h["node_power"].update(flags=["extrapolated", "extrapolated"]), "bad-header"),
     (lambda h: h["node_power"].update(flags=["<script>"]), "bad-header"),
+    (lambda h: h["node_power"].update(flags=[[1]]), "bad-header"),   # unhashable: a reason, not an internal error
+    (lambda h: h["node_power"].update(flags=[{"a": 1}]), "bad-header"),
     (lambda h: h["node_power"].update(counter=1), "bad-header"),
     (lambda h: h["node_power"].update(start_us=SENT - 1_000, end_us=SENT - 5_000_000), "bad-time"),
     (lambda h: h["node_power"].update(end_us=SENT + 3_600_000_000), "bad-time"),

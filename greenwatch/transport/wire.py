@@ -326,7 +326,9 @@ def _parse_node_power(header: dict[str, Any], lo_us: int, hi_us: int, key: str =
     start_us, end_us = _int(raw, "start_us"), _int(raw, "end_us")
     _require(lo_us <= start_us <= end_us <= hi_us, "bad-time",
              "node_power window outside the window the batch's send time allows, or ending before it starts")
-    _require(type(flags) is list and len(set(flags)) == len(flags) and all(f in NODE_POWER_FLAGS for f in flags),
+    # Types first: set() of a list holding a list or dict would raise TypeError, not refuse the header.
+    _require(type(flags) is list and all(type(f) is str and f in NODE_POWER_FLAGS for f in flags)
+             and len(set(flags)) == len(flags),
              "bad-header", f"node_power flags must be distinct ones of {', '.join(NODE_POWER_FLAGS)}")
     _require(type(parts) is dict and all(k in NODE_POWER_PARTS for k in parts), "bad-header",
              f"node_power parts must be among {', '.join(NODE_POWER_PARTS)}")
