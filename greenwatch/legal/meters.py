@@ -3,13 +3,14 @@
 A meter is a CSV file (``timestamp,kwh`` or, for water, ``timestamp,m3``: the amount of the
 interval that starts at each row) or an InfluxDB field (``influxdb:MEASUREMENT.FIELD``, an
 amount per point, summed per hour inside the database).  Each row covers one step of the
-series (the shortest spacing of its rows; an hour for InfluxDB), so rows further apart than
-that leave a gap.  Gaps are reported with their extent and never filled: a sum over a period
+series (the most common spacing of its rows; an hour for InfluxDB), so rows further apart than
+that leave a gap, and rows closer than that are named in a note.  Gaps are reported with their extent and never filled: a sum over a period
 is the sum of the rows inside it, next to the share of the period the rows cover.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,14 +76,8 @@ class MeterSeries:
         """Sum, coverage and gaps within ``period`` (rows counted by their start)."""
         inside = (self.starts >= period.start_s) & (self.starts < period.end_s)
         total = float(math.fsum(self.values[inside]))
-        spans: list[list[float]] = []
-        for t in self.starts[inside]:
-            a, b = float(t), min(float(t) + self.step_s, period.end_s)
-            if spans and a <= spans[-1][1]:
-                spans[-1][1] = max(spans[-1][1], b)
-            else:
-                spans.append([a, b])
-        covered = sum(b - a for a, b in spans)
+        spans = self.spans(period)
+        covered = float(sum(b - a for a, b in spans))
         gaps = []
         cursor = period.start_s
         for a, b in spans:
@@ -93,12 +88,15 @@ class MeterSeries:
             gaps.append((cursor, period.end_s))
         return MeterReading(self.key, self.unit, total, covered, period.seconds, tuple(gaps))
 
-
-    def spans(self) -> np.ndarray:
-        """The stretches the rows cover, merged: an ``(n, 2)`` array of ``[from_s, to_s)``."""
+    def spans(self, period: Period | None = None) -> np.ndarray:
+        """The stretches the rows cover, merged: an ``(n, 2)`` array of ``[from_s, to_s)``; with
+        ``period``, only the rows starting in it, cut at its end."""
+        starts, end = self.starts, math.inf
+        if period is not None:
+            starts, end = starts[(starts >= period.start_s) & (starts < period.end_s)], period.end_s
         out: list[list[float]] = []
-        for t in self.starts:
-            a, b = float(t), float(t) + self.step_s
+        for t in starts:
+            a, b = float(t), min(float(t) + self.step_s, end)
             if out and a <= out[-1][1]:
                 out[-1][1] = max(out[-1][1], b)
             else:
@@ -124,10 +122,22 @@ def _series(key: str, source: str, starts: np.ndarray, values: np.ndarray, step_
     starts, values = starts[order], values[order]
     if starts.size and np.unique(starts).size != starts.size:
         raise ConfigError(f"facility.{key}", f"{source}: two rows with the same timestamp")
+    notes = []
     if step_s is None:
-        # The shortest spacing: a gap can only make spacings longer, never shorter.
-        step_s = float(np.diff(starts).min()) if starts.size >= 2 else 3600.0
-    return MeterSeries(key, METERS[key][1], source, starts, values, step_s)
+        # The most common spacing (the shortest of equally common ones): gaps make some spacings
+        # longer and a stray extra row makes some shorter, and neither may set the step of the
+        # whole series.
+        step_s = 3600.0
+        if starts.size >= 2:
+            spacings, counts = np.unique(np.diff(starts), return_counts=True)
+            step_s = float(spacings[np.argmax(counts)])
+        close = np.flatnonzero(np.diff(starts) < step_s)
+        if close.size:
+            first = dt.datetime.fromtimestamp(float(starts[close[0] + 1]), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            notes.append(f"facility.{key}: {close.size} row(s) of {source} closer to the previous row than the meter's "
+                         f"step of {step_s:g} s (first at {first}); their amounts are summed as given, their intervals "
+                         "overlap: check the meter export.")
+    return MeterSeries(key, METERS[key][1], source, starts, values, step_s, notes)
 
 
 def read_meter_csv(key: str, path: str) -> MeterSeries:

@@ -118,6 +118,8 @@ def build_site_report(facility: FacilityConfig, period: Period, data: SiteData,
     missing = [k for k in METERS if k not in series]
     if missing:
         notes.append("Not metered (set in [facility]): " + ", ".join(f"facility.{k}" for k in missing) + ".")
+    for meter in series.values():
+        notes.extend(meter.notes)
     gappy = [k for k, r in annual.items() if not r.complete]
     if gappy:
         notes.append("Meter data with gaps (listed per meter, never filled): " + ", ".join(gappy)
