@@ -3,6 +3,8 @@ documentation outputs, on synthetic job summaries and on the demo's embedded sto
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -17,7 +19,7 @@ from greenwatch.campaigns.documents import ai_act_section, model_card_section, m
 from greenwatch.campaigns.membership import members
 from greenwatch.campaigns.model import NOT_COMPLETED_GROUP, build_campaign_report
 from greenwatch.campaigns.registry import Campaign, CampaignError, CampaignRegistry, JobRef, Rule
-from greenwatch.campaigns.render import render_campaign, report_json
+from greenwatch.campaigns.render import render_campaign
 from greenwatch.carbon.units import J_PER_KWH
 
 REPO = Path(__file__).resolve().parents[1]
@@ -270,17 +272,26 @@ def test_ai_act_section_states_time_resources_energy_method_and_estimates(regist
     assert "Floating point operations: not measured" in text
     share = runs[1]["facility_energy_j"] / sum(s["facility_energy_j"] for s in runs)   # the restarted run
     assert f"({100 * share:.1f} %), included in the total" in text
+    # The runs measured memory (RAPL DRAM): the text says so and does not also call it left out.
+    assert "of which memory (RAPL DRAM)" in text and "memory energy is included where RAPL measured it" in text
+    assert "memory, network and storage energy are not included" not in text
 
 
 def test_every_format_carries_the_same_totals(registry):
     report, runs = _report(registry)
+    facility_kwh = sum(s["facility_energy_j"] for s in runs) / J_PER_KWH
     doc = json.loads(render_campaign(report, "json"))
-    assert doc == json.loads(json.dumps(report_json(report)))
-    assert doc["total"]["facility_energy_kwh"] == pytest.approx(sum(s["facility_energy_j"] for s in runs) / J_PER_KWH)
+    assert doc["total"]["facility_energy_kwh"] == pytest.approx(facility_kwh)
     assert list(doc["by_month"]) == ["2026-01", "2026-02"]
-    assert doc["sci_per_unit_g"]["tokens"] > 0 and "tokens" in doc["sci_units_note"]
-    rows = render_campaign(report, "csv").splitlines()
-    assert sum(1 for r in rows if r.startswith("job,")) == 5 and rows[-1].startswith("total,")
+    # SCI = (E x I + M) / R: the campaign's location-based and embodied grams over its tokens.
+    tokens = sum(s.get("unit_tokens", 0.0) for s in runs)
+    assert doc["sci_per_unit_g"]["tokens"] == pytest.approx(
+        (sum(s["co2_g"] for s in runs) + sum(s["embodied_g"] for s in runs)) / tokens)
+    assert "tokens" in doc["sci_units_note"]
+    rows = list(csv.DictReader(io.StringIO(render_campaign(report, "csv"))))
+    assert sum(1 for r in rows if r["row"] == "job") == 5 and rows[-1]["row"] == "total"
+    assert float(rows[-1]["facility_energy_kwh"]) == pytest.approx(facility_kwh)
+    assert float(rows[-1]["gpu_energy_kwh"]) == pytest.approx(sum(s["energy_j"] for s in runs) / J_PER_KWH)
     assert "<table>" in render_campaign(report, "html") and "| failed or restarted |" in render_campaign(report, "md")
 
 

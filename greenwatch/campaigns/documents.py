@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 
-from greenwatch.campaigns.model import NOT_COMPLETED_GROUP, CampaignReport
+from greenwatch.campaigns.model import NOT_COMPLETED_GROUP, CampaignReport, Figures
 from greenwatch.campaigns.render import number
 from greenwatch.carbon.units import J_PER_KWH
 
@@ -45,9 +45,13 @@ def training_type(r: CampaignReport) -> str:
     return "pre-training"
 
 
+def _models(r: CampaignReport, unknown: str) -> str:
+    """The hardware as the campaign names it, else the GPU models found in the store, else ``unknown``."""
+    return r.hardware or ", ".join(r.gpu_models) or unknown
+
+
 def _hardware(r: CampaignReport) -> str:
-    models = r.hardware or ", ".join(r.gpu_models) or "GPUs (model not recorded)"
-    return f"{models}, {number(r.total.gpu_hours)} GPU-hours"
+    return f"{_models(r, 'GPUs (model not recorded)')}, {number(r.total.gpu_hours)} GPU-hours"
 
 
 def _location(r: CampaignReport) -> str:
@@ -85,7 +89,7 @@ def model_card_section(r: CampaignReport) -> str:
         f"{r.campaign} --format model-card` from measured energy. -->", "",
         f"Carbon emissions were measured per job with greenwatch over the whole training campaign "
         f"({t.runs} job runs, failed and restarted ones included).", "",
-        f"- **Hardware Type:** {r.hardware or ', '.join(r.gpu_models) or 'not recorded'}",
+        f"- **Hardware Type:** {_models(r, 'not recorded')}",
         f"- **Hours used:** {number(t.gpu_hours)} GPU-hours ({number(t.wall_s / 3600)} job hours)",
         "- **Cloud Provider:** not stated (the campaign records where, not whose)",
         f"- **Compute Region:** {_location(r)}",
@@ -131,8 +135,8 @@ def ai_act_section(r: CampaignReport) -> str:
         f"{number(train_gpu_h)} of them in training (pre-training, fine-tuning, and runs that did not complete).",
         "",
         "### Computational resources", "",
-        f"- Hardware: {r.hardware or ', '.join(r.gpu_models) or 'GPU models not recorded'}.",
-        f"- GPU-hours by phase: " + "; ".join(f"{k} {number(f.gpu_hours)}" for k, f in r.by_phase.items()) + ".",
+        f"- Hardware: {_models(r, 'GPU models not recorded')}.",
+        "- GPU-hours by phase: " + "; ".join(f"{k} {number(f.gpu_hours)}" for k, f in r.by_phase.items()) + ".",
         "- Floating point operations: not measured by greenwatch; state them from the training "
         "configuration (tokens x parameters x 6 is the usual estimate for dense transformers).",
         "",
@@ -165,7 +169,7 @@ def ai_act_section(r: CampaignReport) -> str:
         "- Facility overhead: from the site's power usage effectiveness (PUE), as configured or as a time series; "
         "facility meters are not joined per job.",
         "- Host CPU energy: measured with RAPL where readable, else estimated from the job's CPU time at a fixed "
-        "power per busy core; memory, network and storage energy are not included.",
+        "power per busy core; " + _not_included(t) + ".",
         "- Emissions: energy x grid carbon intensity at the time of use "
         f"({'; '.join(r.intensity_sources) or 'configured source'}); {(r.market_note or 'market-based factor as configured').rstrip('.')}.",
         "- Embodied emissions: each GPU's manufacturing emissions spread over its service life, per GPU-hour.",
@@ -173,6 +177,17 @@ def ai_act_section(r: CampaignReport) -> str:
     if r.notes:
         lines += ["", "### Notes", ""] + [f"- {n}" for n in r.notes]
     return "\n".join(lines) + "\n"
+
+
+def _not_included(t: Figures) -> str:
+    """What the energy above leaves out, from what the runs measured (memory through RAPL's DRAM
+    domain, the rest of the node through node meters)."""
+    if t.rest_of_node_j > 0:
+        return ("memory, network and storage energy of the nodes are in the rest of the nodes, measured by node "
+                "meters where nodes have one")
+    if t.dram_energy_j > 0:
+        return "memory energy is included where RAPL measured it (see above); network and storage energy are not"
+    return "memory, network and storage energy are not included"
 
 
 def _day(t: float) -> str:
