@@ -240,6 +240,7 @@ class InfluxdbConfig:
     rollup_1h_retention: str = key("INF", "How long `greenwatch influxdb setup` keeps the 1-hour rollups (INF: for ever).", _influx_duration)
     rollup_late_s: int = key(3600, "Points up to this many seconds late (a spooled batch, a drained spill) still reach the rollups by themselves; each rollup run re-reads this much raw data. Later data: re-run setup with --backfill-hours. See docs/influxdb.md.", _positive)
     rollup_every_s: int = key(300, "How often the rollup continuous queries run (s).", _positive)
+    summary_copy_every_s: int = key(3600, "How often the continuous query that copies the job summaries into rollup_1h, where they outlive the raw points, runs (s); each run re-reads the summaries of the last day, rollup_late_s and this interval. See docs/influxdb.md.", _positive)
 
 
 @dataclass(frozen=True)

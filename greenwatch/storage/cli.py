@@ -48,7 +48,8 @@ def _cmd_setup(args: argparse.Namespace) -> int:
     db, _, rp = c.bucket.partition("/")
     plan = SetupPlan(db=db, raw_rp=rp or "autogen", raw_retention=c.raw_retention,
                      rollup_retentions=(c.rollup_1m_retention, c.rollup_1h_retention),
-                     late_s=int(c.rollup_late_s), every_s=int(c.rollup_every_s))
+                     late_s=int(c.rollup_late_s), every_s=int(c.rollup_every_s),
+                     copy_every_s=int(c.summary_copy_every_s))
     store = influx_store(cfg)
     # A backfill statement rolls up hours of raw points: far longer than a write may take.
     store.timeout_s = max(store.timeout_s, SETUP_TIMEOUT_S)

@@ -45,7 +45,11 @@ class Server(Protocol):
 
 @dataclass(frozen=True)
 class SetupPlan:
-    """What to set up: the database, the raw policy and each resolution's retention, the late bound."""
+    """What to set up: the database, the raw policy and each resolution's retention, the late bound.
+
+    ``every_s``: how often the rollups' continuous queries run; ``copy_every_s``: how often the one
+    that copies the job summaries does (their raw points are kept for weeks: no hurry).
+    """
 
     db: str
     raw_rp: str
@@ -53,6 +57,7 @@ class SetupPlan:
     rollup_retentions: tuple[str, ...]
     late_s: int
     every_s: int
+    copy_every_s: int = 3600
 
 
 def setup_influxdb(server: Server, plan: SetupPlan, backfill_s: float = 0.0,
@@ -87,7 +92,7 @@ def setup_influxdb(server: Server, plan: SetupPlan, backfill_s: float = 0.0,
             done.append(_ensure_query(server, plan.db, existing, cq_name(rollup, level), continuous_query(
                 plan.db, plan.raw_rp, rollup, level, plan.late_s, plan.every_s)))
     done.append(_ensure_query(server, plan.db, existing, CQ_NAME,
-                              copy_query(plan.db, plan.raw_rp, plan.late_s, plan.every_s)))
+                              copy_query(plan.db, plan.raw_rp, plan.late_s, plan.copy_every_s)))
     done.append(_copy_summaries(server, plan, now))
     state = read_rollup_state(server, plan.db)
     from_s = float(int(now) // 60 * 60)

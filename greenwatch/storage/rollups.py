@@ -2,7 +2,7 @@
 
 Two resolutions, each in a retention policy of its own in the same database:
 
-* ``rollup_1m``: 1-minute sums of ``job_energy``, ``node_energy``, ``job_gpu`` and ``gpu``, computed from
+* ``rollup_1m``: 1-minute sums of ``job_energy``, ``node_energy``, ``job_gpu``, ``gpu`` and ``node_power``, computed from
   the raw points by a continuous query that re-reads the last ``late_s`` seconds every
   ``every_s`` seconds, so a batch that arrives up to ``late_s`` after its time is summed in;
 * ``rollup_1h``: 1-hour sums computed from the 1-minute rollups the same way.
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 __all__ = ["Rollup", "ROLLUPS", "RESOLUTIONS", "MARKER", "RollupState", "rolled_range", "rolled_parts", "select_list",
            "continuous_query", "backfill_statement", "cq_name", "quote", "RESOLUTION_TABLE",
-           "DASHBOARD_RANGES_MS", "UTIL_POINTS", "dashboard_resolutions"]
+           "DASHBOARD_RANGES_MS", "UTIL_POINTS", "dashboard_resolutions", "influx_duration"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,10 @@ ROLLUPS = (
             ("mem_points", "util_mem_pct"), ("counter_points", "counter")),
            maxes=(("power_max_w", "power_max_w"), ("util_gpu_max", "util_gpu_pct"), ("samples_max", "samples")),
            mins=(("samples_min", "samples"),)),
+    # The node meter's windows (docs/data-model.md): the meter and its parts, so dashboards compare
+    # them over months too.
+    Rollup("node_power", ("meter_j", "gpu_j", "cpu_j", "rest_j", "rest_allocated_j", "unallocated_j"),
+           (("points", "meter_j"),)),
 )
 
 #: Retention policy of each resolution and its bucket (s), finest first.
@@ -93,6 +97,16 @@ def dashboard_resolutions(raw_rp: str) -> list[tuple[str, str, int, int, str]]:
     bounds = [*DASHBOARD_RANGES_MS, _NO_UPPER_MS]
     return [(names[k], policies[k], bounds[k], bounds[k + 1], "" if k == 0 else UTIL_POINTS)
             for k in range(len(policies))]
+
+
+def influx_duration(seconds: int) -> str:
+    """A duration as InfluxDB prints a continuous query back: one number in the largest unit that
+    divides it (``300`` -> ``5m``), so that setup recognises a query it created as unchanged."""
+    seconds = int(seconds)
+    for unit, size in (("w", 604_800), ("d", 86_400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def quote(name: str) -> str:
@@ -142,7 +156,8 @@ def continuous_query(db: str, raw_rp: str, rollup: Rollup, level: int, late_s: i
     src, dst = _source(db, level, raw_rp, rollup.measurement)
     bucket = RESOLUTIONS[level][1]
     return (f"CREATE CONTINUOUS QUERY {quote(cq_name(rollup, level))} ON {quote(db)} "
-            f"RESAMPLE EVERY {int(every_s)}s FOR {resample_for_s(level, late_s, every_s)}s BEGIN "
+            f"RESAMPLE EVERY {influx_duration(every_s)} FOR {influx_duration(resample_for_s(level, late_s, every_s))} "
+            "BEGIN "
             f"SELECT {select_list(rollup, level > 0)} INTO {dst} FROM {src} GROUP BY time({_BUCKET_TEXT[bucket]}), * END")
 
 
