@@ -364,3 +364,53 @@ def test_grafana_rules_are_the_prometheus_alerts():
         assert len(rule["uid"]) <= 40 and rule["uid"].replace("-", "").isalnum()
     assert "time() - greenwatch_gpu_last_sample_timestamp_seconds > 120" in rules["GreenwatchGpuNoSample"]["data"][0][
         "model"]["expr"]
+
+
+def test_the_agent_shows_its_node_meter_power_source_and_errors_by_kind(tmp_path):
+    from prometheus_client import generate_latest
+
+    from greenwatch.agent.nodepower import NodePowerError, NodePowerPoller, NodePowerSource, NodeReading
+    from greenwatch.agent.nodepower.pmcounters import PmCounters
+    from greenwatch.metrics.agent import AgentMetrics, agent_registry
+
+    class Quiet:   # an agent without GPUs, broker or spool: only the node meter is of interest here
+        devices: list = []
+        latest: list = []
+        holders: list = []
+        samples = batches = published = receipted = refused = connect_failures = bytes = 0
+        connected = False
+        error_counts: dict = {}
+        last_tick = time.monotonic()
+
+        def is_alive(self) -> bool:
+            return True
+
+        def __len__(self) -> int:
+            return 0
+
+    class Bmc(NodePowerSource):
+        name = "redfish"
+
+        def read(self) -> NodeReading:
+            raise NodePowerError("timeout", "the BMC did not answer")
+
+    root = tmp_path / "pm_counters"
+    root.mkdir()
+    (root / "energy").write_text("1000 J 1700000000000000 us\n")
+    (root / "power").write_text("1234 W 1700000000000000 us\n")
+    q = Quiet()
+    without = agent_registry(AgentMetrics("c", "n1", q, q, q, q, 60.0))
+    assert "greenwatch_node_power" not in generate_latest(without).decode()   # no [node_power]: no node metrics
+    poller = NodePowerPoller([Bmc(), PmCounters(str(root))], period_s=1.0)
+    registry = agent_registry(AgentMetrics("c", "n1", q, q, q, q, 60.0, node_meter=poller))
+    assert registry.get_sample_value("greenwatch_node_power_reads_total") == 0
+    assert registry.get_sample_value("greenwatch_node_power_watts", {"node": "n1", "source": "pm_counters"}) is None
+    assert poller.poll_once() and poller.poll_once()    # the BMC times out twice, pm_counters answers
+    labels = {"node": "n1", "source": "pm_counters"}
+    assert registry.get_sample_value("greenwatch_node_power_watts", labels) == 1234.0
+    assert registry.get_sample_value("greenwatch_node_power_last_reading_timestamp_seconds", labels) == 1_700_000_000
+    assert registry.get_sample_value("greenwatch_node_power_reads_total") == 2
+    assert registry.get_sample_value("greenwatch_node_power_read_errors_total", {"kind": "timeout"}) == 2
+    (root / "energy").write_text("bad\n")
+    assert not poller.poll_once()
+    assert registry.get_sample_value("greenwatch_node_power_read_errors_total", {"kind": "bad-reply"}) == 1

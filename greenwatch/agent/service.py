@@ -576,7 +576,8 @@ async def _run(cfg: Config, devices: Sequence[GpuDevice] | None, spool: DiskQueu
     ]
     metrics = None
     if cfg.agent.metrics_listen:
-        gauges = AgentMetrics(cfg.node.cluster, cfg.node.name, sampler, publisher, spool, thread, stale_s)
+        gauges = AgentMetrics(cfg.node.cluster, cfg.node.name, sampler, publisher, spool, thread, stale_s,
+                              node_meter=node_meter)
         metrics = MetricsServer(cfg.agent.metrics_listen, agent_registry(gauges), gauges.not_ready, gauges.not_alive)
         if not metrics.start():
             metrics = None

@@ -5,11 +5,14 @@ joules, power in watts, utilisation as a ratio and the time of the last successf
 The jobs holding each GPU are a separate info metric, ``greenwatch_gpu_job_info``, to be joined
 on ``gpu_uuid``: a job label on the energy counter would start a new series at every job change
 and count a shared GPU's energy once per job.  Everything is read from the sampler, the
-publisher and the spool at scrape time; nothing here is counted a second time.
+publisher and the spool at scrape time; nothing here is counted a second time.  Where the agent
+reads a node meter (``[node_power]``), its latest power, its source and its failed reads by kind
+come from the meter's poller the same way.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Iterator, Protocol, Sequence
 
@@ -19,7 +22,7 @@ from prometheus_client.registry import Collector as PromCollector
 
 from greenwatch.batch import JobInfo
 
-__all__ = ["AgentMetrics", "agent_registry"]
+__all__ = ["AgentMetrics", "NodeMeterView", "agent_registry"]
 
 # Positions in a SAMPLE_COLUMNS row (greenwatch.batch): t_us, energy_mj, power_mw, util_gpu, ...
 _T_US, _ENERGY_MJ, _POWER_MW, _UTIL_GPU = 0, 1, 2, 3
@@ -74,12 +77,22 @@ class ThreadView(Protocol):
     def is_alive(self) -> bool: ...
 
 
+class NodeMeterView(Protocol):
+    """The node meter's poller (greenwatch.agent.nodepower.NodePowerPoller)."""
+
+    errors: dict[str, int]
+    reads: int
+
+    def latest(self) -> tuple[str, int, float] | None: ...
+
+
 class AgentMetrics(PromCollector):
     """A prometheus_client collector over one agent process's state."""
 
     def __init__(self, cluster: str, node: str, sampler: SamplerView, publisher: PublisherView, spool: SpoolView,
-                 thread: ThreadView, stale_s: float) -> None:
+                 thread: ThreadView, stale_s: float, node_meter: NodeMeterView | None = None) -> None:
         self.cluster, self.node = cluster, node
+        self.node_meter = node_meter   # None: [node_power] names no source, and no node metrics are shown
         self.sampler, self.publisher, self.spool, self.thread = sampler, publisher, spool, thread
         self.stale_s = stale_s
 
@@ -161,8 +174,38 @@ class AgentMetrics(PromCollector):
         yield GaugeMetricFamily("greenwatch_agent_spool_bytes", "Bytes the spool holds.", value=self.spool.bytes)
         yield GaugeMetricFamily("greenwatch_agent_broker_connected", "1 while connected to the MQTT broker.",
                                 value=1 if p.connected else 0)
+        yield from self._node_meter_metrics()
         yield GaugeMetricFamily("greenwatch_agent_ready", "1 while sampling and connected (as /readyz).",
                                 value=1 if self.not_ready() is None else 0)
+
+
+    def _node_meter_metrics(self) -> Iterator[Metric]:
+        """The node meter's latest power, its source, and its reads and failed reads by kind."""
+        meter = self.node_meter
+        if meter is None:
+            return
+        labels = ["node", "source"]
+        power = GaugeMetricFamily("greenwatch_node_power_watts",
+                                  "The whole node's power at the node meter's last reading, in watts; source: the "
+                                  "meter in use (pm_counters, redfish, ipmi-dcmi, ipmi-sdr).", labels=labels)
+        last = GaugeMetricFamily("greenwatch_node_power_last_reading_timestamp_seconds",
+                                 "Unix time of the node meter's last reading (the meter's own time stamp where it "
+                                 "gives one).", labels=labels)
+        latest = meter.latest()
+        if latest is not None:
+            source, t_us, watts = latest
+            last.add_metric([self.node, source], t_us / 1e6)
+            if math.isfinite(watts):   # a counter-only meter has no power before its second reading
+                power.add_metric([self.node, source], watts)
+        yield from (power, last)
+        yield CounterMetricFamily("greenwatch_node_power_reads", "Successful reads of the node meter.",
+                                  value=meter.reads)
+        errors = CounterMetricFamily("greenwatch_node_power_read_errors",
+                                     "Failed reads of the node meter, by kind (unavailable, no-permission, timeout, "
+                                     "bad-reply, auth, unknown).", labels=["kind"])
+        for kind, count in sorted(dict(meter.errors).items()):
+            errors.add_metric([kind], count)
+        yield errors
 
 
 def agent_registry(metrics: AgentMetrics) -> CollectorRegistry:

@@ -65,6 +65,15 @@ class MeterCurve:
         self._points.append((r.t_us, e0 + step, power, parts))
         self._last = r
 
+    @property
+    def latest(self) -> tuple[int, float] | None:
+        """``(t_us, power W)`` of the newest reading: the meter's power, or where it gives none its
+        counter's over the step before (NaN for a first counter-only reading); None before any."""
+        if not self._points:
+            return None
+        t_us, _, power, _ = self._points[-1]
+        return t_us, power
+
     def _at(self, t_us: int) -> tuple[float, dict[str, float], set[str]]:
         """The curve (energy, parts) at ``t_us``, and the flags its value needed."""
         pts = self._points

@@ -68,6 +68,13 @@ class NodePowerPoller:
             return True
         return False
 
+    def latest(self) -> tuple[str, int, float] | None:
+        """``(source, t_us, power W)`` of the newest reading of the source in use (for the metrics
+        endpoint); None before any."""
+        with self._lock:
+            last = self._curve.latest if self._curve is not None else None
+            return None if last is None or self._curve is None else (self._curve.source, *last)
+
     def window(self, end_us: int) -> NodePower | None:
         """The node's energy up to ``end_us`` since the previous call (None before any reading)."""
         with self._lock:
