@@ -231,3 +231,26 @@ def test_greenwatch_run_on_grace_hopper_charges_the_module_once(mock_nvml_in_pro
     assert r.gpu_energy_j > 0.3 * (200.0 + GRACE_W)
     assert "module scope" in r.gpu_energy_method
     assert r.host_energy_j == 0.0
+
+
+def test_a_board_whose_counter_answers_only_at_module_scope_is_read_there(mock_nvml_in_process, tmp_path,
+                                                                          monkeypatch):
+    # Power answers at both scopes, the energy counter (field 191) only at module scope: the
+    # counter decides, so the 10 Hz read asks a field that answers and is not integrated from power.
+    sc = Scenario(t0=time.time(), gpus=[GpuSpec(0, name="NVIDIA GH200 480GB", power=[Constant(-1e6, 1e6, 300.0)],
+                                                power_scopes=("gpu", "module"), module_extra_w=GRACE_W)])
+    monkeypatch.setenv(ENV_VAR, str(sc.write(tmp_path / "node.scn")))
+    real = pynvml.nvmlDeviceGetFieldValues
+
+    def no_gpu_scope_counter(handle, fields):
+        values = real(handle, fields)
+        for v in values:
+            if v.fieldId == pynvml.NVML_FI_DEV_ENERGY and v.scopeId == 0:
+                v.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
+        return values
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetFieldValues", no_gpu_scope_counter)
+    try:
+        [gpu] = open_nvml_gpus()
+        assert gpu.energy_scope == "module" and gpu.has_counter
+    finally:
+        pynvml.nvmlShutdown()

@@ -24,7 +24,7 @@ from greenwatch.agent.gpu.nvml_mig import MigReader
 from greenwatch.batch import MISSING
 
 __all__ = ["NvmlGpu", "NvmlUnavailable", "FastNvmlCalls", "open_nvml_gpus", "probe_power_fields",
-           "POWER_FIELDS", "SCOPE_IDS"]
+           "POWER_FIELDS", "SCOPE_IDS", "choose_scope"]
 
 log = logging.getLogger(__name__)
 
@@ -197,14 +197,11 @@ class NvmlGpu(GpuDevice):
         self.index = index
         self.uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
         self.name = _text(pynvml.nvmlDeviceGetName(handle))
-        # GPU scope where the board answers it; otherwise the module (Grace Hopper, where
-        # GPU-scope power reads fail), whose figures include the Grace CPU and its memory.
         answered = probe_power_fields(handle)
-        self.energy_scope = "gpu" if any(answered["gpu"].values()) or not any(answered["module"].values()) \
-            else "module"
+        self.energy_scope = choose_scope(answered)
         self._scope = SCOPE_IDS[self.energy_scope]
-        self.has_counter = (self._probe_counter() if self.energy_scope == "gpu"
-                            else answered["module"][FI_DEV_ENERGY] and self._is_volta_or_newer())
+        # One rule at both scopes: the counter is the field the 10 Hz read asks, at the scope it asks.
+        self.has_counter = answered[self.energy_scope][FI_DEV_ENERGY] and self._is_volta_or_newer()
         try:
             self.power_limit_w = pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000.0
         except pynvml.NVMLError:
@@ -228,15 +225,6 @@ class NvmlGpu(GpuDevice):
     def _is_volta_or_newer(self) -> bool:
         try:
             return bool(pynvml.nvmlDeviceGetArchitecture(self._h) >= _ARCH_VOLTA)
-        except pynvml.NVMLError:
-            return False
-
-    def _probe_counter(self) -> bool:
-        try:
-            if pynvml.nvmlDeviceGetArchitecture(self._h) < _ARCH_VOLTA:
-                return False
-            pynvml.nvmlDeviceGetTotalEnergyConsumption(self._h)
-            return True
         except pynvml.NVMLError:
             return False
 
@@ -303,6 +291,20 @@ class NvmlGpu(GpuDevice):
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def choose_scope(answered: dict[str, dict[int, bool]]) -> str:
+    """The scope to read, from :func:`probe_power_fields`' answers: the one whose energy counter
+    answers, GPU scope first; where neither has a counter, the one whose power answers, GPU first.
+
+    The counter decides because a board can answer power at GPU scope and energy only at module
+    scope (Grace Hopper): read at GPU scope, every interval would be integrated from sampled power.
+    """
+    for wanted in ((FI_DEV_ENERGY,), POWER_FIELDS):
+        for name in SCOPE_IDS:
+            if any(answered[name][f] for f in wanted):
+                return name
+    return "gpu"   # nothing answers: the reads fail as they would have, with their own errors
 
 
 def probe_power_fields(handle: Any) -> dict[str, dict[int, bool]]:
