@@ -67,6 +67,16 @@ def _non_negative(value: Any) -> str | None:
     return None if value >= 0 and math.isfinite(value) else "must be zero or a positive number"
 
 
+def _slurm_gpu_map(value: Any) -> str | None:
+    from greenwatch.agent.slurm.gpus import parse_gpu_map
+
+    try:
+        parse_gpu_map(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def _port(value: Any) -> str | None:
     return None if 1 <= value <= 65535 else "must be a TCP port between 1 and 65535"
 
@@ -162,6 +172,7 @@ class AgentConfig:
     event_spool_dir: str = key("/var/spool/greenwatch/events", "Where `greenwatch slurm prolog|epilog` queue job events that could not be published in time; the next hook run sends them, oldest first.")
     event_spool_max: int = key(10000, "At most this many queued job events are kept; beyond it the oldest are dropped (and logged).", _positive)
     hook_deadline_s: float = key(0.9, "`greenwatch slurm prolog|epilog` exit (status 0) at the latest this many seconds after they started, whatever the broker does; undelivered events stay queued.", _positive)
+    slurm_gpu_map: str = key("", "Slurm GPU ids that are not a whole board's minor number, for `greenwatch slurm prolog|epilog`: comma-separated 'ID=gpu<minor>/gi<G>/ci<C>' (the MIG device with GPU instance G and compute instance C on the board /dev/nvidia<minor>) or 'ID=<GPU-/MIG- UUID>'. Needed where gres.conf offers MIG devices (MultipleFiles), which Slurm numbers by their place in gres.conf (docs/slurm.md). Empty: every id is a minor number.", _slurm_gpu_map)
     hook_publish_timeout_s: float = key(0.3, "Longest time `greenwatch slurm prolog|epilog` wait for the MQTT broker (connect and acknowledgements) before leaving their events queued.", _positive)
     epilog_report: bool = key(False, "`greenwatch slurm epilog` starts, on the job's first node only, a background `greenwatch report` that writes the job's report (md, html, json, csv, plots) as the job's user into epilog_report_dir (docs/slurm.md). Needs [influxdb] with read access on the node; the epilog itself still returns at once.")
     epilog_report_dir: str = key("{workdir}/greenwatch-{job_id}", "Where the epilog's report goes: an absolute path or one starting with {workdir}; placeholders {workdir} (the job's working directory, SLURM_JOB_WORK_DIR), {job_id} and {user}. Created by the job's user, never by root.", _report_dir_template)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from greenwatch.agent.slurm.environment import SlurmJob
-from greenwatch.agent.slurm.gpus import job_uuids, nvml_gpu_table
+from greenwatch.agent.slurm.gpus import job_uuids, nvml_gpu_table, parse_gpu_map
 from greenwatch.agent.slurm.mapping import remove_mapping_files, write_mapping_files
 from greenwatch.agent.slurm.publish import publish_spooled
 from greenwatch.agent.slurm.report import release_report, start_epilog_report
@@ -94,8 +94,9 @@ def _run_hook(kind: str, cfg: Config, env: Mapping[str, str], budget_s: float,
     mapping_dir = Path(agent.mapping_dir) if agent.mapping_dir else None
     now = time.time()
     spool = EventSpool(Path(agent.event_spool_dir), agent.event_spool_max)
+    gpu_map = parse_gpu_map(agent.slurm_gpu_map)  # checked when the configuration was read
     if kind == "prolog":
-        gpus = job_uuids(job, gpu_table)
+        gpus = job_uuids(job, gpu_table, gpu_map=gpu_map)
         if mapping_dir is not None and gpus:
             try:
                 write_mapping_files(mapping_dir, gpus, job)
@@ -111,7 +112,7 @@ def _run_hook(kind: str, cfg: Config, env: Mapping[str, str], budget_s: float,
         except OSError as exc:
             log.error("cannot remove GPU mapping files in %s: %s", mapping_dir, exc)
             removed = []
-        gpus = removed or job_uuids(job, gpu_table, quiet=True)
+        gpus = removed or job_uuids(job, gpu_table, quiet=True, gpu_map=gpu_map)
         start_s = job.start_s or spool.started(job.job_id)
         end_s = max(job.end_s or now, start_s or 0.0)
         event = build_event(kind, cfg, job, gpus, start_s, end_s)
