@@ -90,6 +90,8 @@ def figures(influx, cfg: str, registry: CampaignRegistry, year: int, out) -> dic
             for limit in (None, 0):
                 source = InfluxSource(store, cluster=CLUSTER, raw_limit=limit)
                 reports[f"{job}/{limit}"] = _without_notes(to_dict(build_report(source, job, carbon=CARBON, now=0.0)))
+            # What `greenwatch report` waits for, and where it finds the carbon settings of a run.
+            reports[f"{job}/summary"] = InfluxSource(store, cluster=CLUSTER).job_points("job", job)
     finally:
         store.close()
     assert main(["statement", "--config", cfg, "--year", str(year), "--format", "json", "--out", str(out)]) == 0

@@ -248,6 +248,8 @@ class InfluxSource:
 
     def job_points(self, measurement: str, job_id: str) -> list[dict[str, Any]]:
         _check_measurement(measurement)
+        if measurement == "job":   # a few points per job, also past the raw retention
+            return read_summaries(self.rows, self.job_where(job_id))
         return self._select(f'SELECT * FROM "{measurement}" WHERE {self.job_where(job_id)}')
 
     def gpu_points(self, cluster: str, node: str, gpu_uuid: str, t_from_ns: int, t_to_ns: int) -> list[dict[str, Any]]:
