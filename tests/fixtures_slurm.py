@@ -10,10 +10,12 @@ whose scenario (:attr:`SlurmCluster.scenario`) gives the four GPUs minor numbers
 0-3 in an order that differs from NVML's index order, as on real machines.
 
 The node has a fifth board, NVML index and minor number 4, in MIG mode with three MIG
-devices (:data:`MIG_DEVICES`).  It is not a GRES: Slurm 22.05 would give a job's prolog
-its MIG devices as numeric GRES ids that no NVML query can turn into MIG UUIDs
-(docs/slurm.md, "MIG"), so jobs reach it the way they do on nodes without device
-constraints and their processes say which job each MIG device serves.
+devices (:data:`MIG_DEVICES`), offered as typed GRES the way gres.conf describes MIG
+devices (``MultipleFiles``: the board's device file and the instance's
+``nvidia-caps/nvidia-cap<N>``).  Slurm numbers its GPU GRES by their place in gres.conf,
+so the four boards are ids 0-3 and the MIG devices 4-6 (:data:`MIG_GRES_IDS`); the hooks'
+``agent.slurm_gpu_map`` says which MIG device each of those ids is.  The boards are typed
+``h100``, so ``--gres=gpu:h100:N`` asks for whole boards only.
 
 Everything runs as root (slurmd must, to run jobs as other users); if anything
 cannot start, :class:`harness.HarnessError` is raised with the daemons' logs: the
@@ -45,17 +47,19 @@ from harness.daemon import SETUP_HINT, Daemon, find_binary
 from harness.ports import free_port
 from mocknvml import GpuSpec, MigSpec, Scenario, make_uuid
 
-__all__ = ["SlurmCluster", "EventRecorder", "GPU_MINORS", "MIG_BOARD", "MIG_DEVICES"]
+__all__ = ["SlurmCluster", "EventRecorder", "GPU_MINORS", "MIG_BOARD", "MIG_DEVICES", "MIG_GRES_IDS"]
 
 NODE = "gwnode"
 PARTITION = "gpu"
 CLUSTER = "gwtest"
 #: NVML index -> minor number (/dev/nvidia<minor>): deliberately not the identity.
 GPU_MINORS = (2, 0, 3, 1)
-#: NVML index (and minor number) of the board in MIG mode, outside the GRES.
+#: NVML index (and minor number) of the board in MIG mode.
 MIG_BOARD = 4
-#: Its MIG devices as (GPU instance, compute slices): 6 of its 7 slices, one left free.
-MIG_DEVICES = ((1, 3), (2, 2), (5, 1))
+#: Its MIG devices as (GPU instance, compute slices, GRES type): 6 of its 7 slices, one left free.
+MIG_DEVICES = ((1, 3, "3g"), (2, 2, "2g"), (5, 1, "1g"))
+#: GPU instance -> Slurm's GPU id of that MIG device (its place among the GPU GRES).
+MIG_GRES_IDS = {gi: 4 + k for k, (gi, _, _) in enumerate(MIG_DEVICES)}
 
 
 class EventRecorder:
@@ -179,7 +183,7 @@ class SlurmCluster:
             t0=time.time(), reload_on_change=True,
             gpus=[GpuSpec(i, uuid=make_uuid(NODE, i), minor=m) for i, m in enumerate(GPU_MINORS)]
             + [GpuSpec(MIG_BOARD, uuid=make_uuid(NODE, MIG_BOARD), minor=MIG_BOARD, mig=True)],
-            migs=[MigSpec(MIG_BOARD, gi=gi, slices=n) for gi, n in MIG_DEVICES])
+            migs=[MigSpec(MIG_BOARD, gi=gi, slices=n) for gi, n, _ in MIG_DEVICES])
         self.ctld_port = self.slurmd_port = 0
         self.pick_ports()
         self.munged = _Munged(self.workdir / "munge")
@@ -204,11 +208,16 @@ class SlurmCluster:
         w = self.workdir
         for d in ("state", "spool", "dev"):
             (w / d).mkdir(exist_ok=True)
-        for minor in range(4):
-            dev = self.dev_dir / f"nvidia{minor}"
+        caps = self.dev_dir / "nvidia-caps"
+        caps.mkdir(exist_ok=True)
+        devices = [(self.dev_dir / f"nvidia{minor}", 195, minor) for minor in range(MIG_BOARD + 1)]
+        # nvidia-caps minors are the driver's; only their files matter to Slurm here.
+        devices += [(caps / f"nvidia-cap{20 + 9 * gi}", 236, 20 + 9 * gi) for gi, _, _ in MIG_DEVICES]
+        for dev, major, minor in devices:
             if not dev.exists():
-                os.mknod(dev, 0o666 | stat.S_IFCHR, os.makedev(195, minor))
+                os.mknod(dev, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
         host = socket.gethostname().split(".")[0] or "localhost"
+        gres = ",".join(["gpu:h100:4"] + [f"gpu:{t}:1" for _, _, t in MIG_DEVICES])
         hook = w / "hook.sh"
         hook.write_text(
             "#!/bin/sh\n"
@@ -227,10 +236,14 @@ class SlurmCluster:
             # The deadline is generous here: a loaded CI machine must not turn this test into a
             # test of the spool (tests/test_slurm_hooks.py measures the default deadline).
             "agent": {"mapping_dir": str(self.mapping_dir), "event_spool_dir": str(self.spool_dir),
-                      "hook_deadline_s": 5.0},
+                      "hook_deadline_s": 15.0,
+                      "slurm_gpu_map": ", ".join(f"{MIG_GRES_IDS[gi]}=gpu{MIG_BOARD}/gi{gi}/ci0"
+                                                 for gi, _, _ in MIG_DEVICES)},
             "mqtt": {"host": self.broker[0], "port": self.broker[1]},
         })
-        (w / "gres.conf").write_text(f"Name=gpu File={self.dev_dir}/nvidia[0-3]\n")
+        (w / "gres.conf").write_text(f"Name=gpu Type=h100 File={self.dev_dir}/nvidia[0-3]\n" + "".join(
+            f"Name=gpu Type={t} MultipleFiles={self.dev_dir}/nvidia{MIG_BOARD},{caps}/nvidia-cap{20 + 9 * gi}\n"
+            for gi, _, t in MIG_DEVICES))
         (w / "plugstack.conf").write_text("")
         self.conf.write_text(f"""\
 # generated by tests/fixtures_slurm.py
@@ -269,7 +282,7 @@ PlugStackConfig={w / 'plugstack.conf'}
 InactiveLimit=0
 KillWait=5
 MinJobAge=600
-NodeName={NODE} NodeAddr=127.0.0.1 CPUs=8 RealMemory=4000 Gres=gpu:4 State=UNKNOWN
+NodeName={NODE} NodeAddr=127.0.0.1 CPUs=8 RealMemory=4000 Gres={gres} State=UNKNOWN
 PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
 """)
 

@@ -2,27 +2,30 @@
 
 One node (``gwnode``) with four fake GPUs (character devices offered as GRES; the mock
 NVML gives them minor numbers 0-3 in another order than NVML's index order) and a fifth board
-in MIG mode (three MIG devices of 3, 2 and 1 slices, one slice free; not a GRES, see
-tests/fixtures_slurm.py).  Six jobs:
+in MIG mode whose three MIG devices (3, 2 and 1 slices, one slice free) are GRES too (Slurm
+ids 4-6, see tests/fixtures_slurm.py).  Seven jobs:
 
-- ``train``: ``--gres=gpu:2``, run as user ``nobody`` with account ``proj-climate``;
-- ``share-a`` (``--gres=gpu:1``) and ``share-b`` (no GRES) share one GPU: ``share-b``'s
+- ``train``: ``--gres=gpu:h100:2``, run as user ``nobody`` with account ``proj-climate``;
+- ``share-a`` (``--gres=gpu:h100:1``) and ``share-b`` (no GRES) share one GPU: ``share-b``'s
   process appears on ``share-a``'s GPU, as it does on nodes whose Slurm does not
   constrain devices (or with MPS/shards; Slurm 22.05's ``shard`` GRES gave inconsistent
   ``SLURM_JOB_GPUS`` in our trials, so the test does not depend on it);
-- ``quick``: ``--gres=gpu:1``, ends a few seconds after it started;
-- ``mig-a`` and ``mig-b`` (no GRES): their processes run on the MIG board's 3-slice and
-  2-slice devices; the 1-slice device stays idle.
+- ``quick``: ``--gres=gpu:h100:1``, ends a few seconds after it started;
+- ``mig-a`` (``--gres=gpu:3g:1``) and ``mig-b`` (``--gres=gpu:2g:1``): their processes run on
+  the MIG board's 3-slice and 2-slice devices;
+- ``mig-idle`` (``--gres=gpu:1g:1``) holds the 1-slice device and runs nothing on it.
 
 Each job script writes its PID and GPU ids to a file and waits for a release file.  Once
 every job runs, the test adds the job processes to the mock NVML scenario (the mock
 re-reads a replaced scenario, ``reload_on_change``) together with power that is zero
 outside known windows, so the true energy of each job is the scenario's exact integral.
-Checked: mapping files and events (GPU ids translated by minor number), per-job energy in
+Checked: mapping files and events (GPU ids translated by minor number, MIG GRES ids by
+``agent.slurm_gpu_map``), per-job energy in
 InfluxDB against the truth, and one ``job`` summary record per job with its metadata,
 still one after a duplicate end event.  The MIG jobs' truth is the MIG split of the board's
-exact energy as tests/test_mig_accuracy.py computes it; the board's energy is the MIG jobs'
-shares plus the node's unallocated energy (the other GPUs draw power only while held).
+exact energy as tests/test_mig_accuracy.py computes it; the idle device's share goes to the
+job that holds it; the board's energy is the MIG jobs' shares plus the node's unallocated
+energy (the free slice: the other GPUs draw power only while held).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import paho.mqtt.client as paho
 import pytest
 
 from fixtures_e2e import GreenwatchProcess, agent_env, write_config
-from fixtures_slurm import MIG_BOARD, EventRecorder
+from fixtures_slurm import MIG_BOARD, MIG_GRES_IDS, EventRecorder
 from greenwatch.carbon import embodied_g, load_embodied
 from greenwatch.transport.events import JobEvent, encode_event
 from mocknvml.scenario import Constant, ProcSpec, Ramp, Square
@@ -46,9 +49,11 @@ import test_mig_accuracy
 pytestmark = pytest.mark.slurm
 
 ACCOUNTS = {"train": "proj-climate", "share-a": "proj-share", "share-b": "proj-share", "quick": "proj-quick",
-            "mig-a": "proj-mig", "mig-b": "proj-mig"}
-#: MIG job -> (GPU instance its process runs on, SM activity %).
-MIG_JOBS = {"mig-a": (1, 60), "mig-b": (2, 25)}
+            "mig-a": "proj-mig", "mig-b": "proj-mig", "mig-idle": "proj-mig"}
+#: MIG job that runs a process -> (GPU instance it holds, GRES type, SM activity %).
+MIG_JOBS = {"mig-a": (1, "3g", 60), "mig-b": (2, "2g", 25)}
+#: The job that holds the 1-slice device (GPU instance 5) and runs nothing there.
+IDLE_MIG_GI = 5
 
 JOB_SCRIPT = """#!/bin/bash
 # Tell the test who we are, then hold the allocation until the test releases us.
@@ -108,20 +113,25 @@ def test_slurm_jobs_end_to_end(tmp_path: Path, slurm_cluster, mosquitto, influx_
         greenwatch_procs.append(agent)
         agent.wait_for_log("sampling 5 GPU(s)", timeout=60)
 
-        # -- six jobs ----------------------------------------------------------------------------
+        # -- seven jobs --------------------------------------------------------------------------
         submitted = time.time()
-        specs = {"train": ["--gres=gpu:2", "--uid=nobody"], "share-a": ["--gres=gpu:1"], "share-b": [],
-                 "quick": ["--gres=gpu:1"], "mig-a": [], "mig-b": []}
+        specs = {"train": ["--gres=gpu:h100:2", "--uid=nobody"], "share-a": ["--gres=gpu:h100:1"], "share-b": [],
+                 "quick": ["--gres=gpu:h100:1"], "mig-idle": ["--gres=gpu:1g:1"]}
+        specs.update({name: [f"--gres=gpu:{gres}:1"] for name, (_, gres, _) in MIG_JOBS.items()})
         ids = {name: sl.sbatch(f"--job-name={name}", f"--account={ACCOUNTS[name]}", *args,
                                script=JOB_SCRIPT.format(dir=jobs_dir, name=name))
                for name, args in specs.items()}
-        wait_for(lambda: all((jobs_dir / f"{n}.pid").exists() for n in ids), 60, "all six jobs to run",
+        wait_for(lambda: all((jobs_dir / f"{n}.pid").exists() for n in ids), 60, "all seven jobs to run",
                  lambda: f"queue: {sl.queued()}\n{sl.logs()}")
         info = {n: read_pidfile(jobs_dir / f"{n}.pid") for n in ids}
         assert {n: i[1] for n, i in info.items()} == ids
         minors = {n: i[2] for n, i in info.items()}
-        assert sorted(len(m) for m in minors.values()) == [0, 0, 0, 1, 1, 2]
-        assert sorted(sum(minors.values(), [])) == [0, 1, 2, 3]
+        assert sorted(len(m) for m in minors.values()) == [0, 1, 1, 1, 1, 1, 2]
+        assert sorted(sum(minors.values(), [])) == [0, 1, 2, 3, 4, 5, 6]
+        mig_gi = {name: gi for name, (gi, _, _) in MIG_JOBS.items()} | {"mig-idle": IDLE_MIG_GI}
+        assert {name: minors[name] for name in mig_gi} == {name: [MIG_GRES_IDS[gi]] for name, gi in mig_gi.items()}
+        sc = sl.scenario
+        devices = {m.gi: sc.mig_uuid(m) for m in sc.mig_devices(MIG_BOARD, time.time())}
 
         # The prologs mapped each GPU id (a minor number) to its UUID, not to NVML index n.
         for name in ("train", "share-a", "quick"):
@@ -129,11 +139,13 @@ def test_slurm_jobs_end_to_end(tmp_path: Path, slurm_cluster, mosquitto, influx_
                 text = (sl.mapping_dir / sl.uuid_of_minor(minor)).read_text()
                 assert f"job_id={ids[name]}\n" in text and f"account={ACCOUNTS[name]}\n" in text
         assert "user=nobody\n" in (sl.mapping_dir / sl.uuid_of_minor(minors["train"][0])).read_text()
-        assert len(list(sl.mapping_dir.iterdir())) == 4
+        # ... and each MIG GRES id (4-6) to its MIG device's UUID, through agent.slurm_gpu_map.
+        for name, gi in mig_gi.items():
+            assert f"job_id={ids[name]}\n" in (sl.mapping_dir / devices[gi]).read_text()
+        assert len(list(sl.mapping_dir.iterdir())) == 7
 
         # -- the jobs' processes appear on their GPUs, with known power ---------------------------
-        sc = sl.scenario
-        gpu = {name: [sl.nvml_index_of_minor(m) for m in minors[name]] for name in ids}
+        gpu = {name: [sl.nvml_index_of_minor(m) for m in minors[name]] for name in ids if name not in mig_gi}
         shared = gpu["share-a"][0]
         # The agent lists processes once a second.  The window starts on a whole second, where the
         # agent cuts its batches, so the MIG board's first segment with power has only a sliver
@@ -145,7 +157,7 @@ def test_slurm_jobs_end_to_end(tmp_path: Path, slurm_cluster, mosquitto, influx_
                          ProcSpec(info["share-b"][0], shared, sm_util=50, to_s=long_end + 1.5),
                          ProcSpec(info["quick"][0], gpu["quick"][0], sm_util=90, to_s=quick_end + 1.5)]
         sc.processes += [ProcSpec(info[name][0], MIG_BOARD, sm_util=sm, gi=gi, ci=0, to_s=long_end + 1.5)
-                         for name, (gi, sm) in MIG_JOBS.items()]
+                         for name, (gi, _, sm) in MIG_JOBS.items()]
         sc.gpu(gpu["train"][0]).power = [Constant(w0, long_end, 300.0)]
         sc.gpu(gpu["train"][1]).power = [Square(w0, long_end, low_w=120.0, high_w=520.0, period_s=0.7)]
         sc.gpu(shared).power = [Ramp(w0, long_end, 150.0, 450.0)]
@@ -161,7 +173,7 @@ def test_slurm_jobs_end_to_end(tmp_path: Path, slurm_cluster, mosquitto, influx_
         time.sleep(max(0.0, sc.abs(quick_end + 2.5) - time.time()))
         (jobs_dir / "quick.release").touch()
         time.sleep(max(0.0, sc.abs(long_end + 2.5) - time.time()))
-        for name in ("train", "share-a", "share-b", *MIG_JOBS):
+        for name in ("train", "share-a", "share-b", *mig_gi):
             (jobs_dir / f"{name}.release").touch()
         sl.wait_gone(list(ids.values()), timeout=60)
         assert list(sl.mapping_dir.iterdir()) == [], "the epilogs left mapping files behind"
@@ -171,7 +183,7 @@ def test_slurm_jobs_end_to_end(tmp_path: Path, slurm_cluster, mosquitto, influx_
             rows = influx_v2.query(f'SELECT * FROM "job" WHERE {mine}', bucket)
             return {r["job"]: r for r in rows}
 
-        wait_for(lambda: set(ids.values()) <= set(summaries()), 30, "a job record for every job",
+        wait_for(lambda: set(ids.values()) <= set(summaries()), 60, "a job record for every job",
                  lambda: collector.log()[-3000:])
         first = summaries()
 
@@ -204,7 +216,7 @@ def test_slurm_jobs_end_to_end(tmp_path: Path, slurm_cluster, mosquitto, influx_
         assert start["user"] == ("nobody" if name == "train" else "root")
         assert start["account"] == ACCOUNTS[name] and start["partition"] == sl.partition
         assert start["nodes"] == sl.node and start["node"] == sl.node
-        assert start["gpus"] == [sl.uuid_of_minor(m) for m in minors[name]]
+        assert start["gpus"] == ([devices[mig_gi[name]]] if name in mig_gi else [sl.uuid_of_minor(m) for m in minors[name]])
         ends = recorder.of(job_id, "job_end")
         assert ends and sorted(ends[0]["gpus"]) == sorted(start["gpus"]) and ends[0]["start_s"] == start["start_s"]
         assert ends[0]["end_s"] > start["start_s"] >= submitted - 1
@@ -216,45 +228,49 @@ def test_slurm_jobs_end_to_end(tmp_path: Path, slurm_cluster, mosquitto, influx_
     truth = {"train": e[gpu["train"][0]] + e[gpu["train"][1]], "share-a": e[shared] / 2, "share-b": e[shared] / 2,
              "quick": e[gpu["quick"][0]]}
     # The MIG split of the board's exact energy (idle by slices, the rest by busy slices), computed
-    # from the scenario by the MIG accuracy suite's truth, which names jobs by their processes.
+    # from the scenario by the MIG accuracy suite's truth, which names jobs by their processes:
+    # the idle device (1 slice) and the free slice are its unallocated rest, half each.
     for name in MIG_JOBS:
         monkeypatch.setitem(test_mig_accuracy.JOBS, info[name][0], name)
-    mig_truth, mig_unallocated = test_mig_accuracy.truth(sc, MIG_BOARD, lo, hi)
+    mig_truth, rest = test_mig_accuracy.truth(sc, MIG_BOARD, lo, hi)
     assert set(mig_truth) == set(MIG_JOBS)
-    truth.update(mig_truth)
+    truth.update(mig_truth, **{"mig-idle": rest / 2})
+    # The agent's MIG segment that reaches back before the window (a sample gap: 0.1 s at 10 Hz, up
+    # to 0.5 s on a loaded machine) counts that time as idle, 1/7 of it for each 1-slice share.
+    slice_slack = test_mig_accuracy.IDLE_W * 0.5 / 7
+    allowance = {name: 0.01 * truth[name] for name in ids} | {"mig-idle": slice_slack}
     rows = influx_v2.query(f'SELECT sum("energy_j") AS e FROM "job_energy" WHERE {mine} GROUP BY "job", "user"', bucket)
     measured = {r["job"]: r for r in rows}
     for name, job_id in ids.items():
-        assert measured[job_id]["e"] == pytest.approx(truth[name], rel=0.01), name
+        assert measured[job_id]["e"] == pytest.approx(truth[name], abs=allowance[name]), name
     assert measured[ids["train"]]["user"] == "nobody"
 
     # -- the MIG board: each job on its own device, within 0.5 % of the split truth; conservation ------
     board = sc.gpus[MIG_BOARD].resolved_uuid
-    devices = {m.gi: sc.mig_uuid(m) for m in sc.mig_devices(MIG_BOARD, sc.abs(w0))}
     for name in MIG_JOBS:
         assert measured[ids[name]]["e"] == pytest.approx(truth[name], rel=test_mig_accuracy.COUNTER_LIMIT), name
     on_devices = influx_v2.query(f'SELECT sum("energy_j") AS e FROM "job_mig" WHERE {mine} GROUP BY "job", "gpu", "mig"',
                                  bucket)
     assert {(r["job"], r["gpu"], r["mig"]) for r in on_devices} == {
-        (ids[name], board, devices[gi]) for name, (gi, _) in MIG_JOBS.items()}
+        (ids[name], board, devices[gi]) for name, gi in mig_gi.items()}
     job_rows = influx_v2.query(f'SELECT sum("energy_j") AS e FROM "job_gpu" WHERE {mine} GROUP BY "job", "gpu"', bucket)
     on_board = {r["job"]: r["e"] for r in job_rows if r["gpu"] == board}
-    assert set(on_board) == {ids[name] for name in MIG_JOBS}
+    assert set(on_board) == {ids[name] for name in mig_gi}
     (board_e,) = [r["e"] for r in influx_v2.query(
         f'SELECT sum("energy_j") AS e FROM "gpu" WHERE {mine} AND "gpu" = \'{board}\'', bucket)]
     (unallocated,) = [r["e"] for r in influx_v2.query(
         f'SELECT sum("unallocated_energy_j") AS e FROM "node_energy" WHERE {mine}', bucket)]
     assert board_e == pytest.approx(sc.energy_j(MIG_BOARD, lo, hi), rel=test_mig_accuracy.COUNTER_LIMIT)
     assert board_e == pytest.approx(sum(on_board.values()) + unallocated, rel=1e-9)
-    # The idle device and the free slice: their slices' idle share.  The agent's segment that reaches
-    # back before the window (a sample gap: 0.1 s at 10 Hz, up to 0.5 s on a loaded machine) counts
-    # that time as idle too, 2/7 of it here.
-    slack = test_mig_accuracy.IDLE_W * 0.5 * 2 / 7
-    assert abs(unallocated - mig_unallocated) <= slack, (unallocated, mig_unallocated)
-    idle_device = devices[5]
+    # Allocated and idle, the 1-slice device is its job's (idle energy); only the free slice is unallocated.
+    assert measured[ids["mig-idle"]]["e"] == pytest.approx(on_board[ids["mig-idle"]], rel=1e-9)
+    (idle_j,) = [r["e"] for r in influx_v2.query(f'SELECT sum("idle_energy_j") AS e FROM "job_energy" WHERE {mine} '
+                                                 f'AND "job" = \'{ids["mig-idle"]}\'', bucket)]
+    assert idle_j == pytest.approx(measured[ids["mig-idle"]]["e"], rel=1e-9)
+    assert abs(unallocated - rest / 2) <= slice_slack, (unallocated, rest)
     (idle_e,) = [r["e"] for r in influx_v2.query(
-        f'SELECT sum("energy_j") AS e FROM "gpu_mig" WHERE {mine} AND "mig" = \'{idle_device}\'', bucket)]
-    assert abs(idle_e - mig_unallocated / 2) <= slack / 2, (idle_e, mig_unallocated)
+        f'SELECT sum("energy_j") AS e FROM "gpu_mig" WHERE {mine} AND "mig" = \'{devices[IDLE_MIG_GI]}\'', bucket)]
+    assert idle_e == pytest.approx(measured[ids["mig-idle"]]["e"], rel=1e-9)
 
     # -- the job records ---------------------------------------------------------------------------------
     counts = {r["job"]: r["n"] for r in influx_v2.query(f'SELECT count("energy_j") AS n FROM "job" WHERE {mine} GROUP BY "job"', bucket)}
@@ -266,7 +282,7 @@ def test_slurm_jobs_end_to_end(tmp_path: Path, slurm_cluster, mosquitto, influx_
     for name, job_id in ids.items():
         rec = final[job_id]
         assert rec["energy_j"] == pytest.approx(measured[job_id]["e"], rel=1e-9)
-        assert rec["energy_j"] == pytest.approx(truth[name], rel=0.01)
+        assert rec["energy_j"] == pytest.approx(truth[name], abs=allowance[name])
         assert (rec["account"], rec["partition"], rec["nodes"]) == (ACCOUNTS[name], sl.partition, sl.node)
         assert rec["user"] == ("nobody" if name == "train" else "root")
         assert rec["gpus"] == (2 if name == "train" else 1)   # a MIG job used one board

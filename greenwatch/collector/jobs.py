@@ -440,7 +440,10 @@ class JobEvents:
         # The rest of the node (docs/methodology.md 4a), where the job's nodes read a node meter.
         node_rows = self.store.query('SELECT sum("rest_j") AS rest_j, sum("total_j") AS total_j '
                                      f'FROM "job_node" WHERE {where} GROUP BY "source"')
-        gpus = set(job.gpus) | set(gpu_seconds_by_gpu)
+        # A job's MIG devices (named by the prolog) have their records under their boards: the board
+        # counts, the device not a second time.
+        mig_rows = self.store.query(f'SELECT sum("energy_j") AS energy_j FROM "job_mig" WHERE {where} GROUP BY "mig"')
+        gpus = (set(job.gpus) - {str(r["mig"]) for r in mig_rows if r.get("mig")}) | set(gpu_seconds_by_gpu)
         if not energy_rows and not gpus:
             log.debug("job %s/%s used no GPU: no summary", job.cluster, job.job_id)
             return None
