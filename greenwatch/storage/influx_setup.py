@@ -91,9 +91,15 @@ def setup_influxdb(server: Server, plan: SetupPlan, backfill_s: float = 0.0,
         for rollup in ROLLUPS:
             done.append(_ensure_query(server, plan.db, existing, cq_name(rollup, level), continuous_query(
                 plan.db, plan.raw_rp, rollup, level, plan.late_s, plan.every_s)))
-    done.append(_ensure_query(server, plan.db, existing, CQ_NAME,
-                              copy_query(plan.db, plan.raw_rp, plan.late_s, plan.copy_every_s)))
-    done.append(_copy_summaries(server, plan, now))
+    copying = _ensure_query(server, plan.db, existing, CQ_NAME,
+                            copy_query(plan.db, plan.raw_rp, plan.late_s, plan.copy_every_s))
+    done.append(copying)
+    if CQ_NAME not in existing:
+        # A new copying query reaches a day back: what the raw policy holds from before is copied
+        # now, once.  Later runs of setup leave it to the query (and to --backfill-hours).
+        done.append(_copy_summaries(server, plan, now, None))
+    elif backfill_s > 0:
+        done.append(_copy_summaries(server, plan, now, now - backfill_s))
     state = read_rollup_state(server, plan.db)
     from_s = float(int(now) // 60 * 60)
     if backfill_s > 0:
@@ -125,17 +131,17 @@ def _ensure_query(server: Server, db: str, existing: dict[str, str], name: str, 
     return f"{'replaced' if name in existing else 'created'} continuous query {name}"
 
 
-def _copy_summaries(server: Server, plan: SetupPlan, now: float) -> str:
-    """Copy every job summary the raw policy holds into the long-lived policy (docs/influxdb.md).
+def _copy_summaries(server: Server, plan: SetupPlan, now: float, since_s: float | None) -> str:
+    """Copy the job summaries since ``since_s`` (None: all the raw policy holds) into the long-lived policy.
 
-    Summaries written before the copying continuous query existed, or rewritten later than its
-    reach, are copied too; a summary copied before is copied again onto itself (same series,
-    same time), so re-running setup never adds a second copy.
+    For summaries written before the copying continuous query existed, or rewritten later than
+    its reach (docs/influxdb.md).  A summary copied before is copied again onto itself (same
+    series, same time), so copying never adds a second copy.
     """
     oldest = _oldest_shard_s(server, plan)
     if oldest is None:
         return "no job summaries to copy"
-    start = int(oldest) // COPY_CHUNK_S * COPY_CHUNK_S
+    start = int(max(oldest, since_s if since_s is not None else oldest)) // COPY_CHUNK_S * COPY_CHUNK_S
     end = int(now) // 60 * 60 + 60
     for t in range(start, end, COPY_CHUNK_S):
         server.command(copy_statement(plan.db, plan.raw_rp, t * 10**9, min(t + COPY_CHUNK_S, end) * 10**9))

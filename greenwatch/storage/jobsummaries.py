@@ -7,8 +7,9 @@ after ``influxdb.raw_retention``.  ``greenwatch influxdb setup`` keeps a copy of
 * a continuous query (:func:`copy_query`) re-copies the last :func:`copy_reach_s` seconds of
   summaries on every run, so a summary the collector rewrites (same series, same time, grown
   sums) is copied again over the old copy;
-* setup copies every summary still in the raw policy (:func:`copy_statement`), for the
-  summaries written before the continuous query existed.
+* setup copies every summary still in the raw policy (:func:`copy_statement`) when it creates
+  the continuous query, for the summaries written before it existed, and those of the last
+  ``--backfill-hours`` when asked to.
 
 A continuous query needs an aggregate and a ``GROUP BY time()``: ``LAST(*)`` grouped by
 ``time(1ns)`` and every tag takes each point on its own, with its own time and tags, and names
@@ -39,8 +40,9 @@ CQ_NAME = "gw_job_copy"
 #: How long after a job's end the collector may still rewrite its summary at the same time: it
 #: reuses the time of a summary it finds within a day of the end (collector/jobs.py).
 REWRITE_S = 86_400
-#: Seconds of summaries one copy statement of setup reads (one shard group of a 90-day policy).
-COPY_CHUNK_S = 7 * 86_400
+#: Seconds of summaries one copy statement of setup reads: a day of a busy site's summaries takes
+#: about a minute (docs/influxdb.md), well within setup's timeout per statement.
+COPY_CHUNK_S = 86_400
 
 Rows = Callable[[str], list[dict[str, Any]]]
 
