@@ -215,3 +215,40 @@ def test_a_gpu_that_cannot_be_opened_fails(doctor):
     sc.errors = [ErrorSpec(1, "nvmlDeviceGetUUID", NO_PERMISSION)]
     f = find(doctor(sc), "gpus", "node")
     assert f.status == FAIL and f.data == {"listed": 2, "opened": 1}
+
+
+def test_mig_process_lists_are_checked_per_mig_device(doctor):
+    sc = node(mig=True)
+    sc.migs = [MigSpec(0, gi=1, slices=3), MigSpec(0, gi=2, slices=4)]
+    sc.processes = [ProcSpec(os.getpid(), 0, sm_util=40, gi=1, ci=0)]
+    ok = find(doctor(sc), "processes")
+    assert ok.status == OK and "1 compute process(es) listed on the MIG devices" in ok.detail
+    sc.errors = [ErrorSpec(0, "nvmlDeviceGetComputeRunningProcesses", NO_PERMISSION)]
+    report = doctor(sc)
+    f = find(report, "processes")
+    assert f.status == FAIL and "2 MIG device(s)" in f.detail and "MIG UUID" in f.fix
+    assert report.exit_status() == 1
+
+
+def test_a_mig_mode_that_cannot_be_read_is_a_warning_not_unsupported(doctor):
+    sc = node()
+    sc.errors = [ErrorSpec(0, "nvmlDeviceGetMigMode", NO_PERMISSION)]
+    f = find(doctor(sc), "mig")
+    assert f.status == WARN and "cannot be read" in f.detail and "Insufficient Permissions" in f.detail
+
+
+def test_module_scope_without_a_counter_is_a_warning(doctor):
+    f = find(doctor(node(power_scopes=("module",), module_extra_w=100.0, energy_counter=False)), "fields")
+    assert f.status == WARN and "MODULE scope" in f.detail and "integrated" in f.detail
+
+
+def test_an_unexpected_error_on_one_gpu_is_a_finding_not_a_crash(doctor, monkeypatch):
+    import pynvml
+
+    def broken(handle, since):
+        raise TypeError("ctypes argument 2: wrong type")
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetProcessUtilization", broken)
+    report = doctor(node())
+    f = find(report, "gpu", "GPU 1")
+    assert f.status == FAIL and "TypeError" in f.detail
+    assert report.exit_status() == 1

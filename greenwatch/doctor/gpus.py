@@ -18,7 +18,7 @@ import pynvml
 
 from greenwatch.agent.gpu import GpuError, NvmlGpu, NvmlUnavailable, open_nvml_gpus
 from greenwatch.agent.gpu.nvml import FI_DEV_ENERGY, FI_DEV_POWER_AVERAGE, FI_DEV_POWER_INSTANT, SCOPE_IDS, \
-    probe_power_fields
+    nvml_text, probe_power_fields
 from greenwatch.doctor.findings import FAIL, INFO, OK, WARN, Finding
 from greenwatch.doctor.measure import Trace, analyse
 
@@ -28,16 +28,12 @@ __all__ = ["check_gpus"]
 _AGREE = 0.10
 
 
-def _text(v: str | bytes) -> str:
-    return v.decode() if isinstance(v, bytes) else v
-
-
 def _versions() -> Finding:
     data: dict[str, Any] = {}
     for key, fn in (("driver", pynvml.nvmlSystemGetDriverVersion), ("nvml", pynvml.nvmlSystemGetNVMLVersion),
                     ("cuda", pynvml.nvmlSystemGetCudaDriverVersion)):
         try:
-            data[key] = _text(fn()) if key != "cuda" else int(fn())
+            data[key] = nvml_text(fn()) if key != "cuda" else int(fn())
         except pynvml.NVMLError as exc:
             data[key] = f"unknown ({exc})"
     return Finding("nvml", "node", OK, f"driver {data['driver']}, NVML {data['nvml']}, CUDA {data['cuda']}", data=data)
@@ -87,9 +83,14 @@ def _fields_finding(gpu: NvmlGpu, answered: dict[str, dict[int, bool]]) -> Findi
         return Finding("fields", subject, FAIL, f"no power or energy field answers ({words})",
                        "greenwatch cannot measure this GPU: check the driver (nvidia-smi -q -d POWER) and that "
                        "the agent may open /dev/nvidia* (group video)", data)
-    if gpu.energy_scope == "module":
+    if gpu.energy_scope == "module" and gpu.has_counter:
         return Finding("fields", subject, INFO, f"{words}; reads MODULE scope (GPU + Grace CPU + memory): the host's "
                        "Grace CPU is kept out of host energy", "", data)
+    if gpu.energy_scope == "module":
+        return Finding("fields", subject, WARN, f"{words}; reads MODULE scope (GPU + Grace CPU + memory) without an "
+                       "energy counter: energy is integrated from module power",
+                       "figures are labelled 'integrated power' (docs/accuracy.md); the host's Grace CPU is kept "
+                       "out of host energy", data)
     if not gpu.has_counter:
         return Finding("fields", subject, WARN, f"{words}; no energy counter: energy is integrated from power",
                        "expected on pre-Volta boards and most vGPUs; figures are labelled 'integrated power' "
@@ -135,8 +136,35 @@ def _measure_findings(gpu: NvmlGpu, m: dict[str, Any]) -> list[Finding]:
     return out
 
 
-def _process_findings(gpu: NvmlGpu, handle: Any) -> list[Finding]:
+def _mig_process_finding(gpu: NvmlGpu, handle: Any) -> Finding:
+    """Processes listed per MIG device, as the agent reads them: in MIG mode the board's own list
+    is aggregate information that NVML gives only to privileged callers, so it proves nothing."""
     subject = f"GPU {gpu.index}"
+    listed = 0
+    failed: list[str] = []
+    for i in range(int(pynvml.nvmlDeviceGetMaxMigDeviceCount(handle))):
+        try:
+            m = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, i)
+        except pynvml.NVMLError_NotFound:
+            continue
+        try:
+            listed += len(pynvml.nvmlDeviceGetComputeRunningProcesses(m))
+        except pynvml.NVMLError as exc:
+            failed.append(f"MIG device {i}: {exc}")
+    if failed:
+        return Finding("processes", subject, FAIL, f"processes of {len(failed)} MIG device(s) cannot be listed "
+                       f"({'; '.join(failed)})",
+                       "jobs on those instances get no energy unless a mapping file names their MIG UUID: run the "
+                       "agent in the host's PID namespace with access to /dev/nvidia* (SupplementaryGroups=video)",
+                       {"failed": failed})
+    return Finding("processes", subject, OK, f"{listed} compute process(es) listed on the MIG devices")
+
+
+def _process_findings(gpu: NvmlGpu, handle: Any, mig_on: bool) -> list[Finding]:
+    subject = f"GPU {gpu.index}"
+    if mig_on:
+        # Per-process utilisation does not exist in MIG mode: GPM activity splits the board instead.
+        return [_mig_process_finding(gpu, handle)]
     out = []
     try:
         procs = gpu.processes()
@@ -159,14 +187,25 @@ def _process_findings(gpu: NvmlGpu, handle: Any) -> list[Finding]:
     return out
 
 
-def _mig_finding(gpu: NvmlGpu, handle: Any) -> Finding:
-    subject = f"GPU {gpu.index}"
+def _mig_mode(handle: Any) -> bool | pynvml.NVMLError:
+    """Whether MIG is on; False where the board does not support it; the error where it cannot be read."""
     try:
         current, _pending = pynvml.nvmlDeviceGetMigMode(handle)
-    except pynvml.NVMLError:
-        return Finding("mig", subject, INFO, "MIG not supported")
-    if not current:
-        return Finding("mig", subject, INFO, "MIG off")
+    except pynvml.NVMLError_NotSupported:
+        return False
+    except pynvml.NVMLError as exc:
+        return exc
+    return current == pynvml.NVML_DEVICE_MIG_ENABLE
+
+
+def _mig_finding(gpu: NvmlGpu, handle: Any, mode: bool | pynvml.NVMLError) -> Finding:
+    subject = f"GPU {gpu.index}"
+    if isinstance(mode, pynvml.NVMLError):
+        return Finding("mig", subject, WARN, f"MIG mode cannot be read ({mode})",
+                       "if the board is in MIG mode the agent cannot split it among its instances: check the "
+                       "driver and that the agent may open /dev/nvidia* (group video)")
+    if not mode:
+        return Finding("mig", subject, INFO, "MIG off or not supported")
     try:
         devices = gpu.mig_devices()
     except GpuError as exc:
@@ -184,6 +223,9 @@ def _one_gpu(gpu: NvmlGpu, duration_s: float, hz: float, stop: threading.Event) 
     except (pynvml.NVMLError, GpuError) as exc:   # the GPU went away mid-check: that is the finding
         return [Finding("gpu", f"GPU {gpu.index}", FAIL, f"the check stopped: {exc}",
                         "the GPU failed while being read: check nvidia-smi and the kernel log (Xid errors)")]
+    except Exception as exc:   # noqa: BLE001 - one GPU's unexpected error must not hide the other GPUs' findings
+        return [Finding("gpu", f"GPU {gpu.index}", FAIL, f"the check stopped: {type(exc).__name__}: {exc}",
+                        "an error doctor did not expect: report it with the driver and pynvml versions")]
 
 
 def _check_one_gpu(gpu: NvmlGpu, duration_s: float, hz: float, stop: threading.Event) -> list[Finding]:
@@ -194,8 +236,9 @@ def _check_one_gpu(gpu: NvmlGpu, duration_s: float, hz: float, stop: threading.E
     if any(any(v.values()) for v in answered.values()):
         m = analyse(_trace(handle, SCOPE_IDS[gpu.energy_scope], duration_s, hz, stop))
         found += _measure_findings(gpu, m)
-    found += _process_findings(gpu, handle)
-    found.append(_mig_finding(gpu, handle))
+    mode = _mig_mode(handle)
+    found += _process_findings(gpu, handle, mode is True)
+    found.append(_mig_finding(gpu, handle, mode))
     return found
 
 

@@ -24,7 +24,7 @@ from greenwatch.agent.gpu.nvml_mig import MigReader
 from greenwatch.batch import MISSING
 
 __all__ = ["NvmlGpu", "NvmlUnavailable", "FastNvmlCalls", "open_nvml_gpus", "probe_power_fields",
-           "POWER_FIELDS", "SCOPE_IDS", "choose_scope"]
+           "POWER_FIELDS", "SCOPE_IDS", "choose_scope", "nvml_text"]
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +195,8 @@ class NvmlGpu(GpuDevice):
     def __init__(self, handle: Any, index: int, *, fast_calls: bool = True) -> None:
         self._h = handle
         self.index = index
-        self.uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
-        self.name = _text(pynvml.nvmlDeviceGetName(handle))
+        self.uuid = nvml_text(pynvml.nvmlDeviceGetUUID(handle))
+        self.name = nvml_text(pynvml.nvmlDeviceGetName(handle))
         answered = probe_power_fields(handle)
         self.energy_scope = choose_scope(answered)
         self._scope = SCOPE_IDS[self.energy_scope]
@@ -289,7 +289,8 @@ class NvmlGpu(GpuDevice):
             raise _translate(exc) from None
 
 
-def _text(value: str | bytes) -> str:
+def nvml_text(value: str | bytes) -> str:
+    """A string NVML returned: pynvml gives bytes or str depending on its version."""
     return value.decode() if isinstance(value, bytes) else value
 
 
