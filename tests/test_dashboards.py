@@ -129,13 +129,14 @@ def test_titles_unique_and_may_be_empty_is_exact():
         assert len(titles) == len(set(titles)), name
         targets |= {(dash["uid"], p["title"], t["refId"]) for p in data_panels(dash) for t in p["targets"]}
     assert MAY_BE_EMPTY <= targets, MAY_BE_EMPTY - targets
-    # only the `job` summary measurement, the "recent" half of the silent-node table and the MIG
-    # devices (written by boards in MIG mode alone) may be empty
+    # only the `job` summary measurement, the "recent" half of the silent-node table, the MIG
+    # devices (written by boards in MIG mode alone) and the node meter (written by nodes that
+    # read one alone) may be empty
     for uid, title, ref in MAY_BE_EMPTY:
         panel = next(p for d in DASHBOARDS.values() if d["uid"] == uid for p in d["panels"]
                      if p["title"] == title)
         q = next(t["query"] for t in panel["targets"] if t["refId"] == ref)
-        assert 'FROM "job"' in q or "now() -" in q or 'FROM "gpu_mig"' in q, (title, q)
+        assert 'FROM "job"' in q or "now() -" in q or 'FROM "gpu_mig"' in q or '."node_power"' in q, (title, q)
     # what a data set is excused from is a subset of what may be empty at all, and has a reason
     for source, excused in EXCUSED.items():
         for (variant, uid, title, ref), reason in excused.items():
@@ -149,7 +150,8 @@ def test_required_panels_present():
     for needle in ('"facility_energy_j"', 'AS "intensity"', '"power_w"', '"util_gpu_pct"',
                    '"idle_energy_j"', '"unallocated_energy_j"', 'FROM "job" ', "non_negative_derivative",
                    '"rejected"', '"write_errors"', 'GROUP BY "account"', '"spill_bytes"', '"unacked"',
-                   '"pending_bodies"', 'FROM "gpu_mig"'):
+                   '"pending_bodies"', 'FROM "gpu_mig"', '"${rp}"."node_power"', 'sum("rest_j")',
+                   'sum("cpu_j")'):
         assert needle in queries, needle
     heat = [p for p in data_panels(op) if p["type"] == "heatmap"]
     assert len(heat) == 2 and all('"gpu"' in p["targets"][0]["query"].split("GROUP BY")[1] for p in heat)
@@ -219,6 +221,7 @@ NODES = ("gpu-node-01", "gpu-node-02")
 BATCH_S = 5
 DURATION_S = 600
 PUE = 1.3
+NODE_CPU_W, NODE_REST_W = 300.0, 900.0   # the node meter's CPU part and the rest of the node
 # job -> (user, {node: [gpu indexes]}, start s, end s, idle gpu (node, index) or None)
 JOBS = {
     "1001": ("alice", {"gpu-node-01": [0, 1], "gpu-node-02": [3]}, 0, DURATION_S, None),
@@ -235,7 +238,7 @@ def _uuid(node: str, idx: int) -> str:
 def make_lines(t0_ns: int) -> list[str]:
     """2 nodes x 4 GPUs, 3 jobs, 10 minutes of 5 s batches, following docs/data-model.md."""
     lines: list[str] = []
-    totals = {j: dict.fromkeys(("e", "idle", "co2", "mkt", "gs"), 0.0) for j in JOBS}
+    totals = {j: dict.fromkeys(("e", "idle", "co2", "mkt", "gs", "rest"), 0.0) for j in JOBS}
     messages = samples = batches = rejected = write_errors = 0
     for b in range(1, DURATION_S // BATCH_S + 1):
         t_end = b * BATCH_S
@@ -286,12 +289,22 @@ def make_lines(t0_ns: int) -> list[str]:
                 tot["co2"] += co2
                 tot["mkt"] += co2 * 0.4
                 tot["gs"] += ngpu * BATCH_S
+                tot["rest"] += NODE_REST_W * BATCH_S * ngpu / 4
             co2 = node_e * PUE / 3.6e6 * intensity
             lines.append(
                 f"node_energy,cluster={CLUSTER},node={node} gpu_energy_j={node_e},"
                 f"allocated_energy_j={alloc_e},unallocated_energy_j={node_e - alloc_e},"
                 f"facility_energy_j={node_e * PUE},co2_g={co2},co2_market_g={co2 * 0.4},"
                 f"intensity_g_per_kwh={float(intensity)},pue={PUE},gpus=4i,resets=0i {ts}")
+            # The node meter (docs/data-model.md, node_power): GPUs + CPU + rest = meter; the rest is
+            # charged to jobs by their share of the node's GPUs, what no job holds stays unallocated.
+            cpu_e, rest_e = NODE_CPU_W * BATCH_S, NODE_REST_W * BATCH_S
+            held = sum(ngpu for _, _, _, ngpu in per_job.values()) / 4
+            lines.append(
+                f"node_power,cluster={CLUSTER},node={node},source=redfish meter_j={node_e + cpu_e + rest_e},"
+                f"gpu_j={node_e},cpu_j={cpu_e},rest_j={rest_e},rest_allocated_j={rest_e * held},"
+                f"unallocated_j={node_e - alloc_e + cpu_e * (1 - held) + rest_e * (1 - held)},"
+                f"meter_w={(node_e + cpu_e + rest_e) / BATCH_S},parts_scale=1.0,counter=1i {ts}")
             lines.append(
                 f"host,cluster={CLUSTER},node={node} cpu_pct={20.0 + b % 30},"
                 f"mem_used_bytes={2.0e11},mem_total_bytes={1.0e12},load1={8.0 + n} {ts}")
@@ -320,7 +333,8 @@ def make_lines(t0_ns: int) -> list[str]:
             f"energy_j={tot['e']},idle_energy_j={tot['idle']},co2_g={tot['co2']},"
             f"co2_market_g={tot['mkt']},embodied_g={embodied},"
             f"sci_g={(tot['co2'] + embodied) / (tot['gs'] / 3600)},gpu_seconds={tot['gs']},"
-            f"gpus={ngpu}i,duration_s={float(end - start)},nodes=\"{','.join(gpus)}\" "
+            f"gpus={ngpu}i,duration_s={float(end - start)},nodes=\"{','.join(gpus)}\","
+            f"node_meter=\"redfish\",node_rest_j={tot['rest']},node_energy_j={tot['e'] + tot['rest']} "
             f"{t0_ns + end * 10**9 + 500_000_000}")
     return lines
 
@@ -346,6 +360,9 @@ EXCUSED: dict[str, dict[tuple[str, str, str, str], str]] = {
         **{(variant, "greenwatch-operator", "MIG device power", "A"):
            "no board of the end-to-end run is in MIG mode (tests/test_mig_*.py run MIG boards)"
            for variant in ("selected", "finished")},
+        **{(variant, "greenwatch-operator", title, "A"):
+           "no agent of the end-to-end run reads a node meter (tests/test_bmc.py and tests/test_nodepower_collector.py do)"
+           for variant in ("selected", "finished") for title in ("Node power and its parts", "Node meter per node")},
     },
 }
 
@@ -508,6 +525,16 @@ def test_numbers_add_up(populated_influx):
     users = run("Top users by CO2")
     assert sum(r["CO2"] for r in jobs) == pytest.approx(sum(r["CO2"] for r in users))
     assert sum(r["jobs"] for r in users) == len({r["job"] for r in jobs})
+    meter = run("Node meter per node")
+    if _source == "synthetic":   # the end-to-end run reads no node meter
+        assert len(meter) == len(NODES)
+        for r in meter:
+            assert r["GPU"] + r["CPU"] + r["rest"] == pytest.approx(r["meter"], rel=1e-9)
+            assert r["rest share"] == pytest.approx(100 * r["rest"] / r["meter"])
+        parts = run("Node power and its parts", interval=30)
+        node_kwh = sum(r["node meter"] or 0 for r in parts) * 30 / 3.6e6
+        assert node_kwh == pytest.approx(sum(r["meter"] for r in meter), rel=1e-9)
+        assert all(r["node meter"] is None or r["node meter"] >= r["GPU"] + r["CPU"] for r in parts)
     idle = run("Allocated but idle GPUs")
     assert all(r["idle energy"] > 0 for r in idle)
     assert {r["job"] for r in idle} <= {r["job"] for r in jobs}

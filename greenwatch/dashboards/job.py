@@ -108,19 +108,23 @@ def _details(lay: p.Layout) -> None:
     summary = q.select(['"energy_j" / 3600000 AS "IT energy"', '"co2_g" / 1000 AS "CO2"',
                         '"co2_market_g" / 1000 AS "CO2 market"', '"embodied_g" / 1000 AS "embodied"',
                         '"sci_g" AS "SCI"', '"gpus"', '"gpu_seconds" / 3600 AS "GPU hours"',
-                        '"duration_s" AS "duration"', '"nodes"'],
+                        '"duration_s" AS "duration"', '"nodes"',
+                        '"node_energy_j" / 3600000 AS "node energy"', '"node_rest_j" / 3600000 AS "rest of node"',
+                        '"node_meter"'],
                        "job", (JOB,), ("user", "account", "partition"))
     lay.add(p.table(
         "Job summary (finished)",
         "Summary written when the job finished: user, account, partition, nodes, GPUs, "
         "duration, energy, operational and embodied emissions and the SCI score "
-        "(gCO2e per functional unit). Empty while the job is still running.",
+        "(gCO2e per functional unit). Where the nodes read a node meter: the job's node energy (its "
+        "GPU and CPU parts plus its share of the rest of the node) and that share of the rest, with the "
+        "meter (node_meter; 'none': the rest of the node is not included). Empty while the job is still running.",
         p.KWH,
         [p.target(summary, fmt=p.TABLE)],
         overrides=[p.unit_override(n, p.KG_CO2) for n in ("CO2", "CO2 market", "embodied")]
         + [p.unit_override("SCI", p.G_CO2), p.unit_override("GPU hours", p.GPU_HOURS),
            p.unit_override("gpus", p.COUNT), p.unit_override("duration", p.SECONDS),
-           p.unit_override("nodes", "string"), p.user_link()]), 12, 8)
+           p.unit_override("nodes", "string"), p.unit_override("node_meter", "string"), p.user_link()]), 12, 8)
 
 
 def dashboard() -> Dashboard:

@@ -20,6 +20,9 @@ MAY_BE_EMPTY = {
     ("Silent nodes", "B"),
     # Only boards in MIG mode write gpu_mig points.
     ("MIG device power", "A"),
+    # Only nodes whose agent reads a node meter ([node_power]) write node_power points.
+    ("Node power and its parts", "A"),
+    ("Node meter per node", "A"),
 }
 
 STALE_VAR = "stale_after"
@@ -271,6 +274,34 @@ def _mig_panels(lay: p.Layout) -> None:
         interval="15s"), 24, 8)
 
 
+def _node_meter_panels(lay: p.Layout) -> None:
+    lay.row("Node meter", "Nodes with a node meter ([node_power]): the whole node against the parts greenwatch measures")
+    lay.add(p.timeseries(
+        "Node power and its parts",
+        "Mean power of the nodes' meters (BMC via Redfish or IPMI, HPE Cray pm_counters) next to "
+        "the parts greenwatch measures itself: the GPUs and the host CPU (RAPL or its estimate), "
+        "and the rest of the node (memory, NICs, fans, power supplies) = meter - GPU - CPU, never "
+        "below 0 (docs/methodology.md 4a). GPU + CPU + rest is the meter except in windows where "
+        "the parts exceeded it (flag parts-exceed-meter). Empty on nodes without a node meter.",
+        p.WATT,
+        [p.target(q.select([q.power("meter_j", "node meter"), q.power("gpu_j", "GPU"), q.power("cpu_j", "CPU"),
+                            q.power("rest_j", "rest of the node")],
+                           "node_power", (CLUSTER, NODE), time_bucket=True, fill="null"))],
+        interval="15s"), 16, 8)
+    lay.add(p.table(
+        "Node meter per node",
+        "Per node and meter: the meter's energy, the GPU and CPU parts, the rest of the node, the "
+        "part of the rest charged to jobs (by [node_power] rest_policy) and what no job was charged "
+        "(unallocated GPU, CPU and rest), in kWh, and the rest's share of the meter.",
+        p.KWH,
+        [p.target(q.select([q.kwh("meter_j", "meter"), q.kwh("gpu_j", "GPU"), q.kwh("cpu_j", "CPU"),
+                            q.kwh("rest_j", "rest"), q.kwh("rest_allocated_j", "rest charged to jobs"),
+                            q.kwh("unallocated_j", "unallocated"),
+                            '100 * sum("rest_j") / sum("meter_j") AS "rest share"'],
+                           "node_power", (CLUSTER, NODE), ("node", "source")), fmt=p.TABLE)],
+        overrides=[p.unit_override("rest share", p.PERCENT)], sort_by="meter"), 8, 8)
+
+
 def dashboard() -> Dashboard:
     lay = p.Layout()
     _power_panels(lay)
@@ -279,6 +310,7 @@ def dashboard() -> Dashboard:
     _top_panels(lay)
     _health_panels(lay)
     _mig_panels(lay)
+    _node_meter_panels(lay)
     return Dashboard(
         title=TITLE,
         uid=UID,
