@@ -33,7 +33,8 @@ def register(subparsers: Any) -> None:
                    help="TOML configuration file ([influxdb]); omitted: built-in defaults")
     s.add_argument("--backfill-hours", type=float, default=0.0, metavar="H",
                    help="also roll up the raw points of the last H hours: data written before the rollups "
-                        "existed, or arriving later than influxdb.rollup_late_s (default: 0)")
+                        "existed, or arriving later than influxdb.rollup_late_s; and copy the job summaries "
+                        "of those hours again (default: 0)")
     s.set_defaults(func=_cmd_setup)
 
 
