@@ -135,3 +135,21 @@ def test_node_power_choices(tmp_path):
     assert explicit is not None and explicit.sources == "redfish, pm_counters" and explicit.rest_policy == "energy"
     with pytest.raises(ConfigError, match="unknown source 'bmc'"):
         node_power_settings(base, "bmc")
+
+
+def test_a_named_source_that_cannot_be_read_is_said_and_the_run_is_measured_without_it(tmp_path, lib_dir):
+    env = nvml_free_env(tmp_path, lib_dir)
+    marker = tmp_path / "ran"
+    bad = greenwatch_proc(["run", "--node-power", "bmc", "--", sys.executable, "-c",
+                           f"open({str(marker)!r}, 'w').write('x')"], env, cwd=tmp_path)
+    _, stderr = bad.communicate(timeout=60)
+    assert bad.returncode == 2 and "unknown source 'bmc'" in stderr, stderr
+    assert not marker.exists()                       # refused before the command starts, as a bad zone is
+    out = tmp_path / "run"
+    proc = greenwatch_proc(["run", "--node-power", "redfish", "--out", str(out), "--", sys.executable, "-c",
+                            f"open({str(marker)!r}, 'w').write('x')"], env, cwd=tmp_path)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and marker.exists(), stderr
+    assert "no node meter of 'redfish' could be read: the rest of the node is not included" in stderr
+    assert "rest of the node not included" in stderr
+    assert "- Rest of the node: not included" in (out / "report.md").read_text()

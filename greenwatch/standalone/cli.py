@@ -43,9 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "(default: a new ./greenwatch-runs/<name>-<UTC timestamp>[-N]/; if that cannot be "
                         "written, one under $XDG_CACHE_HOME/greenwatch/runs or the temporary directory)")
     p.add_argument("--config", "-c", type=Path, metavar="FILE",
-                   help="TOML configuration for the [carbon] (grid zone or intensity series, PUE, market factor) "
-                        "and [attribution] sections (every key: docs/configuration.md); omitted: defaults "
-                        "(zone DE, PUE 1.56)")
+                   help="TOML configuration for the [carbon] (grid zone or intensity series, PUE, market factor), "
+                        "[attribution] and [node_power] (the node meter) sections (every key: docs/configuration.md); "
+                        "omitted: defaults (zone DE, PUE 1.56)")
     p.add_argument("--table", type=Path, metavar="CSV",
                    help="append the run's row (time, energy, emissions, settings) to this CSV table, shared safely "
                         "by parallel runs (default: runs.csv next to the run folders; none with --out)")
