@@ -377,3 +377,26 @@ def test_a_run_across_months_is_divided_by_its_records_in_an_embedded_store():
     assert jan.gpu_energy_j == pytest.approx(s["energy_j"] / 4) and jan.co2_location_g == pytest.approx(0.1)
     assert jan.wall_s == pytest.approx(3600.0) and jan.embodied_g == pytest.approx(s["embodied_g"] / 4)
     assert jan.gpu_energy_j + feb_.gpu_energy_j == pytest.approx(report.total.gpu_energy_j)
+
+
+def test_a_damaged_summary_field_adds_nothing_to_the_months_as_to_the_total():
+    """A NaN or infinite field counts 0 in the month split as in the totals, so months still add up."""
+    import math
+
+    from greenwatch.campaigns.months import split_run
+    from greenwatch.reports.jobdata import TOTAL_FIELDS
+
+    class EvenRecords:
+        """Each part of the run holds the same share of every field."""
+
+        def sums_between(self, cluster: str, job: str, lo_ns: int, hi_ns: int) -> dict[str, float]:
+            return dict.fromkeys(TOTAL_FIELDS, 1.0)
+
+    feb = 1_769_904_000.0   # 2026-02-01T00:00:00Z
+    s = summary("9", end_h=0, co2_market_g=float("nan"), embodied_g=float("inf"))
+    s.update(time_ns=int((feb + 3600) * 1e9), start_s=feb - 3600, duration_s=7200.0)
+    parts = split_run(s, EvenRecords())
+    assert [m for m, _ in parts] == ["2026-01", "2026-02"]
+    assert all(math.isfinite(v) for _, fig in parts for v in fig.values())
+    assert sum(fig["co2_market_g"] + fig["embodied_g"] for _, fig in parts) == 0.0
+    assert sum(fig["energy_j"] for _, fig in parts) == pytest.approx(s["energy_j"])

@@ -20,7 +20,7 @@ import time
 
 from greenwatch.campaigns.model import NOT_COMPLETED_GROUP, CampaignReport, Figures
 from greenwatch.campaigns.render import number
-from greenwatch.carbon.units import J_PER_KWH
+from greenwatch.carbon.units import G_PER_KG, J_PER_KWH
 
 __all__ = ["ai_act_section", "model_card_yaml", "model_card_section", "model_card", "training_type",
            "GPU_ENERGY_UNCERTAINTY", "TRAINING_PHASES"]
@@ -93,8 +93,8 @@ def model_card_section(r: CampaignReport) -> str:
         f"- **Hours used:** {number(t.gpu_hours)} GPU-hours ({number(t.wall_s / 3600)} job hours)",
         "- **Cloud Provider:** not stated (the campaign records where, not whose)",
         f"- **Compute Region:** {_location(r)}",
-        f"- **Carbon Emitted:** {number(t.co2_location_g / 1000)} kg CO2eq (location-based); "
-        f"{number(t.co2_market_g / 1000)} kg CO2eq (market-based); {number(t.embodied_g / 1000)} kg CO2eq embodied "
+        f"- **Carbon Emitted:** {number(t.co2_location_g / G_PER_KG)} kg CO2eq (location-based); "
+        f"{number(t.co2_market_g / G_PER_KG)} kg CO2eq (market-based); {number(t.embodied_g / G_PER_KG)} kg CO2eq embodied "
         "in the hardware (share of its manufacturing)",
         f"- **Energy:** {number(kwh)} kWh at the facility ({number(t.gpu_energy_j / J_PER_KWH)} kWh GPU, "
         f"{number(t.host_energy_j / J_PER_KWH)} kWh host CPU, {number(t.facility_overhead_j / J_PER_KWH)} kWh facility "
@@ -153,8 +153,8 @@ def ai_act_section(r: CampaignReport) -> str:
           if t.rest_of_node_j > 0 else []),
         f"- Runs that failed, were cancelled or restarted: {number(r.not_completed.facility_energy_j / J_PER_KWH)} kWh "
         f"({100 * r.not_completed_share:.1f} %), included in the total.",
-        f"- Emissions: {number(t.co2_location_g / 1000)} kg CO2e location-based, {number(t.co2_market_g / 1000)} kg CO2e "
-        f"market-based; {number(t.embodied_g / 1000)} kg CO2e embodied in the hardware.",
+        f"- Emissions: {number(t.co2_location_g / G_PER_KG)} kg CO2e location-based, {number(t.co2_market_g / G_PER_KG)} kg CO2e "
+        f"market-based; {number(t.embodied_g / G_PER_KG)} kg CO2e embodied in the hardware.",
         "",
         "### Method and uncertainty", "",
         "- GPU energy is measured, not estimated: each GPU's hardware energy counter (NVML) is read ten times a "

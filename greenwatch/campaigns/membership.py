@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from greenwatch.campaigns.registry import Campaign, JobRef, Rule
+from greenwatch.reports.jobdata import run_start_s
 from greenwatch.storage.influxql import string_literal
 
-__all__ = ["Member", "members", "rule_matches", "influx_condition", "TAG_FIELD"]
+__all__ = ["Member", "members", "rule_matches", "influx_condition", "job_refs", "TAG_FIELD"]
 
 #: The tag of a ``job`` summary that names the campaign the run was tagged with.
 TAG_FIELD = "campaign"
@@ -39,14 +40,17 @@ class Member:
 
     @property
     def cluster(self) -> str:
+        """The run's cluster."""
         return str(self.summary.get("cluster", ""))
 
     @property
     def job(self) -> str:
+        """The run's job id."""
         return str(self.summary.get("job", ""))
 
     @property
     def name(self) -> str:
+        """The Slurm job name ("" when none was recorded)."""
         return str(self.summary.get("job_name") or "")
 
 
@@ -64,7 +68,7 @@ def rule_matches(rule: Rule, summary: dict[str, Any]) -> bool:
                                                  "host_method" in summary else "") or "")
         if not fnmatch.fnmatchcase(name, rule.name_pattern):
             return False
-    start = _start_s(summary)
+    start = run_start_s(summary)
     if rule.since is not None and start < rule.since:
         return False
     if rule.until is not None and start >= rule.until:
@@ -136,12 +140,6 @@ def _state(s: dict[str, Any], requeued: bool) -> tuple[str, str]:
         status = int(s["exit_status"])
         return ("completed", "exit status 0") if status == 0 else ("failed", f"exit status {status}")
     return "ended", "exit state not recorded"
-
-
-def _start_s(s: dict[str, Any]) -> float:
-    if "start_s" in s:
-        return float(s["start_s"])
-    return int(s["time_ns"]) * 1e-9 - float(s.get("duration_s", 0.0) or 0.0)
 
 
 def job_refs(texts: Iterable[str], cluster: str = "") -> list[JobRef]:

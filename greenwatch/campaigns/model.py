@@ -17,10 +17,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from greenwatch.campaigns.membership import Member
 from greenwatch.campaigns.registry import NOT_COMPLETED, PHASES, Campaign
-from greenwatch.carbon import sci_g
-from greenwatch.carbon.units import J_PER_KWH
+from greenwatch.carbon import energyfigures, sci_g
+from greenwatch.carbon.units import G_PER_KG, J_PER_KWH
+from greenwatch.reports.jobdata import TOTAL_FIELDS, run_start_s
 
-__all__ = ["REST_OF_NODE", "Figures", "JobLine", "CampaignReport", "build_campaign_report", "SCHEMA_VERSION",
+__all__ = ["REST_OF_NODE", "finite_number", "Figures", "JobLine", "CampaignReport", "build_campaign_report", "SCHEMA_VERSION",
            "NOT_COMPLETED_GROUP"]
 
 #: The key under which a run's share of the rest of its nodes (``job_node``, J) joins its summary.
@@ -31,9 +32,9 @@ SCHEMA_VERSION = 1
 #: The phase group of work that did not complete, whatever phase it was meant for.
 NOT_COMPLETED_GROUP = "failed or restarted"
 
-#: The summary fields summed over runs (docs/data-model.md, measurement ``job``).
-_SUMMED = ("energy_j", "idle_energy_j", "host_energy_j", "dram_energy_j", "facility_energy_j", "co2_g",
-           "co2_market_g", "embodied_g", "gpu_seconds", "duration_s", REST_OF_NODE)
+#: The summary fields summed over runs (docs/data-model.md, measurement ``job``): the per-job
+#: report's totals and the fields only a whole run's summary has.
+_SUMMED = TOTAL_FIELDS + ("dram_energy_j", "embodied_g", "duration_s", REST_OF_NODE)
 
 
 @dataclass
@@ -58,7 +59,7 @@ class Figures:
 
     def add(self, s: Mapping[str, Any], runs: int = 1) -> None:
         """Add one run's summary (or, with ``runs=0``, a part of one)."""
-        v = {k: _num(s.get(k)) for k in _SUMMED}
+        v = {k: finite_number(s.get(k)) for k in _SUMMED}
         self.runs += runs
         self.gpu_seconds += v["gpu_seconds"]
         self.wall_s += v["duration_s"]
@@ -74,31 +75,35 @@ class Figures:
 
     @property
     def gpu_hours(self) -> float:
-        return self.gpu_seconds / 3600.0
+        """GPU-hours of the runs."""
+        return energyfigures.gpu_hours(self.gpu_seconds)
 
     @property
     def it_energy_j(self) -> float:
-        return self.gpu_energy_j + self.host_energy_j
+        """GPU and host CPU energy."""
+        return energyfigures.it_energy_j(self.gpu_energy_j, self.host_energy_j)
 
     @property
     def facility_overhead_j(self) -> float:
         """Facility energy beyond the IT energy (cooling, power distribution): as in the per-job report."""
-        return self.facility_energy_j - self.it_energy_j
+        return energyfigures.facility_overhead_j(self.facility_energy_j, self.gpu_energy_j, self.host_energy_j)
 
     @property
     def mean_intensity_g_per_kwh(self) -> float:
-        kwh = self.facility_energy_j / J_PER_KWH
-        return self.co2_location_g / kwh if kwh > 0 else 0.0
+        """Energy-weighted mean location-based intensity; 0 for runs without energy, which emitted
+        nothing to weight (the SCI of such runs is their embodied share alone, whatever stands here)."""
+        return energyfigures.mean_intensity_g_per_kwh(self.co2_location_g, self.facility_energy_j, 0.0)
 
     def as_dict(self) -> dict[str, float | int]:
+        """The figures in the units the outputs show (kWh, kg, hours)."""
         return {"runs": self.runs, "gpu_hours": self.gpu_hours, "wall_hours": self.wall_s / 3600.0,
                 "gpu_energy_kwh": self.gpu_energy_j / J_PER_KWH, "idle_energy_kwh": self.idle_energy_j / J_PER_KWH,
                 "host_energy_kwh": self.host_energy_j / J_PER_KWH, "host_dram_energy_kwh": self.dram_energy_j / J_PER_KWH,
                 "facility_overhead_kwh": self.facility_overhead_j / J_PER_KWH,
                 "facility_energy_kwh": self.facility_energy_j / J_PER_KWH,
                 "rest_of_node_kwh": self.rest_of_node_j / J_PER_KWH,
-                "co2_location_kg": self.co2_location_g / 1000, "co2_market_kg": self.co2_market_g / 1000,
-                "embodied_kg": self.embodied_g / 1000}
+                "co2_location_kg": self.co2_location_g / G_PER_KG, "co2_market_kg": self.co2_market_g / G_PER_KG,
+                "embodied_kg": self.embodied_g / G_PER_KG}
 
 
 @dataclass
@@ -194,16 +199,16 @@ def build_campaign_report(campaign: Campaign, members: Iterable[Member], *, data
                 by_month[month].add(figures, runs=int(month == end_month))
         else:
             by_month[end_month].add(s)
-        run_units = {k[len("unit_"):]: _num(v) for k, v in s.items() if k.startswith("unit_")}
+        run_units = {k[len("unit_"):]: finite_number(v) for k, v in s.items() if k.startswith("unit_")}
         for k, v in run_units.items():
             units[k] += v
             unit_runs[k] += 1
-        if _num(s.get("host_energy_j")) > 0:   # a collector writes the field (0) without host metering
+        if finite_number(s.get("host_energy_j")) > 0:   # a collector writes the field (0) without host metering
             host_measured = True
         stored = s.get("carbon_config")
         if stored:
             sources.add(_stored_source(stored))
-        start = float(s["start_s"]) if "start_s" in s else end - _num(s.get("duration_s"))
+        start = run_start_s(s)
         lines.append(JobLine(m.cluster, m.job, m.name or (m.job if "command" in s else ""), str(s.get("user", "")),
                              str(s.get("account", "")), start, end, m.phase, m.state, m.state_reason, m.how, f,
                              run_units))
@@ -261,9 +266,12 @@ def _stored_source(text: Any) -> str:
     return "greenwatch run defaults"
 
 
-def _num(v: Any) -> float:
+def finite_number(v: Any) -> float:
+    """``v`` as a float; 0 for a missing, unreadable, infinite or NaN value (a damaged summary
+    field adds nothing to a sum rather than poisoning it)."""
     try:
         x = float(v)
     except (TypeError, ValueError):
         return 0.0
     return x if math.isfinite(x) else 0.0
+

@@ -14,8 +14,8 @@ import calendar
 import time
 from typing import Any, Protocol
 
-from greenwatch.campaigns.model import REST_OF_NODE
-from greenwatch.reports.jobdata import TOTAL_FIELDS
+from greenwatch.campaigns.model import REST_OF_NODE, finite_number
+from greenwatch.reports.jobdata import TOTAL_FIELDS, run_start_s
 from greenwatch.reports.source import SPAN_MARGIN_S
 
 __all__ = ["month_of", "month_starts", "split_run", "RecordSums"]
@@ -54,7 +54,7 @@ def split_run(summary: dict[str, Any], source: RecordSums) -> list[tuple[str, di
     ``dram_energy_j``, the rest of the node) for that month.
     """
     end = int(summary["time_ns"]) * 1e-9
-    start = float(summary["start_s"]) if "start_s" in summary else end - float(summary.get("duration_s") or 0.0)
+    start = run_start_s(summary)
     starts = month_starts(start, end)
     if not starts:
         return None
@@ -72,17 +72,11 @@ def split_run(summary: dict[str, Any], source: RecordSums) -> list[tuple[str, di
         def share(field: str) -> float:
             return part[field] / totals[field] if totals[field] else wall[k] / wall_total
 
-        figures = {f: _num(summary.get(f)) * share(f) for f in TOTAL_FIELDS}
-        figures["embodied_g"] = _num(summary.get("embodied_g")) * share("gpu_seconds")
-        figures["dram_energy_j"] = _num(summary.get("dram_energy_j")) * share("host_energy_j")
-        figures[REST_OF_NODE] = _num(summary.get(REST_OF_NODE)) * share("energy_j")
-        figures["duration_s"] = _num(summary.get("duration_s")) * wall[k] / wall_total
+        figures = {f: finite_number(summary.get(f)) * share(f) for f in TOTAL_FIELDS}
+        figures["embodied_g"] = finite_number(summary.get("embodied_g")) * share("gpu_seconds")
+        figures["dram_energy_j"] = finite_number(summary.get("dram_energy_j")) * share("host_energy_j")
+        figures[REST_OF_NODE] = finite_number(summary.get(REST_OF_NODE)) * share("energy_j")
+        figures["duration_s"] = finite_number(summary.get("duration_s")) * wall[k] / wall_total
         out.append((month_of(bounds[k]), figures))
     return out
 
-
-def _num(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return 0.0

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from greenwatch.carbon.timeseries import iso_utc
 from greenwatch.transport import identifiers
 
 __all__ = ["check_name", "CampaignError", "Rule", "JobRef", "Campaign", "Change", "CampaignRegistry", "PHASES", "STATES",
@@ -87,9 +88,9 @@ class Rule:
         parts = [f"{k}={v}" for k, v in (("account", self.account), ("user", self.user),
                                           ("name", self.name_pattern), ("cluster", self.cluster)) if v]
         if self.since is not None:
-            parts.append("since " + _iso(self.since))
+            parts.append("since " + iso_utc(self.since))
         if self.until is not None:
-            parts.append("until " + _iso(self.until))
+            parts.append("until " + iso_utc(self.until))
         if self.phase:
             parts.append(f"-> phase {self.phase}")
         return " ".join(parts)
@@ -123,7 +124,7 @@ class Change:
             what = f"rule {d['id']} removed"
         else:
             what = self.op
-        return f"{_iso(self.at)}  {self.by:<12} {what}"
+        return f"{iso_utc(self.at)}  {self.by:<12} {what}"
 
 
 @dataclass
@@ -361,6 +362,3 @@ def _user() -> str:
     except Exception:   # no user name for this uid (a container): the uid says who
         return f"uid {os.getuid()}"
 
-
-def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

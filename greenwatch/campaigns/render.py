@@ -6,10 +6,11 @@ import csv
 import html
 import io
 import json
-import time
 from typing import Any
 
 from greenwatch.campaigns.model import CampaignReport, Figures
+from greenwatch.carbon.timeseries import iso_utc
+from greenwatch.carbon.units import G_PER_KG, J_PER_KWH
 
 __all__ = ["FORMATS", "render_campaign", "report_json", "number"]
 
@@ -82,12 +83,12 @@ def _markdown(r: CampaignReport) -> str:
     if r.description:
         out += [r.description, ""]
     out += [f"{t.runs} job runs from {_iso(r.start)} to {_iso(r.end)}: {number(t.gpu_hours)} GPU-hours, "
-            f"{number(t.facility_energy_j / 3.6e6)} kWh at the facility, {number(t.co2_location_g / 1000)} kg CO2e "
-            f"(location-based), {number(t.co2_market_g / 1000)} kg CO2e (market-based), "
-            f"{number(t.embodied_g / 1000)} kg CO2e embodied."
-            + (f" Rest of the nodes (node meters minus GPUs and CPU): {number(t.rest_of_node_j / 3.6e6)} kWh more, "
+            f"{number(t.facility_energy_j / J_PER_KWH)} kWh at the facility, {number(t.co2_location_g / G_PER_KG)} kg CO2e "
+            f"(location-based), {number(t.co2_market_g / G_PER_KG)} kg CO2e (market-based), "
+            f"{number(t.embodied_g / G_PER_KG)} kg CO2e embodied."
+            + (f" Rest of the nodes (node meters minus GPUs and CPU): {number(t.rest_of_node_j / J_PER_KWH)} kWh more, "
                "not priced above." if t.rest_of_node_j > 0 else ""), "",
-            f"Energy in runs that failed, were cancelled or restarted: {number(r.not_completed.facility_energy_j / 3.6e6)} "
+            f"Energy in runs that failed, were cancelled or restarted: {number(r.not_completed.facility_energy_j / J_PER_KWH)} "
             f"kWh ({100 * r.not_completed_share:.1f} % of the campaign's energy).", "", "## By phase", ""]
     out += _table("phase", r.by_phase, t) + ["", "## By month (energy in the month it was used; a run counts in the month it ended)", ""]
     out += _table("month", r.by_month, t) + [""]
@@ -108,7 +109,7 @@ def _markdown(r: CampaignReport) -> str:
     for j in r.jobs:
         f = j.figures
         out.append(f"| {j.cluster} | {j.job} | {j.name} | {j.user} | {j.phase} | {j.state} | {j.how} | "
-                   f"{number(f.gpu_hours)} | {number(f.facility_energy_j / 3.6e6)} | {number(f.co2_location_g / 1000)} |")
+                   f"{number(f.gpu_hours)} | {number(f.facility_energy_j / J_PER_KWH)} | {number(f.co2_location_g / G_PER_KG)} |")
     return "\n".join(out) + "\n"
 
 
@@ -167,4 +168,4 @@ def _csv(r: CampaignReport) -> str:
 
 
 def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else ""
+    return iso_utc(t) if t else ""   # 0: a campaign without runs has no start or end

@@ -13,6 +13,7 @@ from greenwatch.campaigns.months import split_run
 from greenwatch.campaigns.registry import Campaign
 from greenwatch.campaigns.render import FORMATS, render_campaign
 from greenwatch.campaigns.source import EmbeddedSummaries, InfluxSummaries, RunSpan, SummarySource
+from greenwatch.reports.jobdata import run_start_s
 from greenwatch.reports.source import SPAN_MARGIN_S
 
 __all__ = ["campaign_report", "report_from_source", "render_output", "write_outputs", "OUTPUT_NAMES"]
@@ -46,7 +47,7 @@ def _spans(summaries: list[dict]) -> list[RunSpan]:
     bounds = []
     for s in summaries:
         end = int(s["time_ns"])
-        start = int(float(s["start_s"]) * 1e9) if "start_s" in s else end - int(float(s.get("duration_s") or 0) * 1e9)
+        start = int(run_start_s(s) * 1e9)
         bounds.append((str(s.get("cluster", "")), str(s.get("job", "")), start, end))
     lo = [b[2] - margin for b in bounds]
     hi = [b[3] + margin for b in bounds]

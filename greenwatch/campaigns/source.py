@@ -135,7 +135,7 @@ class InfluxSummaries:
 
     def sums_between(self, cluster: str, job: str, lo_ns: int, hi_ns: int) -> dict[str, float]:
         # The per-job reports' reduction: whole hours and minutes from the rollups where complete.
-        from greenwatch.reports.influx_aggregate import summed
+        from greenwatch.reports.influx_aggregate import sum_columns, summed
         from greenwatch.reports.source import InfluxSource
 
         source = self._sources.get(cluster)
@@ -144,7 +144,7 @@ class InfluxSummaries:
         before = source.rows_read
         where = (f'"job" = {string_literal(job)} AND "cluster" = {string_literal(cluster)} '
                  f"AND time >= {int(lo_ns)} AND time <= {int(hi_ns) - 1}")
-        got = summed(source, "job_energy", [(f, f'SUM("{f}")', f'SUM("{f}")') for f in TOTAL_FIELDS], where,
+        got = summed(source, "job_energy", sum_columns(TOTAL_FIELDS), where,
                      (int(lo_ns), int(hi_ns) - 1), ())
         self.rows_read += source.rows_read - before
         row = got.get((), {})

@@ -14,6 +14,7 @@ from pathlib import Path
 from greenwatch.campaigns.registry import CampaignRegistry, JobRef, Rule
 from greenwatch.campaigns.report import report_from_source, write_outputs
 from greenwatch.campaigns.source import EmbeddedSummaries
+from greenwatch.carbon.units import G_PER_KG, J_PER_KWH
 from greenwatch.storage.embedded import EmbeddedStore
 
 __all__ = ["DEMO_CAMPAIGN", "write_demo_campaign"]
@@ -38,6 +39,6 @@ def write_demo_campaign(store: EmbeddedStore, out: Path, intensity_source: str, 
                                 intensity_source=intensity_source, market_note=market_note)
     paths = write_outputs(report, "all", out / "campaign")
     return {"name": DEMO_CAMPAIGN, "registry": str(registry_path.relative_to(out)),
-            "jobs": [j.job for j in report.jobs], "facility_energy_kwh": report.total.facility_energy_j / 3.6e6,
-            "co2_kg": report.total.co2_location_g / 1000, "not_completed_share": report.not_completed_share,
+            "jobs": [j.job for j in report.jobs], "facility_energy_kwh": report.total.facility_energy_j / J_PER_KWH,
+            "co2_kg": report.total.co2_location_g / G_PER_KG, "not_completed_share": report.not_completed_share,
             "files": [str(p.relative_to(out)) for p in paths]}

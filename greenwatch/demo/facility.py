@@ -16,6 +16,7 @@ from pathlib import Path
 from greenwatch.carbon import embodied_g, load_embodied
 from greenwatch.carbon.units import J_PER_KWH
 from greenwatch.demo.cluster import HOUR, DemoJob
+from greenwatch.reports.jobdata import TOTAL_FIELDS
 from greenwatch.storage.embedded import EmbeddedStore
 from greenwatch.storage.records import Record
 
@@ -34,15 +35,14 @@ WATER_M3_PER_IT_KWH = 0.0018
 def write_job_summaries(store: EmbeddedStore, jobs: list[DemoJob], t0: float, t_end: float) -> None:
     """One ``job`` record per demo job (tags cluster, job, user, account), from its stored records."""
     model = load_embodied()
-    gpu_models = {(p.get("node"), p.get("gpu")): str(p.get("model", "")) for p in store.points("gpu")[:64]}
+    # Every node's GPUs, not the first few points': a later node's model sets its jobs' embodied share.
+    gpu_models = {(p.get("node"), p.get("gpu")): str(p.get("model", "")) for p in store.points("gpu")}
     records = []
     for job in jobs:
         points = store.points("job_energy", job=job.job_id)
         if not points:
             continue
-        sums = {f: math.fsum(float(p.get(f) or 0.0) for p in points)
-                for f in ("energy_j", "idle_energy_j", "host_energy_j", "facility_energy_j", "co2_g", "co2_market_g",
-                          "gpu_seconds")}
+        sums = {f: math.fsum(float(p.get(f) or 0.0) for p in points) for f in TOTAL_FIELDS}
         gpu_model = next((m for (node, _), m in gpu_models.items() if node == job.node and m), "")
         end = min(t_end, t0 + job.end_h * HOUR)
         fields: dict[str, float | int | str] = {**sums, "embodied_g": float(embodied_g(model, gpu_model, sums["gpu_seconds"])),

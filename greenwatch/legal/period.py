@@ -6,6 +6,8 @@ import calendar
 import datetime as dt
 from dataclasses import dataclass
 
+from greenwatch.carbon.timeseries import iso_utc
+
 __all__ = ["Period", "period_from_args"]
 
 
@@ -38,8 +40,7 @@ class Period:
 
     def iso(self) -> tuple[str, str]:
         """Start and end as ISO 8601 UTC."""
-        return tuple(dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-                     for t in (self.start_s, self.end_s))  # type: ignore[return-value]
+        return iso_utc(self.start_s), iso_utc(self.end_s)
 
 
 def period_from_args(year: int | None, month: str | None, date_from: str | None, date_to: str | None) -> Period:

@@ -13,11 +13,12 @@ from collections import defaultdict
 from typing import Any, Protocol
 
 from greenwatch.legal.period import Period
+from greenwatch.reports.jobdata import TOTAL_FIELDS
 
 __all__ = ["JOB_FIELDS", "NODE_FIELDS", "SiteData", "InfluxSiteData", "EmbeddedSiteData", "JobKey"]
 
-#: Summed fields of ``job_energy`` (docs/data-model.md).
-JOB_FIELDS = ("energy_j", "host_energy_j", "idle_energy_j", "facility_energy_j", "co2_g", "co2_market_g", "gpu_seconds")
+#: Summed fields of ``job_energy``: the per-job report's (docs/data-model.md).
+JOB_FIELDS = TOTAL_FIELDS
 #: Summed fields of ``node_energy``.
 NODE_FIELDS = ("gpu_energy_j", "allocated_energy_j", "unallocated_energy_j", "host_energy_j", "host_unallocated_j",
                "facility_energy_j")
@@ -63,11 +64,10 @@ class InfluxSiteData:
 
     def _summed(self, measurement: str, fields: tuple[str, ...], month: Period,
                 group: tuple[str, ...]) -> dict[tuple[Any, ...], dict[str, Any]]:
-        from greenwatch.reports.influx_aggregate import summed
+        from greenwatch.reports.influx_aggregate import sum_columns, summed
 
         lo, hi = _ns(month.start_s), _ns(month.end_s)
-        cols = [(f, f'SUM("{f}")', f'SUM("{f}")') for f in fields]
-        return summed(self.source, measurement, cols, f"{self.cluster_cond}time >= {lo} AND time < {hi}",
+        return summed(self.source, measurement, sum_columns(fields), f"{self.cluster_cond}time >= {lo} AND time < {hi}",
                       (lo, hi - 1), group)
 
     def job_sums(self, month: Period) -> dict[JobKey, dict[str, float]]:

@@ -8,6 +8,7 @@ import calendar
 import datetime as dt
 from typing import Any
 
+from greenwatch.carbon.timeseries import iso_utc
 from greenwatch.carbon.units import J_PER_KWH
 from greenwatch.config import FacilityConfig
 from greenwatch.legal import enefg, kpi
@@ -36,14 +37,10 @@ def _ts(d: dt.date) -> float:
     return float(calendar.timegm(d.timetuple()))
 
 
-def _iso(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _meter_dict(series: MeterSeries, r: MeterReading) -> dict[str, Any]:
     return {"what": METERS[r.key][0], "unit": r.unit, "source": series.source, "total": r.total,
             "coverage": r.coverage, "complete": r.complete,
-            "gaps": [{"from": _iso(a), "to": _iso(b), "hours": (b - a) / 3600.0} for a, b in r.gaps]}
+            "gaps": [{"from": iso_utc(a), "to": iso_utc(b), "hours": (b - a) / 3600.0} for a, b in r.gaps]}
 
 
 def _ratio_totals(series: dict[str, MeterSeries], num: str, den: str,

@@ -16,7 +16,10 @@ import math
 from collections import defaultdict
 from typing import Any
 
-from greenwatch.carbon.units import J_PER_KWH
+from greenwatch.carbon.energyfigures import gpu_hours, it_energy_j
+from greenwatch.carbon.units import G_PER_KG
+from greenwatch.carbon.units import kwh
+from greenwatch.reports.source import SPAN_MARGIN_S
 from greenwatch.legal.period import Period
 from greenwatch.legal.itsplit import it_split
 from greenwatch.legal.sitedata import JOB_FIELDS, NODE_FIELDS, JobKey, SiteData
@@ -30,12 +33,11 @@ TOP_JOBS = 5
 #: A job running at the end of the period is summarised when it ends: its summary (and account)
 #: is looked for up to this long after the period (longer than any job runs).
 SUMMARY_LOOKAHEAD_S = 366 * 86400.0
-#: A job's points can lie a batch and some clock skew past its recorded end.
-_SPAN_MARGIN_S = 300.0
 
 
-def _kwh(j: float) -> float:
-    return j / J_PER_KWH
+def _kwh(joules: float) -> float:
+    # carbon.units.kwh also takes arrays; here a sum is always a scalar.
+    return float(kwh(joules))
 
 
 class _Accounts:
@@ -51,19 +53,19 @@ class _Accounts:
 
     def account(self, cluster: str, job: str, month_start_s: float) -> str:
         runs = self.by_job.get((cluster, job), [])
-        i = bisect.bisect_left(runs, (int((month_start_s - _SPAN_MARGIN_S) * 1e9), ""))
+        i = bisect.bisect_left(runs, (int((month_start_s - SPAN_MARGIN_S) * 1e9), ""))
         return (runs[i][1] or NO_ACCOUNT) if i < len(runs) else NO_ACCOUNT
 
 
 def _figures(acc: dict[str, float]) -> dict[str, float]:
     return {
-        "it_energy_kwh": _kwh(acc["energy_j"] + acc["host_energy_j"]),
+        "it_energy_kwh": _kwh(it_energy_j(acc["energy_j"], acc["host_energy_j"])),
         "gpu_energy_kwh": _kwh(acc["energy_j"]),
         "host_energy_kwh": _kwh(acc["host_energy_j"]),
         "facility_energy_kwh": _kwh(acc["facility_energy_j"]),
-        "co2_location_kg": acc["co2_g"] / 1000.0,
-        "co2_market_kg": acc["co2_market_g"] / 1000.0,
-        "gpu_hours": acc["gpu_seconds"] / 3600.0,
+        "co2_location_kg": acc["co2_g"] / G_PER_KG,
+        "co2_market_kg": acc["co2_market_g"] / G_PER_KG,
+        "gpu_hours": gpu_hours(acc["gpu_seconds"]),
         "idle_energy_kwh": _kwh(acc["idle_energy_j"]),
     }
 
@@ -109,7 +111,7 @@ def build_statements(data: SiteData, period: Period, unit: str = "account",
         customers.append({
             "customer": name,
             **_figures(acc),
-            "embodied_kg": embodied.get(name, 0.0) / 1000.0,
+            "embodied_kg": embodied.get(name, 0.0) / G_PER_KG,
             "jobs": len({(k[0], k[1]) for k, _ in jobs}),
             "months": [{"month": m.label, **_figures(per_month[(name, m.label)])} for m in months
                        if (name, m.label) in per_month],

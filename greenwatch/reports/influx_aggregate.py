@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
@@ -30,7 +30,7 @@ from greenwatch.storage.rollups import RESOLUTIONS
 if TYPE_CHECKING:
     from greenwatch.reports.source import InfluxSource
 
-__all__ = ["aggregate_job_data", "summed", "edge_rows", "split_statements", "rollup_step", "merged", "Column", "ENERGY_POINTS", "POWER_POINTS", "PLOTTED_GPUS", "bucket_ns"]
+__all__ = ["aggregate_job_data", "summed", "sum_columns", "edge_rows", "split_statements", "rollup_step", "merged", "Column", "ENERGY_POINTS", "POWER_POINTS", "PLOTTED_GPUS", "bucket_ns"]
 
 #: Time buckets of the job's energy series (pricing of the host share and the "what if").
 ENERGY_POINTS = 600
@@ -53,7 +53,7 @@ def aggregate_job_data(source: InfluxSource, job_id: str, where: str,
                        job_span: tuple[int | None, int | None] = (None, None)) -> JobData:
     """Reduce the job whose points ``where`` selects, within ``job_span`` (see :meth:`InfluxSource.job_where`)."""
     metas = read_summaries(source.rows, where)
-    totals_row = summed(source, "job_energy", [(f, f'SUM("{f}")', f'SUM("{f}")') for f in TOTAL_FIELDS]
+    totals_row = summed(source, "job_energy", sum_columns(TOTAL_FIELDS)
                         + [("host_points", 'COUNT("host_energy_j")', 'SUM("host_points")')],
                         where, job_span, ()).get((), {})
     rows = edge_rows(source, "job_energy", [
@@ -313,6 +313,11 @@ def merged(rows: list[dict[str, Any]], columns: list[Column], group_tags: tuple[
             if r.get(alias) is not None:
                 acc[alias] = _COMBINE[how](acc[alias], r[alias]) if alias in acc else r[alias]
     return out
+
+
+def sum_columns(fields: Iterable[str]) -> list[tuple[str, str, str]]:
+    """:func:`summed` columns that sum each of ``fields`` (named as the field), over raw points and rollups."""
+    return [(f, f'SUM("{f}")', f'SUM("{f}")') for f in fields]
 
 
 def summed(source: InfluxSource, measurement: str, columns: list[tuple[str, str, str]], where: str,

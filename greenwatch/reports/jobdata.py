@@ -8,6 +8,7 @@ so that what the client receives is bounded by what the report shows, not by the
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -15,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 __all__ = ["ReportError", "GpuStats", "JobData", "PointSource", "job_data_from_points", "energy_method",
-           "TOTAL_FIELDS"]
+           "TOTAL_FIELDS", "run_start_s"]
 
 #: The ``job_energy`` fields a report sums over the whole job (docs/data-model.md).
 TOTAL_FIELDS = ("energy_j", "idle_energy_j", "host_energy_j", "facility_energy_j", "co2_g", "co2_market_g",
@@ -137,6 +138,18 @@ def _with_mig_note(gpus: list[GpuStats], job_mig: list[dict[str, Any]]) -> list[
     from greenwatch.reports.mig_note import mig_devices_by_gpu, note_mig
 
     return note_mig(gpus, mig_devices_by_gpu(job_mig))
+
+
+def run_start_s(summary: dict[str, Any]) -> float:
+    """A run's start (unix s) from its ``job`` summary: ``start_s``, else its end (the point's
+    time) minus ``duration_s`` (a missing or non-finite duration counts as 0)."""
+    if "start_s" in summary:
+        return float(summary["start_s"])
+    try:
+        duration = float(summary.get("duration_s") or 0.0)
+    except (TypeError, ValueError):
+        duration = 0.0
+    return int(summary["time_ns"]) * 1e-9 - (duration if math.isfinite(duration) else 0.0)
 
 
 def sum_field(points: list[dict[str, Any]], name: str) -> float:

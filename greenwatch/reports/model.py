@@ -28,6 +28,7 @@ from greenwatch.carbon import (
     sci_g,
 )
 from greenwatch.agent.nodepower.reading import rest_of_node_text
+from greenwatch.carbon import energyfigures
 from greenwatch.carbon.timeseries import iso_utc
 from greenwatch.carbon.units import J_PER_KWH
 from greenwatch.reports.jobdata import GpuStats, JobData, ReportError, job_data_from_points
@@ -131,11 +132,11 @@ class RunReport:
 
     @property
     def gpu_hours(self) -> float:
-        return self.gpu_seconds / 3600.0
+        return energyfigures.gpu_hours(self.gpu_seconds)
 
     @property
     def it_energy_j(self) -> float:
-        return self.gpu_energy_j + (self.host_energy_j or 0.0)
+        return energyfigures.it_energy_j(self.gpu_energy_j, self.host_energy_j)
 
     @property
     def total_energy_j(self) -> float:
@@ -187,8 +188,8 @@ def build_report(source: ReportSource, job_id: str, *, carbon: CarbonContext,
     gpu_seconds = totals["gpu_seconds"]
     cluster = data.cluster
     host_j, host_method = _host(data, host_sum)
-    facility_overhead = fac_j - gpu_j - host_sum
-    it_j = gpu_j + host_sum
+    facility_overhead = energyfigures.facility_overhead_j(fac_j, gpu_j, host_sum)
+    it_j = energyfigures.it_energy_j(gpu_j, host_sum)
     pue_eff = fac_j / it_j if it_j > 0 else float(np.mean(carbon.pue.pue_at(np.array([time.time()]))))
 
     # The host share is priced at its point's time (as the ledger does): split it off the stored totals.
@@ -222,14 +223,10 @@ def build_report(source: ReportSource, job_id: str, *, carbon: CarbonContext,
     start, end, time_method = _time_range(data)
     intensity = carbon.intensity
     wi = what_if(intensity, carbon.pue, start, end, co2_loc, t_pts, e_gpu + e_host, what_if_window_s)
-    mean_method = "energy-weighted"
-    if facility_kwh > 0:
-        mean_i = co2_loc / facility_kwh
-    else:
-        # No energy to weight by: the grid's own mean over the run's time, so that a run that used
-        # nothing reports the intensity of where it ran and 0 g, not 0 gCO2e/kWh.
-        mean_i = wi.actual_mean_intensity_g_per_kwh
-        mean_method = "time-weighted over the run (it used no energy)"
+    # No energy to weight by: the grid's own mean over the run's time, so that a run that used
+    # nothing reports the intensity of where it ran and 0 g, not 0 gCO2e/kWh.
+    mean_i = energyfigures.mean_intensity_g_per_kwh(co2_loc, fac_j, wi.actual_mean_intensity_g_per_kwh)
+    mean_method = "energy-weighted" if facility_kwh > 0 else "time-weighted over the run (it used no energy)"
     sci_run = sci_g(facility_kwh, mean_i, emb_g, 1.0)
     sci_units = {k: sci_g(facility_kwh, mean_i, emb_g, v) for k, v in units.items() if v > 0 and math.isfinite(v)}
 
