@@ -153,3 +153,39 @@ def test_a_named_source_that_cannot_be_read_is_said_and_the_run_is_measured_with
     assert "no node meter of 'redfish' could be read: the rest of the node is not included" in stderr
     assert "rest of the node not included" in stderr
     assert "- Rest of the node: not included" in (out / "report.md").read_text()
+
+
+def test_track_reads_the_node_meter_too(tmp_path, lib_dir):
+    import json
+    import subprocess
+    import textwrap
+
+    pm = tmp_path / "pm_counters"
+    meter_thread = FakeMeter(pm)
+    (tmp_path / "site.toml").write_text(f'[node_power]\npm_counters_dir = "{pm}"\npoll_interval_s = 0.2\n')
+    out = tmp_path / "run"
+    code = textwrap.dedent(f"""
+        import json, time
+        import greenwatch
+        with greenwatch.track("tracked", out={str(out)!r}, config="site.toml") as run:
+            time.sleep(2)
+        print(json.dumps(run.result.energy_kwh))
+    """)
+    meter_thread.start()
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], env=nvml_free_env(tmp_path, lib_dir), cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        meter_thread.stop.set()
+        meter_thread.join()
+    assert proc.returncode == 0, proc.stderr
+    energy = json.loads(proc.stdout.strip().splitlines()[-1])
+    # No GPU: the run's share of the rest follows its share of the host's CPU energy (a small part).
+    assert energy["rest_of_node"] is not None and energy["rest_of_node"] >= 0
+    assert "- Rest of the node: measured by HPE Cray pm_counters" in (out / "report.md").read_text()
+    store = EmbeddedStore(out / "greenwatch.sqlite")
+    node = store.points("node_power")
+    job = store.points("job")[-1]
+    store.close()
+    meter = math.fsum(p["meter_j"] for p in node)
+    assert meter > 0 and job["node_energy_j"] + math.fsum(p["unallocated_j"] for p in node) == pytest.approx(meter)
