@@ -254,3 +254,52 @@ def test_a_board_whose_counter_answers_only_at_module_scope_is_read_there(mock_n
         assert gpu.energy_scope == "module" and gpu.has_counter
     finally:
         pynvml.nvmlShutdown()
+
+
+class Clock:
+    """A monotonic clock the test sets, so the expected joules follow from the written powers alone."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def set_grace_w(root, socket: int, watts: float | str) -> None:
+    (root / f"hwmon{socket}" / "device" / "power1_average").write_text(
+        watts if isinstance(watts, str) else f"{round(watts * 1e6)}\n")
+
+
+def test_grace_energy_integrates_every_scan_not_only_the_window_ends(tmp_path):
+    grace_sensors(tmp_path, modules=0, sockets=1)
+    clock = Clock()
+    host = ModuleAwareHost(lambda: {"host_energy_j": 1.0, "host_energy_measured": 0.0}, ["gpu"],
+                           root=str(tmp_path), clock=clock)   # reads 110 W at t = 100 s
+    for t, watts in ((101.0, 300.0), (102.0, 300.0), (103.0, 110.0)):
+        clock.t = t
+        set_grace_w(tmp_path, 0, watts)
+        host.scan()
+    clock.t = 104.0
+    out = host()
+    # Trapezoids by hand: (110+300)/2 + 300 + (300+110)/2 + 110 = 820 J; the two ends alone give 440 J.
+    assert out["host_energy_measured"] == 1.0 and out["host_energy_j"] == pytest.approx(820.0)
+
+
+def test_a_grace_sensor_unreadable_at_start_is_measured_once_it_reads(tmp_path):
+    grace_sensors(tmp_path, modules=0, sockets=1)
+    set_grace_w(tmp_path, 0, "garbage\n")
+    clock = Clock()
+    host = ModuleAwareHost(lambda: {"host_energy_j": 1.0, "host_energy_measured": 0.0}, ["gpu"],
+                           root=str(tmp_path), clock=clock)
+    assert host()["host_energy_measured"] == 0.0   # the estimate stands while the sensor cannot be read
+    set_grace_w(tmp_path, 0, 200.0)
+    clock.t = 101.0
+    host.scan()
+    set_grace_w(tmp_path, 0, "garbage\n")   # one failed read loses only itself
+    clock.t = 102.0
+    host.scan()
+    set_grace_w(tmp_path, 0, 200.0)
+    clock.t = 103.0
+    out = host()
+    assert out["host_energy_measured"] == 1.0 and out["host_energy_j"] == pytest.approx(400.0)

@@ -44,27 +44,38 @@ def find_grace_sensors(root: str = HWMON_ROOT) -> tuple[dict[int, Path], set[int
     return grace, modules
 
 
+#: Longest gap between two readable scans that is still integrated (a sensor that failed for
+#: longer loses that stretch rather than guessing it from two far-apart readings).
+MAX_GAP_S = 10.0
+
+
 class GraceHwmonReader:
     """Energy of Grace sockets, integrated from their hwmon power readings.
 
-    The sensors give power, not energy: each call reads every counted socket's power and adds the
-    mean of this and the previous reading times the time between them (the trapezoid rule), so the
-    figure is as good as the calls are frequent.  ``skip_module_sockets`` leaves out the sockets
-    that are parts of Grace Hopper modules.
+    The sensors give power, not energy: each :meth:`scan` (the sampler's 1 Hz process scan) reads
+    every counted socket's power and adds the mean of this and the previous readable reading times
+    the time between them (the trapezoid rule); :meth:`take_j` scans once more and hands over the
+    sum since the previous take.  Integrating once a window instead would alias with a load that
+    changes within the window.  A failed read skips that scan only; a sensor unreadable at start
+    is read again at every scan.  ``skip_module_sockets`` leaves out the sockets that are parts of
+    Grace Hopper modules.
     """
 
-    def __init__(self, root: str = HWMON_ROOT, *, skip_module_sockets: bool = False) -> None:
+    def __init__(self, root: str = HWMON_ROOT, *, skip_module_sockets: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         grace, modules = find_grace_sensors(root)
         self.sockets = sorted(grace)
         self.module_sockets = sorted(modules & set(grace))
         self._files = [grace[s] for s in self.sockets if not (skip_module_sockets and s in modules)]
-        self._readable = self._power_w() is not None
+        self._clock = clock
         self._last: tuple[float, float] | None = None
+        self._sum_j = 0.0
+        self._measured = False   # a readable interval since the previous take
 
     @property
     def available(self) -> bool:
-        """Whether the node has Grace socket sensors and they can be read."""
-        return bool(self.sockets) and self._readable
+        """Whether the node has Grace socket sensors (each scan tries to read them)."""
+        return bool(self.sockets)
 
     def _power_w(self) -> float | None:
         try:
@@ -72,13 +83,22 @@ class GraceHwmonReader:
         except (OSError, ValueError):
             return None
 
-    def delta_j(self) -> float | None:
-        """Joules of the counted sockets since the previous call (None on the first call or when unreadable)."""
-        now, watts = time.monotonic(), self._power_w()
-        last, self._last = self._last, (None if watts is None else (now, watts))
-        if watts is None or last is None:
-            return None
-        return 0.5 * (watts + last[1]) * (now - last[0])
+    def scan(self) -> None:
+        """Read the sockets' power now and add the interval since the previous readable reading."""
+        now, watts = self._clock(), self._power_w()
+        if watts is None:
+            return
+        last, self._last = self._last, (now, watts)
+        if last is not None and 0.0 <= now - last[0] <= MAX_GAP_S:
+            self._sum_j += 0.5 * (watts + last[1]) * (now - last[0])
+            self._measured = True
+
+    def take_j(self) -> float | None:
+        """Joules of the counted sockets since the previous take (None when no interval was readable)."""
+        self.scan()
+        out = self._sum_j if self._measured else None
+        self._sum_j, self._measured = 0.0, False
+        return out
 
 
 class ModuleAwareHost:
@@ -93,18 +113,23 @@ class ModuleAwareHost:
     """
 
     def __init__(self, inner: Callable[[], dict[str, float]], energy_scopes: Sequence[str],
-                 root: str = HWMON_ROOT) -> None:
+                 root: str = HWMON_ROOT, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._inner = inner
         self.module_gpus = sum(1 for s in energy_scopes if s == "module")
-        self.grace = GraceHwmonReader(root, skip_module_sockets=self.module_gpus > 0)
+        self.grace = GraceHwmonReader(root, skip_module_sockets=self.module_gpus > 0, clock=clock)
+        self.scan()
+
+    def scan(self) -> None:
+        """The 1 Hz scan: integrate the Grace sockets' power since the previous scan."""
         if self.grace.available:
-            self.grace.delta_j()
+            self.grace.scan()
 
     def __call__(self) -> dict[str, float]:
         out = self._inner()
+        # Taken every window, used or not, so that a window's sum never carries into the next one.
+        grace = self.grace.take_j() if self.grace.available else None
         if self.module_gpus == 0 and (out.get("host_energy_measured") == 1.0 or not self.grace.available):
             return out
-        grace = self.grace.delta_j() if self.grace.available else None
         if self.module_gpus:
             out["host_cpu_in_gpu_modules"] = float(self.module_gpus)
             out["host_energy_j"] = grace if grace is not None else 0.0

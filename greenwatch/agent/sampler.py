@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 from greenwatch.agent.builder import BatchBuilder, Holder, InstanceState
 from greenwatch.agent.gpu import GpuDevice, GpuError, GpuProcess, MigDevice
 from greenwatch.batch import GpuInfo, JobInfo, NodePower
 
-__all__ = ["Sampler", "JobLookup", "CpuMeter"]
+__all__ = ["Sampler", "JobLookup", "CpuMeter", "ScannedHost"]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,16 @@ class JobLookup(Protocol):
     def allocations(self) -> dict[str, JobInfo]: ...
 
     def user_of_pid(self, pid: int) -> str: ...
+
+
+@runtime_checkable
+class ScannedHost(Protocol):
+    """Host metrics that also integrate something at the 1 Hz process scan
+    (``greenwatch.agent.grace.ModuleAwareHost``: Grace socket power)."""
+
+    def __call__(self) -> dict[str, float]: ...
+
+    def scan(self) -> None: ...
 
 
 class CpuMeter(Protocol):
@@ -106,6 +116,8 @@ class Sampler:
 
     def sample_processes(self) -> None:
         """Who holds each GPU now (the 1 Hz loop): processes mapped to jobs, plus allocations."""
+        if isinstance(self._host, ScannedHost):
+            self._host.scan()
         allocations = self.jobs.allocations()
         # A process on several GPUs (data-parallel training) is resolved once per scan.
         resolved: dict[int, JobInfo] = {}
