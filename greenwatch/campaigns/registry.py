@@ -62,9 +62,6 @@ class JobRef:
     job: str
     cluster: str = ""
 
-    def matches(self, cluster: str, job: str) -> bool:
-        return job == self.job and (not self.cluster or cluster == self.cluster)
-
 
 @dataclass(frozen=True)
 class Rule:
@@ -85,6 +82,7 @@ class Rule:
     phase: str = ""
 
     def describe(self) -> str:
+        """The rule's criteria and phase in one line, for listings and the audit trail."""
         parts = [f"{k}={v}" for k, v in (("account", self.account), ("user", self.user),
                                           ("name", self.name_pattern), ("cluster", self.cluster)) if v]
         if self.since is not None:

@@ -109,15 +109,19 @@ class _OneCluster:
         self.description = f"{inner.description} cluster {cluster}"
 
     def summaries(self, where: str = "") -> list[dict]:
+        """The inner source's summaries of this cluster only."""
         return [s for s in self.inner.summaries(where) if s.get("cluster") == self.cluster]
 
     def gpu_models(self, clusters: Iterable[str]) -> list[str]:
+        """As the inner source."""
         return self.inner.gpu_models(clusters)
 
     def sums_between(self, cluster: str, job: str, lo_ns: int, hi_ns: int) -> dict[str, float]:
+        """As the inner source."""
         return self.inner.sums_between(cluster, job, lo_ns, hi_ns)
 
     def rest_of_node(self, runs: list[RunSpan]) -> dict[RunSpan, float]:
+        """As the inner source."""
         return self.inner.rest_of_node(runs)
 
 

@@ -57,9 +57,11 @@ class EmbeddedSummaries:
         self.description = "embedded store" + ("s " if len(stores) > 1 else " ") + ", ".join(s.path for s in stores)
 
     def summaries(self, where: str = "") -> list[dict[str, Any]]:
+        """Every ``job`` summary of every store (``where`` is not needed: membership filters)."""
         return [p for s in self.stores for p in s.points("job")]   # small stores: membership filters
 
     def gpu_models(self, clusters: Iterable[str]) -> list[str]:
+        """The GPU models of the stores' ``gpu`` points of these clusters."""
         wanted = set(clusters)
         models: set[str] = set()
         for s in self.stores:
@@ -69,6 +71,7 @@ class EmbeddedSummaries:
         return sorted(models)
 
     def rest_of_node(self, runs: list[RunSpan]) -> dict[RunSpan, float]:
+        """Each run's ``rest_j`` sum over its span, from every store (see :class:`SummarySource`)."""
         out: dict[RunSpan, float] = {}
         for run in runs:
             cluster, job, lo, hi = run
@@ -79,6 +82,7 @@ class EmbeddedSummaries:
         return out
 
     def sums_between(self, cluster: str, job: str, lo_ns: int, hi_ns: int) -> dict[str, float]:
+        """TOTAL_FIELDS summed over the job's points in ``[lo_ns, hi_ns)``, from every store."""
         out = dict.fromkeys(TOTAL_FIELDS, 0.0)
         for s in self.stores:
             for p in s.points("job_energy", job=job, cluster=cluster):
@@ -118,6 +122,7 @@ class InfluxSummaries:
 
     def summaries(self, where: str = "") -> list[dict[str, Any]]:
         # The campaign's condition is pushed into InfluxDB, so a site's other jobs never travel.
+        """The summaries ``where`` selects, read window by window (see :class:`SummarySource`)."""
         where = " AND ".join(f"({c})" for c in (self._where(), where) if c)
         # Raw summaries and their long-lived copies (docs/influxdb.md): each job once, however old.
         span = summary_span(self._rows, where)
@@ -135,6 +140,7 @@ class InfluxSummaries:
 
     def sums_between(self, cluster: str, job: str, lo_ns: int, hi_ns: int) -> dict[str, float]:
         # The per-job reports' reduction: whole hours and minutes from the rollups where complete.
+        """TOTAL_FIELDS summed in the database over ``[lo_ns, hi_ns)``, from the rollups where complete."""
         from greenwatch.reports.influx_aggregate import sum_columns, summed
         from greenwatch.reports.source import InfluxSource
 
@@ -151,6 +157,7 @@ class InfluxSummaries:
         return {f: float(row.get(f) or 0.0) for f in TOTAL_FIELDS}
 
     def rest_of_node(self, runs: list[RunSpan]) -> dict[RunSpan, float]:
+        """Each run's ``rest_j`` sum over its span, many runs per request (see :class:`SummarySource`)."""
         if not runs or not self.store.query('SHOW MEASUREMENTS WITH MEASUREMENT = "job_node"'):
             return {}   # no node meter anywhere: nothing to ask per run
         out: dict[RunSpan, float] = {}
@@ -179,6 +186,7 @@ class InfluxSummaries:
         return out
 
     def gpu_models(self, clusters: Iterable[str]) -> list[str]:
+        """The ``model`` tag values of the ``gpu`` series of these clusters."""
         models: set[str] = set()
         for c in sorted(set(clusters)):
             rows = self.store.query(f'SHOW TAG VALUES FROM "gpu" WITH KEY = "model" WHERE "cluster" = {string_literal(c)}')

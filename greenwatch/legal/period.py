@@ -8,11 +8,17 @@ from dataclasses import dataclass
 
 from greenwatch.carbon.timeseries import iso_utc
 
-__all__ = ["Period", "period_from_args"]
+__all__ = ["Period", "period_from_args", "next_month", "date_start_s"]
 
 
-def _ts(d: dt.date) -> float:
+def date_start_s(d: dt.date) -> float:
+    """The first instant (UTC, unix s) of the day ``d``."""
     return float(calendar.timegm(d.timetuple()))
+
+
+def next_month(d: dt.date) -> dt.date:
+    """The first day of the month after ``d``'s."""
+    return (d.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
 
 
 @dataclass(frozen=True)
@@ -32,9 +38,9 @@ class Period:
         """The calendar months (UTC) the period touches, each cut to the period."""
         out = []
         d = dt.datetime.fromtimestamp(self.start_s, dt.timezone.utc).date().replace(day=1)
-        while _ts(d) < self.end_s:
-            nxt = (d.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
-            out.append(Period(max(self.start_s, _ts(d)), min(self.end_s, _ts(nxt)), d.strftime("%Y-%m")))
+        while date_start_s(d) < self.end_s:
+            nxt = next_month(d)
+            out.append(Period(max(self.start_s, date_start_s(d)), min(self.end_s, date_start_s(nxt)), d.strftime("%Y-%m")))
             d = nxt
         return out
 
@@ -56,14 +62,13 @@ def period_from_args(year: int | None, month: str | None, date_from: str | None,
     if year is not None:
         if not 1970 <= year <= 9999:
             raise ValueError(f"--year: {year} is not a calendar year")
-        return Period(_ts(dt.date(year, 1, 1)), _ts(dt.date(year + 1, 1, 1)), str(year))
+        return Period(date_start_s(dt.date(year, 1, 1)), date_start_s(dt.date(year + 1, 1, 1)), str(year))
     if month:
         try:
             first = dt.date.fromisoformat(month + "-01")
         except ValueError:
             raise ValueError(f"--month: expected YYYY-MM, got {month!r}") from None
-        nxt = (first.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
-        return Period(_ts(first), _ts(nxt), month)
+        return Period(date_start_s(first), date_start_s(next_month(first)), month)
     if not (date_from and date_to):
         raise ValueError("--from and --to go together")
     try:
@@ -72,4 +77,4 @@ def period_from_args(year: int | None, month: str | None, date_from: str | None,
         raise ValueError(f"--from/--to: expected dates YYYY-MM-DD, got {date_from!r}, {date_to!r}") from None
     if b < a:
         raise ValueError(f"--to {date_to} is before --from {date_from}")
-    return Period(_ts(a), _ts(b + dt.timedelta(days=1)), f"{date_from} to {date_to}")
+    return Period(date_start_s(a), date_start_s(b + dt.timedelta(days=1)), f"{date_from} to {date_to}")

@@ -71,15 +71,18 @@ class InfluxSiteData:
                       (lo, hi - 1), group)
 
     def job_sums(self, month: Period) -> dict[JobKey, dict[str, float]]:
+        """See :meth:`SiteData.job_sums` (summed in the database)."""
         rows = self._summed("job_energy", JOB_FIELDS, month, ("cluster", "job", "user"))
         return {(str(k[0]), str(k[1]), str(k[2])): {f: float(v.get(f) or 0.0) for f in JOB_FIELDS}
                 for k, v in rows.items()}
 
     def node_sums(self, month: Period) -> dict[str, float]:
+        """See :meth:`SiteData.node_sums` (summed in the database)."""
         row = self._summed("node_energy", NODE_FIELDS, month, ()).get((), {})
         return {f: float(row.get(f) or 0.0) for f in NODE_FIELDS}
 
     def job_summaries(self, start_s: float, end_s: float) -> list[dict[str, Any]]:
+        """See :meth:`SiteData.job_summaries` (also those kept past the raw retention)."""
         from greenwatch.storage.jobsummaries import read_summaries
 
         # Kept past the raw retention (docs/influxdb.md): a statement covers its whole year.
@@ -100,6 +103,7 @@ class EmbeddedSiteData:
         return [p for p in self.store.points(measurement, **self.tags) if lo <= p["time_ns"] < hi]
 
     def job_sums(self, month: Period) -> dict[JobKey, dict[str, float]]:
+        """See :meth:`SiteData.job_sums`."""
         out: dict[JobKey, dict[str, float]] = defaultdict(lambda: dict.fromkeys(JOB_FIELDS, 0.0))
         for p in self._points("job_energy", month):
             acc = out[(str(p.get("cluster", "")), str(p.get("job", "")), str(p.get("user", "")))]
@@ -108,6 +112,7 @@ class EmbeddedSiteData:
         return dict(out)
 
     def node_sums(self, month: Period) -> dict[str, float]:
+        """See :meth:`SiteData.node_sums`."""
         acc = dict.fromkeys(NODE_FIELDS, 0.0)
         for p in self._points("node_energy", month):
             for f in NODE_FIELDS:
@@ -115,4 +120,5 @@ class EmbeddedSiteData:
         return acc
 
     def job_summaries(self, start_s: float, end_s: float) -> list[dict[str, Any]]:
+        """See :meth:`SiteData.job_summaries`."""
         return self._points("job", Period(start_s, end_s, ""))

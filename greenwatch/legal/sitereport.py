@@ -4,7 +4,6 @@ energy next to the IT meter, the EnEfG §11 limits, and the EU data set (Delegat
 
 from __future__ import annotations
 
-import calendar
 import datetime as dt
 from typing import Any
 
@@ -13,7 +12,7 @@ from greenwatch.carbon.units import J_PER_KWH
 from greenwatch.config import FacilityConfig
 from greenwatch.legal import enefg, kpi
 from greenwatch.legal.meters import METERS, MeterReading, MeterSeries, QueryFn, load_meter
-from greenwatch.legal.period import Period
+from greenwatch.legal.period import Period, date_start_s
 from greenwatch.legal.itsplit import it_split
 from greenwatch.legal.sitedata import NODE_FIELDS, SiteData
 
@@ -31,10 +30,6 @@ EU_FIELDS = (
 
 def _date(t: float) -> dt.date:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).date()
-
-
-def _ts(d: dt.date) -> float:
-    return float(calendar.timegm(d.timetuple()))
 
 
 def _meter_dict(series: MeterSeries, r: MeterReading) -> dict[str, Any]:
@@ -97,7 +92,7 @@ def build_site_report(facility: FacilityConfig, period: Period, data: SiteData,
         key = {"PUE": "PUE", "ERF": "ERF", "renewable_share": "REF"}[lim.kpi]
         # A limit is judged only on the part of the period it governs: a whole-year value would
         # mix in months under an earlier limit (or none).
-        part = period if (a, b) == (first, end) else Period(_ts(a), _ts(b), f"{a.isoformat()} to {b.isoformat()}")
+        part = period if (a, b) == (first, end) else Period(date_start_s(a), date_start_s(b), f"{a.isoformat()} to {b.isoformat()}")
         part_kpis = kpis if part is period else _kpis(series, {k: s.reading(part) for k, s in series.items()}, part)
         value = part_kpis[key]
         judged_to = (b - dt.timedelta(days=1)).isoformat()

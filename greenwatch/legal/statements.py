@@ -52,6 +52,7 @@ class _Accounts:
             v.sort()
 
     def account(self, cluster: str, job: str, month_start_s: float) -> str:
+        """The account of ``job`` for the month starting at ``month_start_s``; NO_ACCOUNT when none is known."""
         runs = self.by_job.get((cluster, job), [])
         i = bisect.bisect_left(runs, (int((month_start_s - SPAN_MARGIN_S) * 1e9), ""))
         return (runs[i][1] or NO_ACCOUNT) if i < len(runs) else NO_ACCOUNT
