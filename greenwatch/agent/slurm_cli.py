@@ -57,7 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="TOML configuration file (node, agent.mapping_dir, agent.event_spool_dir, mqtt; the "
                             "epilog's report, agent.epilog_report, reads influxdb and carbon from it too); "
                             "omitted: built-in defaults")
-        h.add_argument("--log-file", metavar="FILE", type=Path,
+        # Its own dest: the top-level --log-file (dest log_file) sends the log to a file
+        # *instead of* stderr, while a hook's file is in addition to stderr and syslog.
+        h.add_argument("--log-file", metavar="FILE", type=Path, dest="hook_log_file",
                        help="also append log lines to FILE (Slurm discards a prolog's output), and the "
                             "messages of the epilog's background report; warnings and errors always go to "
                             "syslog too where /dev/log exists")
@@ -65,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_hook(args: argparse.Namespace) -> int:
-    _setup_logging(args.log_file)
+    _setup_logging(args.hook_log_file)
     try:
         from greenwatch.config import load_config
 
@@ -80,7 +82,8 @@ def _cmd_hook(args: argparse.Namespace) -> int:
     # The broker gets its time box, within what the deadline leaves after a margin for the
     # work before publishing, closing the connection and the interpreter's exit.
     budget = min(cfg.agent.hook_publish_timeout_s, remaining - 0.25)
-    return run_hook(args.hook, cfg, budget_s=max(0.05, budget), config_path=args.config, log_file=args.log_file)
+    return run_hook(args.hook, cfg, budget_s=max(0.05, budget), config_path=args.config,
+                    log_file=args.hook_log_file)
 
 
 def _setup_logging(log_file: Path | None) -> None:
