@@ -233,10 +233,21 @@ def test_inconsistent_mig_columns_are_refused_with_a_reason():
         "MIG entry pointers inconsistent": _with(first, mig_ptr=[0, 1]),
         "holder's MIG device out of range": _with(first, holder_inst=[0, 5]),
     }
+    _, second = mig_batches()
+    assert second.block.segments["mig_ptr"].tolist() == [0, 2, 4]
+    cases["MIG entry pointers inconsistent (descending)"] = _with(second, mig_ptr=[0, 5, 4])
     for detail, batch in cases.items():
         with pytest.raises(WireError) as err:
             decode(encode(batch), now_us=batch.sent_us)
-        assert err.value.reason == "bad-mig" and detail in str(err.value), detail
+        assert err.value.reason == "bad-mig" and detail.split(" (")[0] in str(err.value), detail
+
+
+def test_a_mig_entry_count_past_the_end_of_the_body_is_truncated_not_read():
+    first, _ = mig_batches()
+    payload = _rewrite(encode(first), lambda h: h["blocks"][0].update(mig=1_000_000))
+    with pytest.raises(WireError) as err:
+        decode(payload, now_us=first.sent_us)
+    assert err.value.reason == "truncated"
 
 
 def test_job_mig_records_say_which_device_each_job_held():
