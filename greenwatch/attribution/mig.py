@@ -135,7 +135,7 @@ class MigSplit:
     inst_ptr: np.ndarray              # int64[B + 1]: block k's instances are inst_ptr[k]:inst_ptr[k + 1]
     instances: list[MigInfo]
     energy_j: np.ndarray              # float64[I]: the instance's share of its board's energy
-    activity_known: np.ndarray        # bool[I]: every segment of it split its active part by measured activity
+    activity_known: np.ndarray        # bool[I]: the activity of every segment of it was measured
     #: (job, instance) pairs: which job held which instance, with the energy it got there, ascending by job
     pair_jobs: list[JobInfo] = field(default_factory=list)
     pair_inst: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))   # index into instances

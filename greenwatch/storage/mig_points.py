@@ -2,10 +2,11 @@
 
 One point per MIG device and block (docs/data-model.md): tags ``cluster``, ``node``, ``gpu`` (the
 board's UUID), ``mig`` (the device's ``MIG-`` UUID), ``gi``, ``ci``; fields ``energy_j``,
-``slices``, ``board_slices`` and ``activity_measured`` (1 where every span of it split the
-board's active energy by measured SM activity, 0 where slices stood in for it).  And one ``job_mig`` point per job and MIG device it held in a block: tags ``cluster``, ``node``,
-``job``, ``gpu``, ``mig``; fields ``energy_j`` and ``idle_energy_j`` (its share there, and the part
-of it while the device was idle): which MIG devices a job used, as ``job_gpu`` says which boards.
+``slices``, ``board_slices`` and ``activity_measured`` (1 where the SM activity of every span of
+it was measured, 0 where some was not and slices stood in for it).  And one ``job_mig`` point per
+job and MIG device it held in a block: tags ``cluster``, ``node``, ``job``, ``gpu``, ``mig``;
+fields ``energy_j`` and ``idle_energy_j`` (its share there, and the part of it while the device
+was idle): which MIG devices a job used, as ``job_gpu`` says which boards.
 Both are written for windows re-accounted from a carry too: like the job records, they are energy,
 with the same keys.
 Returned as plain tuples, so that :mod:`greenwatch.storage.records` wraps them in its records.
