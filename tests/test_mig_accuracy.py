@@ -22,24 +22,15 @@ truth needs no allowance for scan lag.
 from __future__ import annotations
 
 import math
-import os
-import threading
 import time
 
 import pytest
 
 from accuracy_node import TableLookup
-from greenwatch.agent.gpu import open_nvml_gpus
 from greenwatch.agent.sampler import Sampler
-from greenwatch.agent.schedule import run_sampling_loop
-from greenwatch.attribution import AttributionSettings, CarbonContext
-from greenwatch.carbon import AnnualIntensity, ConstantPue
-from greenwatch.collector import Collector
-from greenwatch.transport.wire import decode, encode
-from mocknvml import (ENV_VAR, Constant, GpuSpec, MigSpec, ProcSpec, Scenario, Square, build_mock_nvml,
-                      load_in_process)
-
-import pynvml
+from greenwatch.transport.wire import decode
+from mock_node_run import collect, sample_mock_node
+from mocknvml import Constant, GpuSpec, MigSpec, ProcSpec, Scenario, Square, build_mock_nvml, load_in_process
 
 pytestmark = pytest.mark.mig
 
@@ -117,34 +108,11 @@ def run(tmp_path_factory):
     t0 = time.time() + 0.5
     sc = scenario(t0)
     path = sc.write(tmp_path_factory.mktemp("mig") / "node.scn")
-    old = os.environ.get(ENV_VAR)
-    os.environ[ENV_VAR] = str(path)
-    payloads: list[bytes] = []
-    try:
-        gpus = open_nvml_gpus()
-        sampler = Sampler("acc", "mig1", gpus, TableLookup(JOBS))
-        while time.time() < t0:
-            time.sleep(min(0.01, max(0.0, t0 - time.time())))
-        # Cuts every 2 s from the start, on the scan ticks: each 1 Hz scan has given its measured
-        # activity to the span before it when that span is sent (docs/methodology.md, "MIG").
-        run_sampling_loop(sampler, sample_hz=10.0, process_hz=1.0, window_s=2.0, align_cuts=False,
-                          on_batch=lambda b: payloads.append(encode(b)), stop=threading.Event(), until=t0 + RUN_S)
-    finally:
-        pynvml.nvmlShutdown()
-        if old is None:
-            del os.environ[ENV_VAR]
-        else:
-            os.environ[ENV_VAR] = old
-    records: list = []
-
-    class Sink:
-        def write(self, recs: list) -> None:
-            records.extend(recs)
-
-    col = Collector(AttributionSettings(idle_policy="equal", idle_power_w=IDLE_W),
-                    CarbonContext(AnnualIntensity("DE"), ConstantPue(1.0)), Sink())
-    for p in payloads:
-        col.handle(p, expect_node=("acc", "mig1"))
+    # Cuts every 2 s from the start, on the scan ticks: each 1 Hz scan has given its measured
+    # activity to the span before it when that span is sent (docs/methodology.md, "MIG").
+    _, payloads = sample_mock_node(path, t0, t0 + RUN_S, 2.0, lambda gpus: Sampler("acc", "mig1", gpus,
+                                                                                   TableLookup(JOBS)))
+    records, col = collect(payloads, IDLE_W, ("acc", "mig1"))
     batches = [decode(p) for p in payloads]
     return sc, batches, records, col
 

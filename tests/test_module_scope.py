@@ -9,7 +9,6 @@ The truth comes from the scenario alone (``Scenario.module_energy_j``), never fr
 from __future__ import annotations
 
 import os
-import threading
 import time
 
 import pytest
@@ -19,12 +18,10 @@ from greenwatch.agent.gpu import open_nvml_gpus
 from greenwatch.agent.grace import GraceHwmonReader, ModuleAwareHost
 from greenwatch.agent.host import HostSampler, RaplReader
 from greenwatch.agent.sampler import Sampler
-from greenwatch.agent.schedule import run_sampling_loop
-from greenwatch.attribution import AttributionSettings, CarbonContext
 from greenwatch.carbon import AnnualIntensity, ConstantPue
-from greenwatch.collector import Collector
 from greenwatch.reports.jobdata import energy_method
 from greenwatch.transport.wire import WireError, decode, encode
+from mock_node_run import collect, sample_mock_node
 from mocknvml import (ENV_VAR, Constant, GpuSpec, ProcSpec, Scenario, Square, build_mock_nvml, load_in_process,
                       write_grace_hwmon)
 
@@ -67,37 +64,13 @@ def run(tmp_path_factory, mock_nvml_in_process):
     path = sc.write(tmp / "node.scn")
     hwmon = tmp / "hwmon"
     grace_sensors(hwmon, modules=2, sockets=2)
-    old = os.environ.get(ENV_VAR)
-    os.environ[ENV_VAR] = str(path)
-    payloads: list[bytes] = []
-    try:
-        gpus = open_nvml_gpus()
+
+    def make_sampler(gpus: list) -> Sampler:
         host = ModuleAwareHost(HostSampler(6.0, RaplReader(str(tmp / "no-rapl"))), [g.energy_scope for g in gpus],
                                root=str(hwmon))
-        sampler = Sampler("gh", "gh1", gpus, TableLookup(JOBS), host)
-        # The counters start at t0 (the scenario's driver load): sample from then on.
-        deadline = time.monotonic() + 10.0
-        while time.time() < t0:
-            assert time.monotonic() < deadline
-            time.sleep(min(0.01, max(0.0, t0 - time.time())))
-        run_sampling_loop(sampler, sample_hz=10.0, process_hz=1.0, window_s=1.0, align_cuts=False,
-                          on_batch=lambda b: payloads.append(encode(b)), stop=threading.Event(), until=t0 + RUN_S)
-    finally:
-        pynvml.nvmlShutdown()
-        if old is None:
-            del os.environ[ENV_VAR]
-        else:
-            os.environ[ENV_VAR] = old
-    records: list = []
-
-    class Sink:
-        def write(self, recs: list) -> None:
-            records.extend(recs)
-
-    col = Collector(AttributionSettings(idle_policy="equal", idle_power_w=60.0),
-                    CarbonContext(AnnualIntensity("DE"), ConstantPue(1.0)), Sink())
-    for p in payloads:
-        col.handle(p, expect_node=("gh", "gh1"))
+        return Sampler("gh", "gh1", gpus, TableLookup(JOBS), host)
+    gpus, payloads = sample_mock_node(path, t0, t0 + RUN_S, 1.0, make_sampler)
+    records, col = collect(payloads, 60.0, ("gh", "gh1"))
     return sc, gpus, [decode(p) for p in payloads], records, col
 
 
