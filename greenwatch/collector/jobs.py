@@ -50,12 +50,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
-from greenwatch.carbon import J_PER_KWH, EmbodiedModel, embodied_g, load_embodied, sci_g
+from greenwatch.carbon import EmbodiedModel, load_embodied
 from greenwatch.collector.ratelimit import RateLimitedLog
+from greenwatch.collector.summaryfields import job_summary_fields
 from greenwatch.collector.jobstate import PendingJobs
 from greenwatch.config import CollectorConfig
 from greenwatch.diskqueue import DiskQueueError
 from greenwatch.storage.influxql import string_literal
+from greenwatch.reports.jobdata import TOTAL_FIELDS
 from greenwatch.storage.records import Record
 from greenwatch.transport.events import EventError, JobEvent, decode_event
 
@@ -450,33 +452,18 @@ class JobEvents:
         if not energy_rows:
             log.warning("job %s/%s held GPU(s) %s but no energy was recorded for it (agent down?)",
                         job.cluster, job.job_id, ",".join(sorted(gpus)))
-        sums = {k: float(sum(_num(r.get(k)) for r in energy_rows))
-                for k in ("energy_j", "idle_energy_j", "facility_energy_j", "co2_g", "co2_market_g", "gpu_seconds",
-                          "host_energy_j")}
+        sums = {k: float(sum(_num(r.get(k)) for r in energy_rows)) for k in TOTAL_FIELDS}
         models = self._gpu_models(job.cluster, sorted(gpu_seconds_by_gpu), lo_s, hi_s)
-        embodied = sum(float(embodied_g(self.embodied, models.get(g, ""), s)) for g, s in gpu_seconds_by_gpu.items())
-        facility_kwh = sums["facility_energy_j"] / J_PER_KWH
-        intensity = sums["co2_g"] / facility_kwh if facility_kwh > 0 else 0.0
         start_s = job.start_s if job.start_s is not None else self._first_point_s(where)
         nodes = job.nodes_expr or ",".join(sorted(job.nodes | {str(r["node"]) for r in energy_rows if r.get("node")}))
         users = sorted({str(r["user"]) for r in energy_rows if r.get("user") and r.get("user") != "unknown"})
-        fields: dict[str, float | int | str] = {
-            **sums,
-            "embodied_g": embodied,
-            "sci_g": sci_g(facility_kwh, intensity, embodied),
-            "gpus": len(gpus),
-            "duration_s": max(0.0, job.end_s - start_s) if start_s is not None else 0.0,
-            "nodes": nodes,
-            # Which node meters measured the rest of the node ("none": it is not included).
-            "node_meter": ",".join(sorted({str(r["source"]) for r in node_rows if r.get("source")})) or "none",
-        }
+        fields = job_summary_fields(sums, gpu_seconds_by_gpu, models, self.embodied, len(gpus), start_s, job.end_s,
+                                    nodes, job.name or "")
+        # Which node meters measured the rest of the node ("none": it is not included).
+        fields["node_meter"] = ",".join(sorted({str(r["source"]) for r in node_rows if r.get("source")})) or "none"
         if node_rows:
             fields["node_rest_j"] = float(sum(_num(r.get("rest_j")) for r in node_rows))
             fields["node_energy_j"] = float(sum(_num(r.get("total_j")) for r in node_rows))
-        if start_s is not None:
-            fields["start_s"] = int(start_s)
-        if job.name:
-            fields["job_name"] = job.name  # not "name": InfluxQL clients use that key for the measurement
         if job.exit_code is not None:
             fields["exit_status"] = job.exit_code
             if job.exit_signal:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from greenwatch.carbon import embodied_g, load_embodied
+from greenwatch.carbon import load_embodied
 from greenwatch.carbon.units import J_PER_KWH
+from greenwatch.collector.summaryfields import job_summary_fields
 from greenwatch.demo.cluster import HOUR, DemoJob
 from greenwatch.reports.jobdata import TOTAL_FIELDS
 from greenwatch.storage.embedded import EmbeddedStore
@@ -33,23 +34,27 @@ WATER_M3_PER_IT_KWH = 0.0018
 
 
 def write_job_summaries(store: EmbeddedStore, jobs: list[DemoJob], t0: float, t_end: float) -> None:
-    """One ``job`` record per demo job (tags cluster, job, user, account), from its stored records."""
+    """One ``job`` record per demo job (tags cluster, job, user, account), from its stored records,
+    with the fields the collector computes (:func:`greenwatch.collector.summaryfields.job_summary_fields`)."""
     model = load_embodied()
     # Every node's GPUs, not the first few points': a later node's model sets its jobs' embodied share.
-    gpu_models = {(p.get("node"), p.get("gpu")): str(p.get("model", "")) for p in store.points("gpu")}
+    gpu_models = {str(p.get("gpu", "")): str(p.get("model", "")) for p in store.points("gpu") if p.get("model")}
     records = []
     for job in jobs:
         points = store.points("job_energy", job=job.job_id)
         if not points:
             continue
         sums = {f: math.fsum(float(p.get(f) or 0.0) for p in points) for f in TOTAL_FIELDS}
-        gpu_model = next((m for (node, _), m in gpu_models.items() if node == job.node and m), "")
-        end = min(t_end, t0 + job.end_h * HOUR)
-        fields: dict[str, float | int | str] = {**sums, "embodied_g": float(embodied_g(model, gpu_model, sums["gpu_seconds"])),
-                  "start_s": int(t0 + job.start_h * HOUR), "duration_s": end - (t0 + job.start_h * HOUR),
-                  "gpus": len(job.gpus), "nodes": job.node, "job_name": job.name}
+        gpu_seconds: dict[str, float] = {}
+        for p in store.points("job_gpu", job=job.job_id):
+            uuid = str(p.get("gpu", ""))
+            gpu_seconds[uuid] = gpu_seconds.get(uuid, 0.0) + float(p.get("gpu_seconds") or 0.0)
+        start = t0 + job.start_h * HOUR
+        fields = job_summary_fields(sums, gpu_seconds, gpu_models, model, len(job.gpus), start,
+                                    min(t_end, t0 + job.end_h * HOUR), job.node, job.name)
         tags = (("cluster", "demo"), ("job", job.job_id), ("user", job.user),
                 ("account", DEMO_ACCOUNTS.get(job.user, "")), ("partition", "gpu"))
+        end = min(t_end, t0 + job.end_h * HOUR)
         records.append(Record("job", tags, tuple(fields.items()), int(round(end * 1000)) * 1_000_000))
     store.write(records)
 

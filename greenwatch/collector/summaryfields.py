@@ -1,0 +1,46 @@
+"""The fields of a ``job`` summary record computed from a job's summed records.
+
+One computation for every writer of job summaries: the collector (from InfluxDB sums), the
+demo (from its embedded store) and anything else that has the sums, so that a summary means
+the same wherever it was written (docs/data-model.md, measurement ``job``).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from greenwatch.carbon import EmbodiedModel, embodied_g, sci_g
+from greenwatch.carbon.energyfigures import mean_intensity_g_per_kwh
+from greenwatch.carbon.units import J_PER_KWH
+from greenwatch.reports.jobdata import TOTAL_FIELDS
+
+__all__ = ["job_summary_fields"]
+
+
+def job_summary_fields(sums: Mapping[str, float], gpu_seconds_by_gpu: Mapping[str, float],
+                       models: Mapping[str, str], embodied: EmbodiedModel, gpus: int, start_s: float | None,
+                       end_s: float, nodes: str, name: str = "") -> dict[str, float | int | str]:
+    """The summed and derived fields of a job's summary.
+
+    ``sums``: the job's ``job_energy`` fields summed over its records (missing ones count 0);
+    ``gpu_seconds_by_gpu``: its GPU-seconds per GPU uuid (``job_gpu``), priced for embodied
+    emissions with each GPU's model from ``models`` (unknown: the model's default); ``gpus``: how
+    many GPUs it held; ``start_s``/``end_s``: its span (no start: duration 0).
+    """
+    fields: dict[str, float | int | str] = {k: float(sums.get(k) or 0.0) for k in TOTAL_FIELDS}
+    grams = sum(float(embodied_g(embodied, models.get(g, ""), s)) for g, s in gpu_seconds_by_gpu.items())
+    facility_kwh = float(fields["facility_energy_j"]) / J_PER_KWH
+    # A job without energy emitted nothing: its SCI is its embodied share, whatever the intensity.
+    intensity = mean_intensity_g_per_kwh(float(fields["co2_g"]), float(fields["facility_energy_j"]), 0.0)
+    fields.update({
+        "embodied_g": grams,
+        "sci_g": sci_g(facility_kwh, intensity, grams),
+        "gpus": gpus,
+        "duration_s": max(0.0, end_s - start_s) if start_s is not None else 0.0,
+        "nodes": nodes,
+    })
+    if start_s is not None:
+        fields["start_s"] = int(start_s)
+    if name:
+        fields["job_name"] = name  # not "name": InfluxQL clients use that key for the measurement
+    return fields
