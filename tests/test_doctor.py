@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -20,7 +19,7 @@ from fixtures_e2e import write_config
 from greenwatch.config import load_config
 from greenwatch.doctor import FAIL, INFO, OK, WARN, DoctorOptions, run_doctor
 from greenwatch.doctor.measure import Trace, analyse
-from mocknvml import (ENV_VAR, Constant, ErrorSpec, GpuSpec, MigSpec, ProcSpec, Scenario, Square, build_mock_nvml,
+from mocknvml import (ENV_VAR, ErrorSpec, GpuSpec, MigSpec, ProcSpec, Scenario, Square, build_mock_nvml,
                       load_in_process, mock_env, write_grace_hwmon)
 from service_helpers import write_token
 
