@@ -57,7 +57,6 @@ from greenwatch.collector.jobstate import PendingJobs
 from greenwatch.config import CollectorConfig
 from greenwatch.diskqueue import DiskQueueError
 from greenwatch.storage.influxql import string_literal
-from greenwatch.reports.jobdata import TOTAL_FIELDS
 from greenwatch.storage.records import Record
 from greenwatch.transport.events import EventError, JobEvent, decode_event
 
@@ -452,7 +451,9 @@ class JobEvents:
         if not energy_rows:
             log.warning("job %s/%s held GPU(s) %s but no energy was recorded for it (agent down?)",
                         job.cluster, job.job_id, ",".join(sorted(gpus)))
-        sums = {k: float(sum(_num(r.get(k)) for r in energy_rows)) for k in TOTAL_FIELDS}
+        sums = {k: float(sum(_num(r.get(k)) for r in energy_rows))
+                for k in ("energy_j", "idle_energy_j", "facility_energy_j", "co2_g", "co2_market_g", "gpu_seconds",
+                          "host_energy_j")}
         models = self._gpu_models(job.cluster, sorted(gpu_seconds_by_gpu), lo_s, hi_s)
         start_s = job.start_s if job.start_s is not None else self._first_point_s(where)
         nodes = job.nodes_expr or ",".join(sorted(job.nodes | {str(r["node"]) for r in energy_rows if r.get("node")}))

@@ -12,7 +12,6 @@ from typing import Mapping
 from greenwatch.carbon import EmbodiedModel, embodied_g, sci_g
 from greenwatch.carbon.energyfigures import mean_intensity_g_per_kwh
 from greenwatch.carbon.units import J_PER_KWH
-from greenwatch.reports.jobdata import TOTAL_FIELDS
 
 __all__ = ["job_summary_fields"]
 
@@ -22,19 +21,20 @@ def job_summary_fields(sums: Mapping[str, float], gpu_seconds_by_gpu: Mapping[st
                        end_s: float, nodes: str, name: str = "") -> dict[str, float | int | str]:
     """The summed and derived fields of a job's summary.
 
-    ``sums``: the job's ``job_energy`` fields summed over its records (missing ones count 0);
+    ``sums``: the job's ``job_energy`` fields summed over its records, each of them (the caller
+    names them: this module stays below the readers of the store);
     ``gpu_seconds_by_gpu``: its GPU-seconds per GPU uuid (``job_gpu``), priced for embodied
     emissions with each GPU's model from ``models`` (unknown: the model's default); ``gpus``: how
     many GPUs it held; ``start_s``/``end_s``: its span (no start: duration 0).
     """
-    fields: dict[str, float | int | str] = {k: float(sums.get(k) or 0.0) for k in TOTAL_FIELDS}
+    fields: dict[str, float | int | str] = {k: float(v or 0.0) for k, v in sums.items()}
     grams = sum(float(embodied_g(embodied, models.get(g, ""), s)) for g, s in gpu_seconds_by_gpu.items())
-    facility_kwh = float(fields["facility_energy_j"]) / J_PER_KWH
+    facility_j, co2_g = float(sums.get("facility_energy_j") or 0.0), float(sums.get("co2_g") or 0.0)
     # A job without energy emitted nothing: its SCI is its embodied share, whatever the intensity.
-    intensity = mean_intensity_g_per_kwh(float(fields["co2_g"]), float(fields["facility_energy_j"]), 0.0)
+    intensity = mean_intensity_g_per_kwh(co2_g, facility_j, 0.0)
     fields.update({
         "embodied_g": grams,
-        "sci_g": sci_g(facility_kwh, intensity, grams),
+        "sci_g": sci_g(facility_j / J_PER_KWH, intensity, grams),
         "gpus": gpus,
         "duration_s": max(0.0, end_s - start_s) if start_s is not None else 0.0,
         "nodes": nodes,
