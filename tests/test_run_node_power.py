@@ -19,7 +19,7 @@ from mocknvml import Constant, GpuSpec, Scenario, build_mock_nvml, mock_env
 from run_helpers import greenwatch_proc, nvml_free_env, report_of
 
 NODE_W = 1500.0
-GPU_W = 250.0
+GPU_W = 250.0   # the mock GPU: the parts stay well below the meter
 
 
 class FakeMeter(threading.Thread):
@@ -86,19 +86,22 @@ def test_a_run_on_a_node_with_pm_counters_is_charged_the_rest_of_the_node_and_th
     assert node and {p["source"] for p in node} == {"pm_counters"}
     assert all("parts-exceed-meter" not in str(p.get("flags", "")) for p in node)
     meter = math.fsum(p["meter_j"] for p in node)
-    # Every window's energy is the fake meter's: NODE_W over the window (its counter is whole joules).
-    for p in node:
-        assert p["meter_w"] == pytest.approx(NODE_W, rel=0.005)
+    # A window's energy is the fake meter's, NODE_W over the window (its counter is whole joules, so
+    # only windows of a second or more are checked; one that gave back an overshoot is shorter).
+    whole = [p for p in node if p["meter_j"] >= NODE_W and "held-back" not in str(p.get("flags", ""))]
+    assert whole and all(p["meter_w"] == pytest.approx(NODE_W, rel=0.01) for p in whole)
     gpu, cpu = math.fsum(p["gpu_j"] for p in node), math.fsum(p["cpu_j"] for p in node)
     assert gpu == pytest.approx(job["energy_j"], rel=1e-6)            # the run held the GPU all along
-    assert gpu == pytest.approx(GPU_W * meter / NODE_W, rel=0.05)   # the meter's span is the GPU's
     for p in node:
         assert p["rest_j"] == pytest.approx(p["meter_j"] - p["gpu_j"] - p["cpu_j"], abs=1e-6)
-    # The run held the node's only GPU in every window: the rest is its own (but for the moments between
-    # the meter's first reading and the first GPU sample, when the node held no run).
+    # The run held the node's only GPU in every window: the rest charged to a job is the run's, and it is
+    # most of the rest (not the moments between the meter's first reading and the first GPU sample).
+    rest = math.fsum(p["rest_j"] for p in node)
+    assert rest == pytest.approx(meter - gpu - cpu, rel=1e-9)
     assert job["node_meter"] == "pm_counters"
-    assert job["node_rest_j"] == pytest.approx(meter - gpu - cpu, rel=0.03)
     assert job["node_rest_j"] == pytest.approx(math.fsum(s["rest_j"] for s in shares), rel=1e-9)
+    assert job["node_rest_j"] == pytest.approx(math.fsum(p["rest_allocated_j"] for p in node), rel=1e-9)
+    assert 0.8 * rest <= job["node_rest_j"] <= rest * (1 + 1e-9)
     # Conservation against the meter: the run plus what no job is charged is the meter, exactly.
     unallocated = math.fsum(p["unallocated_j"] for p in node)
     assert job["node_energy_j"] + unallocated == pytest.approx(meter, rel=1e-12)
