@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from greenwatch.attribution import AttributionSettings, LedgerInput, account_blocks
 from greenwatch.storage.records import BlockSource, table_records
 from helpers import GpuTrace, build_batches, carbon_ctx, holder
@@ -54,5 +56,11 @@ def test_each_record_field_equals_the_ledger_value_of_its_name():
             assert math.isclose(float(value), float(expected), rel_tol=1e-12, abs_tol=1e-12), \
                 (r.measurement, name, value, expected)
             compared[r.measurement] = compared.get(r.measurement, 0) + 1
-    # Every measurement was checked, field by field (2 GPUs x 13, 3 jobs x 7, 4 pairs x 3, 12 node fields).
-    assert compared == {"gpu": 26, "job_energy": 21, "job_gpu": 12, "node_energy": 12}, compared
+    # Every measurement was checked, field by field (2 GPUs x 14, 3 jobs x 7, 4 pairs x 3, 12 node fields).
+    assert compared == {"gpu": 28, "job_energy": 21, "job_gpu": 12, "node_energy": 12}, compared
+    # A gpu point's span is the time its power covers: power x span = energy, and the span is the
+    # batch's (6 s of readings at 100 ms) on both GPUs.
+    for r in records:
+        if r.measurement == "gpu":
+            assert r.field("span_s") == pytest.approx(5.9, rel=1e-9)
+            assert float(r.field("power_w")) * float(r.field("span_s")) == pytest.approx(r.field("energy_j"), rel=1e-12)

@@ -53,7 +53,7 @@ def job_records(cluster: str, job: str, t0_ns: int, batches: int, *, nodes: int 
                                   (("energy_j", eg), ("idle_energy_j", 0.0 if k % 7 else eg), ("gpu_seconds", 5.0)), t))
                 out.append(Record("gpu", (("cluster", cluster), ("node", node), ("gpu", uuid), ("gpu_index", str(g)),
                                           ("model", H100)),
-                                  (("energy_j", eg), ("power_w", eg / 5), ("power_max_w", eg / 4),
+                                  (("energy_j", eg), ("span_s", 5.0), ("power_w", eg / 5), ("power_max_w", eg / 4),
                                    ("util_gpu_pct", 50.0 + 40 * math.sin(k / 30.0)), ("util_mem_pct", 30.0),
                                    ("samples", 50 if even else 50 - (k % 3)), ("counter", 1)), t))
             fields = [("energy_j", job_e), ("idle_energy_j", 0.0), ("facility_energy_j", job_e * 1.2),

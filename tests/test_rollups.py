@@ -71,7 +71,7 @@ def sums(influx, rp: str, measurement: str, fields: tuple[str, ...], by: str) ->
 CHECKED = (("job_energy", ("energy_j", "co2_g", "co2_market_g", "host_energy_j", "gpu_seconds"), "job"),
            ("job_gpu", ("energy_j", "gpu_seconds"), "job"),
            ("node_energy", ("gpu_energy_j", "host_energy_j", "host_energy_measured"), "node"),
-           ("gpu", ("energy_j", "power_w", "samples"), "gpu"))
+           ("gpu", ("energy_j", "span_s", "power_w", "samples"), "gpu"))
 
 
 def conserved(influx) -> bool:

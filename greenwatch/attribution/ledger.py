@@ -113,6 +113,9 @@ class GpuLine:
     #: Mean of the polled power readings (instant power, or the board's 1 s mean without a
     #: counter): aliases with periodic loads, so it is kept apart from ``power_w``.
     power_sampled_w: float = math.nan
+    #: Seconds the block's intervals cover on this GPU (``energy_j / power_w``): summed with the
+    #: energy, it gives the mean power over any number of blocks of unequal length.
+    span_s: float = 0.0
 
 
 @dataclass
@@ -213,6 +216,7 @@ class LedgerTable:
     gpu_resets: np.ndarray
     gpu_integrated: np.ndarray
     gpu_power_w: np.ndarray                 # float64[G]: energy / time covered (NaN: no time covered)
+    gpu_span_s: np.ndarray                  # float64[G]: time covered (s)
     # per job with a share
     job_ptr: np.ndarray
     jobs: list[JobInfo]
@@ -248,12 +252,13 @@ class LedgerTable:
         summ, samples = self.gpu_summary[g0:g1].tolist(), self.gpu_samples[g0:g1].tolist()
         res, integ = self.gpu_resets[g0:g1].tolist(), self.gpu_integrated[g0:g1].tolist()
         power = self.gpu_power_w[g0:g1].tolist()
+        span = self.gpu_span_s[g0:g1].tolist()
         gpus = []
         for i, g in enumerate(self.gpus[g0:g1]):
             sampled, power_max, util_gpu, util_mem, mem_used, temp, sm_clock = summ[i]
             gpus.append(GpuLine(g.uuid, g.index, g.name, ge[i], gun[i], power[i], power_max, util_gpu, util_mem,
                                 mem_used, temp, sm_clock, g.power_limit_w, samples[i], g.has_counter, res[i],
-                                integ[i], power_sampled_w=sampled))
+                                integ[i], power_sampled_w=sampled, span_s=span[i]))
         jobs = [JobLine(j.job_id, j.user, *v) for j, v in zip(self.jobs[j0:j1], self.job_values[j0:j1].tolist())]
         pairs = [JobGpuLine(j.job_id, j.user, g.uuid, *v)
                  for j, g, v in zip(self.pair_jobs[p0:p1], self.pair_gpus[p0:p1], self.pair_values[p0:p1].tolist())]
@@ -438,7 +443,7 @@ def account_blocks(inputs: Sequence[LedgerInput], settings: AttributionSettings,
         gpu_energy_j=gpu_energy,
         gpu_unallocated_j=np.bincount(seg_gpu, weights=seg_unalloc, minlength=n_gpu_all),
         gpu_summary=summary, gpu_samples=samples, gpu_resets=resets, gpu_integrated=integrated,
-        gpu_power_w=gpu_power,
+        gpu_power_w=gpu_power, gpu_span_s=gpu_span,
         job_ptr=np.searchsorted(present, job_base), jobs=[jobs[i] for i in present.tolist()],
         job_values=job_values[present],
         pair_ptr=np.searchsorted(pair_job, job_base), pair_jobs=[jobs[i] for i in pair_job.tolist()],

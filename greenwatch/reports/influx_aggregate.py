@@ -6,7 +6,8 @@ the report shows: one per node and per GPU, and :data:`ENERGY_POINTS` / :data:`P
 plotted series, whatever the job's length.  The figures are the same sums as the point-by-point
 reduction; what differs is said in the report's notes: the host share and the "what if" are
 priced per time bucket, and a GPU whose batches held different numbers of samples gets means of
-its batch means instead of sample-weighted means.
+its batch utilisations instead of sample-weighted means.  Mean power is the summed energy over the
+summed ``span_s`` (:func:`~greenwatch.reports.jobdata.mean_power_w`) in both.
 
 Per-GPU readings are taken over the span in which the job held each GPU (from its first to
 its last ``job_gpu`` point); the point-by-point reduction takes exactly the batches in which it
@@ -22,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
-from greenwatch.reports.jobdata import TOTAL_FIELDS, GpuStats, JobData, ReportError, energy_method, sort_gpus
+from greenwatch.reports.jobdata import (TOTAL_FIELDS, GpuStats, JobData, ReportError, energy_method, mean_power_note,
+                                        mean_power_w, sort_gpus)
 from greenwatch.storage.influxql import string_literal
 from greenwatch.storage.jobsummaries import read_summaries
 from greenwatch.storage.rollups import RESOLUTIONS
@@ -80,7 +82,7 @@ def aggregate_job_data(source: InfluxSource, job_id: str, where: str,
     users = sorted((r["time_ns"], str(r.get("node", "")), str(r.get("user", ""))) for r in firsts if r.get("user"))
 
     t_s, e_gpu, e_host = _energy_series(source, where, first_ns, last_ns)
-    gpus, gpu_first_held, uneven = _gpus(source, cluster, where, job_span, first_ns)
+    gpus, gpu_first_held, uneven, without_span = _gpus(source, cluster, where, job_span, first_ns)
     has_host = int(totals_row.get("host_points") or 0) > 0
     node_host, measured, flagged = _node_host(source, cluster, node_span) if has_host else (0.0, 0, 0)
     notes = ["This job is large: the report was computed inside InfluxDB. The host share of the emissions and "
@@ -93,8 +95,10 @@ def aggregate_job_data(source: InfluxSource, job_id: str, where: str,
                  "plots and the pricing of the host share and the 'what if' (per minute or coarser), and "
                  "the means of GPUs whose batches held different numbers of samples."]
     if uneven:
-        notes.append(f"Mean power and utilisation of {uneven} GPU(s) whose batches held different numbers of "
-                     "samples are means of the batch means, not sample-weighted.")
+        notes.append(f"Mean utilisation of {uneven} GPU(s) whose batches held different numbers of "
+                     "samples is the mean of the batch means, not sample-weighted.")
+    if without_span:
+        notes.append(mean_power_note(without_span, "unweighted"))
     if len(gpus) > PLOTTED_GPUS:
         notes.append(f"The power plot shows {PLOTTED_GPUS} of the job's {len(gpus)} GPUs; the per-GPU table has "
                      "every GPU.")
@@ -131,9 +135,10 @@ def _energy_series(source: InfluxSource, where: str, first_ns: int | None,
 
 
 def _gpus(source: InfluxSource, cluster: str, where: str, span: tuple[int | None, int | None],
-          job_first_ns: int | None) -> tuple[list[GpuStats], float | None, int]:
-    """Per-GPU shares and readings, the longest time a GPU was held in the job's first batch, and
-    how many GPUs had batches with different numbers of samples."""
+          job_first_ns: int | None) -> tuple[list[GpuStats], float | None, int, int]:
+    """Per-GPU shares and readings, the longest time a GPU was held in the job's first batch, how
+    many GPUs had batches with different numbers of samples, and how many have points without
+    ``span_s`` (their mean power is the mean of the batch means)."""
     shares: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
     for key, total in summed(source, "job_gpu", [(f, f'SUM("{n}")', f'SUM("{n}")') for f, n in
                                              (("e", "energy_j"), ("i", "idle_energy_j"), ("s", "gpu_seconds"))],
@@ -169,13 +174,17 @@ def _gpus(source: InfluxSource, cluster: str, where: str, span: tuple[int | None
                              if reading.get(count) and reading.get(sum_name) is not None else None)
         readings[(str(key[0]), str(key[1]))].update(reading, gpu_index=key[2], model=key[3])
     out = []
-    uneven = 0
+    uneven = without_span = 0
     for (node, uuid), v in shares.items():
         g = readings.get((node, uuid), {})
-        # Means of the batch means: the sample-weighted means of the point-by-point reduction
-        # whenever every batch of the GPU had the same number of samples (weighting each batch
-        # in the database would cost a subquery over every raw point, twice the scan).
+        # Utilisation: means of the batch means, the sample-weighted means of the point-by-point
+        # reduction whenever every batch of the GPU had the same number of samples (weighting each
+        # batch in the database would cost a subquery over every raw point, twice the scan).
         uneven += g.get("s_min") != g.get("s_max")
+        if g.get("ne") and g.get("ne") == g.get("nt"):
+            g["mp"] = mean_power_w(float(g.get("se") or 0.0), float(g.get("st") or 0.0))
+        elif g.get("ne"):
+            without_span += 1   # points written before span_s was stored: the mean of the batch means
 
         def value(name: str) -> float:
             return float(g[name]) if g.get(name) is not None else float("nan")
@@ -191,7 +200,7 @@ def _gpus(source: InfluxSource, cluster: str, where: str, span: tuple[int | None
                                         int(g.get("modules") or 0))))
     sort_gpus(out)
     _power_series(source, cluster, out[:PLOTTED_GPUS], shares)
-    return out, (max(held) if held else None), uneven
+    return out, (max(held) if held else None), uneven, without_span
 
 
 def _power_series(source: InfluxSource, cluster: str, gpus: list[GpuStats],
@@ -205,7 +214,10 @@ def _power_series(source: InfluxSource, cluster: str, gpus: list[GpuStats],
     step = bucket_ns(lo, hi, POWER_POINTS)
     step = rollup_step(source, lo, hi, step)
     columns = [("s", 'SUM("power_w")', 'SUM("power_w")', "sum"),
-               ("n", 'COUNT("power_w")', 'SUM("power_points")', "sum")]
+               ("n", 'COUNT("power_w")', 'SUM("power_points")', "sum"),
+               ("se", 'SUM("energy_j")', 'SUM("energy_j")', "sum"), ("st", 'SUM("span_s")', 'SUM("span_s")', "sum"),
+               ("ne", 'COUNT("energy_j")', 'SUM("points")', "sum"),
+               ("nt", 'COUNT("span_s")', 'SUM("span_points")', "sum")]
     statements = []
     for g, (t0, t1) in zip(gpus, spans):
         if t0 is None or t1 is None:
@@ -215,7 +227,9 @@ def _power_series(source: InfluxSource, cluster: str, gpus: list[GpuStats],
         statements += split_statements(source, "gpu", columns, cond, (t0, t1), '"node", "gpu"', step)
     series: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
     for (t, node, gpu), r in merged(_run(source, statements), columns, ("node", "gpu"), timed=True).items():
-        if r.get("n"):
+        if r.get("ne") and r.get("ne") == r.get("nt") and float(r.get("st") or 0.0) > 0:
+            series[(str(node), str(gpu))].append((int(t), mean_power_w(float(r.get("se") or 0.0), float(r["st"]))))
+        elif r.get("n"):   # points without span_s: the mean of the batch means
             series[(str(node), str(gpu))].append((int(t), float(r["s"]) / float(r["n"])))
     for g in gpus:
         points = sorted(series.get((g.node, g.uuid), []))
@@ -242,6 +256,9 @@ def _node_host(source: InfluxSource, cluster: str, node_span: dict[str, list[int
 #: Per-GPU readings: ``(alias, over raw points, over 1-minute rollups, how parts combine)``.
 _READINGS = [
     ("sp", 'SUM("power_w")', 'SUM("power_w")', "sum"), ("np", 'COUNT("power_w")', 'SUM("power_points")', "sum"),
+    # Mean power: summed energy over summed span, where every point (ne) carries a span (nt).
+    ("se", 'SUM("energy_j")', 'SUM("energy_j")', "sum"), ("st", 'SUM("span_s")', 'SUM("span_s")', "sum"),
+    ("ne", 'COUNT("energy_j")', 'SUM("points")', "sum"), ("nt", 'COUNT("span_s")', 'SUM("span_points")', "sum"),
     ("su", 'SUM("util_gpu_pct")', 'SUM("util_gpu_pct")', "sum"),
     ("nu", 'COUNT("util_gpu_pct")', 'SUM("util_points")', "sum"),
     ("sm", 'SUM("util_mem_pct")', 'SUM("util_mem_pct")', "sum"),

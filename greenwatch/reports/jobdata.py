@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 __all__ = ["ReportError", "GpuStats", "JobData", "PointSource", "job_data_from_points", "energy_method",
-           "TOTAL_FIELDS", "run_start_s"]
+           "TOTAL_FIELDS", "run_start_s", "mean_power_w", "mean_power_note"]
 
 #: The ``job_energy`` fields a report sums over the whole job (docs/data-model.md).
 TOTAL_FIELDS = ("energy_j", "idle_energy_j", "host_energy_j", "facility_energy_j", "co2_g", "co2_market_g",
@@ -117,6 +117,7 @@ def job_data_from_points(source: PointSource, job_id: str) -> JobData:
     held = [float(p.get("gpu_seconds", 0.0)) for p in jg if p["time_ns"] == first_ns]
     node_host, measured, flagged = _node_host(source, cluster, je)
     user = next((str(p["user"]) for p in je if p.get("user") not in (None, "")), "")
+    gpus, without_span = _gpu_stats(source, cluster, jg)
     return JobData(
         cluster=cluster, meta=meta, totals={name: sum_field(je, name) for name in TOTAL_FIELDS},
         has_host_field=any("host_energy_j" in p for p in je),
@@ -126,8 +127,9 @@ def job_data_from_points(source: PointSource, job_id: str) -> JobData:
         first_ns=first_ns, last_ns=je[-1]["time_ns"] if je else None,
         first_held_s=max(held) if held else (float(je[0].get("gpu_seconds", 0.0)) if je else 0.0),
         user=user, nodes=sorted({str(p["node"]) for p in je + jg if p.get("node")}),
-        gpus=_with_mig_note(_gpu_stats(source, cluster, jg), source.job_points("job_mig", job_id)),
-        node_host_j=node_host, host_measured_batches=measured, host_flag_batches=flagged)
+        gpus=_with_mig_note(gpus, source.job_points("job_mig", job_id)),
+        node_host_j=node_host, host_measured_batches=measured, host_flag_batches=flagged,
+        notes=[mean_power_note(without_span, "sample-weighted")] if without_span else [])
 
 
 def _with_mig_note(gpus: list[GpuStats], job_mig: list[dict[str, Any]]) -> list[GpuStats]:
@@ -150,6 +152,24 @@ def run_start_s(summary: dict[str, Any]) -> float:
     except (TypeError, ValueError):
         duration = 0.0
     return int(summary["time_ns"]) * 1e-9 - (duration if math.isfinite(duration) else 0.0)
+
+
+def mean_power_w(energy_j: float, span_s: float) -> float:
+    """Mean power (W) over any set of batches: their summed energy over the summed time they cover.
+
+    The one formula for every mean power a report shows, so that mean power x time gives the
+    energy however long each batch was (a mean of batch means weights a 1 s batch like a 9 s one).
+    NaN when the batches cover no time.
+    """
+    return float(energy_j) / float(span_s) if span_s > 0 else math.nan
+
+
+def mean_power_note(gpus_without_span: int, weighting: str) -> str:
+    """The report's note on GPUs whose stored points predate ``span_s`` (``weighting``: how their
+    batch means were combined instead)."""
+    return (f"Mean power of {gpus_without_span} GPU(s) is the {weighting} mean of the stored batch means: "
+            "their points carry no span_s (written before it was stored), so it equals their energy over "
+            "their time only where every batch was of the same length.")
 
 
 def sum_field(points: list[dict[str, Any]], name: str) -> float:
@@ -199,12 +219,14 @@ def _node_host(source: PointSource, cluster: str, je: list[dict[str, Any]]) -> t
     return node_host, sum(flags), len(flags)
 
 
-def _gpu_stats(source: PointSource, cluster: str, jg: list[dict[str, Any]]) -> list[GpuStats]:
-    """Join the job's ``job_gpu`` shares with the ``gpu`` series over the batches in which it held each GPU."""
+def _gpu_stats(source: PointSource, cluster: str, jg: list[dict[str, Any]]) -> tuple[list[GpuStats], int]:
+    """Join the job's ``job_gpu`` shares with the ``gpu`` series over the batches in which it held
+    each GPU; also how many GPUs have points without ``span_s`` (their mean power is the old mean)."""
     per_gpu: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for p in jg:
         per_gpu[(str(p.get("node", "")), str(p.get("gpu", "")))].append(p)
     out = []
+    without_span = 0
     for (node, uuid), shares in per_gpu.items():
         times = {p["time_ns"] for p in shares}
         series = [p for p in source.gpu_points(cluster, node, uuid, min(times), max(times)) if p["time_ns"] in times]
@@ -222,6 +244,12 @@ def _gpu_stats(source: PointSource, cluster: str, jg: list[dict[str, Any]]) -> l
             vals = [float(p[name]) for p in series if name in p]
             return max(vals) if vals else float("nan")
 
+        if series and all("span_s" in p for p in series):
+            mean_power = mean_power_w(sum_field(series, "energy_j"), sum_field(series, "span_s"))
+        else:
+            # Points written before span_s was stored: their time is unknown, only each batch's mean.
+            without_span += bool(series)
+            mean_power = mean("power_w")
         counters = [int(p["counter"]) for p in series if "counter" in p]
         modules = sum(int(p["module_scope"]) for p in series if p.get("module_scope") is not None)
         idx = series[0].get("gpu_index") if series else None
@@ -230,14 +258,14 @@ def _gpu_stats(source: PointSource, cluster: str, jg: list[dict[str, Any]]) -> l
             model=str(series[0].get("model", "unknown")) if series else "unknown",
             energy_j=sum_field(shares, "energy_j"), idle_energy_j=sum_field(shares, "idle_energy_j"),
             gpu_seconds=sum_field(shares, "gpu_seconds"),
-            mean_power_w=mean("power_w"), peak_power_w=peak("power_max_w"),
+            mean_power_w=mean_power, peak_power_w=peak("power_max_w"),
             mean_util_pct=mean("util_gpu_pct"), peak_util_pct=peak("util_gpu_pct"),
             mean_mem_util_pct=mean("util_mem_pct"), samples=int(sum(int(p.get("samples", 0)) for p in series)),
             energy_method=energy_method(sum(counters), len(counters), modules),
             times=[p["time_ns"] * 1e-9 for p in series if "power_w" in p],
             power_w=[float(p["power_w"]) for p in series if "power_w" in p]))
     sort_gpus(out)
-    return out
+    return out, without_span
 
 
 def sort_gpus(gpus: list[GpuStats]) -> None:

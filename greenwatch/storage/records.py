@@ -130,7 +130,7 @@ def _escape_string(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-_GPU = _Kind.of("gpu", "power_w power_max_w energy_j util_gpu_pct util_mem_pct mem_used_mib temp_c sm_clock_mhz "
+_GPU = _Kind.of("gpu", "power_w power_max_w energy_j span_s util_gpu_pct util_mem_pct mem_used_mib temp_c sm_clock_mhz "
                        "power_limit_w power_sampled_w samples:i counter:i resets:i module_scope:i")
 _JOB = _Kind.of("job_energy", "energy_j idle_energy_j facility_energy_j co2_g co2_market_g gpu_seconds host_energy_j")
 _PAIR = _Kind.of("job_gpu", "energy_j idle_energy_j gpu_seconds")
@@ -158,7 +158,7 @@ class _Values(NamedTuple):
         ends = table.end_us.astype(np.float64)
         gp = table.gpu_ptr
         gpu = {**dict(zip(GPU_SUMMARY, table.gpu_summary.T)), "energy_j": table.gpu_energy_j,
-               "power_w": table.gpu_power_w,
+               "power_w": table.gpu_power_w, "span_s": table.gpu_span_s,
                "power_limit_w": np.array([g.power_limit_w for g in table.gpus], dtype=np.float64),
                "samples": table.gpu_samples, "counter": np.array([g.has_counter for g in table.gpus], dtype=np.float64),
                "resets": table.gpu_resets,

@@ -49,9 +49,12 @@ ROLLUPS = (
            (("points", "gpu_energy_j"), ("host_flag_points", "host_energy_measured"))),
     Rollup("job_gpu", ("energy_j", "idle_energy_j", "gpu_seconds"), (("points", "energy_j"),)),
     # Per-GPU readings: a mean over the points is the sum over the count (``power_w`` holds the
-    # sum of the batch means, ``power_points`` how many there were).
-    Rollup("gpu", ("energy_j", "power_w", "util_gpu_pct", "util_mem_pct", "samples", "counter", "module_scope"),
-           (("points", "energy_j"), ("power_points", "power_w"), ("util_points", "util_gpu_pct"),
+    # sum of the batch means, ``power_points`` how many there were).  Mean power is the summed
+    # energy over the summed ``span_s``; ``span_points`` says whether every point carried a span.
+    Rollup("gpu", ("energy_j", "span_s", "power_w", "util_gpu_pct", "util_mem_pct", "samples", "counter",
+                   "module_scope"),
+           (("points", "energy_j"), ("span_points", "span_s"), ("power_points", "power_w"),
+            ("util_points", "util_gpu_pct"),
             ("mem_points", "util_mem_pct"), ("counter_points", "counter")),
            maxes=(("power_max_w", "power_max_w"), ("util_gpu_max", "util_gpu_pct"), ("samples_max", "samples")),
            mins=(("samples_min", "samples"),)),
