@@ -137,6 +137,12 @@ def test_job_summary_names_the_node_meter_or_says_the_rest_is_not_included(influ
     eight = summaries["8"]
     assert eight is not None and eight.field("node_meter") == "none"
     assert eight.field("node_rest_j") is None and eight.field("energy_j") == pytest.approx(600.0)
+    # The rest is in the job's emissions and facility energy, priced as its GPU and CPU energy
+    # (carbon_ctx: 300 g/kWh, PUE 1): job 7's GPU 600 J + CPU 60 J + rest 450 J; job 8 has no rest.
+    assert seven.field("co2_g") == pytest.approx((600.0 + 60.0 + 450.0) / 3.6e6 * 300.0)
+    assert seven.field("facility_energy_j") == pytest.approx(600.0 + 60.0 + 450.0)
+    assert eight.field("co2_g") == pytest.approx((600.0 + 60.0) / 3.6e6 * 300.0)
+    assert eight.field("facility_energy_j") == pytest.approx(600.0 + 60.0)
     assert notes["7"] == ["Rest of the node: measured by the BMC via Redfish"]
     assert notes["8"] == ["Rest of the node: not included (no node meter was read; memory, NICs, fans and power "
                           "supplies are not counted)"]

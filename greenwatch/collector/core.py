@@ -19,6 +19,7 @@ from typing import Callable, NamedTuple, Protocol, Sequence
 
 from greenwatch.attribution import (AttributionSettings, BlockLedger, CarbonContext, LedgerInput, LedgerTable,
                                     account_block, account_blocks)
+from greenwatch.attribution.nodeprice import price_rest
 from greenwatch.attribution.noderest import split_ledger
 from greenwatch.batch import Batch, JobInfo, NodePower
 from greenwatch.collector.ratelimit import RateLimitedLog
@@ -352,7 +353,7 @@ class Collector:
             split = split_ledger(ledger, power, self.node_rest_policy)
             extra += node_records(batch.cluster, batch.node, power, split,
                                   [JobInfo(j.job_id, j.user) for j in ledger.jobs], ledger.gpu_energy_j,
-                                  ledger.host_energy_j)
+                                  ledger.host_energy_j, price_rest(split.job_rest_j, power.end_us, self.carbon))
         return _Group([b for b, _ in items], table, sources, filled, tuple(extra))
 
     def _write(self, group: _Group, write: Callable[[], None]) -> None:

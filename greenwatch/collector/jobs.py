@@ -52,7 +52,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 from greenwatch.carbon import EmbodiedModel, load_embodied
 from greenwatch.collector.ratelimit import RateLimitedLog
-from greenwatch.collector.summaryfields import job_summary_fields
+from greenwatch.collector.summaryfields import NODE_REST_FIELDS, job_summary_fields
 from greenwatch.collector.jobstate import PendingJobs
 from greenwatch.config import CollectorConfig
 from greenwatch.diskqueue import DiskQueueError
@@ -439,8 +439,8 @@ class JobEvents:
         gpu_rows = self.store.query(f'SELECT sum("gpu_seconds") AS gpu_seconds FROM "job_gpu" WHERE {where} GROUP BY "gpu"')
         gpu_seconds_by_gpu = {str(r["gpu"]): _num(r.get("gpu_seconds")) for r in gpu_rows if r.get("gpu")}
         # The rest of the node (docs/methodology.md 4a), where the job's nodes read a node meter.
-        node_rows = self.store.query('SELECT sum("rest_j") AS rest_j, sum("total_j") AS total_j '
-                                     f'FROM "job_node" WHERE {where} GROUP BY "source"')
+        node_rows = self.store.query('SELECT ' + ", ".join(f'sum("{k}") AS {k}' for k in NODE_REST_FIELDS) +
+                                     f' FROM "job_node" WHERE {where} GROUP BY "source"')
         # A job's MIG devices (named by the prolog) have their records under their boards: the board
         # counts, the device not a second time.
         mig_rows = self.store.query(f'SELECT sum("energy_j") AS energy_j FROM "job_mig" WHERE {where} GROUP BY "mig"')
@@ -458,13 +458,11 @@ class JobEvents:
         start_s = job.start_s if job.start_s is not None else self._first_point_s(where)
         nodes = job.nodes_expr or ",".join(sorted(job.nodes | {str(r["node"]) for r in energy_rows if r.get("node")}))
         users = sorted({str(r["user"]) for r in energy_rows if r.get("user") and r.get("user") != "unknown"})
+        node_rest = {k: float(sum(_num(r.get(k)) for r in node_rows)) for k in NODE_REST_FIELDS} if node_rows else None
         fields = job_summary_fields(sums, gpu_seconds_by_gpu, models, self.embodied, len(gpus), start_s, job.end_s,
-                                    nodes, job.name or "")
+                                    nodes, job.name or "", node_rest)
         # Which node meters measured the rest of the node ("none": it is not included).
         fields["node_meter"] = ",".join(sorted({str(r["source"]) for r in node_rows if r.get("source")})) or "none"
-        if node_rows:
-            fields["node_rest_j"] = float(sum(_num(r.get("rest_j")) for r in node_rows))
-            fields["node_energy_j"] = float(sum(_num(r.get("total_j")) for r in node_rows))
         if job.exit_code is not None:
             fields["exit_status"] = job.exit_code
             if job.exit_signal:

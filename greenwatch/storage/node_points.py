@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from greenwatch.attribution.nodeprice import RestPrice
 from greenwatch.attribution.noderest import NodeSplit
 from greenwatch.batch import JobInfo, NodePower
 from greenwatch.storage.records import Record
@@ -13,9 +14,10 @@ __all__ = ["node_records"]
 
 
 def node_records(cluster: str, node: str, power: NodePower, split: NodeSplit, jobs: Sequence[JobInfo],
-                 gpu_j: float, cpu_j: float) -> list[Record]:
+                 gpu_j: float, cpu_j: float, price: RestPrice) -> list[Record]:
     """One ``node`` record for the window and one ``job_node`` record per job with a share (``jobs``
-    aligned with ``split.job_total_j``), stamped with the window's end."""
+    and ``price``, the price of each job's share of the rest, aligned with ``split.job_total_j``),
+    stamped with the window's end."""
     t_ns = power.end_us * 1000
     base = (("cluster", cluster), ("node", node))
     span_s = (power.end_us - power.start_us) / 1e6
@@ -32,8 +34,10 @@ def node_records(cluster: str, node: str, power: NodePower, split: NodeSplit, jo
     if flags:
         fields.append(("flags", ",".join(flags)))
     out = [Record("node_power", (*base, ("source", power.source)), tuple(fields), t_ns)]
-    for job, total, rest in zip(jobs, split.job_total_j, split.job_rest_j):
+    for job, total, rest, facility, co2, co2_market in zip(jobs, split.job_total_j, split.job_rest_j,
+                                                           price.facility_energy_j, price.co2_g, price.co2_market_g):
         out.append(Record("job_node", (*base, ("job", job.job_id), ("user", job.user or "unknown"),
                                        ("source", power.source)),
-                          (("rest_j", rest), ("total_j", total)), t_ns))
+                          (("rest_j", rest), ("total_j", total), ("facility_energy_j", facility), ("co2_g", co2),
+                           ("co2_market_g", co2_market)), t_ns))
     return out
