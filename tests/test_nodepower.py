@@ -229,3 +229,35 @@ def test_in_band_ipmi_without_its_device_says_what_to_do(tmp_path):
     with pytest.raises(NodePowerError) as err:
         IpmiDcmi(IpmiTarget("open", devices=(str(tmp_path / "ipmi0"),))).read()
     assert err.value.kind == "unavailable" and "ipmi_devintf" in str(err.value)
+
+
+def test_a_meter_outage_is_flagged_and_left_out_and_the_batch_still_decodes():
+    from greenwatch.batch import Batch, JobInfo, empty_block
+    from greenwatch.transport.wire import decode, encode
+
+    c = MeterCurve("pm_counters", max_extrapolate_s=5)
+    wins = []
+
+    def reading(s: int) -> NodeReading:   # 1 kW, node and cpu counters
+        return NodeReading(T0 + s * 1_000_000, energy_j=1000.0 * s, power_w=1000.0, parts_j={"cpu": 300.0 * s})
+
+    for s in range(0, 11):
+        c.add(reading(s))
+        wins.append(c.window(T0 + s * 1_000_000))
+    for s in range(11, 611):   # the meter is silent for ten minutes; windows are cut every second
+        wins.append(c.window(T0 + s * 1_000_000))
+    for s in range(611, 615):
+        c.add(reading(s))
+        wins.append(c.window(T0 + s * 1_000_000))
+    after = wins[611]
+    assert after is not None and "stale" in after.flags
+    for w in wins[1:]:
+        assert w is not None and w.energy_j <= 1000.0 * (w.end_us - w.start_us) / 1e6 + 1e-6
+        assert w.parts_j.get("cpu", 0.0) <= 300.0 * (w.end_us - w.start_us) / 1e6 + 1e-6
+    # Before the outage, the extrapolated 5 s, and the windows after the meter came back.
+    assert sum(w.energy_j for w in wins[1:]) == pytest.approx(10_000.0 + 5_000.0 + 3_000.0)
+    assert not any("held-back" in w.flags for w in wins if w is not None)
+    sent = T0 + 611_500_000
+    b = Batch("c1", "n1", 0, "boot1", [], [JobInfo("1", "alice", "slurm")], empty_block(0), sent_us=sent,
+              node_power=after)
+    assert decode(encode(b), now_us=sent).node_power == after

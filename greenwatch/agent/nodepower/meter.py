@@ -57,11 +57,29 @@ class MeterCurve:
             pa = last.power_w if not math.isnan(last.power_w) else r.power_w  # type: ignore[union-attr]
             pb = r.power_w if not math.isnan(r.power_w) else pa
             step = 0.0 if math.isnan(pa) else max(0.0, (pa + pb) / 2.0) * dt_s
+        outage = r.t_us - last.t_us > self.max_extrapolate_us  # type: ignore[union-attr]
+        if outage:
+            # The meter was silent longer than a window may be extrapolated: when within the
+            # outage its energy was used is unknown, so it goes to no window (flagged) instead of
+            # all to the first window after the meter came back.  Only what the windows were
+            # already given by extrapolation stays on the curve, so nothing is held back for it.
+            given_beyond = 0.0 if math.isnan(self._given) else max(0.0, self._given - e0)
+            step = min(step, given_beyond)
+            self._pending.add("stale")
         parts = dict(parts0)
         for k, v in r.parts_j.items():
             before = last.parts_j.get(k)  # type: ignore[union-attr]
-            parts[k] = parts.get(k, 0.0) + (v - before if before is not None and v >= before else 0.0)
-        power = r.power_w if not math.isnan(r.power_w) else (step / dt_s if dt_s > 0 else math.nan)
+            parts.setdefault(k, 0.0)
+            if outage or before is None:
+                continue
+            if v < before:
+                self._pending.add("reset")   # a part counter went back: its step is unknown
+                continue
+            parts[k] = parts.get(k, 0.0) + (v - before)
+        if outage:
+            power = r.power_w   # a mean over the outage is no power to extrapolate with
+        else:
+            power = r.power_w if not math.isnan(r.power_w) else (step / dt_s if dt_s > 0 else math.nan)
         self._points.append((r.t_us, e0 + step, power, parts))
         self._last = r
 
