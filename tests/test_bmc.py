@@ -218,6 +218,7 @@ def test_the_agent_publishes_node_power_from_pm_counters(tmp_path, mosquitto, mo
 def test_a_failing_or_slow_bmc_is_an_error_of_its_kind():
     with RedfishService("environment") as bmc:
         meter = RedfishMeter(bmc.url, "reader", "secret", timeout_s=0.5)
+        assert meter.read().power_w == 0.0   # logged in and the resource found: later reads fail alone
         bmc.fail_status = 500
         with pytest.raises(NodePowerError) as err:
             meter.read()
@@ -228,3 +229,27 @@ def test_a_failing_or_slow_bmc_is_an_error_of_its_kind():
         assert err.value.kind == "timeout"
         bmc.delay_s = 0.0
         assert meter.read().power_w == 0.0   # and it answers again
+
+
+def test_a_bmc_down_at_start_is_read_once_it_answers(tmp_path):
+    from greenwatch.agent.nodepower.factory import open_sources
+    from greenwatch.config import config_from_mapping
+
+    pw = tmp_path / "bmc.pw"
+    pw.write_text("secret\n")
+    pw.chmod(0o600)
+    with RedfishService("environment") as bmc:
+        bmc.power_w, bmc.energy_j = 640.0, 3.6e6
+        bmc.fail_status = 503
+        cfg = config_from_mapping({"node_power": {"sources": "redfish", "redfish_url": bmc.url,
+                                                  "redfish_username": "reader",
+                                                  "redfish_password_file": str(pw)}}).node_power
+        sources = open_sources(cfg)
+        assert [s.name for s in sources] == ["redfish"] and bmc.requests == 0   # the start asks the BMC nothing
+        poller = NodePowerPoller(sources, period_s=1.0)
+        assert not poller.poll_once()
+        bmc.fail_status = 0
+        assert poller.poll_once()
+        win = poller.window(int(time.time() * 1e6))
+        assert win is not None and win.source == "redfish"
+        poller.stop()

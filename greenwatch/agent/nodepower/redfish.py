@@ -103,16 +103,27 @@ class RedfishMeter(NodePowerSource):
             ca_file = requests.certs.where()
         self.url, self.chassis = url.rstrip("/"), chassis
         try:
+            # No request here: a BMC that is down or slow when the agent starts must neither hold up
+            # the start nor be left out for the life of the process; read() logs in, and the
+            # poller retries it at every poll.
             self._client = redfish.redfish_client(base_url=self.url, username=username or None,
                                                   password=password or None, cafile=ca_file or None,
                                                   timeout=timeout_s, max_retry=0, check_connectivity=False)
-            if username:
-                self._client.login(auth="basic")
+        except Exception as exc:  # the library raises its own and requests' exceptions
+            raise NodePowerError("unavailable", f"Redfish service {self.url}: {_why(exc)}") from None
+        self._has_account = bool(username)
+        self._login_needed = self._has_account
+        self._where: tuple[str, list[str]] | None = None
+
+    def _login(self) -> None:
+        try:
+            self._client.login(auth="basic")
         except Exception as exc:  # the library raises its own and requests' exceptions
             # redfish.rest.v1.InvalidCredentialsError: told apart by name, the library has no common base.
-            kind = "auth" if "Credential" in type(exc).__name__ else "unavailable"
-            raise NodePowerError(kind, f"Redfish service {self.url}: {_why(exc)}") from None
-        self._where: tuple[str, list[str]] | None = None
+            why = _why(exc)
+            kind = "auth" if "Credential" in type(exc).__name__ else "timeout" if "imeout" in why else "unavailable"
+            raise NodePowerError(kind, f"Redfish service {self.url}: {why}") from None
+        self._login_needed = False
 
     def _get(self, path: str) -> dict[str, Any]:
         try:
@@ -121,6 +132,8 @@ class RedfishMeter(NodePowerSource):
             why = _why(exc)   # the library wraps the cause: a read timeout shows only in the chain
             raise NodePowerError("timeout" if "imeout" in why else "unavailable", f"GET {path}: {why}") from None
         if resp.status in (401, 403):
+            if resp.status == 401:
+                self._login_needed = self._has_account   # the BMC forgot the login (restarted): log in again
             raise NodePowerError("auth", f"GET {path}: HTTP {resp.status}")
         if resp.status != 200:
             raise NodePowerError("unavailable", f"GET {path}: HTTP {resp.status}")
@@ -167,7 +180,9 @@ class RedfishMeter(NodePowerSource):
         raise NodePowerError("unavailable", f"{chassis_path} offers no EnvironmentMetrics, PowerSubsystem or Power reading")
 
     def read(self) -> NodeReading:
-        """One reading of the resource found at the first read."""
+        """One reading of the resource found at the first read (logging in first where needed)."""
+        if self._login_needed:
+            self._login()
         if self._where is None:
             self._where = self._discover()
         kind, paths = self._where
