@@ -5,6 +5,7 @@ real sampling loop, which must not delay a single GPU reading."""
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -71,8 +72,22 @@ def test_ipmi_sdr_power_sensors_through_ipmitool(ipmi_sim, tmp_path):
         IpmiSdr(target(ipmi_sim), [*PSUS, "PSU3 Input Power"]).read()
     wrong = tmp_path / "wrong"
     wrong.write_text("not-the-password\n")
-    with pytest.raises(NodePowerError):
+    # Without -v, ipmitool says of a wrong password only what it says of a silent BMC: the error
+    # says both, and claims neither.
+    with pytest.raises(NodePowerError, match="refused the password") as refused:
         IpmiSdr(target(ipmi_sim, str(wrong)), list(PSUS)).read()
+    assert refused.value.kind == "unavailable"
+    # A BMC that does not answer ends in the same "Unable to establish ... session" line: not a password.
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    try:
+        away = IpmiTarget("lanplus", "127.0.0.1", silent.getsockname()[1], ipmi_sim.username,
+                          str(ipmi_sim.password_file), timeout_s=1.0, cipher_suite=3)
+        with pytest.raises(NodePowerError) as unanswered:
+            IpmiSdr(away, list(PSUS)).read()
+    finally:
+        silent.close()
+    assert unanswered.value.kind in ("timeout", "unavailable")
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

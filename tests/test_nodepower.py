@@ -82,6 +82,11 @@ def test_ipmi_and_redfish_replies_are_parsed():
     assert parse_dcmi("    Instantaneous power reading:                   220 Watts\n") == 220.0
     with pytest.raises(NodePowerError):
         parse_dcmi("    Instantaneous power reading:   not available\n")
+    with pytest.raises(NodePowerError, match="deactivated") as off:   # the value is no measurement then
+        parse_dcmi("    Instantaneous power reading:                     0 Watts\n"
+                   "    Power reading state is:                   deactivated\n")
+    assert off.value.kind == "bad-reply"
+    assert parse_dcmi("Instantaneous power reading : 214 Watts\nPower reading state is : activated\n") == 214.0
     assert parse_sdr_watts("PSU1 In,300,Watts,ok\nFan1,3000,RPM,ok\nPSU2 In,na,Watts,ns\n") == {"PSU1 In": 300.0}
     assert IpmiTarget("lanplus", "10.0.0.5", 623, "r", "/run/pw", 2.0, 3).command("sdr")[:6] == [
         "ipmitool", "-I", "lanplus", "-H", "10.0.0.5", "-p"]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from greenwatch.agent.nodepower.reading import NodePowerError, NodePowerSource, NodeReading
 
-__all__ = ["IpmiTarget", "IpmiDcmi", "IpmiSdr", "parse_dcmi", "parse_sdr_watts"]
+__all__ = ["IpmiTarget", "IpmiDcmi", "IpmiSdr", "error_kind", "parse_dcmi", "parse_sdr_watts"]
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,9 @@ class IpmiTarget:
         if done.returncode != 0:
             err = (done.stderr or done.stdout).strip().splitlines()
             detail = err[-1] if err else f"exit status {done.returncode}"
-            kind = "no-permission" if "ermission" in detail else "auth" if "ession" in detail else "unavailable"
-            raise NodePowerError(kind, f"ipmitool {' '.join(args)}: {detail[:200]}")
+            if len(err) == 1 and "unable to establish" in detail.lower():
+                detail += " (the BMC did not answer, or refused the password: ipmitool -v tells which)"
+            raise NodePowerError(error_kind(err), f"ipmitool {' '.join(args)}: {detail[:200]}")
         return done.stdout
 
 
@@ -85,8 +86,31 @@ class IpmiTarget:
                                                   "(docs/operations.md: a udev rule for the agent's group)")
 
 
+#: What ipmitool prints only when the BMC refused the account (RAKP is the RMCP+ key exchange that
+#: checks it).  "Unable to establish IPMI v2 / RMCP+ session" alone is printed for a BMC that does
+#: not answer as well as for a wrong password (whose "RAKP 2 HMAC is invalid" only ``-v`` shows),
+#: so it is no sign of an authentication failure.
+_AUTH_WORDS = ("rakp", "unauthorized", "invalid authentication", "insufficient privilege")
+
+
+def error_kind(lines: list[str]) -> str:
+    """The :class:`NodePowerError` kind of ipmitool's error output (all its lines: the last one is
+    often the generic "Unable to establish ... session")."""
+    text = "\n".join(lines).lower()
+    if "permission" in text:
+        return "no-permission"
+    if any(w in text for w in _AUTH_WORDS):
+        return "auth"
+    return "unavailable"
+
+
 def parse_dcmi(text: str) -> float:
-    """Watts of ``ipmitool dcmi power reading``'s 'Instantaneous power reading' line."""
+    """Watts of ``ipmitool dcmi power reading``'s 'Instantaneous power reading' line; a reading whose
+    state is 'deactivated' is refused (its value is not a measurement, often 0 W)."""
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip().lower().startswith("power reading state") and value.strip().lower() != "activated":
+            raise NodePowerError("bad-reply", f"the BMC's DCMI power reading is {value.strip() or 'not activated'}")
     for line in text.splitlines():
         name, sep, value = line.partition(":")
         if sep and name.strip().lower().startswith("instantaneous power reading"):
