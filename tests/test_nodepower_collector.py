@@ -124,10 +124,13 @@ def test_job_summary_names_the_node_meter_or_says_the_rest_is_not_included(influ
         from greenwatch.reports.model import build_report
         from greenwatch.reports.source import InfluxSource
 
-        notes = {}
+        notes, reports = {}, {}
         for job_id in ("7", "8"):
-            report = build_report(InfluxSource(store, cluster="c1"), job_id, carbon=carbon_ctx(), now=0.0)
+            report = reports[job_id] = build_report(InfluxSource(store, cluster="c1"), job_id, carbon=carbon_ctx(),
+                                                    now=0.0)
             notes[job_id] = [i for b in blocks(report, images=None) for i in b.items if i.startswith("Rest of the node")]
+        # The same job reduced inside InfluxDB (the path of large jobs).
+        aggregated = build_report(InfluxSource(store, cluster="c1", raw_limit=0), "7", carbon=carbon_ctx(), now=0.0)
     finally:
         store.close()
     seven = summaries["7"]
@@ -143,7 +146,13 @@ def test_job_summary_names_the_node_meter_or_says_the_rest_is_not_included(influ
     assert seven.field("facility_energy_j") == pytest.approx(600.0 + 60.0 + 450.0)
     assert eight.field("co2_g") == pytest.approx((600.0 + 60.0) / 3.6e6 * 300.0)
     assert eight.field("facility_energy_j") == pytest.approx(600.0 + 60.0)
-    assert notes["7"] == ["Rest of the node: measured by the BMC via Redfish"]
+    assert notes["7"] == ["Rest of the node: measured by the BMC via Redfish; the job's share, 0.000125 kWh, is "
+                          "included in the IT energy, facility energy, emissions and SCI"]
+    # The report read from InfluxDB counts the rest as the summary does; job 8's is the parts alone.
+    assert reports["7"].it_energy_j == pytest.approx(1110.0) and reports["8"].it_energy_j == pytest.approx(660.0)
+    assert reports["7"].co2_location_g == pytest.approx(seven.field("co2_g"))
+    assert aggregated.node_rest_j == pytest.approx(450.0) and aggregated.co2_location_g == pytest.approx(seven.field("co2_g"))
+    assert reports["8"].co2_location_g == pytest.approx(eight.field("co2_g")) and reports["8"].node_rest_j is None
     assert notes["8"] == ["Rest of the node: not included (no node meter was read; memory, NICs, fans and power "
                           "supplies are not counted)"]
 

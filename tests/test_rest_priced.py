@@ -59,3 +59,43 @@ def test_summary_counts_the_rest_in_facility_energy_co2_and_sci():
     # Without a meter: exactly the GPUs' and the host's figures, and no node fields.
     assert plain["co2_g"] == 0.1 and plain["facility_energy_j"] == 990.0 and plain["co2_market_g"] == 0.02
     assert "node_rest_j" not in plain and "node_energy_j" not in plain
+
+
+def _report(node_power_j: float | None, pue: float = 1.5):
+    from greenwatch.reports import EmbeddedSource, build_report
+    from greenwatch.storage.embedded import EmbeddedStore
+
+    store = EmbeddedStore(":memory:")
+    carbon = carbon_ctx(300.0, pue, 40.0)
+    assert Collector(AttributionSettings("equal", 60.0), carbon, store).handle(encode(batch(node_power_j)))
+    return build_report(EmbeddedSource(store), "7", carbon=carbon, now=0.0)
+
+
+def test_the_report_counts_the_rest_in_it_energy_facility_energy_emissions_and_sci():
+    from greenwatch.reports.figures import rows
+    from greenwatch.reports.render_json import to_dict
+
+    metered, plain = _report(1800.0), _report(None)
+    # Job 7: GPU 600 J, CPU 60 J, and half the 900 J rest of the node (it holds one GPU of two).
+    assert metered.node_rest_j == pytest.approx(450.0) and plain.node_rest_j is None
+    assert metered.it_energy_j == pytest.approx(600.0 + 60.0 + 450.0)
+    assert plain.it_energy_j == pytest.approx(600.0 + 60.0)
+    assert metered.facility_overhead_j == pytest.approx(0.5 * 1110.0)
+    assert metered.total_energy_j == pytest.approx(1.5 * 1110.0)
+    assert metered.co2_location_g == pytest.approx(1110.0 / J_PER_KWH * 1.5 * 300.0)
+    assert metered.co2_market_g == pytest.approx(1110.0 / J_PER_KWH * 1.5 * 40.0)
+    assert metered.co2_rest_g == pytest.approx(450.0 / J_PER_KWH * 1.5 * 300.0)
+    # The GPU and host split of the emissions is theirs alone; the rest is the third part.
+    assert metered.co2_gpu_g + metered.co2_host_g == pytest.approx(plain.co2_location_g)
+    assert metered.sci_run_g == pytest.approx(plain.sci_run_g + metered.co2_rest_g)
+    keys = {row.key: row for row in rows(metered)}
+    assert keys["node_rest_kwh"].value == pytest.approx(450.0 / J_PER_KWH)
+    assert "rest of the node" in keys["total_kwh"].method
+    doc = to_dict(metered)
+    assert doc["energy_kwh"]["rest_of_node"] == pytest.approx(450.0 / J_PER_KWH)
+    # Without a meter: the GPUs' and the host's figures alone, and not a word more than before.
+    assert plain.co2_location_g == pytest.approx(660.0 / J_PER_KWH * 1.5 * 300.0)
+    assert "node_rest_kwh" not in {row.key for row in rows(plain)}
+    assert {row.key: row for row in rows(plain)}["total_kwh"].method == "GPU + host + facility overhead"
+    plain_doc = to_dict(plain)
+    assert "rest_of_node" not in plain_doc["energy_kwh"] and "rest_of_node_location_based" not in plain_doc["co2_kg"]

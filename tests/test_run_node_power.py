@@ -82,6 +82,7 @@ def test_a_run_on_a_node_with_pm_counters_is_charged_the_rest_of_the_node_and_th
     node = store.points("node_power")
     shares = store.points("job_node")
     job = store.points("job")[-1]
+    parts = store.points("job_energy")
     store.close()
     assert node and {p["source"] for p in node} == {"pm_counters"}
     assert all("parts-exceed-meter" not in str(p.get("flags", "")) for p in node)
@@ -106,6 +107,12 @@ def test_a_run_on_a_node_with_pm_counters_is_charged_the_rest_of_the_node_and_th
     unallocated = math.fsum(p["unallocated_j"] for p in node)
     assert job["node_energy_j"] + unallocated == pytest.approx(meter, rel=1e-12)
     assert job["node_energy_j"] == pytest.approx(gpu + job["host_energy_j"] + job["node_rest_j"], rel=1e-6)
+    # The run's emissions and facility energy are its GPU and CPU parts' plus its share of the rest, priced.
+    rest_co2 = math.fsum(s["co2_g"] for s in shares)
+    assert rest_co2 > 0
+    assert job["co2_g"] == pytest.approx(math.fsum(p["co2_g"] for p in parts) + rest_co2, rel=1e-9)
+    assert job["facility_energy_j"] == pytest.approx(
+        math.fsum(p["facility_energy_j"] for p in parts) + math.fsum(s["facility_energy_j"] for s in shares), rel=1e-9)
 
 
 def test_without_a_readable_meter_the_report_says_the_rest_of_the_node_is_not_included(tmp_path, lib_dir):

@@ -12,14 +12,15 @@ from greenwatch.carbon.units import J_PER_KWH
 __all__ = ["it_energy_j", "facility_overhead_j", "gpu_hours", "mean_intensity_g_per_kwh"]
 
 
-def it_energy_j(gpu_j: float, host_j: float | None) -> float:
-    """IT energy: the GPUs' energy plus the host CPU's (None: not measured, counted as 0)."""
-    return gpu_j + (host_j or 0.0)
+def it_energy_j(gpu_j: float, host_j: float | None, rest_j: float | None = None) -> float:
+    """IT energy: the GPUs' energy plus the host CPU's plus, where a node meter measured it, the
+    rest of the node (memory, NICs, fans, power supplies); None: not measured, counted as 0."""
+    return gpu_j + (host_j or 0.0) + (rest_j or 0.0)
 
 
-def facility_overhead_j(facility_j: float, gpu_j: float, host_j: float | None) -> float:
+def facility_overhead_j(facility_j: float, gpu_j: float, host_j: float | None, rest_j: float | None = None) -> float:
     """Facility energy beyond the IT energy (cooling, power distribution)."""
-    return facility_j - it_energy_j(gpu_j, host_j)
+    return facility_j - it_energy_j(gpu_j, host_j, rest_j)
 
 
 def gpu_hours(gpu_seconds: float) -> float:

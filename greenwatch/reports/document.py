@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from greenwatch.carbon.units import J_PER_KWH
 from greenwatch.reports.figures import (GPU_COLUMNS, GPU_EXTREMES, GPU_TABLE_LIMIT, IDLE_GPU_SHARE, Row, duration,
                                         equivalence_text, gpu_distribution, gpu_extremes, gpu_rows, idle_gpus, iso,
                                         num, paper_paragraph, rows, summary_line)
@@ -181,6 +182,9 @@ def blocks(r: RunReport, version: str = "", images: tuple[str, ...] | None = ("p
         if k == "phases":
             continue  # a table of its own, under Energy
         shown = iso(v) if k.endswith("_s") and isinstance(v, (int, float)) else v
+        if k == "node_meter" and r.node_rest_j is not None:
+            shown = (f"{shown}; the job's share, {r.node_rest_j / J_PER_KWH:.4g} kWh, is included in the IT energy, "
+                     "facility energy, emissions and SCI")
         items.append(f"{_EXTRA_LABELS.get(k, k.replace('_', ' ').capitalize())}: {shown}")
     items += [f"Note: {n}" for n in r.notes]
     out += [Block("h2", "Method and notes"), Block("ul", items=items)]

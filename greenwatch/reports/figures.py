@@ -101,6 +101,15 @@ def _host_rows(r: RunReport) -> list[Row]:
             Row("energy", "dram_kwh", "of which memory (DRAM)", _kwh(r.dram_energy_j), "kWh", r.dram_method)]
 
 
+def _rest_rows(r: RunReport) -> list[Row]:
+    """The job's share of the rest of its nodes, where a node meter measured it (part of the IT energy)."""
+    if r.node_rest_j is None:
+        return []
+    return [Row("energy", "node_rest_kwh", "Rest of the node", _kwh(r.node_rest_j), "kWh",
+                "the job's share of its nodes' metered energy beyond GPUs and CPU (memory, NICs, fans, power "
+                "supplies), priced like them (docs/methodology.md)")]
+
+
 def rows(r: RunReport) -> list[Row]:
     """Every headline figure of the report with its unit and how it was obtained."""
     rec = r.time_method
@@ -122,10 +131,12 @@ def rows(r: RunReport) -> list[Row]:
             "start of the job to its end"),
         Row("energy", "gpu_kwh", "GPU energy", _kwh(r.gpu_energy_j), "kWh", r.gpu_energy_method),
         *_host_rows(r),
+        *_rest_rows(r),
         Row("energy", "facility_overhead_kwh", "Facility overhead", _kwh(r.facility_overhead_j), "kWh",
             f"IT energy x (PUE - 1); PUE {r.pue_effective:.3g}: {r.pue_source}"),
         Row("energy", "total_kwh", "Total", _kwh(r.total_energy_j), "kWh",
-            "GPU + host + facility overhead" + ("" if r.host_energy_j is not None else " (host not measured)")),
+            "GPU + host + " + ("rest of the node + " if r.node_rest_j is not None else "") + "facility overhead"
+            + ("" if r.host_energy_j is not None else " (host not measured)")),
         Row("energy", "idle_kwh", "Idle-allocated GPU energy", _kwh(r.idle_energy_j), "kWh",
             "energy of GPUs the job held while running nothing on them (part of GPU energy)"),
         Row("emissions", "location_kg", "Location-based", r.co2_location_g / 1000, "kgCO2e",
@@ -256,6 +267,8 @@ def paper_paragraph(r: RunReport, version: str) -> str:
             host = (f", of which {plain(r.host_energy_j / J_PER_KWH)} kWh by the host CPU and memory ({how}: "
                     f"{plain((r.host_energy_j - r.dram_energy_j) / J_PER_KWH)} kWh CPU packages, "
                     f"{plain(r.dram_energy_j / J_PER_KWH)} kWh DRAM)")
+    if r.node_rest_j is not None:
+        host += f", and {plain(r.node_rest_j / J_PER_KWH)} kWh by the rest of the node (measured by its node meter)"
     if r.gpus_by_model:
         gpu_sentence = f"GPU energy was {r.gpu_energy_method}. "
     else:

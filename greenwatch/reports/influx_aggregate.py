@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
-from greenwatch.reports.jobdata import (TOTAL_FIELDS, GpuStats, JobData, ReportError, energy_method, mean_power_note,
-                                        mean_power_w, sort_gpus)
+from greenwatch.reports.jobdata import (REST_FIELDS, TOTAL_FIELDS, GpuStats, JobData, ReportError, energy_method,
+                                        mean_power_note, mean_power_w, sort_gpus)
 from greenwatch.storage.influxql import string_literal
 from greenwatch.storage.jobsummaries import read_summaries
 from greenwatch.storage.rollups import RESOLUTIONS
@@ -99,6 +99,10 @@ def aggregate_job_data(source: InfluxSource, job_id: str, where: str,
                      "samples is the mean of the batch means, not sample-weighted.")
     if without_span:
         notes.append(mean_power_note(without_span, "unweighted"))
+    rest = _rest(source, where)
+    if rest is None and source.raw_gone and "node_rest_j" in meta:
+        notes.append("The job's shares of the rest of its nodes (job_node) are past the raw retention: the "
+                     "report's figures are its GPUs' and CPUs' alone; its job summary includes the rest.")
     if len(gpus) > PLOTTED_GPUS:
         notes.append(f"The power plot shows {PLOTTED_GPUS} of the job's {len(gpus)} GPUs; the per-GPU table has "
                      "every GPU.")
@@ -113,7 +117,17 @@ def aggregate_job_data(source: InfluxSource, job_id: str, where: str,
         user=users[0][2] if users else "",
         nodes=sorted(set(node_span) | {g.node for g in gpus}),
         gpus=gpus, node_host_j=node_host, host_measured_batches=measured, host_flag_batches=flagged,
-        notes=notes)
+        notes=notes, rest=rest)
+
+
+def _rest(source: InfluxSource, where: str) -> dict[str, float] | None:
+    """The job's ``job_node`` sums (None: no node meter measured its nodes).  Raw points only: no
+    rollup keeps ``job_node``, and there is at most one point per metered node and batch."""
+    select = ", ".join(f'SUM("{f}") AS "{f}"' for f in REST_FIELDS)
+    rows = source.rows(f'SELECT {select} FROM "job_node" WHERE {where}')
+    if not rows:
+        return None
+    return {f: float(sum(float(r.get(f) or 0.0) for r in rows)) for f in REST_FIELDS}
 
 
 def _energy_series(source: InfluxSource, where: str, first_ns: int | None,

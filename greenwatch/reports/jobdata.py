@@ -16,11 +16,13 @@ from typing import Any, Protocol
 import numpy as np
 
 __all__ = ["ReportError", "GpuStats", "JobData", "PointSource", "job_data_from_points", "energy_method",
-           "TOTAL_FIELDS", "run_start_s", "mean_power_w", "mean_power_note"]
+           "TOTAL_FIELDS", "REST_FIELDS", "run_start_s", "mean_power_w", "mean_power_note"]
 
 #: The ``job_energy`` fields a report sums over the whole job (docs/data-model.md).
 TOTAL_FIELDS = ("energy_j", "idle_energy_j", "host_energy_j", "facility_energy_j", "co2_g", "co2_market_g",
                 "gpu_seconds")
+#: The ``job_node`` fields a report sums: the job's share of the rest of its nodes and its price.
+REST_FIELDS = ("rest_j", "facility_energy_j", "co2_g", "co2_market_g")
 
 METHOD_COUNTER = "measured (NVML energy counter)"
 METHOD_INTEGRATED = "integrated power (NVML power readings x time)"
@@ -89,6 +91,9 @@ class JobData:
     host_flag_batches: int
     #: How the data was read, for the report's notes (empty: every point was read).
     notes: list[str] = field(default_factory=list)
+    #: Sums of :data:`REST_FIELDS` over the job's ``job_node`` points: its share of the rest of its
+    #: nodes, priced; None where no node meter measured them (the rest is then not included).
+    rest: dict[str, float] | None = None
 
 
 class PointSource(Protocol):
@@ -118,6 +123,7 @@ def job_data_from_points(source: PointSource, job_id: str) -> JobData:
     node_host, measured, flagged = _node_host(source, cluster, je)
     user = next((str(p["user"]) for p in je if p.get("user") not in (None, "")), "")
     gpus, without_span = _gpu_stats(source, cluster, jg)
+    jn = _sorted(source.job_points("job_node", job_id))
     return JobData(
         cluster=cluster, meta=meta, totals={name: sum_field(je, name) for name in TOTAL_FIELDS},
         has_host_field=any("host_energy_j" in p for p in je),
@@ -129,7 +135,8 @@ def job_data_from_points(source: PointSource, job_id: str) -> JobData:
         user=user, nodes=sorted({str(p["node"]) for p in je + jg if p.get("node")}),
         gpus=_with_mig_note(gpus, source.job_points("job_mig", job_id)),
         node_host_j=node_host, host_measured_batches=measured, host_flag_batches=flagged,
-        notes=[mean_power_note(without_span, "sample-weighted")] if without_span else [])
+        notes=[mean_power_note(without_span, "sample-weighted")] if without_span else [],
+        rest={name: sum_field(jn, name) for name in REST_FIELDS} if jn else None)
 
 
 def _with_mig_note(gpus: list[GpuStats], job_mig: list[dict[str, Any]]) -> list[GpuStats]:

@@ -123,6 +123,11 @@ class RunReport:
     #: The part of ``host_energy_j`` that RAPL's DRAM domain measured (None: not measured).
     dram_energy_j: float | None = None
     dram_method: str = "not measured: RAPL exposes no DRAM domain here, so memory energy is not included"
+    #: The job's share of the rest of its nodes (memory, NICs, fans, power supplies), measured by a
+    #: node meter and included in the IT energy, facility energy, emissions and SCI (None: no meter).
+    node_rest_j: float | None = None
+    #: Location-based emissions of ``node_rest_j`` (part of ``co2_location_g``).
+    co2_rest_g: float = 0.0
 
     # -- derived figures, so renderers never re-derive them --------------------------------
 
@@ -136,7 +141,7 @@ class RunReport:
 
     @property
     def it_energy_j(self) -> float:
-        return energyfigures.it_energy_j(self.gpu_energy_j, self.host_energy_j)
+        return energyfigures.it_energy_j(self.gpu_energy_j, self.host_energy_j, self.node_rest_j)
 
     @property
     def total_energy_j(self) -> float:
@@ -188,8 +193,14 @@ def build_report(source: ReportSource, job_id: str, *, carbon: CarbonContext,
     gpu_seconds = totals["gpu_seconds"]
     cluster = data.cluster
     host_j, host_method = _host(data, host_sum)
-    facility_overhead = energyfigures.facility_overhead_j(fac_j, gpu_j, host_sum)
-    it_j = energyfigures.it_energy_j(gpu_j, host_sum)
+    # The rest of the node, where a meter measured it: IT energy like the parts, priced by the collector.
+    rest = data.rest or {}
+    rest_j = rest.get("rest_j") if data.rest is not None else None
+    fac_j += rest.get("facility_energy_j", 0.0)
+    co2_rest = rest.get("co2_g", 0.0)
+    co2_mkt += rest.get("co2_market_g", 0.0)
+    facility_overhead = energyfigures.facility_overhead_j(fac_j, gpu_j, host_sum, rest_j)
+    it_j = energyfigures.it_energy_j(gpu_j, host_sum, rest_j)
     pue_eff = fac_j / it_j if it_j > 0 else float(np.mean(carbon.pue.pue_at(np.array([time.time()]))))
 
     # The host share is priced at its point's time (as the ledger does): split it off the stored totals.
@@ -200,6 +211,8 @@ def build_report(source: ReportSource, job_id: str, *, carbon: CarbonContext,
     pue_pts = np.asarray(carbon.pue.pue_at(t_pts), dtype=np.float64)
     co2_host = min(co2_loc, float(emissions_g(e_host, i_pts, pue_pts).sum()))
     co2_gpu = co2_loc - co2_host
+    co2_parts = co2_loc   # the GPUs' and the host's, as the collector stored them on job_energy
+    co2_loc += co2_rest
 
     # -- which GPUs, when ----------------------------------------------------------------------
     gpus = data.gpus
@@ -232,8 +245,8 @@ def build_report(source: ReportSource, job_id: str, *, carbon: CarbonContext,
 
     # -- consistency of stored emissions with the report's carbon context ---------------------
     repriced = float(emissions_g(e_gpu + e_host, i_pts, pue_pts).sum())
-    if co2_loc > 0 and abs(repriced - co2_loc) > _CONTEXT_MISMATCH * co2_loc:
-        notes.append(f"The stored emissions ({co2_loc / 1000:.3g} kg) differ from those the report's carbon "
+    if co2_parts > 0 and abs(repriced - co2_parts) > _CONTEXT_MISMATCH * co2_parts:
+        notes.append(f"The stored emissions ({co2_parts / 1000:.3g} kg) differ from those the report's carbon "
                      f"settings give ({repriced / 1000:.3g} kg): the collector priced them with other settings. "
                      "The report shows the stored figures; the 'what if' uses the report's settings.")
 
@@ -280,6 +293,7 @@ def build_report(source: ReportSource, job_id: str, *, carbon: CarbonContext,
         data_source=source.description, notes=notes,
         generated_at=time.time() if now is None else now,
         intensity_times=wi.plot_times, intensity_values=wi.plot_values,
+        node_rest_j=rest_j, co2_rest_g=co2_rest,
         extra={k: (_json_field(meta[k]) if k == "phases" else rest_of_node_text(meta[k]) if k == "node_meter"
                    else meta[k])
                for k in ("sampled_from_s", "sampled_to_s", "command", "exit_status", "ended_by", "gpu_note", "phases",

@@ -35,6 +35,10 @@ def _clean(x: Any) -> Any:
 def to_dict(r: RunReport, version: str = "", images: dict[str, str] | None = None) -> dict[str, Any]:
     """The JSON document as a dict (``images`` maps plot names to file names, when written)."""
     w = r.what_if
+    # The rest of the node only where a node meter measured it (part of the IT energy and emissions).
+    metered = r.node_rest_j is not None
+    rest_kwh = {"rest_of_node": _kwh(r.node_rest_j)} if metered else {}
+    rest_kg = {"rest_of_node_location_based": r.co2_rest_g / 1000} if metered else {}
     doc = {
         "schema_version": r.schema_version,
         "job_id": r.job_id,
@@ -48,6 +52,7 @@ def to_dict(r: RunReport, version: str = "", images: dict[str, str] | None = Non
             "facility_overhead": _kwh(r.facility_overhead_j),
             "total": _kwh(r.total_energy_j),
             "idle_allocated": _kwh(r.idle_energy_j),
+            **rest_kwh,
         },
         "co2_kg": {
             "location_based": r.co2_location_g / 1000,
@@ -56,6 +61,7 @@ def to_dict(r: RunReport, version: str = "", images: dict[str, str] | None = Non
             "gpu_location_based": r.co2_gpu_g / 1000,
             "host_location_based": r.co2_host_g / 1000,
             "idle_allocated": r.idle_co2_g / 1000,
+            **rest_kg,
         },
         "job": {
             "cluster": r.cluster, "user": r.user, "account": r.account, "partition": r.partition,

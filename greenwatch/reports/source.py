@@ -28,7 +28,7 @@ from greenwatch.storage.influxql import string_literal
 __all__ = ["ReportSource", "EmbeddedSource", "InfluxSource", "JOB_MEASUREMENTS", "SPAN_MARGIN_S"]
 
 #: The measurements that carry a ``job`` tag (docs/data-model.md).
-JOB_MEASUREMENTS = ("job_energy", "job_gpu", "job", "job_mig")
+JOB_MEASUREMENTS = ("job_energy", "job_gpu", "job", "job_mig", "job_node")
 
 #: A job's per-batch points carry their batch's end time, which can lie a batch (and the clock
 #: skew between a node and the scheduler) outside the job's recorded start and end: the span
