@@ -266,3 +266,40 @@ def test_a_meter_outage_is_flagged_and_left_out_and_the_batch_still_decodes():
     b = Batch("c1", "n1", 0, "boot1", [], [JobInfo("1", "alice", "slurm")], empty_block(0), sent_us=sent,
               node_power=after)
     assert decode(encode(b), now_us=sent).node_power == after
+
+
+class _Clocked(NodePowerSource):
+    """A meter at 1 kW on a clock the test advances; ``fails`` says which polls it fails."""
+
+    def __init__(self, name: str, clock: list[int], fails=lambda n: False) -> None:
+        self.name, self.clock, self.fails, self.polls = name, clock, fails, 0
+
+    def read(self) -> NodeReading:
+        self.polls += 1
+        if self.fails(self.polls):
+            raise NodePowerError("bad-reply", "freshness did not settle")
+        return NodeReading(self.clock[0], energy_j=self.clock[0] / 1000.0, power_w=1000.0)
+
+
+def test_a_flaky_preferred_source_does_not_switch_back_and_forth():
+    clock = [T0]
+    flaky = _Clocked("pm_counters", clock, fails=lambda n: n % 2 == 0 or n in (3, 5, 7, 9))
+    bmc = _Clocked("redfish", clock)
+    poller = NodePowerPoller([flaky, bmc], period_s=1.0)
+    wins = []
+    for k in range(1, 41):
+        clock[0] = T0 + k * 1_000_000
+        assert poller.poll_once()
+        wins.append(poller.window(clock[0]))
+    changes = [w for w in wins if w is not None and "source-changed" in w.flags]
+    assert len(changes) <= 1   # the first answer, then the BMC while pm_counters flaps
+    assert wins[-1] is not None and wins[-1].source == "redfish"
+    # Nothing lost but the one switch: 1 kW over the 39 s after the first reading, less one poll.
+    assert sum(w.energy_j for w in wins if w is not None) >= 1000.0 * 38 - 1e-6
+    # Once pm_counters answers three polls in a row it takes over again, for good.
+    flaky.fails = lambda n: False
+    for k in range(41, 46):
+        clock[0] = T0 + k * 1_000_000
+        assert poller.poll_once()
+        wins.append(poller.window(clock[0]))
+    assert wins[-1] is not None and wins[-1].source == "pm_counters"

@@ -1,10 +1,12 @@
 """Reads the node meter in a thread of its own, so a slow or hung BMC never delays GPU sampling.
 
 The sampling loop only calls :meth:`NodePowerPoller.window` when it cuts a batch: that takes a
-lock held for a few arithmetic operations, never for a read.  Sources are tried in the
-configured order at every poll; the first that answers is used (so a node with pm_counters and
-a BMC uses pm_counters, and the BMC when they fail).  Changing source starts a new curve and
-flags the window (the energy between the two sources' readings is not counted twice).
+lock held for a few arithmetic operations, never for a read.  The configured order is a
+preference: a node with pm_counters and a BMC uses pm_counters, and the BMC when they fail.  The
+source in use is kept while it answers; a source preferred to it takes over only after answering
+``settle_polls`` polls in a row, so one that fails now and then does not switch back and forth.
+Changing source starts a new curve and flags the window (the energy between the two sources'
+readings is not counted twice, and is not counted at all: switches must stay rare).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Sequence
 
 from greenwatch.agent.nodepower.meter import MeterCurve
 from greenwatch.batch import NodePower
-from greenwatch.agent.nodepower.reading import NodePowerError, NodePowerSource
+from greenwatch.agent.nodepower.reading import NodePowerError, NodePowerSource, NodeReading
 
 __all__ = ["NodePowerPoller"]
 
@@ -27,7 +29,7 @@ class NodePowerPoller:
     """Polls the first working of ``sources`` every ``period_s`` in a daemon thread."""
 
     def __init__(self, sources: Sequence[NodePowerSource], period_s: float = 2.0,
-                 max_extrapolate_s: float | None = None) -> None:
+                 max_extrapolate_s: float | None = None, settle_polls: int = 3) -> None:
         if not sources:
             raise ValueError("NodePowerPoller needs at least one source")
         self.sources = list(sources)
@@ -40,33 +42,62 @@ class NodePowerPoller:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing: dict[str, str] = {}
+        self.settle_polls = max(1, settle_polls)
+        self._streak: dict[str, int] = {}   # polls in a row each source answered
         #: Failed reads per error kind, and successful reads (for the metrics endpoint and tests).
         self.errors: dict[str, int] = {}
         self.reads = 0
 
+    def _read(self, src: NodePowerSource) -> NodeReading | None:
+        """One read of ``src``, its failure counted and logged once per kind; None when it failed."""
+        try:
+            reading = src.read()
+        except NodePowerError as err:
+            self.errors[err.kind] = self.errors.get(err.kind, 0) + 1
+            self._streak[src.name] = 0
+            if self._failing.get(src.name) != err.kind:
+                self._failing[src.name] = err.kind
+                log.error("node power source %s failed: %s; GPU sampling goes on", src.name, err)
+            return None
+        self._streak[src.name] = self._streak.get(src.name, 0) + 1
+        if self._failing.pop(src.name, None) is not None:
+            log.warning("node power source %s works again", src.name)
+        return reading
+
     def poll_once(self) -> bool:
-        """Read the first source that answers and add its reading; False when none did."""
+        """Read the sources up to the one in use and add one reading; False when none answered.
+
+        The reading is the first preferred source's that has answered ``settle_polls`` polls in a
+        row, else the source in use's, else (that one failed) the first that answers."""
+        with self._lock:
+            current = self._curve.source if self._curve is not None else None
+        chosen: tuple[NodePowerSource, NodeReading] | None = None
+        answered: list[tuple[NodePowerSource, NodeReading]] = []
+        current_failed = False
         for src in self.sources:
-            try:
-                reading = src.read()
-            except NodePowerError as err:
-                self.errors[err.kind] = self.errors.get(err.kind, 0) + 1
-                if self._failing.get(src.name) != err.kind:
-                    self._failing[src.name] = err.kind
-                    log.error("node power source %s failed: %s; GPU sampling goes on", src.name, err)
+            reading = self._read(src)
+            if reading is None:
+                current_failed = current_failed or src.name == current
                 continue
-            if self._failing.pop(src.name, None) is not None:
-                log.warning("node power source %s works again", src.name)
-            with self._lock:
-                if self._curve is None or self._curve.source != src.name:
-                    if self._curve is not None:
-                        self._changed = True
-                        log.warning("node power now read from %s", src.name)
-                    self._curve = MeterCurve(src.name, self.max_extrapolate_s)
-                self._curve.add(reading)
-            self.reads += 1
-            return True
-        return False
+            answered.append((src, reading))
+            if (src.name == current or current is None or current_failed
+                    or self._streak[src.name] >= self.settle_polls):
+                chosen = (src, reading)
+                break
+        if chosen is not None and current_failed:
+            chosen = answered[0]   # the source in use failed: the best that answered, at once
+        if chosen is None:
+            return False
+        src, reading = chosen
+        with self._lock:
+            if self._curve is None or self._curve.source != src.name:
+                if self._curve is not None:
+                    self._changed = True
+                    log.warning("node power now read from %s", src.name)
+                self._curve = MeterCurve(src.name, self.max_extrapolate_s)
+            self._curve.add(reading)
+        self.reads += 1
+        return True
 
     def latest(self) -> tuple[str, int, float] | None:
         """``(source, t_us, power W)`` of the newest reading of the source in use (for the metrics
