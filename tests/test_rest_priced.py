@@ -99,3 +99,20 @@ def test_the_report_counts_the_rest_in_it_energy_facility_energy_emissions_and_s
     assert {row.key: row for row in rows(plain)}["total_kwh"].method == "GPU + host + facility overhead"
     plain_doc = to_dict(plain)
     assert "rest_of_node" not in plain_doc["energy_kwh"] and "rest_of_node_location_based" not in plain_doc["co2_kg"]
+
+
+def test_a_campaigns_it_energy_and_facility_overhead_count_the_rest_its_runs_were_charged():
+    from greenwatch.campaigns.model import REST_OF_NODE, Figures
+
+    # One run: GPU 1,000 J, CPU 100 J and 400 J of the rest, at PUE 1.2 (its summary's facility
+    # energy and emissions include the rest, as the collector writes them).
+    run = {"energy_j": 1000.0, "host_energy_j": 100.0, REST_OF_NODE: 400.0, "facility_energy_j": 1.2 * 1500.0,
+           "co2_g": 1500.0 / J_PER_KWH * 1.2 * 300.0, "gpu_seconds": 10.0, "duration_s": 10.0}
+    metered = Figures()
+    metered.add(run)
+    assert metered.it_energy_j == pytest.approx(1500.0)
+    assert metered.facility_overhead_j == pytest.approx(0.2 * 1500.0)
+    assert metered.mean_intensity_g_per_kwh == pytest.approx(300.0)
+    plain = Figures()
+    plain.add({**run, REST_OF_NODE: 0.0, "facility_energy_j": 1.2 * 1100.0})
+    assert plain.it_energy_j == 1100.0 and plain.facility_overhead_j == pytest.approx(0.2 * 1100.0)

@@ -98,8 +98,8 @@ def model_card_section(r: CampaignReport) -> str:
         "in the hardware (share of its manufacturing)",
         f"- **Energy:** {number(kwh)} kWh at the facility ({number(t.gpu_energy_j / J_PER_KWH)} kWh GPU, "
         f"{number(t.host_energy_j / J_PER_KWH)} kWh host CPU, {number(t.facility_overhead_j / J_PER_KWH)} kWh facility "
-        "overhead)" + (f"; rest of the nodes {number(t.rest_of_node_j / J_PER_KWH)} kWh more (node meters)"
-                       if t.rest_of_node_j > 0 else ""),
+        "overhead" + (f", {number(t.rest_of_node_j / J_PER_KWH)} kWh rest of the nodes (node meters)"
+                      if t.rest_of_node_j > 0 else "") + ")",
         f"- **Work that did not complete:** {100 * r.not_completed_share:.1f} % of the energy "
         "(failed, cancelled and restarted runs)",
         f"- **Grid intensity:** {'; '.join(r.intensity_sources) or 'not stated'}",
@@ -149,7 +149,7 @@ def ai_act_section(r: CampaignReport) -> str:
         + "; "
         f"facility overhead (cooling, power distribution): {number(t.facility_overhead_j / J_PER_KWH)} kWh.",
         *([f"- Rest of the nodes (node meters minus GPUs and CPU: memory, network, storage, fans): "
-           f"{number(t.rest_of_node_j / J_PER_KWH)} kWh, measured, in addition to the total above."]
+           f"{number(t.rest_of_node_j / J_PER_KWH)} kWh, measured, included in the total above."]
           if t.rest_of_node_j > 0 else []),
         f"- Runs that failed, were cancelled or restarted: {number(r.not_completed.facility_energy_j / J_PER_KWH)} kWh "
         f"({100 * r.not_completed_share:.1f} %), included in the total.",

@@ -50,8 +50,9 @@ class Figures:
     #: Part of host_energy_j: memory (RAPL DRAM domain), where a run measured it.
     dram_energy_j: float = 0.0
     facility_energy_j: float = 0.0
-    #: The share of the rest of the node (node meter minus GPUs and CPU), where nodes have a meter;
-    #: not in facility_energy_j or the emissions, which cover GPU and host energy.
+    #: The share of the rest of the node (node meter minus GPUs and CPU), where nodes have a meter:
+    #: part of the IT energy, and priced in facility_energy_j and the emissions (the job summaries'
+    #: figures include it, docs/data-model.md).
     rest_of_node_j: float = 0.0
     co2_location_g: float = 0.0
     co2_market_g: float = 0.0
@@ -80,13 +81,14 @@ class Figures:
 
     @property
     def it_energy_j(self) -> float:
-        """GPU and host CPU energy."""
-        return energyfigures.it_energy_j(self.gpu_energy_j, self.host_energy_j)
+        """GPU and host CPU energy, and the rest of the node where a node meter measured it."""
+        return energyfigures.it_energy_j(self.gpu_energy_j, self.host_energy_j, self.rest_of_node_j)
 
     @property
     def facility_overhead_j(self) -> float:
         """Facility energy beyond the IT energy (cooling, power distribution): as in the per-job report."""
-        return energyfigures.facility_overhead_j(self.facility_energy_j, self.gpu_energy_j, self.host_energy_j)
+        return energyfigures.facility_overhead_j(self.facility_energy_j, self.gpu_energy_j, self.host_energy_j,
+                                                 self.rest_of_node_j)
 
     @property
     def mean_intensity_g_per_kwh(self) -> float:

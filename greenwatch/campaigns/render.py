@@ -86,8 +86,8 @@ def _markdown(r: CampaignReport) -> str:
             f"{number(t.facility_energy_j / J_PER_KWH)} kWh at the facility, {number(t.co2_location_g / G_PER_KG)} kg CO2e "
             f"(location-based), {number(t.co2_market_g / G_PER_KG)} kg CO2e (market-based), "
             f"{number(t.embodied_g / G_PER_KG)} kg CO2e embodied."
-            + (f" Rest of the nodes (node meters minus GPUs and CPU): {number(t.rest_of_node_j / J_PER_KWH)} kWh more, "
-               "not priced above." if t.rest_of_node_j > 0 else ""), "",
+            + (f" Rest of the nodes (node meters minus GPUs and CPU): {number(t.rest_of_node_j / J_PER_KWH)} kWh, "
+               "included in the figures above." if t.rest_of_node_j > 0 else ""), "",
             f"Energy in runs that failed, were cancelled or restarted: {number(r.not_completed.facility_energy_j / J_PER_KWH)} "
             f"kWh ({100 * r.not_completed_share:.1f} % of the campaign's energy).", "", "## By phase", ""]
     out += _table("phase", r.by_phase, t) + ["", "## By month (energy in the month it was used; a run counts in the month it ended)", ""]
