@@ -238,6 +238,8 @@ def test_the_alert_rules_pass_promtool_check_and_fire_when_they_should(tmp_path)
 
     gpu = 'node="n1",gpu_uuid="GPU-0",gpu_index="0",gpu_model="H100",instance="a:9465",job="greenwatch-agent"'
     collector = 'instance="c:9464",job="greenwatch-collector"'
+    agent = 'instance="a:9465",job="greenwatch-agent"'
+    meter = f'{agent},node="n1",source="redfish"'
     tests = {"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": [{
         "interval": "1m",
         "input_series": [
@@ -250,6 +252,10 @@ def test_the_alert_rules_pass_promtool_check_and_fire_when_they_should(tmp_path)
             {"series": f'greenwatch_collector_rejected_messages_total{{{collector},reason="decode-error"}}',
              "values": "0 0 0 5x20"},
             {"series": f"greenwatch_gpu_energy_counter_present{{{gpu}}}", "values": "1x90"},
+            # The node meter answers until minute 3 (its time stamp stays at 180 s), and fails from then on.
+            {"series": f'greenwatch_node_power_last_reading_timestamp_seconds{{{meter}}}', "values": "0+60x3 180x20"},
+            {"series": f'greenwatch_node_power_read_errors_total{{{agent},node="n1",kind="timeout"}}',
+             "values": "0 0 0 0 1+1x20"},
         ],
         "alert_rule_test": [
             {"eval_time": "9m", "alertname": "GreenwatchGpuNoSample", "exp_alerts": []},
@@ -271,6 +277,19 @@ def test_the_alert_rules_pass_promtool_check_and_fire_when_they_should(tmp_path)
                                     "action": next(a.action for a in default_alerts()
                                                    if a.name == "GreenwatchRejectedMessages")}}]},
             {"eval_time": "80m", "alertname": "GreenwatchGpuWithoutEnergyCounter", "exp_alerts": []},
+            {"eval_time": "7m", "alertname": "GreenwatchNodeMeterStale", "exp_alerts": []},
+            {"eval_time": "10m", "alertname": "GreenwatchNodeMeterStale", "exp_alerts": [{
+                "exp_labels": {"severity": "warning", "instance": "a:9465", "job": "greenwatch-agent", "node": "n1",
+                               "source": "redfish"},
+                "exp_annotations": {"summary": "The node meter (redfish) of n1 has given no reading for more than 300 s",
+                                    "action": next(a.action for a in default_alerts()
+                                                   if a.name == "GreenwatchNodeMeterStale")}}]},
+            {"eval_time": "3m", "alertname": "GreenwatchNodeMeterReadErrors", "exp_alerts": []},
+            {"eval_time": "6m", "alertname": "GreenwatchNodeMeterReadErrors", "exp_alerts": [{
+                "exp_labels": {"severity": "info", "instance": "a:9465", "node": "n1", "kind": "timeout"},
+                "exp_annotations": {"summary": "Reads of the node meter of n1 fail (timeout)",
+                                    "action": next(a.action for a in default_alerts()
+                                                   if a.name == "GreenwatchNodeMeterReadErrors")}}]},
         ],
     }]}
     spec = tmp_path / "greenwatch.rules.test.yml"
@@ -403,14 +422,14 @@ def test_the_agent_shows_its_node_meter_power_source_and_errors_by_kind(tmp_path
     assert "greenwatch_node_power" not in generate_latest(without).decode()   # no [node_power]: no node metrics
     poller = NodePowerPoller([Bmc(), PmCounters(str(root))], period_s=1.0)
     registry = agent_registry(AgentMetrics("c", "n1", q, q, q, q, 60.0, node_meter=poller))
-    assert registry.get_sample_value("greenwatch_node_power_reads_total") == 0
+    assert registry.get_sample_value("greenwatch_node_power_reads_total", {"node": "n1"}) == 0
     assert registry.get_sample_value("greenwatch_node_power_watts", {"node": "n1", "source": "pm_counters"}) is None
     assert poller.poll_once() and poller.poll_once()    # the BMC times out twice, pm_counters answers
     labels = {"node": "n1", "source": "pm_counters"}
     assert registry.get_sample_value("greenwatch_node_power_watts", labels) == 1234.0
     assert registry.get_sample_value("greenwatch_node_power_last_reading_timestamp_seconds", labels) == 1_700_000_000
-    assert registry.get_sample_value("greenwatch_node_power_reads_total") == 2
-    assert registry.get_sample_value("greenwatch_node_power_read_errors_total", {"kind": "timeout"}) == 2
+    assert registry.get_sample_value("greenwatch_node_power_reads_total", {"node": "n1"}) == 2
+    assert registry.get_sample_value("greenwatch_node_power_read_errors_total", {"node": "n1", "kind": "timeout"}) == 2
     (root / "energy").write_text("bad\n")
     assert not poller.poll_once()
-    assert registry.get_sample_value("greenwatch_node_power_read_errors_total", {"kind": "bad-reply"}) == 1
+    assert registry.get_sample_value("greenwatch_node_power_read_errors_total", {"node": "n1", "kind": "bad-reply"}) == 1

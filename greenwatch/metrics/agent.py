@@ -198,13 +198,15 @@ class AgentMetrics(PromCollector):
             if math.isfinite(watts):   # a counter-only meter has no power before its second reading
                 power.add_metric([self.node, source], watts)
         yield from (power, last)
-        yield CounterMetricFamily("greenwatch_node_power_reads", "Successful reads of the node meter.",
-                                  value=meter.reads)
+        reads = CounterMetricFamily("greenwatch_node_power_reads", "Successful reads of the node meter.",
+                                    labels=["node"])
+        reads.add_metric([self.node], meter.reads)
+        yield reads
         errors = CounterMetricFamily("greenwatch_node_power_read_errors",
                                      "Failed reads of the node meter, by kind (unavailable, no-permission, timeout, "
-                                     "bad-reply, auth, unknown).", labels=["kind"])
+                                     "bad-reply, auth, unknown).", labels=["node", "kind"])
         for kind, count in sorted(dict(meter.errors).items()):
-            errors.add_metric([kind], count)
+            errors.add_metric([self.node, kind], count)
         yield errors
 
 

@@ -33,7 +33,8 @@ class Alert:
 
 
 def default_alerts(*, no_sample_s: int = 300, backlog_messages: int = 500, spill_for_s: int = 600,
-                   idle_hours: float = 4.0, idle_ratio: float = 0.01, agent_down_s: int = 300) -> list[Alert]:
+                   idle_hours: float = 4.0, idle_ratio: float = 0.01, agent_down_s: int = 300,
+                   node_meter_stale_s: int = 300) -> list[Alert]:
     """The alerts with the given thresholds (defaults: docs/operations.md, "Alerts")."""
     return [
         Alert("GreenwatchGpuNoSample", f"time() - greenwatch_gpu_last_sample_timestamp_seconds > {no_sample_s}", 60,
@@ -86,6 +87,18 @@ def default_alerts(*, no_sample_s: int = 300, backlog_messages: int = 500, spill
               f"GPU {{{{ $labels.gpu_index }}}} on {{{{ $labels.node }}}} has been held by a job but idle for "
               f"{idle_hours:g} h",
               "The job's owner may have a stuck job or an over-sized allocation; greenwatch_gpu_job_info names it."),
+        Alert("GreenwatchNodeMeterStale",
+              f"time() - greenwatch_node_power_last_reading_timestamp_seconds > {node_meter_stale_s}", 60, "warning",
+              f"The node meter ({{{{ $labels.source }}}}) of {{{{ $labels.node }}}} has given no reading for more "
+              f"than {node_meter_stale_s} s",
+              "The rest of the node (memory, NICs, fans, power supplies) is not measured meanwhile; GPU data is "
+              "unaffected. The agent's log names the meter's error; check the BMC or pm_counters."),
+        Alert("GreenwatchNodeMeterReadErrors",
+              "sum by (instance, node, kind) (increase(greenwatch_node_power_read_errors_total[15m])) > 0", 0,
+              "info", "Reads of the node meter of {{ $labels.node }} fail ({{ $labels.kind }})",
+              "A preferred meter failing beside a working one costs nothing but its reads; with every meter "
+              "failing, GreenwatchNodeMeterStale follows. auth: the BMC account or its password file; "
+              "no-permission: docs/operations.md, \"Node meters\"."),
     ]
 
 
