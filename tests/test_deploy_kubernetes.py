@@ -106,6 +106,9 @@ def test_agent_daemonset_mounts_what_the_agent_reads(agent):
     # Credentials from a Secret; the kubelet token from the service account.
     agent.assert_secret(cfg.mqtt.password_file)
     assert cfg.agent.kubelet_token_file.startswith("/var/run/secrets/kubernetes.io/serviceaccount/")
+    # The token goes only to a kubelet whose certificate is verified (against the cluster CA).
+    assert not cfg.agent.kubelet_insecure_tls
+    assert cfg.agent.kubelet_ca_file == "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
     # Spool and state survive a pod's restart: on the node, not in the container.
     for path in (cfg.agent.spool_dir, cfg.agent.state_file):
         assert "hostPath" in agent.volume_of(path), f"{path} would be lost with the pod"
