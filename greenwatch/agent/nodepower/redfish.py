@@ -23,10 +23,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from greenwatch.agent.nodepower.reading import NodePowerError, NodePowerSource, NodeReading
+from greenwatch.carbon.units import J_PER_KWH
 
 __all__ = ["RedfishMeter", "reading_from_environment", "reading_from_supplies", "reading_from_power"]
-
-_KWH_J = 3.6e6
 
 
 def _why(exc: BaseException) -> str:
@@ -55,7 +54,7 @@ def reading_from_environment(body: dict[str, Any], t_us: int) -> NodeReading | N
     energy_kwh, power = _number(body, "EnergykWh", "Reading"), _number(body, "PowerWatts", "Reading")
     if math.isnan(energy_kwh) and math.isnan(power):
         return None
-    return NodeReading(t_us, energy_kwh * _KWH_J, power)
+    return NodeReading(t_us, energy_kwh * J_PER_KWH, power)
 
 
 def reading_from_supplies(metrics: list[dict[str, Any]], t_us: int) -> NodeReading | None:
@@ -66,7 +65,7 @@ def reading_from_supplies(metrics: list[dict[str, Any]], t_us: int) -> NodeReadi
     powers = [p if not math.isnan(p) else _number(m, "PowerWatts", "Reading") for p, m in zip(powers, metrics)]
     energies = [_number(m, "EnergykWh", "Reading") for m in metrics]
     power = math.nan if any(math.isnan(p) for p in powers) else sum(powers)
-    energy = math.nan if any(math.isnan(e) for e in energies) else sum(energies) * _KWH_J
+    energy = math.nan if any(math.isnan(e) for e in energies) else sum(energies) * J_PER_KWH
     if math.isnan(power) and math.isnan(energy):
         return None
     return NodeReading(t_us, energy, power)
