@@ -68,3 +68,9 @@ def test_a_hostile_carried_node_power_is_rejected_like_the_window_s_own():
     with pytest.raises(WireError) as err:
         decode(with_header(encode(batch(GOOD)), carry), now_us=SENT)
     assert err.value.reason == "bad-value"
+
+
+def test_a_broken_carried_node_power_is_named_as_such():
+    with pytest.raises(WireError, match="'carry_node_power' must be an object") as err:
+        decode(with_header(encode(batch(GOOD)), lambda h: h.update(carry_node_power=[1])), now_us=SENT)
+    assert err.value.reason == "bad-header"

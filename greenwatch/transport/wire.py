@@ -318,7 +318,7 @@ def _parse_node_power(header: dict[str, Any], lo_us: int, hi_us: int, key: str =
     raw = header.get(key)
     if raw is None:
         return None
-    _require(type(raw) is dict, "bad-header", "'node_power' must be an object")
+    _require(type(raw) is dict, "bad-header", f"'{key}' must be an object")
     source, counter, parts, flags = raw.get("source"), raw.get("counter"), raw.get("parts_j", {}), raw.get("flags", [])
     _require(type(source) is str and source in NODE_POWER_SOURCES, "bad-header",
              f"node_power source must be one of {', '.join(NODE_POWER_SOURCES)}")
