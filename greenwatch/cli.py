@@ -22,7 +22,7 @@ EXIT_MISSING_EXTRA = 3
 
 #: Top-level modules of the [site] extra (pyproject.toml): the agent, collector, dashboards and
 #: InfluxDB reports import them; the researcher commands never do.
-SITE_MODULES = frozenset({"aiomqtt", "paho", "influxdb_client", "grafanalib", "prometheus_client"})
+SITE_MODULES = frozenset({"aiomqtt", "paho", "influxdb_client", "grafanalib", "prometheus_client", "redfish"})
 
 _DESCRIPTION = """\
 greenwatch measures the energy of every GPU job in a datacentre and turns it into CO2:

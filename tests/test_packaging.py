@@ -29,12 +29,16 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from service_helpers import agent_config, collector_config, job_energy, spawn_job, wait_until, write_token
 
+from greenwatch.cli import SITE_MODULES as SITE_MODULE_NAMES
+
 REPO = Path(__file__).resolve().parents[1]
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 
-#: The site services' libraries (pyproject.toml's [site] extra), as modules and as distributions.
-SITE_MODULES = ("aiomqtt", "paho", "influxdb_client", "grafanalib", "prometheus_client")
-SITE_DISTS = {"aiomqtt", "paho-mqtt", "influxdb-client", "grafanalib", "prometheus-client"}
+#: The site services' libraries: pyproject.toml's [site] extra as distributions, and as the modules
+#: the CLI tells apart from a bug when one is missing (checked against each other below).
+SITE_DISTS = {canonicalize_name(Requirement(r).name)
+              for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["site"]}
+SITE_MODULES = tuple(sorted(SITE_MODULE_NAMES))
 
 #: What an operator finds under the environment's prefix (pyproject.toml, [tool.setuptools.data-files]).
 OPERATOR_FILES = ["share/greenwatch/systemd/greenwatch-agent.service",
@@ -45,6 +49,19 @@ OPERATOR_FILES = ["share/greenwatch/systemd/greenwatch-agent.service",
                   "share/greenwatch/grafana/dashboards/greenwatch-operator.json",
                   "share/greenwatch/kubernetes/agent.yaml", "share/greenwatch/kubernetes/Containerfile",
                   "share/doc/greenwatch/operations.md", "share/doc/greenwatch/architecture.md"]
+
+
+def test_the_cli_knows_every_site_library_by_its_module():
+    """A site library missing from a core install is reported as such (pip install 'greenwatch[site]')
+    only for the modules the CLI lists: each distribution of [site] needs one of its own there."""
+    modules_of: dict[str, set[str]] = {}
+    for module, dists in metadata.packages_distributions().items():
+        for dist in dists:
+            modules_of.setdefault(canonicalize_name(dist), set()).add(module)
+    for dist in sorted(SITE_DISTS):
+        assert dist in modules_of, f"{dist} ([site]) is not installed in the test environment"
+        assert modules_of[dist] & set(SITE_MODULE_NAMES), (
+            f"greenwatch.cli.SITE_MODULES names none of {dist}'s modules {sorted(modules_of[dist])}")
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
