@@ -210,6 +210,16 @@ def test_a_password_file_others_can_read_stops_the_start(tmp_path):
             open_sources(cfg)
 
 
+def test_an_ipmi_1_5_session_with_a_password_stops_the_start(tmp_path):
+    pw = tmp_path / "bmc-password"
+    pw.write_text("secret\n")
+    pw.chmod(0o600)
+    cfg = config_from_mapping({"node_power": {"sources": "ipmi-dcmi", "ipmi_interface": "lan", "ipmi_host": "bmc1",
+                                              "ipmi_password_file": str(pw)}}).node_power
+    with pytest.raises(ConfigError, match="node_power.ipmi_interface: 'lan' .* use 'lanplus'"):
+        open_sources(cfg)
+
+
 def test_the_bmc_password_never_goes_over_plain_http_to_another_host():
     from greenwatch.agent.nodepower.redfish import RedfishMeter
 

@@ -39,6 +39,11 @@ def check_secrets(cfg: NodePowerConfig) -> None:
     if "redfish" in names:
         _secret(cfg, "redfish_password_file")
     if "ipmi-dcmi" in names or "ipmi-sdr" in names:
+        if cfg.ipmi_interface == "lan" and cfg.ipmi_password_file:
+            # IPMI 1.5 sessions protect the password weakly (straight or MD5 challenge): a BMC
+            # password must only travel over RMCP+.
+            raise ConfigError("node_power.ipmi_interface", "'lan' (IPMI 1.5) would send the BMC password "
+                                                           "without RMCP+ protection; use 'lanplus'")
         _secret(cfg, "ipmi_password_file")   # ipmitool reads it; refuse it here if others can
 
 
