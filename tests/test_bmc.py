@@ -4,11 +4,13 @@ real sampling loop, which must not delay a single GPU reading."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import subprocess
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +113,7 @@ def _openssl(cwd: Path, *args: str) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def test_redfish_over_verified_tls(tmp_path):
+def test_redfish_over_verified_tls(tmp_path, caplog):
     _openssl(tmp_path, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
              "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test BMC CA")
     _openssl(tmp_path, "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
@@ -126,6 +128,14 @@ def test_redfish_over_verified_tls(tmp_path):
         with pytest.raises(NodePowerError) as err:
             RedfishMeter(bmc.url, "reader", "secret", timeout_s=2.0).read()
         assert "CERTIFICATE_VERIFY_FAILED" in str(err.value) or "certificate" in str(err.value).lower()
+        # Told not to verify: said once in the log, not by urllib3 at every poll.
+        with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+            warnings.simplefilter("always")
+            unverified = RedfishMeter(bmc.url, "reader", "secret", insecure_tls=True, timeout_s=2.0)
+            for _ in range(3):
+                assert unverified.read().energy_j == 3.6e6
+        assert not [w for w in caught if "Unverified HTTPS" in str(w.message)]
+        assert sum("redfish_insecure_tls" in r.getMessage() for r in caplog.records) == 1
 
 
 class _Jobs:

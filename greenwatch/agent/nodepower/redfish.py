@@ -17,8 +17,10 @@ would not verify without one.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+import warnings
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,6 +28,8 @@ from greenwatch.agent.nodepower.reading import NodePowerError, NodePowerSource, 
 from greenwatch.carbon.units import J_PER_KWH
 
 __all__ = ["RedfishMeter", "reading_from_environment", "reading_from_supplies", "reading_from_power"]
+
+log = logging.getLogger(__name__)
 
 
 def _why(exc: BaseException) -> str:
@@ -100,6 +104,13 @@ class RedfishMeter(NodePowerSource):
             import requests.certs
 
             ca_file = requests.certs.where()
+        if url.startswith("https://") and insecure_tls:
+            import urllib3
+
+            # Said once here rather than by urllib3 at every poll, which would flood the log.
+            warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+            log.warning("node_power.redfish_insecure_tls: the certificate of %s is not verified; "
+                        "set redfish_ca_file instead", url)
         self.url, self.chassis = url.rstrip("/"), chassis
         try:
             # No request here: a BMC that is down or slow when the agent starts must neither hold up
