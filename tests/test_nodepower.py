@@ -161,12 +161,20 @@ def test_a_hung_meter_never_blocks_the_window_cut():
     hung = _HungMeter()
     poller = NodePowerPoller([hung], period_s=0.05)
     poller.start()
-    try:
-        assert hung.entered.wait(5)
-        t = time.monotonic()
+    cuts_done = threading.Event()
+
+    def cut() -> None:
         for _ in range(100):
             assert poller.window(int(time.time() * 1e6)) is None
-        assert time.monotonic() - t < 0.5   # the cut takes a lock, never waits for the BMC
+        cuts_done.set()
+
+    try:
+        assert hung.entered.wait(5)
+        threading.Thread(target=cut, daemon=True).start()
+        # The cuts finish while the read is still hung: they take a lock, never wait for the BMC
+        # (the limit only turns a deadlock into a failure; the BMC is released only afterwards).
+        assert cuts_done.wait(30), "the window cut waited for the hung meter"
+        assert not hung.release.is_set()
     finally:
         hung.release.set()
         poller.stop()

@@ -43,7 +43,7 @@ def test_policies_split_the_rest_as_documented():
     kept = split_node(1000.0, [300.0, 200.0], 100.0, [0.5, 0.25], "unallocated")
     assert kept.job_total_j == (300.0, 200.0) and kept.unallocated_j == 500.0
     without = split_node(None, [300.0, 200.0], 100.0, [0.5, 0.25])
-    assert without.job_total_j == (300.0, 200.0) and without.flags == ("no-meter",)   # exactly today's figures
+    assert without.job_total_j == (300.0, 200.0) and without.flags == ("no-meter",)   # the parts as measured, no rest
 
 
 def test_bad_input_is_refused_with_its_name():
