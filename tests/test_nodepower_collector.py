@@ -131,6 +131,16 @@ def test_job_summary_names_the_node_meter_or_says_the_rest_is_not_included(influ
             notes[job_id] = [i for b in blocks(report, images=None) for i in b.items if i.startswith("Rest of the node")]
         # The same job reduced inside InfluxDB (the path of large jobs).
         aggregated = build_report(InfluxSource(store, cluster="c1", raw_limit=0), "7", carbon=carbon_ctx(), now=0.0)
+        # The month's customer statement, summed inside InfluxDB: the rest is charged to its customer.
+        import datetime as dt
+
+        from greenwatch.legal.period import period_from_args
+        from greenwatch.legal.sitedata import InfluxSiteData
+        from greenwatch.legal.statements import build_statements
+
+        month = dt.datetime.fromtimestamp(T0 / 1e6, dt.timezone.utc).strftime("%Y-%m")
+        statement = build_statements(InfluxSiteData(InfluxSource(store, cluster="c1")),
+                                     period_from_args(None, month, None, None), unit="user")
     finally:
         store.close()
     seven = summaries["7"]
@@ -153,6 +163,13 @@ def test_job_summary_names_the_node_meter_or_says_the_rest_is_not_included(influ
     assert reports["7"].co2_location_g == pytest.approx(seven.field("co2_g"))
     assert aggregated.node_rest_j == pytest.approx(450.0) and aggregated.co2_location_g == pytest.approx(seven.field("co2_g"))
     assert reports["8"].co2_location_g == pytest.approx(eight.field("co2_g")) and reports["8"].node_rest_j is None
+    # n1: GPUs 800 + CPU 100 + rest 900 J; n2 (no meter): 800 + 100 J.  Alice ran both jobs.
+    [alice] = statement["customers"]
+    totals = statement["totals"]
+    assert alice["it_energy_kwh"] == pytest.approx((1110.0 + 660.0) / 3.6e6)
+    assert totals["measured_it_energy_kwh"] == pytest.approx(2700.0 / 3.6e6)
+    assert totals["customers_it_energy_kwh"] + totals["unallocated_it_energy_kwh"] == pytest.approx(
+        totals["measured_it_energy_kwh"], rel=1e-12)
     assert notes["8"] == ["Rest of the node: not included (no node meter was read; memory, NICs, fans and power "
                           "supplies are not counted)"]
 

@@ -14,8 +14,9 @@ from greenwatch.collector.summaryfields import job_summary_fields
 from greenwatch.transport.wire import encode
 
 from helpers import ListSink, carbon_ctx
-from test_nodepower_collector import batch, by
+from test_nodepower_collector import T0, batch, by
 
+T0_S = T0 / 1e6
 SUMS = {"energy_j": 600.0, "idle_energy_j": 0.0, "facility_energy_j": 990.0, "co2_g": 0.1, "co2_market_g": 0.02,
         "gpu_seconds": 2.0, "host_energy_j": 60.0}
 
@@ -116,3 +117,38 @@ def test_a_campaigns_it_energy_and_facility_overhead_count_the_rest_its_runs_wer
     plain = Figures()
     plain.add({**run, REST_OF_NODE: 0.0, "facility_energy_j": 1.2 * 1100.0})
     assert plain.it_energy_j == 1100.0 and plain.facility_overhead_j == pytest.approx(0.2 * 1100.0)
+
+
+def test_customer_statements_charge_the_rest_to_customers_and_keep_the_unallocated_rest_apart():
+    import datetime as dt
+
+    from greenwatch.legal.period import period_from_args
+    from greenwatch.legal.sitedata import EmbeddedSiteData
+    from greenwatch.legal.statements import build_statements
+    from greenwatch.storage.embedded import EmbeddedStore
+
+    carbon = carbon_ctx(300.0, 1.5, 40.0)
+    month = dt.datetime.fromtimestamp(T0_S, dt.timezone.utc).strftime("%Y-%m")
+    docs = {}
+    for meter in (1800.0, None):
+        store = EmbeddedStore(":memory:")
+        assert Collector(AttributionSettings("equal", 60.0), carbon, store).handle(encode(batch(meter)))
+        docs[meter] = build_statements(EmbeddedSiteData(store), period_from_args(None, month, None, None), unit="user")
+    metered, plain = docs[1800.0], docs[None]
+    [alice] = metered["customers"]
+    # Job 7: GPU 600 J + CPU 60 J + half of the 900 J rest; the node measured GPUs 800 + CPU 100 + rest 900.
+    assert alice["it_energy_kwh"] == pytest.approx(1110.0 / J_PER_KWH)
+    assert alice["facility_energy_kwh"] == pytest.approx(1.5 * 1110.0 / J_PER_KWH)
+    assert alice["co2_location_kg"] == pytest.approx(1110.0 / J_PER_KWH * 1.5 * 300.0 / 1000)
+    totals = metered["totals"]
+    assert totals["measured_it_energy_kwh"] == pytest.approx(1800.0 / J_PER_KWH)
+    assert totals["measured_rest_of_node_kwh"] == pytest.approx(900.0 / J_PER_KWH)
+    # The rest no job holds (GPU 1's half) is unallocated with the idle GPU and the CPU time of no job.
+    assert totals["unallocated_it_energy_kwh"] == pytest.approx((200.0 + 40.0 + 450.0) / J_PER_KWH)
+    assert totals["customers_it_energy_kwh"] + totals["unallocated_it_energy_kwh"] == pytest.approx(
+        totals["measured_it_energy_kwh"], rel=1e-12)
+    # Without a meter: the parts alone, and the same identity.
+    [plain_alice] = plain["customers"]
+    assert plain_alice["it_energy_kwh"] == pytest.approx(660.0 / J_PER_KWH)
+    assert plain["totals"]["measured_it_energy_kwh"] == pytest.approx(900.0 / J_PER_KWH)
+    assert plain["totals"]["measured_rest_of_node_kwh"] == 0.0

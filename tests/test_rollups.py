@@ -104,13 +104,13 @@ def test_setup_is_idempotent_and_applies_changed_settings(influxdb_factory, tmp_
     cfg = config(tmp_path, influx)
     first = setup(cfg, capsys)
     assert "created retention policy rollup_1m (400d)" in first
-    # Two resolutions of five measurements, and the copy of the job summaries.
-    assert sum("created continuous query" in line for line in first) == 11
+    # Two resolutions of six measurements, and the copy of the job summaries.
+    assert sum("created continuous query" in line for line in first) == 13
     policies = {r["name"]: r for r in influx.query(f'SHOW RETENTION POLICIES ON "{DB}"', db="")}
     assert policies["autogen"]["duration"] == "2160h0m0s" and policies["autogen"]["default"]
     assert policies["rollup_1m"]["duration"] == "9600h0m0s" and policies["rollup_1h"]["duration"] == "0s"
     queries = [r for r in influx.query("SHOW CONTINUOUS QUERIES", db="") if r.get("name")]
-    assert len(queries) == 11 and all("RESAMPLE EVERY 1s FOR" in r["query"] for r in queries)
+    assert len(queries) == 13 and all("RESAMPLE EVERY 1s FOR" in r["query"] for r in queries)
 
     again = setup(cfg, capsys)
     assert not any(w in line for line in again for w in ("created", "changed", "replaced")), again
@@ -121,12 +121,12 @@ def test_setup_is_idempotent_and_applies_changed_settings(influxdb_factory, tmp_
 
     changed = setup(config(tmp_path, influx, raw_retention="30d", rollup_late_s=7200), capsys)
     assert "changed retention policy autogen to 30d" in changed
-    assert sum("replaced continuous query" in line for line in changed) == 11
+    assert sum("replaced continuous query" in line for line in changed) == 13
     assert "FOR 7261s" in " ".join(r["query"] for r in influx.query("SHOW CONTINUOUS QUERIES", db="") if r.get("name"))
 
     # The defaults: InfluxDB prints 300 s back as 5m, 3,960 s as 66m: still recognised as unchanged.
     defaults = config(tmp_path, influx, rollup_every_s=300, summary_copy_every_s=3600)
-    assert sum("replaced continuous query" in line for line in setup(defaults, capsys)) == 11
+    assert sum("replaced continuous query" in line for line in setup(defaults, capsys)) == 13
     assert not any("replaced" in line for line in setup(defaults, capsys))
 
 

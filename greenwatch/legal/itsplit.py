@@ -24,14 +24,15 @@ class ItSplit:
 
 def it_split(node: Mapping[str, float]) -> ItSplit:
     """The split of ``node_energy`` sums (``gpu_energy_j``, ``allocated_energy_j``, ``host_energy_j``,
-    ``host_unallocated_j``).
+    ``host_unallocated_j``) and, where nodes have a meter, the rest of the node (``node_rest_j``:
+    ``node_power.rest_j`` summed) and the part of it jobs were charged (``node_rest_allocated_j``).
 
     Unallocated is what is measured but not attributed, rather than the stored
     ``unallocated_energy_j``: that field and ``allocated_energy_j`` need not add up to the GPU
     energy of every batch, and the customers' sum plus the unallocated energy must equal the
     measured energy exactly.
     """
-    measured = node.get("gpu_energy_j", 0.0) + node.get("host_energy_j", 0.0)
+    measured = node.get("gpu_energy_j", 0.0) + node.get("host_energy_j", 0.0) + node.get("node_rest_j", 0.0)
     attributed = (node.get("allocated_energy_j", 0.0) + node.get("host_energy_j", 0.0)
-                  - node.get("host_unallocated_j", 0.0))
+                  - node.get("host_unallocated_j", 0.0) + node.get("node_rest_allocated_j", 0.0))
     return ItSplit(measured, attributed, measured - attributed)

@@ -13,15 +13,22 @@ from collections import defaultdict
 from typing import Any, Protocol
 
 from greenwatch.legal.period import Period
-from greenwatch.reports.jobdata import TOTAL_FIELDS
+from greenwatch.reports.jobdata import REST_FIELDS, TOTAL_FIELDS
 
-__all__ = ["JOB_FIELDS", "NODE_FIELDS", "SiteData", "InfluxSiteData", "EmbeddedSiteData", "JobKey"]
+__all__ = ["JOB_FIELDS", "NODE_FIELDS", "SiteData", "InfluxSiteData", "EmbeddedSiteData", "JobKey", "with_rest"]
 
-#: Summed fields of ``job_energy``: the per-job report's (docs/data-model.md).
-JOB_FIELDS = TOTAL_FIELDS
+#: Summed fields of a job: ``job_energy``'s (the per-job report's, docs/data-model.md) and ``rest_j``,
+#: its share of the rest of its nodes (``job_node``, where nodes have a meter), whose facility energy
+#: and emissions are in ``facility_energy_j``, ``co2_g`` and ``co2_market_g``.
+JOB_FIELDS = TOTAL_FIELDS + ("rest_j",)
 #: Summed fields of ``node_energy``.
-NODE_FIELDS = ("gpu_energy_j", "allocated_energy_j", "unallocated_energy_j", "host_energy_j", "host_unallocated_j",
-               "facility_energy_j")
+_NODE_ENERGY_FIELDS = ("gpu_energy_j", "allocated_energy_j", "unallocated_energy_j", "host_energy_j",
+                       "host_unallocated_j", "facility_energy_j")
+#: ``node_power``'s ``rest_j`` and ``rest_allocated_j`` (the node meters' rest, and the part of it
+#: jobs were charged), under the names :meth:`SiteData.node_sums` gives them.
+_METER_FIELDS = (("node_rest_j", "rest_j"), ("node_rest_allocated_j", "rest_allocated_j"))
+#: Every field :meth:`SiteData.node_sums` returns.
+NODE_FIELDS = _NODE_ENERGY_FIELDS + tuple(name for name, _ in _METER_FIELDS)
 #: A job's records within a month: ``(cluster, job, user)``.
 JobKey = tuple[str, str, str]
 
@@ -32,7 +39,7 @@ class SiteData(Protocol):
     description: str
 
     def job_sums(self, month: Period) -> dict[JobKey, dict[str, float]]:
-        """:data:`JOB_FIELDS` summed per (cluster, job, user) over ``month``."""
+        """:data:`JOB_FIELDS` summed per (cluster, job, user) over ``month`` (see :func:`with_rest`)."""
         ...
 
     def node_sums(self, month: Period) -> dict[str, float]:
@@ -43,6 +50,24 @@ class SiteData(Protocol):
         """``job`` records with ``start_s <= time < end_s``: ``cluster``, ``job``, ``user``, ``account``,
         ``time_ns``, ``start_s``, ``embodied_g``, ``job_name`` where known."""
         ...
+
+
+def with_rest(parts: dict[JobKey, dict[str, float]],
+              rest: dict[JobKey, dict[str, float]]) -> dict[JobKey, dict[str, float]]:
+    """Each job's ``job_energy`` sums (``parts``) with its ``job_node`` sums (``rest``) folded in: its
+    share of the rest of the node as ``rest_j``, and the rest's facility energy and emissions added
+    to its own, as the job summaries count them (0 where its nodes have no meter)."""
+    out: dict[JobKey, dict[str, float]] = {}
+    # In the order of ``parts``: the sums over jobs then add up in the same order as without a meter.
+    for key in [*parts, *(k for k in rest if k not in parts)]:
+        acc = {**dict.fromkeys(TOTAL_FIELDS, 0.0), **parts.get(key, {}), "rest_j": 0.0}
+        share = rest.get(key)
+        if share is not None:
+            acc["rest_j"] = share["rest_j"]
+            for f in ("facility_energy_j", "co2_g", "co2_market_g"):
+                acc[f] += share[f]
+        out[key] = acc
+    return out
 
 
 def _ns(t: float) -> int:
@@ -72,14 +97,20 @@ class InfluxSiteData:
 
     def job_sums(self, month: Period) -> dict[JobKey, dict[str, float]]:
         """See :meth:`SiteData.job_sums` (summed in the database)."""
-        rows = self._summed("job_energy", JOB_FIELDS, month, ("cluster", "job", "user"))
-        return {(str(k[0]), str(k[1]), str(k[2])): {f: float(v.get(f) or 0.0) for f in JOB_FIELDS}
-                for k, v in rows.items()}
+        group = ("cluster", "job", "user")
+        rows = self._summed("job_energy", TOTAL_FIELDS, month, group)
+        rest = self._summed("job_node", REST_FIELDS, month, group)
+        return with_rest({(str(k[0]), str(k[1]), str(k[2])): {f: float(v.get(f) or 0.0) for f in TOTAL_FIELDS}
+                          for k, v in rows.items()},
+                         {(str(k[0]), str(k[1]), str(k[2])): {f: float(v.get(f) or 0.0) for f in REST_FIELDS}
+                          for k, v in rest.items()})
 
     def node_sums(self, month: Period) -> dict[str, float]:
         """See :meth:`SiteData.node_sums` (summed in the database)."""
-        row = self._summed("node_energy", NODE_FIELDS, month, ()).get((), {})
-        return {f: float(row.get(f) or 0.0) for f in NODE_FIELDS}
+        row = self._summed("node_energy", _NODE_ENERGY_FIELDS, month, ()).get((), {})
+        meter = self._summed("node_power", tuple(f for _, f in _METER_FIELDS), month, ()).get((), {})
+        return {**{f: float(row.get(f) or 0.0) for f in _NODE_ENERGY_FIELDS},
+                **{name: float(meter.get(f) or 0.0) for name, f in _METER_FIELDS}}
 
     def job_summaries(self, start_s: float, end_s: float) -> list[dict[str, Any]]:
         """See :meth:`SiteData.job_summaries` (also those kept past the raw retention)."""
@@ -104,19 +135,27 @@ class EmbeddedSiteData:
 
     def job_sums(self, month: Period) -> dict[JobKey, dict[str, float]]:
         """See :meth:`SiteData.job_sums`."""
-        out: dict[JobKey, dict[str, float]] = defaultdict(lambda: dict.fromkeys(JOB_FIELDS, 0.0))
+        parts: dict[JobKey, dict[str, float]] = defaultdict(lambda: dict.fromkeys(TOTAL_FIELDS, 0.0))
         for p in self._points("job_energy", month):
-            acc = out[(str(p.get("cluster", "")), str(p.get("job", "")), str(p.get("user", "")))]
-            for f in JOB_FIELDS:
+            acc = parts[(str(p.get("cluster", "")), str(p.get("job", "")), str(p.get("user", "")))]
+            for f in TOTAL_FIELDS:
                 acc[f] += float(p.get(f) or 0.0)
-        return dict(out)
+        rest: dict[JobKey, dict[str, float]] = defaultdict(lambda: dict.fromkeys(REST_FIELDS, 0.0))
+        for p in self._points("job_node", month):
+            acc = rest[(str(p.get("cluster", "")), str(p.get("job", "")), str(p.get("user", "")))]
+            for f in REST_FIELDS:
+                acc[f] += float(p.get(f) or 0.0)
+        return with_rest(dict(parts), dict(rest))
 
     def node_sums(self, month: Period) -> dict[str, float]:
         """See :meth:`SiteData.node_sums`."""
         acc = dict.fromkeys(NODE_FIELDS, 0.0)
         for p in self._points("node_energy", month):
-            for f in NODE_FIELDS:
+            for f in _NODE_ENERGY_FIELDS:
                 acc[f] += float(p.get(f) or 0.0)
+        for p in self._points("node_power", month):
+            for name, f in _METER_FIELDS:
+                acc[name] += float(p.get(f) or 0.0)
         return acc
 
     def job_summaries(self, start_s: float, end_s: float) -> list[dict[str, Any]]:

@@ -2,10 +2,11 @@
 
 A customer is an account (from each job's ``job`` summary) or a user (configurable,
 ``facility.customer_unit``).  Per customer: IT energy (its GPU shares plus its share of the
-hosts' CPU energy), facility energy (IT energy x the PUE at the time, as the collector stored
+hosts' CPU energy plus, where nodes have a meter, its share of the rest of the node), facility energy (IT energy x the PUE at the time, as the collector stored
 it), location- and market-based emissions, embodied emissions of its jobs that ended in the
 period, GPU-hours, the idle-allocated part of its energy, a monthly breakdown and its largest
-jobs.  The energy no job holds (idle GPUs, host CPU time of no job) is the unallocated rest, so
+jobs.  The energy no job holds (idle GPUs, host CPU time of no job, the rest of the node no job
+is charged) is the unallocated rest, so
 customers + unallocated = the IT energy greenwatch measured over the period.
 """
 
@@ -60,7 +61,7 @@ class _Accounts:
 
 def _figures(acc: dict[str, float]) -> dict[str, float]:
     return {
-        "it_energy_kwh": _kwh(it_energy_j(acc["energy_j"], acc["host_energy_j"])),
+        "it_energy_kwh": _kwh(it_energy_j(acc["energy_j"], acc["host_energy_j"], acc["rest_j"])),
         "gpu_energy_kwh": _kwh(acc["energy_j"]),
         "host_energy_kwh": _kwh(acc["host_energy_j"]),
         "facility_energy_kwh": _kwh(acc["facility_energy_j"]),
@@ -108,7 +109,7 @@ def build_statements(data: SiteData, period: Period, unit: str = "account",
             continue
         acc = per_customer.get(name, dict.fromkeys(JOB_FIELDS, 0.0))
         jobs = sorted(((k, v) for (c, k), v in per_job.items() if c == name),
-                      key=lambda kv: -(kv[1]["energy_j"] + kv[1]["host_energy_j"]))
+                      key=lambda kv: -it_energy_j(kv[1]["energy_j"], kv[1]["host_energy_j"], kv[1]["rest_j"]))
         customers.append({
             "customer": name,
             **_figures(acc),
@@ -119,13 +120,14 @@ def build_statements(data: SiteData, period: Period, unit: str = "account",
             "top_jobs": [{"cluster": k[0], "job": k[1], "user": k[2], "name": names.get((k[0], k[1]), ""),
                           **_figures(v)} for k, v in jobs[:TOP_JOBS]],
         })
-    customers_j = math.fsum(v["energy_j"] + v["host_energy_j"] for v in per_customer.values())
+    customers_j = math.fsum(it_energy_j(v["energy_j"], v["host_energy_j"], v["rest_j"]) for v in per_customer.values())
     split = it_split(node)
     unallocated_j, measured_j = split.unallocated_j, split.measured_j
     start, end = period.iso()
     notes = [
         "IT energy is measured by greenwatch: each job's share of its GPUs' energy counters plus its share of the "
-        "hosts' CPU energy (by CPU time). Facility energy is IT energy x the PUE at the time of use; emissions are "
+        "hosts' CPU energy (by CPU time), plus, where nodes have a meter, its share of the rest of the node "
+        "(memory, network cards, fans, power supplies: the meter minus GPUs and CPUs). Facility energy is IT energy x the PUE at the time of use; emissions are "
         "facility energy x grid intensity at the time (location-based) and x the contractual factor (market-based).",
         "Embodied emissions are those of the jobs whose summary (their end) falls in the period.",
         "Energy greenwatch cannot see (network, storage, nodes without an agent, cooling) is in no statement; the "
@@ -147,6 +149,7 @@ def build_statements(data: SiteData, period: Period, unit: str = "account",
             "measured_it_energy_kwh": _kwh(measured_j),
             "measured_gpu_energy_kwh": _kwh(node["gpu_energy_j"]),
             "measured_host_energy_kwh": _kwh(node["host_energy_j"]),
+            "measured_rest_of_node_kwh": _kwh(node["node_rest_j"]),
             "customers": len(set(per_customer) | set(embodied)),   # before the `only` filter: site-wide
         },
         "notes": notes,

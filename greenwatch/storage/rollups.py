@@ -2,7 +2,8 @@
 
 Two resolutions, each in a retention policy of its own in the same database:
 
-* ``rollup_1m``: 1-minute sums of ``job_energy``, ``node_energy``, ``job_gpu``, ``gpu`` and ``node_power``, computed from
+* ``rollup_1m``: 1-minute sums of ``job_energy``, ``node_energy``, ``job_gpu``, ``gpu``, ``node_power`` and ``job_node``,
+  computed from
   the raw points by a continuous query that re-reads the last ``late_s`` seconds every
   ``every_s`` seconds, so a batch that arrives up to ``late_s`` after its time is summed in;
 * ``rollup_1h``: 1-hour sums computed from the 1-minute rollups the same way.
@@ -62,6 +63,8 @@ ROLLUPS = (
     # them over months too.
     Rollup("node_power", ("meter_j", "gpu_j", "cpu_j", "rest_j", "rest_allocated_j", "unallocated_j"),
            (("points", "meter_j"),)),
+    # Each job's share of the rest of the node and its price: customer statements sum it over a year.
+    Rollup("job_node", ("rest_j", "total_j", "facility_energy_j", "co2_g", "co2_market_g"), (("points", "rest_j"),)),
 )
 
 #: Retention policy of each resolution and its bucket (s), finest first.
