@@ -326,7 +326,7 @@ def _source_list(value: Any) -> str | None:
 class NodePowerConfig:
     """The ``[node_power]`` section: the whole node's meter (docs/methodology.md, "The rest of the node")."""
 
-    sources: str = key("", "Node meters the agent reads, comma-separated, preferred first: 'pm_counters' (HPE Cray EX), 'redfish', 'ipmi-dcmi', 'ipmi-sdr'. The first that answers is used and named on every record. Empty: off; the rest of the node is then not included.", _source_list)
+    sources: str = key("", "Node meters the agent reads, comma-separated, preferred first: 'pm_counters' (HPE Cray EX), 'redfish', 'ipmi-dcmi', 'ipmi-sdr'. The first that answers is used and named on every record; the one in use is kept while it answers, a preferred one taking over after three good polls in a row. Empty: off; the rest of the node is then not included.", _source_list)
     poll_interval_s: float = key(2.0, "How often the node meter is read, in a thread of its own (BMCs refresh every few seconds and answer in hundreds of ms).", _positive)
     timeout_s: float = key(3.0, "Longest wait for one BMC request.", _positive)
     rest_policy: str = key("allocated", "How the rest of the node (meter minus GPUs and CPU) is split: 'allocated' by each job's share of the node's GPUs, 'energy' by each job's measured GPU + CPU energy, or 'unallocated' (kept at node level).", _one_of("allocated", "energy", "unallocated"))
