@@ -23,7 +23,7 @@ from greenwatch.carbon import emissions_g, market_intensity
 __all__ = ["AttributionSettings", "CarbonContext", "JobLine", "JobGpuLine", "GpuLine", "MigLine", "BlockLedger",
            "LedgerInput",
            "LedgerTable", "JOB_VALUES", "BLOCK_VALUES", "GPU_SUMMARY", "PAIR_VALUES", "account_block",
-           "account_blocks"]
+           "account_blocks", "carbon_at"]
 
 _POLICIES = {"equal": kernel.IDLE_EQUAL, "proportional": kernel.IDLE_PROPORTIONAL, "unallocated": kernel.IDLE_UNALLOCATED}
 
@@ -57,6 +57,15 @@ class CarbonContext:
     intensity: _Intensity
     pue: _Pue
     market_factor_g_per_kwh: float | None = None
+
+
+def carbon_at(carbon: CarbonContext, t_s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Location-based intensity, market-based intensity (g/kWh) and PUE at the times ``t_s`` (unix s):
+    the factors every energy greenwatch attributes is priced with (GPU segments, host CPU energy,
+    the rest of the node), through :func:`greenwatch.carbon.emissions_g`."""
+    intensity = np.asarray(carbon.intensity.intensity_at(t_s), dtype=np.float64)
+    market = np.asarray(market_intensity(intensity, carbon.market_factor_g_per_kwh), dtype=np.float64)
+    return intensity, market, np.asarray(carbon.pue.pue_at(t_s), dtype=np.float64)
 
 
 @dataclass
@@ -363,9 +372,7 @@ def account_blocks(inputs: Sequence[LedgerInput], settings: AttributionSettings,
 
     # Carbon: every segment is priced at the intensity and PUE of its own start time.
     seg_t = t_us[seg_row].astype(np.float64) * 1e-6
-    intensity = np.asarray(carbon.intensity.intensity_at(seg_t), dtype=np.float64)
-    market = np.asarray(market_intensity(intensity, carbon.market_factor_g_per_kwh), dtype=np.float64)
-    pue = np.asarray(carbon.pue.pue_at(seg_t), dtype=np.float64)
+    intensity, market, pue = carbon_at(carbon, seg_t)
     holder_seg = np.repeat(np.arange(seg_gpu.shape[0]), np.diff(holder_ptr))
 
     def per_job(values: np.ndarray) -> np.ndarray:
@@ -385,9 +392,7 @@ def account_blocks(inputs: Sequence[LedgerInput], settings: AttributionSettings,
     priced = np.flatnonzero(host_total > 0)
     if priced.shape[0]:
         t_end = np.array([blocks[k].end_us for k in priced.tolist()], dtype=np.float64) * 1e-6
-        h_int[priced] = np.asarray(carbon.intensity.intensity_at(t_end), dtype=np.float64)
-        h_mkt[priced] = np.asarray(market_intensity(h_int[priced], carbon.market_factor_g_per_kwh), dtype=np.float64)
-        h_pue[priced] = np.asarray(carbon.pue.pue_at(t_end), dtype=np.float64)
+        h_int[priced], h_mkt[priced], h_pue[priced] = carbon_at(carbon, t_end)
 
     seg_pue, seg_int, seg_mkt = pue[holder_seg], intensity[holder_seg], market[holder_seg]
     hb = job_block   # each job's block, to price its host energy at that block's end

@@ -1,9 +1,9 @@
 """The price of each job's share of the rest of the node: facility energy and emissions.
 
 The rest of the node is IT energy like the GPUs' and the CPU's, so it is priced exactly as the
-ledger prices a window's host CPU energy (:mod:`greenwatch.attribution.ledger`): at the grid
-intensity, market factor and PUE of the window's end, through the carbon package's one
-emissions formula (:func:`greenwatch.carbon.emissions_g`).
+ledger prices a window's host CPU energy: with the factors of the window's end
+(:func:`greenwatch.attribution.ledger.carbon_at`) through the carbon package's one emissions
+formula (:func:`greenwatch.carbon.emissions_g`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from greenwatch.attribution.ledger import CarbonContext
-from greenwatch.carbon import emissions_g, market_intensity
+from greenwatch.attribution.ledger import CarbonContext, carbon_at
+from greenwatch.carbon import emissions_g
 
 __all__ = ["RestPrice", "price_rest"]
 
@@ -33,9 +33,6 @@ def price_rest(rest_j: Sequence[float], end_us: int, carbon: CarbonContext) -> R
     energy = np.asarray(rest_j, dtype=np.float64)
     if energy.shape[0] == 0:
         return RestPrice((), (), ())
-    t = np.array([end_us * 1e-6])
-    intensity = np.asarray(carbon.intensity.intensity_at(t), dtype=np.float64)
-    market = np.asarray(market_intensity(intensity, carbon.market_factor_g_per_kwh), dtype=np.float64)
-    pue = np.asarray(carbon.pue.pue_at(t), dtype=np.float64)
+    intensity, market, pue = carbon_at(carbon, np.array([end_us * 1e-6]))
     return RestPrice(tuple((energy * pue).tolist()), tuple(emissions_g(energy, intensity, pue).tolist()),
                      tuple(emissions_g(energy, market, pue).tolist()))
