@@ -99,10 +99,10 @@ def aggregate_job_data(source: InfluxSource, job_id: str, where: str,
                      "samples is the mean of the batch means, not sample-weighted.")
     if without_span:
         notes.append(mean_power_note(without_span, "unweighted"))
-    rest = _rest(source, where)
+    rest = _rest(source, where, job_span)
     if rest is None and source.raw_gone and "node_rest_j" in meta:
-        notes.append("The job's shares of the rest of its nodes (job_node) are past the raw retention: the "
-                     "report's figures are its GPUs' and CPUs' alone; its job summary includes the rest.")
+        notes.append("The job's shares of the rest of its nodes (job_node) are in neither the raw points nor the "
+                     "rollups: the report's figures are its GPUs' and CPUs' alone; its job summary includes the rest.")
     if len(gpus) > PLOTTED_GPUS:
         notes.append(f"The power plot shows {PLOTTED_GPUS} of the job's {len(gpus)} GPUs; the per-GPU table has "
                      "every GPU.")
@@ -120,14 +120,12 @@ def aggregate_job_data(source: InfluxSource, job_id: str, where: str,
         notes=notes, rest=rest)
 
 
-def _rest(source: InfluxSource, where: str) -> dict[str, float] | None:
-    """The job's ``job_node`` sums (None: no node meter measured its nodes).  Raw points only: no
-    rollup keeps ``job_node``, and there is at most one point per metered node and batch."""
-    select = ", ".join(f'SUM("{f}") AS "{f}"' for f in REST_FIELDS)
-    rows = source.rows(f'SELECT {select} FROM "job_node" WHERE {where}')
-    if not rows:
+def _rest(source: InfluxSource, where: str, span: tuple[int | None, int | None]) -> dict[str, float] | None:
+    """The job's ``job_node`` sums, from the rollups where complete (None: no node meter measured its nodes)."""
+    row = summed(source, "job_node", sum_columns(REST_FIELDS), where, span, ()).get(())
+    if not row:
         return None
-    return {f: float(sum(float(r.get(f) or 0.0) for r in rows)) for f in REST_FIELDS}
+    return {f: float(row.get(f) or 0.0) for f in REST_FIELDS}
 
 
 def _energy_series(source: InfluxSource, where: str, first_ns: int | None,
