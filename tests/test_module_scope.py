@@ -201,7 +201,10 @@ def test_greenwatch_run_on_grace_hopper_charges_the_module_once(mock_nvml_in_pro
         sum(range(20_000))
     result = session.finish(write_files=False)
     r = result.report
-    assert r.gpu_energy_j > 0.3 * (200.0 + GRACE_W)
+    # The module draws 200 W + Grace at every instant, so its energy is that power over the GPU
+    # time the run was charged for (how long that is depends on how busy this machine is).
+    assert r.gpu_seconds > 0.2
+    assert r.gpu_energy_j == pytest.approx((200.0 + GRACE_W) * r.gpu_seconds, rel=0.02)
     assert "module scope" in r.gpu_energy_method
     assert r.host_energy_j == 0.0
 
