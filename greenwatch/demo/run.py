@@ -18,14 +18,13 @@ from typing import TextIO
 from greenwatch.agent.sampler import Sampler
 from greenwatch.attribution import AttributionSettings, CarbonContext
 from greenwatch.carbon import AnnualIntensity, ConstantPue, SeriesIntensity
+from greenwatch.carbon.units import J_PER_KWH
 from greenwatch.collector import Collector
 from greenwatch.demo.cluster import DemoCluster, DemoScheduler, default_jobs
 from greenwatch.storage.embedded import EmbeddedStore
 from greenwatch.transport.wire import encode
 
 __all__ = ["DemoOptions", "run_demo"]
-
-J_PER_KWH = 3.6e6
 
 
 @dataclass(frozen=True)
