@@ -321,3 +321,31 @@ def test_a_flaky_preferred_source_does_not_switch_back_and_forth():
         assert poller.poll_once()
         wins.append(poller.window(clock[0]))
     assert wins[-1] is not None and wins[-1].source == "pm_counters"
+
+
+def test_a_corrupt_meter_reading_is_left_out_not_sent_to_be_refused():
+    clock = [T0]
+    energies = iter([0.0, 1e12, 1e12 + 1000.0, 1e12 + 2000.0])   # the second reading is garbage
+
+    class Corrupt(NodePowerSource):
+        name = "redfish"
+
+        def read(self) -> NodeReading:
+            return NodeReading(clock[0], energy_j=next(energies), power_w=1000.0)
+
+    poller = NodePowerPoller([Corrupt()], period_s=1.0)
+    wins = []
+    for k in range(4):
+        clock[0] = T0 + k * 1_000_000
+        assert poller.poll_once()
+        wins.append(poller.window(clock[0]))
+    assert wins[1] is None and poller.refused_windows == 1   # the corrupt window is not sent
+    assert wins[2] is not None and wins[2].energy_j == pytest.approx(1000.0)   # and the meter goes on
+    from greenwatch.batch import Batch, JobInfo, empty_block
+    from greenwatch.transport.wire import decode, encode
+
+    for w in wins:
+        sent = T0 + 3_500_000
+        b = Batch("c1", "n1", 0, "boot1", [], [JobInfo("1", "alice", "slurm")], empty_block(0), sent_us=sent,
+                  node_power=w)
+        assert decode(encode(b), now_us=sent).node_power == w

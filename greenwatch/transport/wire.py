@@ -39,7 +39,7 @@ from greenwatch.recent import RecentCache
 from greenwatch.transport import migwire
 from greenwatch.transport.identifiers import check_name, is_name
 
-__all__ = ["MAGIC", "VERSION", "WireError", "encode", "decode", "MIN_SENT_US"]
+__all__ = ["MAGIC", "VERSION", "WireError", "encode", "decode", "MIN_SENT_US", "MAX_NODE_POWER_W", "node_power_limit_j"]
 
 MAGIC = b"GWB"
 VERSION = 1
@@ -306,6 +306,12 @@ def _check_host(host: dict[str, Any], cpu: list[Any], block: Block, sent_us: int
 MAX_NODE_POWER_W = 50_000.0
 
 
+def node_power_limit_j(start_us: int, end_us: int) -> float:
+    """The most node energy (and energy of each part) a window from ``start_us`` to ``end_us`` may
+    carry; a second of slack, as the meter's window ends are interpolated on the GPUs' clock."""
+    return MAX_NODE_POWER_W * ((end_us - start_us) / 1e6 + 1.0)
+
+
 def _node_power_header(p: NodePower) -> dict[str, Any]:
     return {"source": p.source, "start_us": p.start_us, "end_us": p.end_us, "energy_j": round(float(p.energy_j), 6),
             "counter": p.counter, "parts_j": {k: round(float(v), 6) for k, v in p.parts_j.items()},
@@ -332,8 +338,7 @@ def _parse_node_power(header: dict[str, Any], lo_us: int, hi_us: int, key: str =
              "bad-header", f"node_power flags must be distinct ones of {', '.join(NODE_POWER_FLAGS)}")
     _require(type(parts) is dict and all(k in NODE_POWER_PARTS for k in parts), "bad-header",
              f"node_power parts must be among {', '.join(NODE_POWER_PARTS)}")
-    # A second of slack: the meter's window ends are interpolated on the GPUs' clock.
-    limit = MAX_NODE_POWER_W * ((end_us - start_us) / 1e6 + 1.0)
+    limit = node_power_limit_j(start_us, end_us)
     energy = raw.get("energy_j")
     for what, v in (("energy_j", energy), *((f"parts_j.{k}", x) for k, x in parts.items())):
         _require(_finite(v) and 0 <= v <= limit, "bad-value",

@@ -12,6 +12,7 @@ readings is not counted twice, and is not counted at all: switches must stay rar
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from typing import Sequence
@@ -19,10 +20,17 @@ from typing import Sequence
 from greenwatch.agent.nodepower.meter import MeterCurve
 from greenwatch.batch import NodePower
 from greenwatch.agent.nodepower.reading import NodePowerError, NodePowerSource, NodeReading
+from greenwatch.transport.wire import node_power_limit_j
 
 __all__ = ["NodePowerPoller"]
 
 log = logging.getLogger(__name__)
+
+
+def _sendable(win: NodePower) -> bool:
+    """The window passes the collector's check of node energy (the same limit, from the wire format)."""
+    limit = node_power_limit_j(win.start_us, win.end_us)
+    return all(math.isfinite(v) and 0 <= v <= limit for v in (win.energy_j, *win.parts_j.values()))
 
 
 class NodePowerPoller:
@@ -47,6 +55,8 @@ class NodePowerPoller:
         #: Failed reads per error kind, and successful reads (for the metrics endpoint and tests).
         self.errors: dict[str, int] = {}
         self.reads = 0
+        #: Windows whose energy no node can draw (a corrupt meter), left out of their batches.
+        self.refused_windows = 0
 
     def _read(self, src: NodePowerSource) -> NodeReading | None:
         """One read of ``src``, its failure counted and logged once per kind; None when it failed."""
@@ -112,6 +122,14 @@ class NodePowerPoller:
             if self._curve is None:
                 return None
             win = self._curve.window(end_us)
+            if win is not None and not _sendable(win):
+                # A corrupt reading (no node draws this much): the collector would refuse the whole
+                # batch, GPU data included, so the node's energy is left out of this window instead.
+                self.refused_windows += 1
+                log.error("node power from %s: %.0f J (parts %s) in a %.1f s window is more than a node "
+                          "can draw; left out of this batch", win.source, win.energy_j, win.parts_j,
+                          (win.end_us - win.start_us) / 1e6)
+                return None
             if win is not None and self._changed:
                 self._changed = False
                 win = NodePower(win.source, win.start_us, win.end_us, win.energy_j, win.counter, win.parts_j,
