@@ -433,3 +433,8 @@ def test_the_agent_shows_its_node_meter_power_source_and_errors_by_kind(tmp_path
     (root / "energy").write_text("bad\n")
     assert not poller.poll_once()
     assert registry.get_sample_value("greenwatch_node_power_read_errors_total", {"node": "n1", "kind": "bad-reply"}) == 1
+    assert registry.get_sample_value("greenwatch_node_power_refused_windows_total", {"node": "n1"}) == 0
+    (root / "energy").write_text("1000000000000 J 1700000001000000 us\n")   # no node draws 1 TW
+    (root / "power").write_text("1234 W 1700000001000000 us\n")
+    assert poller.poll_once() and poller.window(1_700_000_001_000_000) is None
+    assert registry.get_sample_value("greenwatch_node_power_refused_windows_total", {"node": "n1"}) == 1

@@ -207,6 +207,11 @@ class AgentMetrics(PromCollector):
                                      "bad-reply, auth, unknown).", labels=["node", "kind"])
         for kind, count in sorted(dict(meter.errors).items()):
             errors.add_metric([self.node, kind], count)
+        refused = CounterMetricFamily("greenwatch_node_power_refused_windows",
+                                      "Windows whose node energy was more than a node can draw (a corrupt "
+                                      "meter reading), left out of their batches.", labels=["node"])
+        refused.add_metric([self.node], meter.refused_windows)
+        yield refused
         yield errors
 
 
