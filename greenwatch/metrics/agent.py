@@ -82,6 +82,7 @@ class NodeMeterView(Protocol):
 
     errors: dict[str, int]
     reads: int
+    refused_windows: int
 
     def latest(self) -> tuple[str, int, float] | None: ...
 
