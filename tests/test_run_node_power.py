@@ -77,6 +77,9 @@ def test_a_run_on_a_node_with_pm_counters_is_charged_the_rest_of_the_node_and_th
     report_of(out)
     assert "- Rest of the node: measured by HPE Cray pm_counters" in (out / "report.md").read_text()
     assert "rest of the node measured by HPE Cray pm_counters; the run's share" in stderr
+    # The summary's energy line names every part its total adds up, the rest of the node among them.
+    energy_line = next(line for line in stderr.splitlines() if line.startswith("  energy:"))
+    assert ", rest of the node " in energy_line and "total " in energy_line, energy_line
 
     store = EmbeddedStore(out / "greenwatch.sqlite")
     node = store.points("node_power")
@@ -199,3 +202,53 @@ def test_track_reads_the_node_meter_too(tmp_path, lib_dir):
     store.close()
     meter = math.fsum(p["meter_j"] for p in node)
     assert meter > 0 and job["node_energy_j"] + math.fsum(p["unallocated_j"] for p in node) == pytest.approx(meter)
+
+
+def test_named_phases_include_their_share_of_the_rest_of_the_node(tmp_path, lib_dir):
+    import json
+    import subprocess
+    import textwrap
+
+    pm = tmp_path / "pm_counters"
+    meter_thread = FakeMeter(pm)
+    (tmp_path / "site.toml").write_text(f'[node_power]\npm_counters_dir = "{pm}"\npoll_interval_s = 0.2\n')
+    Scenario(t0=meter_thread.t0, gpus=[GpuSpec(0, power=[Constant(-60.0, 600.0, GPU_W)])]).write(tmp_path / "node.scn")
+    env = mock_env(lib_dir, tmp_path / "node.scn")
+    env["CUDA_VISIBLE_DEVICES"] = "0"
+    out = tmp_path / "run"
+    # One phase over almost all of the run: the moments before its first cut and after its last are
+    # all the run has outside it.
+    code = textwrap.dedent(f"""
+        import json, time
+        import greenwatch
+        with greenwatch.track("phased", out={str(out)!r}, config="site.toml") as run:
+            with run.phase("work"):
+                time.sleep(2.5)
+        print(json.dumps({{"energy": run.result.energy_kwh, "co2": run.result.co2_kg, "phases": run.result.phases}}))
+    """)
+    meter_thread.start()
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120)
+    finally:
+        meter_thread.stop.set()
+        meter_thread.join()
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    energy, co2, (work,) = got["energy"], got["co2"], got["phases"]
+    assert work["name"] == "work" and work["measured"]
+    store = EmbeddedStore(out / "greenwatch.sqlite")
+    shares = store.points("job_node", job="phased")
+    parts = store.points("job_energy", job="phased")
+    store.close()
+    # The rest of the node (1500 W meter, 250 W GPU) is most of the run's energy: a phase counting only
+    # the GPU and host shares would hold a fraction of the run's total.
+    assert energy["rest_of_node"] > 2 * energy["gpu"]
+    assert 0.8 * energy["total"] <= work["total_kwh"] <= energy["total"] * (1 + 1e-9)
+    assert 0.8 * co2["location_based"] <= work["co2_kg"] <= co2["location_based"] * (1 + 1e-9)
+    assert 0.8 * co2["market_based"] <= work["co2_market_kg"] <= co2["market_based"] * (1 + 1e-9)
+    assert 0.8 * energy["rest_of_node"] <= work["rest_kwh"] <= energy["rest_of_node"] * (1 + 1e-9)
+    # The phase is the sum of the run's per-batch records that end within it, the rest's included:
+    # its figures are what a phase over every batch of the run would add up to, less what lies outside.
+    everything = (math.fsum(p["facility_energy_j"] for p in parts) + math.fsum(s["facility_energy_j"] for s in shares))
+    assert work["total_kwh"] * 3.6e6 <= everything * (1 + 1e-9)

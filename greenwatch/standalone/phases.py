@@ -3,7 +3,9 @@
 A phase boundary asks the sampling thread to take a GPU reading and close the current batch
 there, so that every batch lies wholly inside or outside each phase.  The collector then
 accounts the batches exactly as usual, and a phase's figures are the sums of the run's
-per-batch records (``job_energy``) whose batch ended within it: no formula of its own, and
+per-batch records whose batch ended within it: its GPU and host shares (``job_energy``) and,
+where a node meter was read, its share of the rest of the node (``job_node``, already priced
+by the collector's ledger), so phases covering the whole run add up to the run: no formula of its own, and
 boundaries as exact as the samples (within one sampling interval of the call).  Asking costs
 the calling thread a lock and a queue put; the cut happens on the sampling thread.
 """
@@ -71,17 +73,21 @@ class PhaseBook:
 
 
 def phase_figures(intervals: list[tuple[str, int | None, int | None]],
-                  job_points: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per phase name (in order of first use): time, GPU/host/total energy (kWh), emissions (kg).
+                  job_points: list[dict[str, Any]],
+                  node_points: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Per phase name (in order of first use): time, GPU/host/rest-of-node/total energy (kWh), emissions (kg).
 
-    A batch belongs to a phase when its end lies in ``(start, end]``; a phase entered several
-    times (each epoch's "train") adds up.  Phases whose boundaries were never cut (sampling
-    stopped) are listed without figures.
+    ``job_points`` are the run's ``job_energy`` records, ``node_points`` its ``job_node`` records
+    (its share of the rest of the node, where a meter was read; ``rest_kwh`` is None without
+    them).  A batch belongs to a phase when its end lies in ``(start, end]``; a phase entered
+    several times (each epoch's "train") adds up.  Phases whose boundaries were never cut
+    (sampling stopped) are listed without figures.
     """
+    metered = bool(node_points)
     out: dict[str, dict[str, Any]] = {}
     for name, lo, hi in intervals:
         row = out.setdefault(name, {"name": name, "times": 0, "duration_s": 0.0, "gpu_kwh": 0.0, "host_kwh": 0.0,
-                                    "total_kwh": 0.0, "co2_kg": 0.0, "co2_market_kg": 0.0, "measured": True})
+                                    "rest_kwh": 0.0 if metered else None, "total_kwh": 0.0, "co2_kg": 0.0, "co2_market_kg": 0.0, "measured": True})
         row["times"] += 1
         if lo is None or hi is None:
             row["measured"] = False
@@ -92,6 +98,15 @@ def phase_figures(intervals: list[tuple[str, int | None, int | None]],
             if lo < t_us <= hi:
                 row["gpu_kwh"] += float(p.get("energy_j", 0.0)) / J_PER_KWH
                 row["host_kwh"] += float(p.get("host_energy_j", 0.0)) / J_PER_KWH
+                row["total_kwh"] += float(p.get("facility_energy_j", 0.0)) / J_PER_KWH
+                row["co2_kg"] += float(p.get("co2_g", 0.0)) / 1000
+                row["co2_market_kg"] += float(p.get("co2_market_g", 0.0)) / 1000
+        # The rest of the node is IT energy beside the GPU and host shares: its facility energy and
+        # emissions (priced per window by the collector) belong in the phase's totals too.
+        for p in node_points or ():
+            t_us = int(p["time_ns"]) // 1000
+            if lo < t_us <= hi:
+                row["rest_kwh"] += float(p.get("rest_j", 0.0)) / J_PER_KWH
                 row["total_kwh"] += float(p.get("facility_energy_j", 0.0)) / J_PER_KWH
                 row["co2_kg"] += float(p.get("co2_g", 0.0)) / 1000
                 row["co2_market_kg"] += float(p.get("co2_market_g", 0.0)) / 1000

@@ -287,7 +287,8 @@ class Session:
         meta.update(self._node_fields())
         if self.phases.intervals():
             self.phase_results = phase_figures(self.phases.intervals(),
-                                               self.store.points("job_energy", job=self.opts.name))
+                                               self.store.points("job_energy", job=self.opts.name),
+                                               self.store.points("job_node", job=self.opts.name))
             meta["phases"] = json.dumps(self.phase_results)
         self.store.write([self._job_record(meta)])
         report = build_report(EmbeddedSource(self.store), self.opts.name, carbon=self.opts.carbon,
