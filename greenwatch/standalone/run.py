@@ -145,7 +145,10 @@ def format_summary(r: RunResult, status: int) -> str:
         lines.append(f"  GPUs:      {', '.join(r.gpus)} ({r.gpu_hours:.3g} GPU-h)")
     else:
         lines.append(f"  GPUs:      none ({r.no_gpu_reason or 'the run used no GPU'})")
-    lines.append(f"  energy:    GPU {num(e['gpu'])} kWh, host {host}, facility overhead "
+    # The total includes the run's share of the rest of the node where a meter measured it: name
+    # that part too, so the parts on the line add up to the total.
+    rest = "" if e.get("rest_of_node") is None else f", rest of the node {num(e['rest_of_node'])} kWh"
+    lines.append(f"  energy:    GPU {num(e['gpu'])} kWh, host {host}{rest}, facility overhead "
                  f"{num(e['facility_overhead'])} kWh, total {num(e['total'])} kWh")
     lines.append(f"  emissions: {num(c['location_based'])} kgCO2e location-based, {num(c['market_based'])} "
                  f"market-based, {num(c['embodied'])} embodied")
