@@ -28,10 +28,11 @@ for _p in (ROOT, ROOT / "tests"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+from greenwatch.carbon.units import J_PER_KWH  # noqa: E402 - after the path set-up
 __all__ = ["run"]
 
 DB = "site"
-J = 3.6e6
+J = J_PER_KWH   # joules in a kWh: the fixtures are written in kWh
 
 
 def _summaries(jobs: int, seed: int = 3) -> tuple[list[str], int]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -27,10 +26,13 @@ for _p in (ROOT, ROOT / "tests"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+from benchmarks.timing import median_s  # noqa: E402 - after the path set-up
+
+from greenwatch.carbon.units import J_PER_KWH  # noqa: E402 - after the path set-up
 __all__ = ["run"]
 
 DB = "site"
-J = 3.6e6
+J = J_PER_KWH   # joules in a kWh: the fixtures are written in kWh
 
 
 def _lines(jobs: int, end_s: int) -> list[str]:
@@ -46,13 +48,6 @@ def _lines(jobs: int, end_s: int) -> list[str]:
     return out
 
 
-def _median_s(fn: Callable[[], Any], repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def run(quick: bool) -> Iterator[dict[str, Any]]:
@@ -75,7 +70,7 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
         store.timeout_s = 600.0
         reach = copy_reach_s(3600, 300)
         one_run = copy_statement(DB, "autogen", (now - reach) * 10**9, (now + 60) * 10**9)
-        yield {"name": "job_copy.cq_run_s", "value": round(_median_s(lambda: store.command(one_run)), 3),
+        yield {"name": "job_copy.cq_run_s", "value": round(median_s(lambda: store.command(one_run)), 3),
                "unit": "s", "jobs": jobs, "reach_s": reach}
         copied = store.query('SELECT COUNT("last_energy_j") FROM "rollup_1h"."job"')
         yield {"name": "job_copy.copies", "value": copied[0]["count"] if copied else 0, "unit": "points", "jobs": jobs}
@@ -85,8 +80,8 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
                     for r in store.query(q)]
 
         day = f"time >= {(now - 86400) * 10**9} AND time < {now * 10**9}"
-        both = _median_s(lambda: read_summaries(rows, day))
-        raw = _median_s(lambda: rows(f'SELECT * FROM "job" WHERE {day}'))
+        both = median_s(lambda: read_summaries(rows, day))
+        raw = median_s(lambda: rows(f'SELECT * FROM "job" WHERE {day}'))
         yield {"name": "job_copy.read_day_s", "value": round(both, 3), "unit": "s", "jobs": jobs,
                "baseline": round(raw, 3), "ratio": round(both / raw, 2)}
         store.close()

@@ -16,8 +16,9 @@ import argparse
 import dataclasses
 import json
 import math
-import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Iterator
 
 from greenwatch.agent.builder import BatchBuilder, Holder, InstanceState
@@ -25,6 +26,12 @@ from greenwatch.attribution import AttributionSettings, CarbonContext, LedgerInp
 from greenwatch.batch import GpuInfo, JobInfo
 from greenwatch.carbon import AnnualIntensity, ConstantPue
 from greenwatch.transport.wire import decode, encode
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:   # run alone: python benchmarks/mig_split.py
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.timing import median_s  # noqa: E402 - after the path set-up
 
 BOARDS, DEVICES, SECONDS, HZ = 8, 7, 5, 10
 
@@ -55,15 +62,6 @@ def node_batch(t0_us: int):
     return batch
 
 
-def _median_s(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def run(quick: bool) -> Iterator[dict]:
     """Per-batch decode and accounting times with and without MIG columns, in microseconds."""
     batch = node_batch(int(time.time() * 1e6) - 20_000_000)
@@ -79,9 +77,9 @@ def run(quick: bool) -> Iterator[dict]:
         decode(payload, now_us=b.sent_us)                      # compile the checks once
         d = decode(payload, now_us=b.sent_us)
         account_blocks([LedgerInput(d.block, d.gpus, d.jobs, mig=d.mig)], settings, carbon)
-        yield {"name": f"mig_split.decode_us.{label}", "value": round(1e6 * _median_s(
+        yield {"name": f"mig_split.decode_us.{label}", "value": round(1e6 * median_s(
             lambda: decode(payload, now_us=b.sent_us), repeats), 1), "unit": "us/batch"}
-        yield {"name": f"mig_split.account_us.{label}", "value": round(1e6 * _median_s(
+        yield {"name": f"mig_split.account_us.{label}", "value": round(1e6 * median_s(
             lambda: account_blocks([LedgerInput(d.block, d.gpus, d.jobs, mig=d.mig)], settings, carbon), repeats), 1),
             "unit": "us/batch"}
         yield {"name": f"mig_split.bytes.{label}", "value": len(payload), "unit": "bytes/batch"}
