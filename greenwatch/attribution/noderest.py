@@ -56,9 +56,14 @@ def allocated_shares(held_s: Sequence[float], total_s: float) -> list[float]:
     Shares are clipped to [0, 1] and scaled so they never add up to more than 1."""
     if not total_s > 0:
         return [0.0] * len(held_s)
-    shares = [min(max(h / total_s, 0.0), 1.0) if math.isfinite(h) else 0.0 for h in held_s]
-    s = math.fsum(shares)
-    return [x / s for x in shares] if s > 1.0 else shares
+    return _bounded([h / total_s for h in held_s])
+
+
+def _bounded(shares: Sequence[float]) -> list[float]:
+    """Shares clipped to [0, 1] (non-finite ones: 0) and scaled so they add up to at most 1."""
+    clipped = [min(max(x, 0.0), 1.0) if math.isfinite(x) else 0.0 for x in shares]
+    total = math.fsum(clipped)
+    return [x / total for x in clipped] if total > 1.0 else clipped
 
 
 def split_node(meter_j: float | None, job_parts_j: Sequence[float], unallocated_parts_j: float,
@@ -89,10 +94,7 @@ def split_node(meter_j: float | None, job_parts_j: Sequence[float], unallocated_
     rest = max(0.0, meter_j - parts)
     scaled = [x * scale for x in job_parts_j]
     if policy == "allocated":
-        weights = [min(max(s, 0.0), 1.0) if math.isfinite(s) else 0.0 for s in shares]
-        total_w = math.fsum(weights)
-        if total_w > 1.0:
-            weights = [w / total_w for w in weights]
+        weights = _bounded(shares)
     elif policy == "energy":
         weights = [x / parts for x in job_parts_j] if parts > 0 else [0.0] * n
     else:
