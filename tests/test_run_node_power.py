@@ -30,6 +30,7 @@ class FakeMeter(threading.Thread):
         super().__init__(daemon=True)
         self.root, self.t0, self.e0 = root, time.time(), 1_000_000
         self.stop = threading.Event()
+        self.frozen = threading.Event()   # set: the node's controller stops refreshing the counters
         root.mkdir()
         (root / "generation").write_text("3\n")
         (root / "version").write_text("2\n")
@@ -46,8 +47,9 @@ class FakeMeter(threading.Thread):
     def run(self) -> None:
         n = 2
         while not self.stop.wait(0.05):
-            self.refresh(n)
-            n += 1
+            if not self.frozen.is_set():
+                self.refresh(n)
+                n += 1
 
 
 @pytest.fixture(scope="module")
@@ -252,3 +254,45 @@ def test_named_phases_include_their_share_of_the_rest_of_the_node(tmp_path, lib_
     # its figures are what a phase over every batch of the run would add up to, less what lies outside.
     everything = (math.fsum(p["facility_energy_j"] for p in parts) + math.fsum(s["facility_energy_j"] for s in shares))
     assert work["total_kwh"] * 3.6e6 <= everything * (1 + 1e-9)
+
+
+def test_a_meter_that_stops_during_the_run_is_reported_with_the_share_of_the_run_it_measured(tmp_path, lib_dir):
+    import json
+
+    pm = tmp_path / "pm_counters"
+    meter_thread = FakeMeter(pm)
+    (tmp_path / "site.toml").write_text(f'[node_power]\npm_counters_dir = "{pm}"\npoll_interval_s = 0.2\n')
+    Scenario(t0=meter_thread.t0, gpus=[GpuSpec(0, power=[Constant(-60.0, 600.0, GPU_W)])]).write(tmp_path / "node.scn")
+    env = mock_env(lib_dir, tmp_path / "node.scn")
+    env["CUDA_VISIBLE_DEVICES"] = "0"
+    out = tmp_path / "run"
+    started = tmp_path / "started"
+    # The run's command says when it began; the meter then answers for one more second and stops.
+    # Its last power is carried on for at most 5 s (docs/wire-format.md), then its windows are stale.
+    meter_thread.start()
+    try:
+        proc = greenwatch_proc(["run", "--config", "site.toml", "--out", str(out), "--", sys.executable, "-c",
+                                f"import time; open({str(started)!r}, 'w').close(); time.sleep(9)"], env, cwd=tmp_path)
+        deadline = time.monotonic() + 60
+        while not started.exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "the command never started"
+            time.sleep(0.05)
+        time.sleep(1.0)
+        meter_thread.frozen.set()
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        meter_thread.stop.set()
+        meter_thread.join()
+    assert proc.returncode == 0, stderr
+    store = EmbeddedStore(out / "greenwatch.sqlite")
+    node = store.points("node_power")
+    store.close()
+    assert any("stale" in str(p.get("flags", "")) for p in node)    # the meter's outage is in its windows
+    md = (out / "report.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("- Rest of the node: measured by HPE Cray pm_counters"))
+    assert " for " in line, line                    # never a plain "measured"
+    share = int(line.split(" for ")[1].split(" %")[0])
+    # Measured for about the first 6 s of the 9 s run (1 s of readings and 5 s carried on).
+    assert 45 <= share <= 90 and "% of the run (not measured for the rest of it)" in line, line
+    doc = json.loads((out / "report.json").read_text())
+    assert f"for {share} % of the run" in json.dumps(doc)

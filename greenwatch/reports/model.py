@@ -213,6 +213,7 @@ def build_report(source: ReportSource, job_id: str, *, carbon: CarbonContext,
     co2_gpu = co2_loc - co2_host
     co2_parts = co2_loc   # the GPUs' and the host's, as the collector stored them on job_energy
     co2_loc += co2_rest
+    rest_share = _rest_measured_share(source, job_id, data) if data.rest is not None else None
 
     # -- which GPUs, when ----------------------------------------------------------------------
     gpus = data.gpus
@@ -294,7 +295,7 @@ def build_report(source: ReportSource, job_id: str, *, carbon: CarbonContext,
         generated_at=time.time() if now is None else now,
         intensity_times=wi.plot_times, intensity_values=wi.plot_values,
         node_rest_j=rest_j, co2_rest_g=co2_rest,
-        extra={k: (_json_field(meta[k]) if k == "phases" else rest_of_node_text(meta[k]) if k == "node_meter"
+        extra={k: (_json_field(meta[k]) if k == "phases" else _rest_text(meta[k], rest_share) if k == "node_meter"
                    else meta[k])
                for k in ("sampled_from_s", "sampled_to_s", "command", "exit_status", "ended_by", "gpu_note", "phases",
                          "node_meter")
@@ -303,6 +304,53 @@ def build_report(source: ReportSource, job_id: str, *, carbon: CarbonContext,
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+#: From this share of its time on, a job's rest of the node is stated as measured without a share.
+_REST_WHOLLY_MEASURED = 0.995
+
+
+def _rest_text(node_meter: Any, share: float | None) -> str:
+    """The report's "Rest of the node" line: which meters measured it and, where they failed for
+    part of the job, for what share of its time (a plain "measured" would overstate the figure)."""
+    text = rest_of_node_text(node_meter)
+    if share is None or share >= _REST_WHOLLY_MEASURED or not text.startswith("measured by "):
+        return text
+    return f"{text} for {math.floor(share * 100)} % of the run (not measured for the rest of it)"
+
+
+def _rest_measured_share(source: ReportSource, job_id: str, data: JobData) -> float | None:
+    """The share (0 to 1) of the job's batch time in which a node meter measured its share of the
+    rest of the node: batches with a ``job_node`` point whose meter window was not ``stale`` (the
+    meter had stopped answering), each weighted by its length and by the share of the job's nodes
+    so measured.  None where it cannot be said from the raw points (only rollups are left)."""
+    ends_us = np.unique(np.rint(np.asarray(data.energy_t_s, dtype=np.float64) * 1e6).astype(np.int64))
+    shares = source.job_points("job_node", job_id)
+    if ends_us.size == 0 or not shares:
+        return None
+    known = {int(t) for t in ends_us}
+    by_end: dict[int, set[str]] = defaultdict(set)
+    for p in shares:
+        by_end[int(p["time_ns"]) // 1000].add(str(p.get("node", "")))
+    # A report reduced in the database has per-minute times, not the batches the shares belong to.
+    if sum(1 for t in by_end if t in known) < 0.9 * len(by_end):
+        return None
+    # The meter's own windows say where it had stopped answering (sources without them: none did).
+    read = getattr(source, "meter_points", None)
+    stale: set[tuple[str, int]] = set()
+    if callable(read):
+        lo_ns, hi_ns = int(ends_us[0]) * 1000, int(ends_us[-1]) * 1000
+        for node in sorted({n for nodes in by_end.values() for n in nodes}):
+            stale |= {(node, int(w["time_ns"]) // 1000) for w in read(data.cluster, node, lo_ns, hi_ns)
+                      if "stale" in str(w.get("flags", "")).split(",")}
+    gaps = np.diff(ends_us).astype(np.float64)
+    # The first batch's length: the GPU time it held, else a typical batch's.
+    first = data.first_held_s * 1e6 if data.first_held_s > 0 else (float(np.median(gaps)) if gaps.size else 1.0)
+    weights = np.concatenate(([first], gaps))
+    n_nodes = max(1, len(data.nodes))
+    measured = np.array([min(1.0, len({n for n in by_end.get(int(t), ()) if (n, int(t)) not in stale}) / n_nodes)
+                         for t in ends_us])
+    total = float(weights.sum())
+    return float((weights * measured).sum() / total) if total > 0 else None
 
 
 def _json_field(text: Any) -> Any:

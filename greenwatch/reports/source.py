@@ -81,6 +81,11 @@ class EmbeddedSource:
         return [p for p in self.store.points("node_energy", cluster=cluster, node=node)
                 if t_from_ns <= p["time_ns"] <= t_to_ns]
 
+    def meter_points(self, cluster: str, node: str, t_from_ns: int, t_to_ns: int) -> list[dict[str, Any]]:
+        """Points of the ``node_power`` measurement (the node meter's windows) for one node in the span."""
+        return [p for p in self.store.points("node_power", cluster=cluster, node=node)
+                if t_from_ns <= p["time_ns"] <= t_to_ns]
+
 
 class InfluxSource:
     """Reads InfluxDB through InfluxQL (works on 1.x, on 2.x with a DBRP mapping, and on 3.x).
@@ -260,6 +265,12 @@ class InfluxSource:
     def node_points(self, cluster: str, node: str, t_from_ns: int, t_to_ns: int) -> list[dict[str, Any]]:
         return self._select(
             f'SELECT * FROM "node_energy" WHERE "cluster" = {string_literal(cluster)} AND "node" = {string_literal(node)} '
+            f'AND time >= {int(t_from_ns)} AND time <= {int(t_to_ns)}')
+
+    def meter_points(self, cluster: str, node: str, t_from_ns: int, t_to_ns: int) -> list[dict[str, Any]]:
+        """Points of the ``node_power`` measurement (the node meter's windows) for one node in the span."""
+        return self._select(
+            f'SELECT * FROM "node_power" WHERE "cluster" = {string_literal(cluster)} AND "node" = {string_literal(node)} '
             f'AND time >= {int(t_from_ns)} AND time <= {int(t_to_ns)}')
 
     def job_data(self, job_id: str) -> JobData:
