@@ -130,13 +130,14 @@ def test_titles_unique_and_may_be_empty_is_exact():
         targets |= {(dash["uid"], p["title"], t["refId"]) for p in data_panels(dash) for t in p["targets"]}
     assert MAY_BE_EMPTY <= targets, MAY_BE_EMPTY - targets
     # only the `job` summary measurement, the "recent" half of the silent-node table, the MIG
-    # devices (written by boards in MIG mode alone) and the node meter (written by nodes that
-    # read one alone) may be empty
+    # devices (written by boards in MIG mode alone) and the node meter and the jobs' shares of the
+    # rest of the node (node_power, job_node: written by nodes that read one alone) may be empty
     for uid, title, ref in MAY_BE_EMPTY:
         panel = next(p for d in DASHBOARDS.values() if d["uid"] == uid for p in d["panels"]
                      if p["title"] == title)
         q = next(t["query"] for t in panel["targets"] if t["refId"] == ref)
-        assert 'FROM "job"' in q or "now() -" in q or 'FROM "gpu_mig"' in q or '."node_power"' in q, (title, q)
+        assert ('FROM "job"' in q or "now() -" in q or 'FROM "gpu_mig"' in q or '."node_power"' in q
+                or '."job_node"' in q), (title, q)
     # what a data set is excused from is a subset of what may be empty at all, and has a reason
     for source, excused in EXCUSED.items():
         for (variant, uid, title, ref), reason in excused.items():
@@ -290,6 +291,13 @@ def make_lines(t0_ns: int) -> list[str]:
                 tot["mkt"] += co2 * 0.4
                 tot["gs"] += ngpu * BATCH_S
                 tot["rest"] += NODE_REST_W * BATCH_S * ngpu / 4
+                # The job's share of the rest of the node (job_node), priced as its GPU share is.
+                rest_j = NODE_REST_W * BATCH_S * ngpu / 4
+                rest_co2 = rest_j * PUE / 3.6e6 * intensity
+                lines.append(
+                    f"job_node,cluster={CLUSTER},node={node},job={job},user={user},source=redfish "
+                    f"rest_j={rest_j},total_j={e + 3.0 * ngpu + rest_j},facility_energy_j={rest_j * PUE},"
+                    f"co2_g={rest_co2},co2_market_g={rest_co2 * 0.4} {ts}")
             co2 = node_e * PUE / 3.6e6 * intensity
             lines.append(
                 f"node_energy,cluster={CLUSTER},node={node} gpu_energy_j={node_e},"
@@ -363,6 +371,11 @@ EXCUSED: dict[str, dict[tuple[str, str, str, str], str]] = {
         **{(variant, "greenwatch-operator", title, "A"):
            "no agent of the end-to-end run reads a node meter (tests/test_bmc.py and tests/test_nodepower_collector.py do)"
            for variant in ("selected", "finished") for title in ("Node power and its parts", "Node meter per node")},
+        **{(variant, "greenwatch-job", title, "B"):
+           "no agent of the end-to-end run reads a node meter, so no job has a share of the rest of the node (job_node)"
+           for variant in ("selected", "finished") for title in ("Energy", "Emissions", "Job power",
+                                                                  "Cumulative energy", "Cumulative emissions",
+                                                                  "Emission rate")},
     },
 }
 
@@ -535,6 +548,29 @@ def test_numbers_add_up(populated_influx):
         node_kwh = sum(r["node meter"] or 0 for r in parts) * 30 / 3.6e6
         assert node_kwh == pytest.approx(sum(r["meter"] for r in meter), rel=1e-9)
         assert all(r["node meter"] is None or r["node meter"] >= r["GPU"] + r["CPU"] for r in parts)
+    if _source == "synthetic":   # the jobs' shares of the rest of the node are in the job view's panels
+        job_panels = {p["title"]: p for p in data_panels(DASHBOARDS["greenwatch-job.json"])}
+        finished = {**variables, "job": variables["finished_job"]}
+
+        def run_job(title, ref, interval=10):
+            q = next(t["query"] for t in job_panels[title]["targets"] if t["refId"] == ref)
+            return query_fn(substitute(q, finished, time_filter, interval, from_ms, to_ms))
+
+        summary = run_job("Job summary (finished)", "A")[0]
+        rest = run_job("Energy", "B")[0]
+        assert rest["rest of node"] == pytest.approx(summary["rest of node"], rel=1e-9) and rest["rest of node"] > 0
+        assert rest["rest of node facility"] == pytest.approx(PUE * rest["rest of node"], rel=1e-9)
+        power_rest = run_job("Job power", "B", interval=30)
+        assert sum(r["rest of node"] or 0 for r in power_rest) * 30 / 3.6e6 == pytest.approx(rest["rest of node"])
+        cumulative = [r["rest of node"] for r in run_job("Cumulative energy", "B") if r["rest of node"] is not None]
+        assert cumulative[-1] == pytest.approx(rest["rest of node"], rel=1e-9)
+        co2_rest = run_job("Emissions", "B")[0]
+        rate = run_job("Emission rate", "B", interval=30)
+        assert co2_rest["rest of node location-based"] > 0
+        assert sum(r["rest of node CO2 rate"] or 0 for r in rate) * 30 / 3600 / 1000 == pytest.approx(
+            co2_rest["rest of node location-based"])
+        assert run_job("Cumulative emissions", "B")[-1]["rest of node market-based"] == pytest.approx(
+            co2_rest["rest of node market-based"])
     idle = run("Allocated but idle GPUs")
     assert all(r["idle energy"] > 0 for r in idle)
     assert {r["job"] for r in idle} <= {r["job"] for r in jobs}

@@ -11,25 +11,37 @@ from .queries import JOB
 UID = "greenwatch-job"
 TITLE = "greenwatch: job"
 
-# The `job` summary point is written when the job finishes: running jobs have none.
-MAY_BE_EMPTY = {("Job summary (finished)", "A")}
+# The `job` summary point is written when the job finishes: running jobs have none.  The job's
+# share of the rest of the node (`job_node`) exists only where its nodes read a node meter.
+REST_PANELS = ("Energy", "Emissions", "Job power", "Cumulative energy", "Cumulative emissions", "Emission rate")
+MAY_BE_EMPTY = {("Job summary (finished)", "A")} | {(title, "B") for title in REST_PANELS}
+
+# InfluxQL cannot join measurements: each panel reads the job's GPU and host shares (job_energy)
+# in query A and its share of the rest of the node (job_node) in query B; the job's total is the sum.
+REST_NOTE = (" Where the job's nodes read a node meter, query B adds the job's share of the rest of the node "
+             "(memory, NICs, fans, power supplies: job_node); the job's figure is the sum of both.")
 
 
 def _headline(lay: p.Layout) -> None:
     lay.row("Headline", "Totals of the job in the selected time range: set the range to cover the job")
     lay.add(p.stat(
         "Energy",
-        "GPU (IT) energy of the job's GPU shares and the facility energy including PUE, in kWh.",
+        "GPU (IT) energy of the job's GPU shares and the facility energy including PUE, in kWh." + REST_NOTE,
         p.KWH,
         [p.target(q.select([q.kwh("energy_j", "IT"), q.kwh("facility_energy_j", "facility")],
-                           "job_energy", (JOB,)))], decimals=2), 6, 5)
+                           "job_energy", (JOB,))),
+         p.target(q.select([q.kwh("rest_j", "rest of node"), q.kwh("facility_energy_j", "rest of node facility")],
+                           "job_node", (JOB,)), ref="B")], decimals=2), 6, 5)
     lay.add(p.stat(
         "Emissions",
         "Operational emissions of the job: location-based (grid intensity) and market-based, "
-        "in kgCO2e.",
+        "in kgCO2e." + REST_NOTE,
         p.KG_CO2,
         [p.target(q.select([q.kg("co2_g", "location-based"), q.kg("co2_market_g", "market-based")],
-                           "job_energy", (JOB,)))], decimals=3), 6, 5)
+                           "job_energy", (JOB,))),
+         p.target(q.select([q.kg("co2_g", "rest of node location-based"),
+                            q.kg("co2_market_g", "rest of node market-based")], "job_node", (JOB,)), ref="B")],
+        decimals=3), 6, 5)
     lay.add(p.stat(
         "GPU-hours",
         "GPU time allocated to the job (sum over its GPUs), in GPU-hours.",
@@ -52,10 +64,12 @@ def _over_time(lay: p.Layout) -> None:
     lay.add(p.timeseries(
         "Job power",
         "Power of the job's GPU shares (IT) and with PUE (facility), from the energy "
-        "attributed to the job in each interval.",
+        "attributed to the job in each interval." + REST_NOTE,
         p.WATT,
         [p.target(q.select([q.power("energy_j", "IT"), q.power("facility_energy_j", "facility")],
-                           "job_energy", (JOB,), time_bucket=True, fill="null"))],
+                           "job_energy", (JOB,), time_bucket=True, fill="null")),
+         p.target(q.select([q.power("rest_j", "rest of node"), q.power("facility_energy_j", "rest of node facility")],
+                           "job_node", (JOB,), time_bucket=True, fill="null"), ref="B")],
         interval="15s"), 12, 8)
     lay.add(p.timeseries(
         "Job power per node",
@@ -67,27 +81,35 @@ def _over_time(lay: p.Layout) -> None:
         interval="15s", stacked=True), 12, 8)
     lay.add(p.timeseries(
         "Cumulative energy",
-        "Energy used by the job so far (IT and facility), in kWh.",
+        "Energy used by the job so far (IT and facility), in kWh." + REST_NOTE,
         p.KWH,
         [p.target('SELECT cumulative_sum(sum("energy_j")) / 3600000 AS "IT", '
                   'cumulative_sum(sum("facility_energy_j")) / 3600000 AS "facility" '
-                  f'FROM {q.source("job_energy")} {q.where(JOB)} GROUP BY time($__interval) fill(none)')],
+                  f'FROM {q.source("job_energy")} {q.where(JOB)} GROUP BY time($__interval) fill(none)'),
+         p.target('SELECT cumulative_sum(sum("rest_j")) / 3600000 AS "rest of node", '
+                  'cumulative_sum(sum("facility_energy_j")) / 3600000 AS "rest of node facility" '
+                  f'FROM {q.source("job_node")} {q.where(JOB)} GROUP BY time($__interval) fill(none)', ref="B")],
         legend_calcs=("lastNotNull",)), 8, 8)
     lay.add(p.timeseries(
         "Cumulative emissions",
-        "Emissions of the job so far, location- and market-based, in kgCO2e.",
+        "Emissions of the job so far, location- and market-based, in kgCO2e." + REST_NOTE,
         p.KG_CO2,
         [p.target('SELECT cumulative_sum(sum("co2_g")) / 1000 AS "location-based", '
                   'cumulative_sum(sum("co2_market_g")) / 1000 AS "market-based" '
-                  f'FROM {q.source("job_energy")} {q.where(JOB)} GROUP BY time($__interval) fill(none)')],
+                  f'FROM {q.source("job_energy")} {q.where(JOB)} GROUP BY time($__interval) fill(none)'),
+         p.target('SELECT cumulative_sum(sum("co2_g")) / 1000 AS "rest of node location-based", '
+                  'cumulative_sum(sum("co2_market_g")) / 1000 AS "rest of node market-based" '
+                  f'FROM {q.source("job_node")} {q.where(JOB)} GROUP BY time($__interval) fill(none)', ref="B")],
         legend_calcs=("lastNotNull",)), 8, 8)
     lay.add(p.timeseries(
         "Emission rate",
         "Location-based emissions per hour of the job: changes with its power and with the "
-        "grid carbon intensity.",
+        "grid carbon intensity." + REST_NOTE,
         p.G_CO2_PER_H,
         [p.target(q.select(q.per_hour("co2_g", "CO2 rate"), "job_energy", (JOB,),
-                           time_bucket=True, fill="null"))],
+                           time_bucket=True, fill="null")),
+         p.target(q.select(q.per_hour("co2_g", "rest of node CO2 rate"), "job_node", (JOB,),
+                           time_bucket=True, fill="null"), ref="B")],
         interval="15s"), 8, 8)
 
 
