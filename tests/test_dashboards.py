@@ -133,7 +133,7 @@ def test_titles_unique_and_may_be_empty_is_exact():
     # devices (written by boards in MIG mode alone) and the node meter and the jobs' shares of the
     # rest of the node (node_power, job_node: written by nodes that read one alone) may be empty
     for uid, title, ref in MAY_BE_EMPTY:
-        panel = next(p for d in DASHBOARDS.values() if d["uid"] == uid for p in d["panels"]
+        panel = next(p for d in DASHBOARDS.values() if d["uid"] == uid for p in data_panels(d)
                      if p["title"] == title)
         q = next(t["query"] for t in panel["targets"] if t["refId"] == ref)
         assert ('FROM "job"' in q or "now() -" in q or 'FROM "gpu_mig"' in q or '."node_power"' in q
@@ -376,6 +376,10 @@ EXCUSED: dict[str, dict[tuple[str, str, str, str], str]] = {
            for variant in ("selected", "finished") for title in ("Energy", "Emissions", "Job power",
                                                                   "Cumulative energy", "Cumulative emissions",
                                                                   "Emission rate")},
+        **{(variant, "greenwatch-user", title, "B"):
+           "no agent of the end-to-end run reads a node meter, so no job has a share of the rest of the node (job_node)"
+           for variant in ("selected", "finished") for title in ("Energy", "Emissions", "Jobs", "Power per user",
+                                                                  "Emission rate per user")},
     },
 }
 
@@ -571,6 +575,20 @@ def test_numbers_add_up(populated_influx):
             co2_rest["rest of node location-based"])
         assert run_job("Cumulative emissions", "B")[-1]["rest of node market-based"] == pytest.approx(
             co2_rest["rest of node market-based"])
+        user_panels = {p["title"]: p for p in data_panels(DASHBOARDS["greenwatch-user.json"])}
+
+        def run_user(title, ref, interval=10):
+            q = next(t["query"] for t in user_panels[title]["targets"] if t["refId"] == ref)
+            return query_fn(substitute(q, variables, time_filter, interval, from_ms, to_ms))
+
+        users_rest = run_user("Energy", "B")[0]
+        per_job = run_user("Jobs", "B")
+        assert users_rest["rest of node"] > 0 and {r["user"] for r in per_job} == set(variables["user"])
+        assert sum(r["rest of node"] for r in per_job) == pytest.approx(users_rest["rest of node"], rel=1e-9)
+        assert sum(r["rest of node CO2"] for r in per_job) == pytest.approx(
+            run_user("Emissions", "B")[0]["rest of node location-based"], rel=1e-9)
+        assert sum(r["power"] or 0 for r in run_user("Power per user", "B", interval=30)) * 30 / 3.6e6 == pytest.approx(
+            users_rest["rest of node"])
     idle = run("Allocated but idle GPUs")
     assert all(r["idle energy"] > 0 for r in idle)
     assert {r["job"] for r in idle} <= {r["job"] for r in jobs}
