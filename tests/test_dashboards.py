@@ -380,6 +380,9 @@ EXCUSED: dict[str, dict[tuple[str, str, str, str], str]] = {
            "no agent of the end-to-end run reads a node meter, so no job has a share of the rest of the node (job_node)"
            for variant in ("selected", "finished") for title in ("Energy", "Emissions", "Jobs", "Power per user",
                                                                   "Emission rate per user")},
+        **{(variant, "greenwatch-operator", title, "B"):
+           "no agent of the end-to-end run reads a node meter, so no job has a share of the rest of the node (job_node)"
+           for variant in ("selected", "finished") for title in ("Top jobs by CO2", "Top users by CO2")},
     },
 }
 
@@ -542,6 +545,12 @@ def test_numbers_add_up(populated_influx):
     users = run("Top users by CO2")
     assert sum(r["CO2"] for r in jobs) == pytest.approx(sum(r["CO2"] for r in users))
     assert sum(r["jobs"] for r in users) == len({r["job"] for r in jobs})
+    if _source == "synthetic":   # the jobs' shares of the rest of the node, per job and per user
+        jobs_rest, users_rest = run("Top jobs by CO2", "B"), run("Top users by CO2", "B")
+        assert {r["job"] for r in jobs_rest} == {r["job"] for r in jobs}
+        assert sum(r["rest of node CO2"] for r in jobs_rest) == pytest.approx(
+            sum(r["rest of node CO2"] for r in users_rest), rel=1e-9)
+        assert sum(r["rest of node"] for r in users_rest) > 0
     meter = run("Node meter per node")
     if _source == "synthetic":   # the end-to-end run reads no node meter
         assert len(meter) == len(NODES)

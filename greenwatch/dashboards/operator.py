@@ -23,6 +23,9 @@ MAY_BE_EMPTY = {
     # Only nodes whose agent reads a node meter ([node_power]) write node_power points.
     ("Node power and its parts", "A"),
     ("Node meter per node", "A"),
+    # ... and only their jobs have shares of the rest of the node (job_node).
+    ("Top jobs by CO2", "B"),
+    ("Top users by CO2", "B"),
 }
 
 STALE_VAR = "stale_after"
@@ -167,10 +170,17 @@ def _top_panels(lay: p.Layout) -> None:
     lay.add(p.table(
         "Top jobs by CO2",
         "Jobs ranked by location-based emissions (kgCO2e) in the selected range, with "
-        "market-based emissions, IT and facility energy, GPU-hours and idle energy.",
+        "market-based emissions, IT and facility energy, GPU-hours and idle energy; where the job's "
+        "nodes read a node meter, its share of the rest of the node (kWh) and that share's emissions "
+        "(kgCO2e; query B from job_node, merged into the job's row, as InfluxQL cannot join "
+        "measurements): the job's emissions are CO2 plus rest of node CO2.",
         p.KWH,
-        [p.target(q.select(job_fields, "job_energy", (CLUSTER,), ("job", "user")), fmt=p.TABLE)],
-        overrides=[*money, p.job_link(), p.user_link()], sort_by="CO2"), 12, 9)
+        [p.target(q.select(job_fields, "job_energy", (CLUSTER,), ("job", "user")), fmt=p.TABLE),
+         p.target(q.select([q.kwh("rest_j", "rest of node"), q.kg("co2_g", "rest of node CO2")],
+                           "job_node", (CLUSTER,), ("job", "user")), ref="B", fmt=p.TABLE)],
+        transformations=[{"id": "merge", "options": {}}],
+        overrides=[*money, p.unit_override("rest of node CO2", p.KG_CO2), p.job_link(), p.user_link()],
+        sort_by="CO2"), 12, 9)
     users = ('SELECT count("e") AS "jobs", sum("c") / 1000 AS "CO2", sum("e") / 3600000 AS '
              '"IT energy", sum("g") / 3600 AS "GPU hours", sum("i") / 3600000 AS "idle energy" '
              'FROM (SELECT sum("energy_j") AS "e", sum("co2_g") AS "c", sum("gpu_seconds") AS '
@@ -179,10 +189,16 @@ def _top_panels(lay: p.Layout) -> None:
     lay.add(p.table(
         "Top users by CO2",
         "Users ranked by location-based emissions (kgCO2e) of their jobs in the selected "
-        "range, with number of jobs, IT energy, GPU-hours and idle energy.",
+        "range, with number of jobs, IT energy, GPU-hours and idle energy; where their jobs' nodes "
+        "read a node meter, the jobs' shares of the rest of the node (kWh) and their emissions "
+        "(kgCO2e; query B from job_node, merged into the user's row).",
         p.KWH,
-        [p.target(users, fmt=p.TABLE)],
-        overrides=[*money, p.unit_override("jobs", p.COUNT), p.user_link()], sort_by="CO2"), 6, 9)
+        [p.target(users, fmt=p.TABLE),
+         p.target(q.select([q.kwh("rest_j", "rest of node"), q.kg("co2_g", "rest of node CO2")],
+                           "job_node", (CLUSTER,), ("user",)), ref="B", fmt=p.TABLE)],
+        transformations=[{"id": "merge", "options": {}}],
+        overrides=[*money, p.unit_override("rest of node CO2", p.KG_CO2), p.unit_override("jobs", p.COUNT),
+                   p.user_link()], sort_by="CO2"), 6, 9)
     accounts = q.select([q.kg("co2_g", "CO2"), q.kg("embodied_g", "embodied"),
                          q.kwh("energy_j", "IT energy"), q.hours("gpu_seconds", "GPU hours"),
                          'count("energy_j") AS "jobs"'],
