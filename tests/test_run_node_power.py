@@ -292,7 +292,8 @@ def test_a_meter_that_stops_during_the_run_is_reported_with_the_share_of_the_run
     line = next(x for x in md.splitlines() if x.startswith("- Rest of the node: measured by HPE Cray pm_counters"))
     assert " for " in line, line                    # never a plain "measured"
     share = int(line.split(" for ")[1].split(" %")[0])
-    # Measured for about the first 6 s of the 9 s run (1 s of readings and 5 s carried on).
-    assert 45 <= share <= 90 and "% of the run (not measured for the rest of it)" in line, line
+    # Measured for about the first 6 s of the 9 s run (1 s of readings and 5 s carried on), less the
+    # batch in which the meter's windows turned stale (a batch is measured or not as a whole).
+    assert 25 <= share <= 90 and "% of the run (not measured for the rest of it)" in line, line
     doc = json.loads((out / "report.json").read_text())
     assert f"for {share} % of the run" in json.dumps(doc)
