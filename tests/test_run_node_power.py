@@ -3,6 +3,7 @@ node (tests/test_nodepower.py), driven by the run's own command, and the mock NV
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import sys
@@ -69,16 +70,22 @@ def test_a_run_on_a_node_with_pm_counters_is_charged_the_rest_of_the_node_and_th
     # No --node-power: pm_counters need no credentials and are probed by default.
     meter_thread.start()
     try:
-        proc = greenwatch_proc(["run", "--config", "site.toml", "--out", str(out), "--", sys.executable, "-c",
-                                "import time; time.sleep(3)"], env, cwd=tmp_path)
+        proc = greenwatch_proc(["run", "--config", "site.toml", "--out", str(out), "--table", str(tmp_path / "runs.csv"),
+                                "--", sys.executable, "-c", "import time; time.sleep(3)"], env, cwd=tmp_path)
         _, stderr = proc.communicate(timeout=120)
     finally:
         meter_thread.stop.set()
         meter_thread.join()
     assert proc.returncode == 0, stderr
-    report_of(out)
+    doc = report_of(out)
     assert "- Rest of the node: measured by HPE Cray pm_counters" in (out / "report.md").read_text()
     assert "rest of the node measured by HPE Cray pm_counters; the run's share" in stderr
+    # The table of runs lists the run's share of the rest beside the parts its total adds up.
+    with open(tmp_path / "runs.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert float(row["rest_of_node_kwh"]) == doc["energy_kwh"]["rest_of_node"] > 0
+    assert float(row["total_kwh"]) == pytest.approx(sum(float(row[k]) for k in (
+        "gpu_kwh", "host_kwh", "rest_of_node_kwh", "facility_overhead_kwh")), rel=1e-9)
     # The summary's energy line names every part its total adds up, the rest of the node among them.
     energy_line = next(line for line in stderr.splitlines() if line.startswith("  energy:"))
     assert ", rest of the node " in energy_line and "total " in energy_line, energy_line
@@ -297,3 +304,21 @@ def test_a_meter_that_stops_during_the_run_is_reported_with_the_share_of_the_run
     assert 25 <= share <= 90 and "% of the run (not measured for the rest of it)" in line, line
     doc = json.loads((out / "report.json").read_text())
     assert f"for {share} % of the run" in json.dumps(doc)
+
+
+def test_a_table_begun_before_the_rest_of_node_column_keeps_its_shape(tmp_path):
+    from greenwatch.standalone.table import COLUMNS, append_run
+
+    old = [c for c in COLUMNS if c != "rest_of_node_kwh"]
+    table = tmp_path / "runs.csv"
+    table.write_text(",".join(old) + "\n" + ",".join(f"old-{c}" for c in old) + "\n")
+    row = {c: f"new-{c}" for c in COLUMNS}
+    append_run(table, row)
+    with open(table, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == old and all(len(r) == len(old) for r in rows)       # every row lines up with the header
+    assert rows[2] == [f"new-{c}" for c in old]
+    fresh = tmp_path / "fresh.csv"
+    append_run(fresh, row)
+    with open(fresh, newline="") as f:
+        assert list(csv.DictReader(f)) == [row]                            # a new table has every column

@@ -1,8 +1,11 @@
 """One CSV table across runs (``greenwatch-runs/runs.csv``): a row per finished run, so a sweep sums.
 
 Parallel runs append to the same file: each row is written under an exclusive ``flock`` on the
-file, in one ``write``, and the header only by whoever finds the file empty.  The columns are
-fixed (:data:`COLUMNS`); energies in kWh and emissions in kg, full precision, dot decimal.
+file, in one ``write``, and the header only by whoever finds the file empty.  A new table has the
+columns of :data:`COLUMNS`; a row appended to an existing table follows that table's own header
+(a table begun before a column existed keeps its shape, so every row still lines up with it).
+Energies in kWh and emissions in kg, full precision, dot decimal; ``rest_of_node_kwh`` is empty
+where no node meter measured the rest of the node (``total_kwh`` includes it where one did).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ __all__ = ["COLUMNS", "TABLE_NAME", "append_run"]
 TABLE_NAME = "runs.csv"
 
 COLUMNS = ("run", "folder", "start", "end", "duration_s", "exit_status", "ended_by", "gpus", "gpu_hours", "gpu_kwh",
-           "host_kwh", "facility_overhead_kwh", "total_kwh", "co2_location_kg", "co2_market_kg", "co2_embodied_kg",
+           "host_kwh", "rest_of_node_kwh", "facility_overhead_kwh", "total_kwh", "co2_location_kg", "co2_market_kg", "co2_embodied_kg",
            "zone", "mean_intensity_g_per_kwh", "pue", "command")
 
 
@@ -46,6 +49,7 @@ def row_of(result: Any, folder: Path | None) -> dict[str, Any]:
         "start": _iso(r.start), "end": _iso(r.end), "duration_s": float(r.duration_s),
         "exit_status": r.extra.get("exit_status"), "ended_by": r.extra.get("ended_by"), "gpus": r.gpu_count,
         "gpu_hours": float(result.gpu_hours), "gpu_kwh": e["gpu"], "host_kwh": e["host"],
+        "rest_of_node_kwh": e.get("rest_of_node"),
         "facility_overhead_kwh": e["facility_overhead"], "total_kwh": e["total"],
         "co2_location_kg": c["location_based"], "co2_market_kg": c["market_based"], "co2_embodied_kg": c["embodied"],
         "zone": r.intensity_zone, "mean_intensity_g_per_kwh": float(r.intensity_mean_g_per_kwh),
@@ -53,17 +57,31 @@ def row_of(result: Any, folder: Path | None) -> dict[str, Any]:
     }
 
 
+def _header(fd: int) -> list[str]:
+    """The column names of the table open on ``fd`` (its first line; :data:`COLUMNS` if it has none)."""
+    first = b""
+    while b"\n" not in first:
+        chunk = os.pread(fd, 4096, len(first))
+        if not chunk:
+            break
+        first += chunk
+    names = next(csv.reader([first.split(b"\n", 1)[0].decode("utf-8", "replace")]), [])
+    return names or list(COLUMNS)
+
+
 def append_run(path: Path, row: dict[str, Any]) -> None:
     """Append ``row`` to the table at ``path`` (created with its header); OSError if it cannot be written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     line = io.StringIO()
-    csv.writer(line, lineterminator="\n").writerow([_cell(row.get(k)) for k in COLUMNS])
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # released when the descriptor closes
-        text = line.getvalue()
         if os.fstat(fd).st_size == 0:
-            text = ",".join(COLUMNS) + "\n" + text
-        os.write(fd, text.encode("utf-8"))
+            header: list[str] = list(COLUMNS)
+            prefix = ",".join(COLUMNS) + "\n"
+        else:
+            header, prefix = _header(fd), ""
+        csv.writer(line, lineterminator="\n").writerow([_cell(row.get(k)) for k in header])
+        os.write(fd, (prefix + line.getvalue()).encode("utf-8"))
     finally:
         os.close(fd)
