@@ -3,7 +3,7 @@
 Parallel runs append to the same file: each row is written under an exclusive ``flock`` on the
 file, in one ``write``, and the header only by whoever finds the file empty.  A new table has the
 columns of :data:`COLUMNS`; a row appended to an existing table follows that table's own header
-(a table begun before a column existed keeps its shape, so every row still lines up with it).
+(a table with other columns keeps them, so every row lines up with its header).
 Energies in kWh and emissions in kg, full precision, dot decimal; ``rest_of_node_kwh`` is empty
 where no node meter measured the rest of the node (``total_kwh`` includes it where one did).
 """
