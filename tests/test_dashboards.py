@@ -596,8 +596,8 @@ def test_numbers_add_up(populated_influx):
         assert sum(r["rest of node"] for r in per_job) == pytest.approx(users_rest["rest of node"], rel=1e-9)
         assert sum(r["rest of node CO2"] for r in per_job) == pytest.approx(
             run_user("Emissions", "B")[0]["rest of node location-based"], rel=1e-9)
-        assert sum(r["power"] or 0 for r in run_user("Power per user", "B", interval=30)) * 30 / 3.6e6 == pytest.approx(
-            users_rest["rest of node"])
+        power_rest = run_user("Power per user", "B", interval=30)
+        assert sum(r["power"] or 0 for r in power_rest) * 30 / 3.6e6 == pytest.approx(users_rest["rest of node"])
     idle = run("Allocated but idle GPUs")
     assert all(r["idle energy"] > 0 for r in idle)
     assert {r["job"] for r in idle} <= {r["job"] for r in jobs}

@@ -70,8 +70,8 @@ def test_a_run_on_a_node_with_pm_counters_is_charged_the_rest_of_the_node_and_th
     # No --node-power: pm_counters need no credentials and are probed by default.
     meter_thread.start()
     try:
-        proc = greenwatch_proc(["run", "--config", "site.toml", "--out", str(out), "--table", str(tmp_path / "runs.csv"),
-                                "--", sys.executable, "-c", "import time; time.sleep(3)"], env, cwd=tmp_path)
+        proc = greenwatch_proc(["run", "--config", "site.toml", "--out", str(out),
+                                "--table", str(tmp_path / "runs.csv"), "--", sys.executable, "-c", "import time; time.sleep(3)"], env, cwd=tmp_path)
         _, stderr = proc.communicate(timeout=120)
     finally:
         meter_thread.stop.set()

@@ -197,8 +197,8 @@ def _top_panels(lay: p.Layout) -> None:
          p.target(q.select([q.kwh("rest_j", "rest of node"), q.kg("co2_g", "rest of node CO2")],
                            "job_node", (CLUSTER,), ("user",)), ref="B", fmt=p.TABLE)],
         transformations=[{"id": "merge", "options": {}}],
-        overrides=[*money, p.unit_override("rest of node CO2", p.KG_CO2), p.unit_override("jobs", p.COUNT),
-                   p.user_link()], sort_by="CO2"), 6, 9)
+        overrides=[*money, p.unit_override("rest of node CO2", p.KG_CO2),
+                   p.unit_override("jobs", p.COUNT), p.user_link()], sort_by="CO2"), 6, 9)
     accounts = q.select([q.kg("co2_g", "CO2"), q.kg("embodied_g", "embodied"),
                          q.kwh("energy_j", "IT energy"), q.hours("gpu_seconds", "GPU hours"),
                          'count("energy_j") AS "jobs"'],

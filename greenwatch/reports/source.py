@@ -270,7 +270,8 @@ class InfluxSource:
     def meter_points(self, cluster: str, node: str, t_from_ns: int, t_to_ns: int) -> list[dict[str, Any]]:
         """Points of the ``node_power`` measurement (the node meter's windows) for one node in the span."""
         return self._select(
-            f'SELECT * FROM "node_power" WHERE "cluster" = {string_literal(cluster)} AND "node" = {string_literal(node)} '
+            f'SELECT * FROM "node_power" WHERE "cluster" = {string_literal(cluster)} '
+            f'AND "node" = {string_literal(node)} '
             f'AND time >= {int(t_from_ns)} AND time <= {int(t_to_ns)}')
 
     def job_data(self, job_id: str) -> JobData:

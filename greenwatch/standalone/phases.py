@@ -87,7 +87,8 @@ def phase_figures(intervals: list[tuple[str, int | None, int | None]],
     out: dict[str, dict[str, Any]] = {}
     for name, lo, hi in intervals:
         row = out.setdefault(name, {"name": name, "times": 0, "duration_s": 0.0, "gpu_kwh": 0.0, "host_kwh": 0.0,
-                                    "rest_kwh": 0.0 if metered else None, "total_kwh": 0.0, "co2_kg": 0.0, "co2_market_kg": 0.0, "measured": True})
+                                    "rest_kwh": 0.0 if metered else None, "total_kwh": 0.0, "co2_kg": 0.0,
+                                    "co2_market_kg": 0.0, "measured": True})
         row["times"] += 1
         if lo is None or hi is None:
             row["measured"] = False

@@ -24,7 +24,8 @@ __all__ = ["COLUMNS", "TABLE_NAME", "append_run"]
 TABLE_NAME = "runs.csv"
 
 COLUMNS = ("run", "folder", "start", "end", "duration_s", "exit_status", "ended_by", "gpus", "gpu_hours", "gpu_kwh",
-           "host_kwh", "rest_of_node_kwh", "facility_overhead_kwh", "total_kwh", "co2_location_kg", "co2_market_kg", "co2_embodied_kg",
+           "host_kwh", "rest_of_node_kwh", "facility_overhead_kwh", "total_kwh", "co2_location_kg", "co2_market_kg",
+           "co2_embodied_kg",
            "zone", "mean_intensity_g_per_kwh", "pue", "command")
 
 
