@@ -27,7 +27,6 @@ from greenwatch.carbon import (
     market_basis_note,
     sci_g,
 )
-from greenwatch.agent.nodepower.reading import rest_of_node_text
 from greenwatch.carbon import energyfigures
 from greenwatch.carbon.timeseries import iso_utc
 from greenwatch.carbon.units import J_PER_KWH
@@ -308,11 +307,24 @@ def build_report(source: ReportSource, job_id: str, *, carbon: CarbonContext,
 #: From this share of its time on, a job's rest of the node is stated as measured without a share.
 _REST_WHOLLY_MEASURED = 0.995
 
+#: How a report names each node meter source (greenwatch.batch.NODE_POWER_SOURCES).
+_METER_WORDS = {"redfish": "the BMC via Redfish", "ipmi-dcmi": "the BMC via IPMI (DCMI power reading)",
+                "ipmi-sdr": "the BMC via IPMI (SDR power sensors)", "pm_counters": "HPE Cray pm_counters"}
+
+
+def _rest_of_node_text(node_meter: str) -> str:
+    """How a report states the rest of the node, from a job summary's ``node_meter`` ("redfish",
+    several comma-separated, or "none")."""
+    names = [n for n in str(node_meter).split(",") if n and n != "none"]
+    if not names:
+        return "not included (no node meter was read; memory, NICs, fans and power supplies are not counted)"
+    return "measured by " + " and ".join(_METER_WORDS.get(n, n) for n in names)
+
 
 def _rest_text(node_meter: Any, share: float | None) -> str:
     """The report's "Rest of the node" line: which meters measured it and, where they failed for
     part of the job, for what share of its time (a plain "measured" would overstate the figure)."""
-    text = rest_of_node_text(node_meter)
+    text = _rest_of_node_text(node_meter)
     if share is None or share >= _REST_WHOLLY_MEASURED or not text.startswith("measured by "):
         return text
     return f"{text} for {math.floor(share * 100)} % of the run (not measured for the rest of it)"

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from greenwatch.batch import NODE_POWER_SOURCES
 
-__all__ = ["NodePowerError", "NodeReading", "NodePowerSource", "SOURCE_NAMES", "rest_of_node_text"]
+__all__ = ["NodePowerError", "NodeReading", "NodePowerSource", "SOURCE_NAMES"]
 
 #: The names a source may carry on records (``source`` of the node window, docs/data-model.md).
 SOURCE_NAMES = NODE_POWER_SOURCES
@@ -57,16 +57,3 @@ class NodePowerSource(ABC):
 
     def close(self) -> None:
         """Release connections; the default has none."""
-
-
-_METER_WORDS = {"redfish": "the BMC via Redfish", "ipmi-dcmi": "the BMC via IPMI (DCMI power reading)",
-                "ipmi-sdr": "the BMC via IPMI (SDR power sensors)", "pm_counters": "HPE Cray pm_counters"}
-
-
-def rest_of_node_text(node_meter: str) -> str:
-    """How reports state the rest of the node, from a job summary's ``node_meter`` ("redfish",
-    several comma-separated, or "none")."""
-    names = [n for n in str(node_meter).split(",") if n and n != "none"]
-    if not names:
-        return "not included (no node meter was read; memory, NICs, fans and power supplies are not counted)"
-    return "measured by " + " and ".join(_METER_WORDS.get(n, n) for n in names)
