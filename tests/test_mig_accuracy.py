@@ -15,8 +15,9 @@ activity), never from greenwatch code: at every instant, the board's power above
 to the instances by busy slices (activity x slices; slices where the board has no GPM) and the
 idle baseline by slice share of the board; an instance's share goes to the job whose process runs
 on it, the rest is unallocated (docs/methodology.md, "MIG").  Process starts and ends and the
-re-partitioning fall on whole seconds of the run, where the agent's 1 Hz scans are, so the
-truth needs no allowance for scan lag.
+re-partitioning fall on whole seconds of the run, where the agent's 1 Hz scans are meant to be;
+a scan that comes late on a loaded machine moves the board's energy between the event and the
+scan, and the tests allow exactly that energy (``scan_lag_allowance_j``: 0 for punctual scans).
 """
 
 from __future__ import annotations
@@ -124,6 +125,28 @@ def span(batches, gpu: int) -> tuple[float, float]:
     return first / 1e6, last / 1e6
 
 
+def scan_lag_allowance_j(sc: Scenario, batches, gpu: int) -> float:
+    """Energy the agent's scans, late on a loaded machine, can move between holders on one board.
+
+    Holders change where a process starts or ends or the board is re-partitioned, and the agent
+    sees that at its next 1 Hz scan, which starts a new segment.  The allowance is the board's
+    energy from each such event to the first segment that began at or after it: 0 when the scans
+    fall on the whole seconds as planned, so the test stays as tight as the truth then.
+    """
+    starts = sorted(float(b.block.columns["t_us"][row]) / 1e6
+                    for b in batches for g, row in zip(b.block.segments["seg_gpu"], b.block.segments["seg_row"])
+                    if int(g) == gpu)
+    first, last = span(batches, gpu)
+    events = [x for p in sc.processes if p.gpu == gpu for x in (p.from_s, p.to_s)]
+    events += [x for m in sc.migs if m.gpu == gpu for x in (m.from_s, m.to_s)]
+    allowance = 0.0
+    for event in sorted({sc.abs(x) for x in events if math.isfinite(x)}):
+        seen = next((t for t in starts if t >= event - 1e-6), None)
+        if first < event < last and seen is not None:
+            allowance += sc.energy_j(gpu, event, seen)
+    return allowance
+
+
 def job_energy(records, jobs: set[str]) -> dict[str, float]:
     out: dict[str, float] = {}
     for r in records:
@@ -140,8 +163,9 @@ def test_per_job_energy_within_half_a_percent_of_the_truth(run, gpu, jobs):
     want, _ = truth(sc, gpu, *span(batches, gpu))
     got = job_energy(records, jobs)
     assert set(got) == set(want) == jobs
+    allowance = scan_lag_allowance_j(sc, batches, gpu)
     for job in jobs:
-        assert abs(got[job] - want[job]) <= COUNTER_LIMIT * want[job], (job, got[job], want[job])
+        assert abs(got[job] - want[job]) <= COUNTER_LIMIT * want[job] + allowance, (job, got[job], want[job])
 
 
 def test_idle_instances_and_free_slices_stay_unallocated(run):
@@ -151,7 +175,8 @@ def test_idle_instances_and_free_slices_stay_unallocated(run):
     want = sum(truth(sc, g, *span(batches, g))[1] for g in range(3))
     got = sum(r.field("unallocated_energy_j") for r in records if r.measurement == "node_energy")
     assert want > 0
-    assert got == pytest.approx(want, rel=COUNTER_LIMIT)
+    allowance = sum(scan_lag_allowance_j(sc, batches, g) for g in range(3))
+    assert abs(got - want) <= COUNTER_LIMIT * want + allowance, (got, want, allowance)
 
 
 def test_conservation_is_exact(run):
