@@ -261,6 +261,11 @@ def test_named_phases_include_their_share_of_the_rest_of_the_node(tmp_path, lib_
     # its figures are what a phase over every batch of the run would add up to, less what lies outside.
     everything = (math.fsum(p["facility_energy_j"] for p in parts) + math.fsum(s["facility_energy_j"] for s in shares))
     assert work["total_kwh"] * 3.6e6 <= everything * (1 + 1e-9)
+    # The written report shows the phase's rest of the node, in the Markdown table and the CSV rows.
+    md = (out / "report.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| phase |"))
+    assert "rest of node (kWh)" in header
+    assert f"phase,work/rest_kwh,phase work rest_kwh,{work['rest_kwh']!r},kWh," in (out / "report.csv").read_text()
 
 
 def test_a_meter_that_stops_during_the_run_is_reported_with_the_share_of_the_run_it_measured(tmp_path, lib_dir):

@@ -43,18 +43,21 @@ def _phase_blocks(phases: object) -> list[Block]:
     """The named phases of a run (``run.phase("train")``) as a table; nothing for a run without."""
     if not isinstance(phases, list) or not phases:
         return []
-    head = ["phase", "entered", "time", "GPU (kWh)", "host (kWh)", "total (kWh)", "location-based (kgCO2e)",
-            "market-based (kgCO2e)"]
+    # The rest of the node has a column only where a node meter measured it (rest_kwh not None).
+    rest = any(isinstance(p, dict) and p.get("rest_kwh") is not None for p in phases)
+    energy_keys = ("gpu_kwh", "host_kwh") + (("rest_kwh",) if rest else ()) + ("total_kwh", "co2_kg", "co2_market_kg")
+    head = ["phase", "entered", "time", "GPU (kWh)", "host (kWh)"] + (["rest of node (kWh)"] if rest else []) + [
+        "total (kWh)", "location-based (kgCO2e)", "market-based (kgCO2e)"]
     body = []
     for p in phases:
         if not isinstance(p, dict):
             continue
         if not p.get("measured", True):
-            body.append([str(p.get("name")), str(p.get("times")), "not measured (sampling had stopped)"] + [""] * 5)
+            body.append([str(p.get("name")), str(p.get("times")), "not measured (sampling had stopped)"]
+                        + [""] * len(energy_keys))
             continue
         body.append([str(p.get("name")), str(p.get("times")), duration(float(p.get("duration_s", 0.0))),
-                     *(num(float(p.get(k, 0.0))) for k in ("gpu_kwh", "host_kwh", "total_kwh", "co2_kg",
-                                                            "co2_market_kg"))])
+                     *(num(float(p.get(k) or 0.0)) for k in energy_keys)])
     return [Block("table", header=head, rows=body),
             Block("p", "Named phases of the run, each from the GPU reading at its start to the one at its end "
                        "(within one sampling interval of the calls); the run's time outside every phase is in "

@@ -24,7 +24,7 @@ _GPU_UNITS = {"energy_kwh": "kWh", "idle_kwh": "kWh", "gpu_hours": "h", "mean_po
               "mean_util_pct": "%", "peak_util_pct": "%"}
 
 
-_PHASE_UNITS = {"times": "", "duration_s": "s", "gpu_kwh": "kWh", "host_kwh": "kWh", "total_kwh": "kWh",
+_PHASE_UNITS = {"times": "", "duration_s": "s", "gpu_kwh": "kWh", "host_kwh": "kWh", "rest_kwh": "kWh", "total_kwh": "kWh",
                 "co2_kg": "kgCO2e", "co2_market_kg": "kgCO2e"}
 
 
@@ -50,6 +50,8 @@ def render(r: RunReport) -> str:
         if not isinstance(p, dict):
             continue
         for key, unit in _PHASE_UNITS.items():
+            if key == "rest_kwh" and p.get(key) is None:
+                continue   # no node meter measured the rest of the node
             w.writerow(("phase", f"{p.get('name')}/{key}", f"phase {p.get('name')} {key}",
                         _value(p.get(key)) if p.get("measured", True) else "", unit,
                         "sum of the run's batches within the phase" if p.get("measured", True) else "not measured"))
