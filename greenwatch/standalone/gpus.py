@@ -12,6 +12,12 @@ A GPU belongs to the run when
    *provisionally*; the accounting waits, and a GPU the run never appeared on is handed back
    (:func:`strip_run`) for the time it was held provisionally.
 
+A board in MIG mode is never held whole: the run holds the MIG devices its processes run on
+(or that ``CUDA_VISIBLE_DEVICES`` names by their ``MIG-`` UUIDs), provisionally all of the
+board's devices from the start under the same grace.  The collector then splits the board's
+measured energy among its MIG devices exactly as for a Slurm job on a MIG GRES
+(docs/methodology.md, section 3a); devices held by nobody stay unallocated.
+
 The sampler then attributes the GPU's energy to the run exactly as the collector does for a
 Slurm job; the energy of GPUs the run never touched stays unallocated.
 """
@@ -28,52 +34,87 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import psutil
 
-from greenwatch.agent.gpu import FastReading, GpuDevice, GpuProcess, StatusReading
-from greenwatch.batch import Batch, Block, JobInfo
+from greenwatch.agent.gpu import FastReading, GpuDevice, GpuProcess, MigDevice, StatusReading
+from greenwatch.batch import Batch, Block, JobInfo, MigInfo
 from greenwatch.standalone.tree import ProcessTree
 
-__all__ = ["parse_visible_devices", "WatchedGpu", "RunJobs", "strip_run"]
+__all__ = ["parse_visible_devices", "select_visible", "mig_uuids_of", "WatchedGpu", "RunJobs", "strip_run"]
 
 log = logging.getLogger(__name__)
 
 
-def parse_visible_devices(value: str | None, devices: Sequence[GpuDevice]) -> tuple[list[GpuDevice] | None, list[str]]:
-    """The devices ``CUDA_VISIBLE_DEVICES`` selects, in its order, and warnings for the user.
+def mig_uuids_of(devices: Sequence[GpuDevice]) -> dict[str, list[str]]:
+    """Board UUID -> the UUIDs of its MIG devices now, for every board in MIG mode.
 
-    ``None`` (variable unset) selects nothing in particular: returns ``(None, [])``.  Integer
+    A board whose MIG listing fails is taken as a whole board: the sampler, which reads the
+    listing again every second, reports the failure.
+    """
+    out: dict[str, list[str]] = {}
+    for dev in devices:
+        try:
+            migs = dev.mig_devices()
+        except Exception:  # noqa: BLE001 - GpuError or a pynvml without a symbol: never stop the run
+            continue
+        if migs:
+            out[dev.uuid] = [m.uuid for m in migs]
+    return out
+
+
+def parse_visible_devices(value: str | None, devices: Sequence[GpuDevice]) -> tuple[list[GpuDevice] | None, list[str]]:
+    """The boards ``CUDA_VISIBLE_DEVICES`` selects, in its order, and warnings for the user
+    (:func:`select_visible` without MIG devices)."""
+    chosen, _held, warnings = select_visible(value, devices)
+    return chosen, warnings
+
+
+def select_visible(value: str | None, devices: Sequence[GpuDevice], migs: Mapping[str, Sequence[str]] | None = None
+                   ) -> tuple[list[GpuDevice] | None, list[str], list[str]]:
+    """The boards ``CUDA_VISIBLE_DEVICES`` selects (in its order), the UUIDs the run holds, and warnings.
+
+    ``None`` (variable unset) selects nothing in particular: returns ``(None, [], [])``.  Integer
     entries are NVML indices; with ``CUDA_DEVICE_ORDER`` other than ``PCI_BUS_ID`` CUDA may
     number GPUs differently on machines with mixed models, hence a warning there.  UUID entries
-    (``GPU-...``, unique prefixes allowed) are exact.  MIG instances cannot be metered separately
-    (NVML reports board energy only) and are skipped with a warning.
+    (``GPU-...``, unique prefixes allowed) are exact and held whole.  A ``MIG-`` entry found in
+    ``migs`` (board UUID -> its MIG device UUIDs) selects its board and holds only that MIG
+    device; one not found there is skipped with a warning.
     """
     if value is None:
-        return None, []
+        return None, [], []
     chosen: list[GpuDevice] = []
+    held: list[str] = []
     warnings: list[str] = []
     by_index = {d.index: d for d in devices}
+    board_of = {m: d for d in devices for m in (migs or {}).get(d.uuid, ())}
     for raw in value.split(","):
         entry = raw.strip()
         if not entry:
             break
         dev: GpuDevice | None = None
+        hold = ""
         if entry.lstrip("-").isdigit():
             dev = by_index.get(int(entry))
             if dev is not None and len({d.name for d in devices}) > 1:
                 warnings.append(f"CUDA_VISIBLE_DEVICES entry {entry} taken as NVML index {entry}; CUDA may order "
                                 "mixed GPU models differently unless CUDA_DEVICE_ORDER=PCI_BUS_ID (use UUIDs)")
         elif entry.startswith("MIG-"):
-            warnings.append(f"CUDA_VISIBLE_DEVICES entry {entry} is a MIG instance: not metered separately, skipped")
-            continue
+            hits = [m for m in board_of if m.startswith(entry)]
+            if len(hits) != 1:
+                warnings.append(f"CUDA_VISIBLE_DEVICES entry {entry} is no MIG device of this node's boards: skipped")
+                continue
+            dev, hold = board_of[hits[0]], hits[0]
         else:
             uuid = entry if entry.startswith("GPU-") else f"GPU-{entry}"
-            hits = [d for d in devices if d.uuid.startswith(uuid)]
-            dev = hits[0] if len(hits) == 1 else None
+            hits_dev = [d for d in devices if d.uuid.startswith(uuid)]
+            dev = hits_dev[0] if len(hits_dev) == 1 else None
         if dev is None:
             warnings.append(f"CUDA_VISIBLE_DEVICES entry {entry!r} matches no GPU: CUDA ignores it and all after it")
             break
+        hold = hold or dev.uuid
         if dev not in chosen:
             chosen.append(dev)
-    return chosen, warnings
+        if hold not in held:
+            held.append(hold)
+    return chosen, held, warnings
 
 
 class WatchedGpu(GpuDevice):
@@ -93,12 +134,22 @@ class WatchedGpu(GpuDevice):
 
     def processes(self) -> list[GpuProcess]:
         procs = self._inner.processes()
+        self._note(self.uuid, procs)
+        return procs
+
+    def mig_devices(self) -> list[MigDevice]:
+        """The board's MIG devices; the run holds each one its processes run on (never the board)."""
+        devices = self._inner.mig_devices()
+        for d in devices:
+            self._note(d.uuid, d.processes)
+        return devices
+
+    def _note(self, uuid: str, procs: Sequence[GpuProcess]) -> None:
         ours = sum(1 for p in procs if self._jobs.tree.contains(p.pid))
         if ours:
-            self._jobs.hold(self.uuid)
+            self._jobs.hold(uuid)
         if ours < len(procs):
-            self._jobs.seen_others(self.uuid)
-        return procs
+            self._jobs.seen_others(uuid)
 
 
 class RunJobs:
@@ -183,17 +234,24 @@ class RunJobs:
             return "unknown"
 
 
-def _strip_block(block: Block, gpus: Sequence[str], job: int, released: Mapping[str, float]) -> Block:
+def _strip_block(block: Block, gpus: Sequence[str], migs: Sequence[MigInfo], job: int,
+                 released: Mapping[str, float]) -> Block:
     seg = block.segments
     t_us = block.columns["t_us"]
     ptr = seg["holder_ptr"]
+    inst = seg.get("holder_inst")
     keep = np.ones(seg["holder_job"].shape[0], dtype=bool)
     for s in range(seg["seg_gpu"].shape[0]):
-        until = released.get(gpus[int(seg["seg_gpu"][s])])
-        if until is None or not t_us[int(seg["seg_row"][s])] < until * 1e6:
-            continue
         lo, hi = int(ptr[s]), int(ptr[s + 1])
-        keep[lo:hi] &= seg["holder_job"][lo:hi] != job
+        at = t_us[int(seg["seg_row"][s])]
+        for h in range(lo, hi):
+            if int(seg["holder_job"][h]) != job:
+                continue
+            # A holder of a MIG device was held by that device's UUID, one of the whole board by the board's.
+            k = -1 if inst is None else int(inst[h])
+            until = released.get(gpus[int(seg["seg_gpu"][s])] if k < 0 else migs[k].uuid)
+            if until is not None and at < until * 1e6:
+                keep[h] = False
     if keep.all():
         return block
     kept_before = np.concatenate(([0], np.cumsum(keep)))
@@ -201,21 +259,24 @@ def _strip_block(block: Block, gpus: Sequence[str], job: int, released: Mapping[
     new["holder_ptr"] = kept_before[ptr].astype(ptr.dtype)
     new["holder_job"] = seg["holder_job"][keep]
     new["holder_sm"] = seg["holder_sm"][keep]
+    if inst is not None:
+        new["holder_inst"] = inst[keep]
     return replace(block, segments=new)
 
 
 def strip_run(batch: Batch, job_id: str, released: Mapping[str, float]) -> Batch:
-    """``batch`` without job ``job_id`` as a holder of a released GPU before its release time."""
+    """``batch`` without job ``job_id`` as a holder of a released GPU or MIG device before its release time."""
     if not released:
         return batch
     idx = [k for k, j in enumerate(batch.jobs) if j.job_id == job_id]
     if not idx:
         return batch
     gpus = [g.uuid for g in batch.gpus]
-    block = _strip_block(batch.block, gpus, idx[0], released)
+    # The carried block's MIG devices point into this batch's table, as its own do.
+    block = _strip_block(batch.block, gpus, batch.mig, idx[0], released)
     carry = batch.carry
     if carry is not None:
-        carry = _strip_block(carry, gpus, idx[0], released)
+        carry = _strip_block(carry, gpus, batch.mig, idx[0], released)
     if block is batch.block and carry is batch.carry:
         return batch
     return replace(batch, block=block, carry=carry)

@@ -39,7 +39,7 @@ from greenwatch.carbon.units import J_PER_KWH
 from greenwatch.collector import Collector
 from greenwatch.config import ConfigError, NodePowerConfig
 from greenwatch.reports import EmbeddedSource, RunReport, build_report, write_all_formats
-from greenwatch.standalone.gpus import RunJobs, WatchedGpu, parse_visible_devices, strip_run
+from greenwatch.standalone.gpus import RunJobs, WatchedGpu, mig_uuids_of, select_visible, strip_run
 from greenwatch.standalone.phases import PhaseBook, phase_figures
 from greenwatch.standalone.table import append_run, row_of
 from greenwatch.standalone.tree import ProcessTree, RunCpuMeter
@@ -184,14 +184,16 @@ class Session:
         if root_pid is not None:
             self.begin(root_pid)
         devices = self._devices()
-        chosen, self.warnings = parse_visible_devices(self.opts.visible_devices, devices)
+        # A board in MIG mode is held by its MIG devices, never whole (docs/methodology.md, section 10).
+        migs = mig_uuids_of(devices)
+        chosen, held, self.warnings = select_visible(self.opts.visible_devices, devices, migs)
         if chosen is not None:
             devices = chosen
-            jobs = RunJobs(self.job, self.tree, held=[d.uuid for d in chosen])
+            jobs = RunJobs(self.job, self.tree, held=held)
             if devices == [] and self.no_gpu_reason is None:
                 self.no_gpu_reason = f"CUDA_VISIBLE_DEVICES={self.opts.visible_devices!r} selects no GPU"
         else:
-            jobs = RunJobs(self.job, self.tree, provisional=[d.uuid for d in devices],
+            jobs = RunJobs(self.job, self.tree, provisional=[u for d in devices for u in migs.get(d.uuid, [d.uuid])],
                            decide_by=time.time() + self.opts.first_use_grace_s)
         self.jobs = jobs
         self.devices = devices
@@ -413,8 +415,10 @@ class Session:
         if self.no_gpu_reason:
             fields["gpu_note"] = self.no_gpu_reason
         elif self.jobs.shared:
-            indices = sorted(d.index for d in self.devices if d.uuid in self.jobs.shared)
-            fields["gpu_note"] = (f"GPU {', '.join(map(str, indices))} also ran processes outside this run; the run is "
+            shared = self.jobs.shared
+            indices = sorted(d.index for d in self.devices if d.uuid in shared)
+            names = [str(i) for i in indices] + sorted(u for u in shared if u.startswith("MIG-"))
+            fields["gpu_note"] = (f"GPU {', '.join(names)} also ran processes outside this run; the run is "
                                   "charged its share of that GPU's energy (by SM utilisation; the idle part split "
                                   "equally: docs/methodology.md, section 3), not all of it")
         if self.opts.carbon_config is not None:
