@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from greenwatch.standalone.gpus import select_visible, shared_note
 from greenwatch.storage.embedded import EmbeddedStore
 from mocknvml import build_mock_nvml, make_mig_uuid, make_uuid, mock_env
 from run_helpers import REPO, report_of
@@ -104,3 +105,36 @@ def test_a_run_on_a_mig_device_is_charged_its_share_of_the_board(tmp_path, lib_d
 def test_cuda_visible_devices_naming_a_mig_device_holds_that_device_alone(tmp_path, lib_dir):
     # The board's UUID is the mock's default for index 0; the MIG UUID is derived from it as the mock does.
     check_share(*run_on_slice(tmp_path, lib_dir, visible=make_mig_uuid(make_uuid("mock", 0), 1, 0)))
+
+
+class Board:
+    """What select_visible and shared_note read of a GPU device."""
+
+    def __init__(self, index: int, uuid: str) -> None:
+        self.index, self.uuid, self.name = index, uuid, "NVIDIA H100 80GB HBM3"
+
+
+BOARDS = [Board(0, "GPU-aaaa"), Board(1, "GPU-bbbb")]
+MIGS = {"GPU-aaaa": ["MIG-1111-x", "MIG-1122-y"], "GPU-bbbb": ["MIG-2222-z"]}
+
+
+@pytest.mark.parametrize("value, boards, held, warns", [
+    ("MIG-2222-z", [1], ["MIG-2222-z"], 0),                          # the board is sampled, the device held
+    ("MIG-1111-x,MIG-1122-y", [0], ["MIG-1111-x", "MIG-1122-y"], 0),  # two devices of one board
+    ("MIG-2222", [1], ["MIG-2222-z"], 0),                            # a unique prefix, as for GPU- UUIDs
+    ("MIG-11,1", [1], ["GPU-bbbb"], 1),                              # ambiguous: skipped with a warning
+    ("MIG-9999,0", [0], ["GPU-aaaa"], 1),                            # no such device here: skipped
+    ("0", [0], ["GPU-aaaa"], 0),                                     # the board itself is held whole
+])
+def test_cuda_visible_devices_selects_mig_devices_by_uuid(value, boards, held, warns):
+    chosen, got_held, warnings = select_visible(value, BOARDS, MIGS)
+    assert [d.index for d in chosen] == boards
+    assert got_held == held
+    assert len(warnings) == warns, warnings
+
+
+def test_the_note_on_a_shared_mig_device_names_it_and_its_rule():
+    note = shared_note(BOARDS, {"MIG-2222-z"})
+    assert "MIG device MIG-2222-z" in note and "section 3a" in note and "GPU 1" not in note
+    both = shared_note(BOARDS, {"GPU-aaaa", "MIG-2222-z"})
+    assert both.startswith("GPU 0 also ran") and "MIG device MIG-2222-z" in both

@@ -29,7 +29,7 @@ import math
 import threading
 import time
 from dataclasses import replace
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import psutil
@@ -38,7 +38,7 @@ from greenwatch.agent.gpu import FastReading, GpuDevice, GpuProcess, MigDevice, 
 from greenwatch.batch import Batch, Block, JobInfo, MigInfo
 from greenwatch.standalone.tree import ProcessTree
 
-__all__ = ["parse_visible_devices", "select_visible", "mig_uuids_of", "WatchedGpu", "RunJobs", "strip_run"]
+__all__ = ["parse_visible_devices", "select_visible", "mig_uuids_of", "shared_note", "WatchedGpu", "RunJobs", "strip_run"]
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,22 @@ def select_visible(value: str | None, devices: Sequence[GpuDevice], migs: Mappin
         if hold not in held:
             held.append(hold)
     return chosen, held, warnings
+
+
+def shared_note(devices: Sequence[GpuDevice], shared: Collection[str]) -> str:
+    """The report's note on the run's GPUs and MIG devices that processes outside the run used too."""
+    parts = []
+    indices = sorted(d.index for d in devices if d.uuid in shared)
+    if indices:
+        parts.append(f"GPU {', '.join(map(str, indices))} also ran processes outside this run; the run is charged "
+                     "its share of that GPU's energy (by SM utilisation; the idle part split equally: "
+                     "docs/methodology.md, section 3), not all of it")
+    migs = sorted(u for u in shared if u.startswith("MIG-"))
+    if migs:
+        # Per-process utilisation does not exist in MIG mode: a device's users share its part equally.
+        parts.append(f"MIG device {', '.join(migs)} also ran processes outside this run; the run is charged "
+                     "an equal part of that device's share of the board (docs/methodology.md, section 3a)")
+    return ". ".join(parts)
 
 
 class WatchedGpu(GpuDevice):

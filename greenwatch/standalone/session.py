@@ -39,7 +39,7 @@ from greenwatch.carbon.units import J_PER_KWH
 from greenwatch.collector import Collector
 from greenwatch.config import ConfigError, NodePowerConfig
 from greenwatch.reports import EmbeddedSource, RunReport, build_report, write_all_formats
-from greenwatch.standalone.gpus import RunJobs, WatchedGpu, mig_uuids_of, select_visible, strip_run
+from greenwatch.standalone.gpus import RunJobs, WatchedGpu, mig_uuids_of, select_visible, shared_note, strip_run
 from greenwatch.standalone.phases import PhaseBook, phase_figures
 from greenwatch.standalone.table import append_run, row_of
 from greenwatch.standalone.tree import ProcessTree, RunCpuMeter
@@ -415,12 +415,7 @@ class Session:
         if self.no_gpu_reason:
             fields["gpu_note"] = self.no_gpu_reason
         elif self.jobs.shared:
-            shared = self.jobs.shared
-            indices = sorted(d.index for d in self.devices if d.uuid in shared)
-            names = [str(i) for i in indices] + sorted(u for u in shared if u.startswith("MIG-"))
-            fields["gpu_note"] = (f"GPU {', '.join(names)} also ran processes outside this run; the run is "
-                                  "charged its share of that GPU's energy (by SM utilisation; the idle part split "
-                                  "equally: docs/methodology.md, section 3), not all of it")
+            fields["gpu_note"] = shared_note(self.devices, self.jobs.shared)
         if self.opts.carbon_config is not None:
             fields["carbon_config"] = json.dumps(dict(self.opts.carbon_config), sort_keys=True)
         fields.update({f"unit_{k}": v for k, v in units.items()})
