@@ -15,11 +15,12 @@ __all__ = ["register"]
 
 _STATEMENT_DESCRIPTION = """\
 Write each customer's yearly (or monthly, or any date range's) energy statement, as EnEfG §15
-asks of a German data centre: IT energy attributable to the customer (GPU shares and host CPU
-share), facility energy at the PUE of the time, location- and market-based emissions, embodied
-emissions, GPU-hours, idle-allocated energy, a monthly breakdown and the largest jobs. The
-customer is the account of each job (or the user: facility.customer_unit, --user). Customers
-plus the unallocated rest add up to the IT energy greenwatch measured.
+asks of a German data centre: IT energy attributable to the customer (GPU shares, host CPU
+share and, on nodes with a node meter, its jobs' shares of the rest of the node), facility
+energy at the PUE of the time, location- and market-based emissions, embodied emissions,
+GPU-hours, idle-allocated energy, a monthly breakdown and the largest jobs. The customer is the
+account of each job (or the user: facility.customer_unit, --user). Customers plus the
+unallocated rest add up to the IT energy greenwatch measured.
 
 Reads InfluxDB (the [influxdb] section of --config; sums are taken in the database, from the
 rollups of `greenwatch influxdb setup` where they exist) or, with --db, an embedded store

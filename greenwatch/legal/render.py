@@ -36,14 +36,18 @@ def _num(v: Any, digits: int = 3) -> str:
 def _statement_sections(doc: dict[str, Any]) -> list[Section]:
     p = doc["period"]
     t = doc["totals"]
+    # The rest of the node is in these totals only where node meters were read; naming it otherwise
+    # would claim energy the statement does not contain.
+    parts = (("host CPU and rest of the node", "GPU + host CPU + rest of the node")
+             if t.get("measured_rest_of_node_kwh") else ("host CPU", "GPU + host CPU"))
     head = (f"Customer energy statements ({doc['customer_unit']}), {p['label']}",
             [f"Period {p['from']} to {p['to']} (UTC). Basis: {doc['legal_basis']}. Source: {doc['source']}."],
             [(["customer", *[n for n, _ in _FIGURES], "embodied (kg)", "jobs"],
               [[c["customer"], *[_num(c[k]) for _, k in _FIGURES], _num(c["embodied_kg"]), c["jobs"]]
                for c in doc["customers"]]),
              (["", "kWh"], [["customers (all)", _num(t["customers_it_energy_kwh"])],
-                            ["unallocated (idle GPUs, host CPU of no job)", _num(t["unallocated_it_energy_kwh"])],
-                            ["measured IT energy (GPU + host CPU)", _num(t["measured_it_energy_kwh"])]])])
+                            [f"unallocated (idle GPUs, {parts[0]} of no job)", _num(t["unallocated_it_energy_kwh"])],
+                            [f"measured IT energy ({parts[1]})", _num(t["measured_it_energy_kwh"])]])])
     sections: list[Section] = [head]
     for c in doc["customers"]:
         sections.append((f"{doc['customer_unit']} {c['customer']}", [
