@@ -25,9 +25,10 @@ EXIT_MISSING_EXTRA = 3
 SITE_MODULES = frozenset({"aiomqtt", "paho", "influxdb_client", "grafanalib", "prometheus_client", "redfish"})
 
 _DESCRIPTION = """\
-greenwatch measures the energy of every GPU job in a datacentre and turns it into CO2:
-agents on GPU nodes sample NVML and stream batches over MQTT, a collector attributes each
-GPU's measured energy to the jobs holding it and writes the results to InfluxDB.
+greenwatch measures the energy of every GPU job in a datacentre and turns it into CO2: agents
+on GPU nodes sample NVML (and the node's power meter, where configured) and stream batches over
+MQTT, a collector attributes each GPU's measured energy to the jobs holding it and writes the
+results to InfluxDB.
 
 Start with `greenwatch demo`: it runs a simulated cluster end to end on this machine."""
 
@@ -66,9 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("agent", help="sample this node's GPUs and stream batches to MQTT (a systemd service)",
                        description="Sample every GPU on this node through NVML (energy counter and power at "
                                    "agent.sample_hz, processes and their jobs at agent.process_hz), plus host "
-                                   "CPU and memory, and publish a batch every agent.publish_interval_s to "
+                                   "CPU and memory, and the node's meter where node_power.sources names one "
+                                   "(BMC via Redfish or IPMI, HPE Cray pm_counters), and publish a batch every agent.publish_interval_s to "
                                    "<mqtt.topic_prefix>/<cluster>/<node>/batch with QoS 1. Stops cleanly on "
-                                   "SIGTERM, publishing what was sampled.")
+                                   "SIGTERM, publishing what was sampled. SIGHUP checks the file again; "
+                                   "changes take effect at the next restart.")
     _add_config(p)
     p.set_defaults(func=_cmd_agent)
 
@@ -76,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Subscribe to every node's batches through the MQTT 5 shared subscription "
                                    "$share/<collector.share_group>/..., attribute each GPU's energy to the jobs "
                                    "holding it, convert it to CO2 and write per-GPU, per-job and per-node series "
-                                   "to InfluxDB. Run several with the same share_group to split the load.")
+                                   "to InfluxDB. Run several with the same share_group to split the load. "
+                                   "SIGHUP (systemctl reload) applies [carbon] and [attribution] to later "
+                                   "batches; other keys take effect at the next restart (docs/operations.md, "
+                                   "\"Reload\").")
     _add_config(p)
     p.set_defaults(func=_cmd_collector)
 

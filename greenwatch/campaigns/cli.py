@@ -23,12 +23,12 @@ fine-tuning and evaluation, by any number of users and accounts. Jobs join a cam
 user, job-name pattern, cluster, time range) or by hand, and leave it by hand. Every change is
 appended to the registry file with who made it and when (docs/campaigns.md).
 
-`report` sums the member jobs' summaries: GPU-hours, energy (GPU, host, facility overhead),
-location- and market-based and embodied emissions, SCI per functional unit, by phase and by
-month, and the share of energy in work that did not complete; `--format ai-act` writes the
-section for the EU AI Act technical documentation (Annex XI, Section 1, point 2(d),(e)) and
-`--format model-card` the Hugging Face model card's co2_eq_emissions block and
-"Environmental Impact" section."""
+`report` sums the member jobs' summaries: GPU-hours, energy (GPU, host, the rest of the node
+where a node meter measured it, facility overhead), location- and market-based and embodied
+emissions, SCI per functional unit, by phase and by month, and the share of energy in work that
+did not complete; `--format ai-act` writes the section for the EU AI Act technical
+documentation (Annex XI, Section 1, point 2(d),(e)) and `--format model-card` the Hugging Face
+model card's co2_eq_emissions block and "Environmental Impact" section."""
 
 _EPILOG = """\
 examples:

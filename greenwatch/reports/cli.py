@@ -12,10 +12,11 @@ from typing import Any, Callable
 __all__ = ["register", "parse_run_as", "wait_for_summary", "stored_carbon_context"]
 
 _DESCRIPTION = """\
-Write the carbon report of one job: identity, wall time and GPU-hours, energy (GPU, host,
-facility overhead), location- and market-based emissions with their intensity source,
-embodied emissions and SCI, idle-allocated waste, per-GPU power and utilisation, plots,
-everyday equivalences and the emissions had the job started at the lowest-carbon time.
+Write the carbon report of one job: identity, wall time and GPU-hours, energy (GPU, host, the
+rest of the node where a node meter measured it, facility overhead), location- and market-based
+emissions with their intensity source, embodied emissions and SCI, idle-allocated waste,
+per-GPU power and utilisation, plots, everyday equivalences and the emissions had the job
+started at the lowest-carbon time.
 
 The job is read from InfluxDB (the [influxdb] section of --config) or, with --db, from an
 embedded SQLite store written by `greenwatch demo` or `greenwatch run`. Grid intensity,

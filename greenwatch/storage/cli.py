@@ -15,8 +15,8 @@ SETUP_TIMEOUT_S = 600.0
 _DESCRIPTION = (
     "Create (or bring up to date) the InfluxDB 1.x database named by influxdb.bucket, its retention "
     "policies (raw points: influxdb.raw_retention; rollup_1m and rollup_1h: influxdb.rollup_1m_retention "
-    "and influxdb.rollup_1h_retention) and the continuous queries that sum job_energy, node_energy and "
-    "job_gpu into 1-minute and 1-hour rollups, and the one that copies every job summary into rollup_1h "
+    "and influxdb.rollup_1h_retention) and the continuous queries that sum job_energy, node_energy, job_gpu, "
+    "gpu, node_power and job_node into 1-minute and 1-hour rollups, and the one that copies every job summary into rollup_1h "
     "so that it outlives the raw points. Idempotent: re-run it after an upgrade or a change of "
     "settings. InfluxDB 2.x/3.x: see docs/influxdb.md.")
 
