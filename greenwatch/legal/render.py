@@ -86,9 +86,14 @@ def _site_sections(doc: dict[str, Any]) -> list[Section]:
                                  [[m["month"], _num(m["PUE"]), _num(m["REF"]), _num(m["ERF"]), _num(m["WUE_l_per_kwh"]),
                                    _num(m["it_meter_kwh"]), _num(m["measured_it_energy_kwh"])]
                                   for m in doc["kpis"]["monthly"]])]))
+    # Node meters add the rest of their nodes to what greenwatch measures; say so only where they were read.
+    seen, unseen = (("GPU counters, host CPU and the node meters' rest of the node", "network, storage, nodes "
+                     "without an agent, memory, fans and power supplies of nodes without a node meter")
+                    if gw.get("measured_rest_of_node_kwh") else
+                    ("GPU counters and host CPU", "network, storage, nodes without an agent, power-supply losses"))
     out.append(("What greenwatch measured", [
-        "Coverage: the share of the metered IT energy that greenwatch measures on its nodes (GPU counters and host "
-        "CPU); the rest (network, storage, nodes without an agent, power-supply losses) it cannot see."],
+        f"Coverage: the share of the metered IT energy that greenwatch measures on its nodes ({seen}); the rest "
+        f"({unseen}) it cannot see."],
         [(["", "value"], [["IT meter (kWh)", _num(gw["it_meter_kwh"])],
                           ["measured by greenwatch (kWh)", _num(gw["measured_it_energy_kwh"])],
                           ["attributed to jobs (kWh)", _num(gw["attributed_to_jobs_kwh"])],
