@@ -58,15 +58,20 @@ def lib_dir() -> Path:
     return build_mock_nvml()
 
 
-def test_a_run_on_a_node_with_pm_counters_is_charged_the_rest_of_the_node_and_the_node_conserves(tmp_path, lib_dir):
+def metered_node(tmp_path: Path, lib_dir: Path) -> tuple["FakeMeter", dict[str, str], Path]:
+    """A node with a pm_counters meter (not yet started), one mock GPU at GPU_W and a site.toml
+    pointing at the meter: the meter thread, the run's environment and its output folder."""
     pm = tmp_path / "pm_counters"
     meter_thread = FakeMeter(pm)
-    t0 = meter_thread.t0
     (tmp_path / "site.toml").write_text(f'[node_power]\npm_counters_dir = "{pm}"\npoll_interval_s = 0.2\n')
-    Scenario(t0=t0, gpus=[GpuSpec(0, power=[Constant(-60.0, 600.0, GPU_W)])]).write(tmp_path / "node.scn")
+    Scenario(t0=meter_thread.t0, gpus=[GpuSpec(0, power=[Constant(-60.0, 600.0, GPU_W)])]).write(tmp_path / "node.scn")
     env = mock_env(lib_dir, tmp_path / "node.scn")
     env["CUDA_VISIBLE_DEVICES"] = "0"
-    out = tmp_path / "run"
+    return meter_thread, env, tmp_path / "run"
+
+
+def test_a_run_on_a_node_with_pm_counters_is_charged_the_rest_of_the_node_and_the_node_conserves(tmp_path, lib_dir):
+    meter_thread, env, out = metered_node(tmp_path, lib_dir)
     # No --node-power: pm_counters need no credentials and are probed by default.
     meter_thread.start()
     try:
@@ -218,13 +223,7 @@ def test_named_phases_include_their_share_of_the_rest_of_the_node(tmp_path, lib_
     import subprocess
     import textwrap
 
-    pm = tmp_path / "pm_counters"
-    meter_thread = FakeMeter(pm)
-    (tmp_path / "site.toml").write_text(f'[node_power]\npm_counters_dir = "{pm}"\npoll_interval_s = 0.2\n')
-    Scenario(t0=meter_thread.t0, gpus=[GpuSpec(0, power=[Constant(-60.0, 600.0, GPU_W)])]).write(tmp_path / "node.scn")
-    env = mock_env(lib_dir, tmp_path / "node.scn")
-    env["CUDA_VISIBLE_DEVICES"] = "0"
-    out = tmp_path / "run"
+    meter_thread, env, out = metered_node(tmp_path, lib_dir)
     # One phase over almost all of the run: the moments before its first cut and after its last are
     # all the run has outside it.
     code = textwrap.dedent(f"""
@@ -271,13 +270,7 @@ def test_named_phases_include_their_share_of_the_rest_of_the_node(tmp_path, lib_
 def test_a_meter_that_stops_during_the_run_is_reported_with_the_share_of_the_run_it_measured(tmp_path, lib_dir):
     import json
 
-    pm = tmp_path / "pm_counters"
-    meter_thread = FakeMeter(pm)
-    (tmp_path / "site.toml").write_text(f'[node_power]\npm_counters_dir = "{pm}"\npoll_interval_s = 0.2\n')
-    Scenario(t0=meter_thread.t0, gpus=[GpuSpec(0, power=[Constant(-60.0, 600.0, GPU_W)])]).write(tmp_path / "node.scn")
-    env = mock_env(lib_dir, tmp_path / "node.scn")
-    env["CUDA_VISIBLE_DEVICES"] = "0"
-    out = tmp_path / "run"
+    meter_thread, env, out = metered_node(tmp_path, lib_dir)
     started = tmp_path / "started"
     # The run's command says when it began; the meter then answers for one more second and stops.
     # Its last power is carried on for at most 5 s (docs/wire-format.md), then its windows are stale.
