@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from greenwatch.agent.slurm.environment import GPU_UUID_RE, SlurmJob
 
@@ -40,11 +40,9 @@ def parse_gpu_map(text: str) -> dict[str, str]:
     return out
 
 
-def nvml_mig_table() -> dict[str, str]:
-    """``{"gpu<minor>/gi<G>/ci<C>": MIG UUID}`` of the MIG devices NVML lists on this node now.
-
-    Boards not in MIG mode add nothing; an NVML that cannot start raises RuntimeError.
-    """
+@contextlib.contextmanager
+def _nvml() -> Iterator[Any]:
+    """pynvml, initialised for the block and shut down after it; RuntimeError if NVML cannot start."""
     import pynvml
 
     try:
@@ -52,7 +50,23 @@ def nvml_mig_table() -> dict[str, str]:
     except pynvml.NVMLError as exc:
         raise RuntimeError(f"NVML is not available: {exc}") from None
     try:
-        table: dict[str, str] = {}
+        yield pynvml
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def nvml_mig_table() -> dict[str, str]:
+    """``{"gpu<minor>/gi<G>/ci<C>": MIG UUID}`` of the MIG devices NVML lists on this node now.
+
+    Boards not in MIG mode add nothing; an NVML that cannot start raises RuntimeError.
+    """
+    table: dict[str, str] = {}
+    with _nvml() as pynvml:
         for index in range(pynvml.nvmlDeviceGetCount()):
             try:
                 board = pynvml.nvmlDeviceGetHandleByIndex(index)
@@ -71,11 +85,8 @@ def nvml_mig_table() -> dict[str, str]:
                     uuid = pynvml.nvmlDeviceGetUUID(dev)
                 except pynvml.NVMLError:
                     continue  # no device at this index (fewer devices than the maximum)
-                table[f"gpu{minor}/gi{gi}/ci{ci}"] = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
-        return table
-    finally:
-        with contextlib.suppress(Exception):
-            pynvml.nvmlShutdown()
+                table[f"gpu{minor}/gi{gi}/ci{ci}"] = _text(uuid)
+    return table
 
 
 def nvml_gpu_table() -> dict[int, str]:
@@ -84,14 +95,8 @@ def nvml_gpu_table() -> dict[int, str]:
     GPUs whose minor number NVML cannot give (MIG-only or odd boards) are
     left out with a warning; an NVML that cannot start raises RuntimeError.
     """
-    import pynvml
-
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as exc:
-        raise RuntimeError(f"NVML is not available: {exc}") from None
-    try:
-        table: dict[int, str] = {}
+    table: dict[int, str] = {}
+    with _nvml() as pynvml:
         for index in range(pynvml.nvmlDeviceGetCount()):
             try:
                 handle = pynvml.nvmlDeviceGetHandleByIndex(index)
@@ -100,11 +105,8 @@ def nvml_gpu_table() -> dict[int, str]:
             except pynvml.NVMLError as exc:
                 log.warning("GPU at NVML index %d: cannot read its UUID and minor number: %s", index, exc)
                 continue
-            table[int(minor)] = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
-        return table
-    finally:
-        with contextlib.suppress(Exception):
-            pynvml.nvmlShutdown()
+            table[int(minor)] = _text(uuid)
+    return table
 
 
 def translate_gpu_ids(ids: Iterable[str], table: Mapping[int, str]) -> tuple[list[str], list[str]]:
