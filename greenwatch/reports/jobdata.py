@@ -94,6 +94,9 @@ class JobData:
     #: Sums of :data:`REST_FIELDS` over the job's ``job_node`` points: its share of the rest of its
     #: nodes, priced; None where no node meter measured them (the rest is then not included).
     rest: dict[str, float] | None = None
+    #: The nodes of each ``job_node`` point by its time (µs): which batches a node meter measured.
+    #: None where the job was read from sums (the in-database reduction, rollups).
+    rest_nodes_by_end_us: dict[int, set[str]] | None = None
 
 
 class PointSource(Protocol):
@@ -136,7 +139,16 @@ def job_data_from_points(source: PointSource, job_id: str) -> JobData:
         gpus=_with_mig_note(gpus, source.job_points("job_mig", job_id)),
         node_host_j=node_host, host_measured_batches=measured, host_flag_batches=flagged,
         notes=[mean_power_note(without_span, "sample-weighted")] if without_span else [],
-        rest={name: sum_field(jn, name) for name in REST_FIELDS} if jn else None)
+        rest={name: sum_field(jn, name) for name in REST_FIELDS} if jn else None,
+        rest_nodes_by_end_us=_nodes_by_end_us(jn))
+
+
+def _nodes_by_end_us(points: list[dict[str, Any]]) -> dict[int, set[str]]:
+    """The nodes of the points at each time, in µs."""
+    out: dict[int, set[str]] = defaultdict(set)
+    for p in points:
+        out[int(p["time_ns"]) // 1000].add(str(p.get("node", "")))
+    return dict(out)
 
 
 def _with_mig_note(gpus: list[GpuStats], job_mig: list[dict[str, Any]]) -> list[GpuStats]:

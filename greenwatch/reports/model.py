@@ -212,7 +212,7 @@ def build_report(source: ReportSource, job_id: str, *, carbon: CarbonContext,
     co2_gpu = co2_loc - co2_host
     co2_parts = co2_loc   # the GPUs' and the host's, as the collector stored them on job_energy
     co2_loc += co2_rest
-    rest_share = _rest_measured_share(source, job_id, data) if data.rest is not None else None
+    rest_share = _rest_measured_share(source, data) if data.rest is not None else None
 
     # -- which GPUs, when ----------------------------------------------------------------------
     gpus = data.gpus
@@ -330,19 +330,16 @@ def _rest_text(node_meter: Any, share: float | None) -> str:
     return f"{text} for {math.floor(share * 100)} % of the run (not measured for the rest of it)"
 
 
-def _rest_measured_share(source: ReportSource, job_id: str, data: JobData) -> float | None:
+def _rest_measured_share(source: ReportSource, data: JobData) -> float | None:
     """The share (0 to 1) of the job's batch time in which a node meter measured its share of the
     rest of the node: batches with a ``job_node`` point whose meter window was not ``stale`` (the
     meter had stopped answering), each weighted by its length and by the share of the job's nodes
-    so measured.  None where it cannot be said from the raw points (only rollups are left)."""
+    so measured.  None where it cannot be said from the raw points (only sums were read)."""
     ends_us = np.unique(np.rint(np.asarray(data.energy_t_s, dtype=np.float64) * 1e6).astype(np.int64))
-    shares = source.job_points("job_node", job_id)
-    if ends_us.size == 0 or not shares:
+    by_end = data.rest_nodes_by_end_us
+    if ends_us.size == 0 or not by_end:
         return None
     known = {int(t) for t in ends_us}
-    by_end: dict[int, set[str]] = defaultdict(set)
-    for p in shares:
-        by_end[int(p["time_ns"]) // 1000].add(str(p.get("node", "")))
     # A report reduced in the database has per-minute times, not the batches the shares belong to.
     if sum(1 for t in by_end if t in known) < 0.9 * len(by_end):
         return None
