@@ -138,3 +138,23 @@ class RecordingStore:
     def query(self, q: str) -> list[dict]:
         self.queries.append(q)
         return self.store.query(q)
+
+
+def one_gpu_batches(cluster: str, node: str, job_id: str, t_start_us: int, n: int,
+                    util_gpu: int = 90) -> tuple[list[bytes], float]:
+    """``n`` encoded consecutive 1 s batches of a one-GPU node whose GPU ``job_id`` holds at 300 W
+    (10 samples each, energy counter included), and the job's energy in J."""
+    from greenwatch.transport.wire import encode
+
+    b = BatchBuilder(cluster, node, [GpuInfo(f"GPU-{node}-0", 0, "NVIDIA H100 80GB HBM3", True, False, 700.0)])
+    b.set_holders(0, [Holder(JobInfo(job_id, "alice", "slurm-cgroup-v2"), 80.0)])
+    t, energy = t_start_us, 5_000_000
+    first = energy + 300 * 100
+    out = []
+    for _ in range(n):
+        for _ in range(10):
+            t += 100_000
+            energy += 300 * 100  # mJ per 0.1 s at 300 W
+            b.add_sample(0, (t, energy, 300_000, util_gpu, 20, 1000, 60, 1980))
+        out.append(encode(b.cut(sent_us=t)))
+    return out, (energy - first) / 1e3

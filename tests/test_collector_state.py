@@ -21,15 +21,13 @@ import paho.mqtt.client as paho
 import pytest
 
 from fixtures_e2e import GreenwatchProcess
-from greenwatch.agent.builder import BatchBuilder, Holder
-from greenwatch.batch import GpuInfo, JobInfo
 from greenwatch.collector.jobs import JobEvents
 from greenwatch.collector.writer import BufferedWriter
 from greenwatch.diskqueue import DiskQueue
 from greenwatch.storage.influx import InfluxStore
 from greenwatch.storage.records import line_protocol
 from greenwatch.transport.events import JobEvent, encode_event
-from greenwatch.transport.wire import encode
+from helpers import one_gpu_batches
 from service_helpers import collector_config, health, job_energy, wait_until, write_token
 from test_job_events import batch_records
 
@@ -40,19 +38,7 @@ JOB = "4711"
 
 def node_batches(t_start_us: int, n: int) -> tuple[list[bytes], float]:
     """``n`` consecutive 1 s batches of a one-GPU node whose GPU job JOB holds at 300 W; and the job's energy (J)."""
-    gpus = [GpuInfo(f"GPU-{NODE}-0", 0, "NVIDIA H100 80GB HBM3", True, False, 700.0)]
-    b = BatchBuilder(CLUSTER, NODE, gpus)
-    b.set_holders(0, [Holder(JobInfo(JOB, "alice", "slurm-cgroup-v2"), 80.0)])
-    t, energy = t_start_us, 5_000_000
-    first = energy + 300 * 100
-    out = []
-    for _ in range(n):
-        for _ in range(10):
-            t += 100_000
-            energy += 300 * 100  # mJ per 0.1 s at 300 W
-            b.add_sample(0, (t, energy, 300_000, 90, 20, 1000, 60, 1980))
-        out.append(encode(b.cut(sent_us=t)))
-    return out, (energy - first) / 1e3
+    return one_gpu_batches(CLUSTER, NODE, JOB, t_start_us, n)
 
 
 class Publisher:

@@ -11,10 +11,8 @@ import time
 import pytest
 
 from fixtures_e2e import GreenwatchProcess
-from greenwatch.agent.builder import BatchBuilder, Holder
-from greenwatch.batch import GpuInfo, JobInfo
 from greenwatch.storage.influx import InfluxError, InfluxRefused, InfluxStore
-from greenwatch.transport.wire import encode
+from helpers import one_gpu_batches
 from service_helpers import BatchPublisher, collector_config, job_energy, wait_until, write_token
 
 CLUSTER, NODE = "v1c", "v1n"
@@ -48,18 +46,7 @@ def test_the_store_writes_to_influxdb_1_6_through_its_write_endpoint(influxdb, g
 
 def _batches(n: int) -> tuple[list[bytes], float]:
     """n consecutive 1 s batches of one GPU running one job at 300 W; the job's energy in J."""
-    builder = BatchBuilder(CLUSTER, NODE, [GpuInfo(f"GPU-{NODE}-0", 0, "NVIDIA H100 80GB HBM3", True, False, 700.0)])
-    builder.set_holders(0, [Holder(JobInfo("v1-job", "alice", "slurm-cgroup-v2"), 80.0)])
-    t, energy_mj = time.time_ns() // 1000 - n * 1_000_000, 5_000_000
-    first = energy_mj + 300 * 100
-    out = []
-    for _ in range(n):
-        for _ in range(10):
-            t += 100_000
-            energy_mj += 300 * 100   # mJ per 0.1 s at 300 W
-            builder.add_sample(0, (t, energy_mj, 300_000, 70, 20, 1000, 60, 1980))
-        out.append(encode(builder.cut(sent_us=t)))
-    return out, (energy_mj - first) / 1e3
+    return one_gpu_batches(CLUSTER, NODE, "v1-job", time.time_ns() // 1000 - n * 1_000_000, n, util_gpu=70)
 
 
 def test_a_collector_writes_to_influxdb_1_6_without_the_bridge(tmp_path, mosquitto, influxdb, greenwatch_procs):
